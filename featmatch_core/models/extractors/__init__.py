@@ -1,0 +1,1 @@
+"""Feature extractors. Import a class through :func:`featmatch_core.models.get_model`."""

@@ -1,0 +1,120 @@
+"""Shared front end of all extractors: input checks, resizing, output contract.
+
+Output contract (see docs/architecture.md):
+  keypoints        (B, N, 2) float32, pixels of the *original* image, OpenCV convention
+                   (centre of the top-left pixel at (0, 0))
+  keypoint_scores  (B, N)
+  descriptors      (B, N, D)
+  scales, oris     (B, N), only for methods that have them (pixels, radians)
+  keypoint_mask    (B, N) bool, False for padding when images of a batch have different counts
+  image_size       (B, 2) (W, H) of the original image
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Dict, List
+
+import torch
+from kornia.geometry.transform import resize as kornia_resize
+from omegaconf import DictConfig
+
+from ...image import to_grayscale, to_rgb
+from ..base import BaseModel
+
+Features = Dict[str, torch.Tensor]
+
+
+class Extractor(BaseModel):
+    """Subclasses implement ``_extract(images) -> list of per-image feature dicts``.
+
+    ``images`` arrive as (B, C, H, W) float in [0, 1], already resized and converted to
+    grayscale or RGB as ``grayscale`` says. Keypoints come back in resized pixels; this
+    class maps them to the original image.
+    """
+
+    default_conf: ClassVar[Dict[str, Any]] = {
+        "resize": 1024,  # long side in pixels, None to keep the input size
+        "max_num_keypoints": None,
+    }
+    grayscale: ClassVar[bool] = True
+    descriptor_dim: ClassVar[int] = 0
+    has_scale_ori: ClassVar[bool] = False
+    # Whether autocast (bf16/fp16) may run this extractor's network.
+    autocast_ok: ClassVar[bool] = True
+
+    def __init__(self, conf=None) -> None:
+        super().__init__(conf)
+        if self.conf.resize is not None and int(self.conf.resize) <= 0:
+            raise ValueError(f"{type(self).__name__}: resize must be positive or None, got {self.conf.resize}")
+        mk = self.conf.max_num_keypoints
+        if mk is not None and int(mk) <= 0:
+            raise ValueError(f"{type(self).__name__}: max_num_keypoints must be positive or None, got {mk}")
+
+    def _init(self, conf: DictConfig) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _extract(self, images: torch.Tensor) -> List[Features]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        images = to_grayscale(images) if self.grayscale else to_rgb(images)
+        if self.conf.resize is not None:
+            h, w = images.shape[-2:]
+            if max(h, w) != int(self.conf.resize):
+                images = kornia_resize(images, int(self.conf.resize), side="long", antialias=True)
+        return images
+
+    def forward(self, data: Dict[str, torch.Tensor]) -> Features:
+        images = data["image"]
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"extractor expects images (B, C, H, W) with C in {{1, 3}}, got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        resized = self.preprocess(images)
+        rh, rw = resized.shape[-2:]
+        scale = images.new_tensor([rw / w, rh / h])
+        per_image = self._extract(resized)
+        for feats in per_image:
+            # pixel centres: x_orig + 0.5 = (x_resized + 0.5) / scale
+            feats["keypoints"] = (feats["keypoints"].float() + 0.5) / scale - 0.5
+            if "scales" in feats:
+                feats["scales"] = feats["scales"].float() / scale.mean()
+        batch = pad_and_stack(per_image, self.descriptor_dim, images.device)
+        batch["image_size"] = images.new_tensor([[w, h]], dtype=torch.float32).expand(len(per_image), 2).clone()
+        return batch
+
+
+def pad_and_stack(per_image: List[Features], descriptor_dim: int, device: torch.device) -> Features:
+    """Stack variable-length per-image features into padded (B, N, ...) tensors + mask."""
+    n_max = max((int(f["keypoints"].shape[0]) for f in per_image), default=0)
+    keys = per_image[0].keys()
+    out: Features = {}
+    for key in keys:
+        tensors = []
+        for feats in per_image:
+            t = feats[key].to(device)
+            n = t.shape[0]
+            if n < n_max:
+                pad = t.new_zeros((n_max - n, *t.shape[1:]))
+                t = torch.cat([t, pad], 0)
+            tensors.append(t)
+        out[key] = torch.stack(tensors, 0)
+    if out["descriptors"].ndim == 2:  # zero keypoints in every image
+        out["descriptors"] = out["descriptors"].reshape(len(per_image), 0, descriptor_dim)
+    counts = torch.tensor([int(f["keypoints"].shape[0]) for f in per_image], device=device)
+    out["keypoint_mask"] = torch.arange(n_max, device=device)[None] < counts[:, None]
+    out["keypoints"] = out["keypoints"].float()
+    out["keypoint_scores"] = out["keypoint_scores"].float()
+    return out
+
+
+def empty_features(descriptor_dim: int, with_scale_ori: bool = False, device=None) -> Features:
+    """Features of an image without keypoints, with the right trailing shapes."""
+    feats = {
+        "keypoints": torch.zeros((0, 2), device=device),
+        "keypoint_scores": torch.zeros((0,), device=device),
+        "descriptors": torch.zeros((0, descriptor_dim), device=device),
+    }
+    if with_scale_ori:
+        feats["scales"] = torch.zeros((0,), device=device)
+        feats["oris"] = torch.zeros((0,), device=device)
+    return feats

@@ -1,0 +1,1 @@
+"""Feature matchers. Import a class through :func:`featmatch_core.models.get_model`."""
