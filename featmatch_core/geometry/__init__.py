@@ -1,0 +1,1 @@
+"""Geometry shared by evaluation, training and the ROS nodes (written once)."""

@@ -1,0 +1,258 @@
+"""Two-view pipeline (extractor + matcher) and the streaming form used by the ROS node.
+
+``load("sift+lightglue")`` is the one entry point for scripts:
+
+    pipe = featmatch_core.load("sift+lightglue", ["matcher.depth_confidence=0.9"])
+    pred = pipe.match(image0, image1)      # TwoViewMatches: keypoints, matches, scores, timings
+
+``FeatureStream`` extracts every frame exactly once and matches it against cached
+features of the previous frame.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ..config import ConfigError, ConfLike, load_named_config, merge_strict, parse_dotlist, to_container
+from ..device import autocast, resolve_device, resolve_precision
+from ..image import ImageLike, to_tensor_image
+from . import build_model
+from .extractors.base import Extractor, Features
+
+Overrides = Union[Sequence[str], Mapping[str, Any], DictConfig, None]
+
+
+@dataclass
+class TwoViewMatches:
+    """Matches between two images, as numpy arrays in original pixel coordinates."""
+
+    keypoints0: np.ndarray  # (N0, 2)
+    keypoints1: np.ndarray  # (N1, 2)
+    matches: np.ndarray  # (K, 2) int64 indices into keypoints0 / keypoints1
+    scores: np.ndarray  # (K,) matching confidence
+    timings: Dict[str, float] = field(default_factory=dict)  # milliseconds
+    info: Dict[str, Any] = field(default_factory=dict)  # matcher facts: layers run, points pruned
+    features0: Optional[Features] = None  # raw batched features (on the pipeline's device)
+    features1: Optional[Features] = None
+
+    @property
+    def points0(self) -> np.ndarray:
+        return self.keypoints0[self.matches[:, 0]]
+
+    @property
+    def points1(self) -> np.ndarray:
+        return self.keypoints1[self.matches[:, 1]]
+
+    def summary(self) -> str:
+        parts = [f"keypoints {len(self.keypoints0)}/{len(self.keypoints1)}", f"matches {len(self.matches)}"]
+        if "stop_layer" in self.info:
+            parts.append(f"layers {self.info['stop_layer']}")
+        parts += [f"{k} {v:.1f} ms" for k, v in self.timings.items()]
+        return ", ".join(parts)
+
+
+@dataclass
+class Frame:
+    """Features of one image, extracted once and reusable in any number of matches."""
+
+    features: Features
+    index: int
+    stamp: Any = None
+
+    @property
+    def num_keypoints(self) -> int:
+        return int(self.features["keypoints"].shape[1])
+
+
+class Pipeline(nn.Module):
+    """Extractor + matcher on one device with one precision."""
+
+    default_conf: Dict[str, Any] = {
+        "extractor": {"name": None},
+        "matcher": {"name": None},
+        "device": "auto",  # auto | cpu | cuda | cuda:N
+        "precision": "fp32",  # fp32 | bf16 | fp16 (fp16 on CUDA only)
+    }
+
+    def __init__(self, extractor: Extractor, matcher: nn.Module, conf: ConfLike = None) -> None:
+        super().__init__()
+        self.conf = merge_strict(self.default_conf, conf, owner="pipeline", open_keys=("extractor", "matcher"))
+        resolve_precision(self.conf.precision)
+        check_compatible(extractor, matcher)
+        self.extractor = extractor
+        self.matcher = matcher
+        self.device = resolve_device(self.conf.device)
+        self.to(self.device).eval()
+
+    @classmethod
+    def from_conf(cls, conf: ConfLike, download: bool = True, pretrained: bool = True) -> "Pipeline":
+        """Build both models from a config and load their weights (this may download)."""
+        conf = merge_strict(cls.default_conf, conf, owner="pipeline", open_keys=("extractor", "matcher"))
+        extractor = build_model("extractor", conf.extractor, pretrained=pretrained, download=download)
+        matcher = build_model("matcher", conf.matcher, pretrained=pretrained, download=download)
+        conf.extractor = OmegaConf.create(to_container(extractor.conf))
+        conf.matcher = OmegaConf.create(to_container(matcher.conf))
+        return cls(extractor, matcher, conf)
+
+    # ---- batched form (evaluation, training) --------------------------------------
+    def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+        """``data["image0"]``, ``data["image1"]``: (B, C, H, W) in [0, 1] -> features and matches."""
+        feats0 = self._run_extractor(data["image0"])
+        feats1 = self._run_extractor(data["image1"])
+        return {"image0": feats0, "image1": feats1, **self._run_matcher(feats0, feats1)}
+
+    def _run_extractor(self, images: torch.Tensor) -> Features:
+        use_amp = getattr(self.extractor, "autocast_ok", True)
+        with autocast(self.device, self.conf.precision if use_amp else "fp32"):
+            feats = self.extractor({"image": images.to(self.device)})
+        return {k: v.float() if v.is_floating_point() else v for k, v in feats.items()}
+
+    def _run_matcher(self, feats0: Features, feats1: Features) -> Dict[str, Any]:
+        with autocast(self.device, self.conf.precision):
+            return self.matcher({"image0": feats0, "image1": feats1})
+
+    # ---- single pair API -----------------------------------------------------------
+    @torch.inference_mode()
+    def extract(self, image: ImageLike) -> Features:
+        """Features of one image (numpy HxW[xC] or tensor [B]xCxHxW, uint8 or float in [0, 1])."""
+        return self._run_extractor(to_tensor_image(image))
+
+    @torch.inference_mode()
+    def match_features(self, feats0: Features, feats1: Features) -> TwoViewMatches:
+        with _timer(self.device) as t:
+            pred = self._run_matcher(feats0, feats1)
+        result = to_two_view_matches(feats0, feats1, pred)
+        result.timings["match"] = t.ms
+        return result
+
+    def match(self, image0: ImageLike, image1: ImageLike) -> TwoViewMatches:
+        with _timer(self.device) as t0:
+            feats0 = self.extract(image0)
+        with _timer(self.device) as t1:
+            feats1 = self.extract(image1)
+        result = self.match_features(feats0, feats1)
+        result.timings = {"extract0": t0.ms, "extract1": t1.ms, **result.timings}
+        result.timings["total"] = t0.ms + t1.ms + result.timings["match"]
+        return result
+
+
+def check_compatible(extractor: nn.Module, matcher: nn.Module) -> None:
+    """Refuse extractor/matcher pairs whose descriptors or inputs cannot fit together."""
+    mconf = getattr(matcher, "conf", {})
+    dim = getattr(extractor, "descriptor_dim", None)
+    input_dim = mconf.get("input_dim") if hasattr(mconf, "get") else None
+    if input_dim is not None and dim and int(input_dim) != int(dim):
+        raise ConfigError(
+            f"{type(extractor).__name__} gives {dim}-d descriptors but the matcher expects {input_dim}-d "
+            f"(matcher features={mconf.get('features')}); use a matcher configured for this extractor"
+        )
+    if mconf.get("add_scale_ori") and not getattr(extractor, "has_scale_ori", False):
+        raise ConfigError(
+            f"the matcher encodes keypoint scale and orientation but {type(extractor).__name__} has none"
+        )
+
+
+def to_two_view_matches(feats0: Features, feats1: Features, pred: Dict[str, Any]) -> TwoViewMatches:
+    """Batch of one -> numpy result (padding removed)."""
+    n0 = int(feats0["keypoint_mask"][0].sum()) if "keypoint_mask" in feats0 else feats0["keypoints"].shape[1]
+    n1 = int(feats1["keypoint_mask"][0].sum()) if "keypoint_mask" in feats1 else feats1["keypoints"].shape[1]
+    info: Dict[str, Any] = {}
+    if "stop" in pred:
+        info["stop_layer"] = int(pred["stop"])
+    for key in ("num_pruned0", "num_pruned1"):
+        if key in pred:
+            info[key] = int(torch.as_tensor(pred[key]).sum())
+    return TwoViewMatches(
+        keypoints0=feats0["keypoints"][0, :n0].float().cpu().numpy(),
+        keypoints1=feats1["keypoints"][0, :n1].float().cpu().numpy(),
+        matches=pred["matches"][0].cpu().numpy().astype(np.int64).reshape(-1, 2),
+        scores=pred["scores"][0].float().cpu().numpy(),
+        info=info,
+        features0=feats0,
+        features1=feats1,
+    )
+
+
+class _timer:
+    """Wall time of a block in ms; synchronises CUDA so that GPU work is counted."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.ms = 0.0
+
+    def __enter__(self) -> "_timer":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.ms = (time.perf_counter() - self._start) * 1e3
+
+
+class FeatureStream:
+    """Extract each frame once; match it against the cached previous frame.
+
+    The ROS node and the bag replay drive this class; only their I/O differs.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.previous: Optional[Frame] = None
+        self.num_extracted = 0
+
+    def extract(self, image: ImageLike, stamp: Any = None) -> Frame:
+        frame = Frame(self.pipeline.extract(image), index=self.num_extracted, stamp=stamp)
+        self.num_extracted += 1
+        return frame
+
+    def match(self, frame0: Frame, frame1: Frame) -> TwoViewMatches:
+        return self.pipeline.match_features(frame0.features, frame1.features)
+
+    def push(self, image: ImageLike, stamp: Any = None) -> Optional[TwoViewMatches]:
+        """Add a frame; returns its matches to the previous frame (None for the first)."""
+        with _timer(self.pipeline.device) as t:
+            frame = self.extract(image, stamp)
+        result = self.match(self.previous, frame) if self.previous is not None else None
+        if result is not None:
+            result.timings = {"extract": t.ms, **result.timings}
+        self.previous = frame
+        return result
+
+    def reset(self) -> None:
+        self.previous = None
+
+
+def pipeline_conf(name_or_conf: Union[str, ConfLike], overrides: Overrides = None) -> DictConfig:
+    """The ``model`` section of a named config (or a given conf) with overrides applied.
+
+    ``overrides`` are relative to the model section: ``["matcher.filter_threshold=0.2"]``
+    or ``{"matcher": {"filter_threshold": 0.2}}``.
+    """
+    if isinstance(name_or_conf, str):
+        full = load_named_config(name_or_conf)
+        if "model" not in full:
+            raise ConfigError(f"config '{name_or_conf}' has no 'model' section")
+        conf = full.model
+    else:
+        conf = OmegaConf.create(to_container(name_or_conf))
+    if overrides is None:
+        return conf
+    if isinstance(overrides, (list, tuple)):
+        overrides = parse_dotlist(overrides)
+    return OmegaConf.merge(conf, to_container(overrides))
+
+
+def load(name_or_conf: Union[str, ConfLike], overrides: Overrides = None, download: bool = True) -> Pipeline:
+    """Build a ready-to-use pipeline from a named config (e.g. ``"sift+lightglue"``)."""
+    return Pipeline.from_conf(pipeline_conf(name_or_conf, overrides), download=download)
+

@@ -1,0 +1,61 @@
+"""Drawings of keypoints and matches (OpenCV, so the ROS debug image can reuse them)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import cv2
+import numpy as np
+
+
+def _to_bgr(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return np.ascontiguousarray(image[..., ::-1])  # RGB -> BGR
+
+
+def score_colors(scores: np.ndarray) -> np.ndarray:
+    """Red (low) to green (high) BGR colours for scores in [0, 1]."""
+    s = np.clip(np.asarray(scores, dtype=np.float64), 0, 1)[:, None]
+    return np.concatenate([np.zeros_like(s), 255 * s, 255 * (1 - s)], 1).astype(np.uint8)
+
+
+def draw_matches(image0: np.ndarray, image1: np.ndarray, keypoints0: np.ndarray, keypoints1: np.ndarray,
+                 matches: np.ndarray, scores: Optional[np.ndarray] = None,
+                 correct: Optional[np.ndarray] = None, margin: int = 10,
+                 title: Optional[str] = None) -> np.ndarray:
+    """Side-by-side BGR picture of two images (RGB or gray uint8) with their matches.
+
+    Lines are green/red by ``correct`` when given, else coloured by ``scores``; all
+    keypoints are drawn as small blue dots.
+    """
+    img0, img1 = _to_bgr(image0), _to_bgr(image1)
+    h0, w0 = img0.shape[:2]
+    h1, w1 = img1.shape[:2]
+    canvas = np.full((max(h0, h1), w0 + margin + w1, 3), 255, np.uint8)
+    canvas[:h0, :w0] = img0
+    canvas[:h1, w0 + margin:] = img1
+    offset = np.array([w0 + margin, 0.0])
+    for x, y in np.asarray(keypoints0).reshape(-1, 2):
+        cv2.circle(canvas, (int(round(x)), int(round(y))), 1, (255, 128, 0), -1, cv2.LINE_AA)
+    for x, y in np.asarray(keypoints1).reshape(-1, 2) + offset:
+        cv2.circle(canvas, (int(round(x)), int(round(y))), 1, (255, 128, 0), -1, cv2.LINE_AA)
+    matches = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
+    if correct is not None:
+        colors = np.where(np.asarray(correct, bool)[:, None], [[0, 200, 0]], [[0, 0, 255]]).astype(np.uint8)
+    elif scores is not None:
+        colors = score_colors(scores)
+    else:
+        colors = np.tile(np.array([[0, 200, 0]], np.uint8), (len(matches), 1))
+    pts0 = np.asarray(keypoints0)[matches[:, 0]]
+    pts1 = np.asarray(keypoints1)[matches[:, 1]] + offset
+    for p0, p1, c in zip(pts0, pts1, colors):
+        a = (int(round(p0[0])), int(round(p0[1])))
+        b = (int(round(p1[0])), int(round(p1[1])))
+        cv2.line(canvas, a, b, tuple(int(v) for v in c), 1, cv2.LINE_AA)
+        cv2.circle(canvas, a, 2, tuple(int(v) for v in c), -1, cv2.LINE_AA)
+        cv2.circle(canvas, b, 2, tuple(int(v) for v in c), -1, cv2.LINE_AA)
+    if title:
+        for color, thickness in (((255, 255, 255), 4), ((0, 0, 0), 1)):
+            cv2.putText(canvas, title, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, color, thickness, cv2.LINE_AA)
+    return canvas

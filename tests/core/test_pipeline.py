@@ -1,0 +1,154 @@
+"""Two-view pipeline, streaming form and the match CLI (offline: SIFT + NN, or random LightGlue)."""
+
+import numpy as np
+import pytest
+import torch
+
+import featmatch_core
+from featmatch_core.config import ConfigError
+from featmatch_core.datasets.synthetic import homography_pair
+from featmatch_core.estimators.homography import opencv_homography
+from featmatch_core.geometry.homography import corner_error, warp_points
+from featmatch_core.match import main as match_main
+from featmatch_core.models.pipeline import FeatureStream, Pipeline, pipeline_conf
+
+
+@pytest.fixture(scope="module")
+def sift_nn():
+    return featmatch_core.load("sift+nn", ["extractor.max_num_keypoints=2048"])
+
+
+def test_sift_nn_recovers_homography(sift_nn, synthetic_pair):
+    image0, image1, H = synthetic_pair
+    pred = sift_nn.match(image0, image1)
+    assert len(pred.matches) > 100
+    est = opencv_homography(pred.points0, pred.points1, threshold=3.0)
+    assert est["success"]
+    assert corner_error(est["model"], H, (640, 480)) < 3.0
+    # most matches are geometrically right
+    err = np.linalg.norm(warp_points(pred.points0, H) - pred.points1, axis=1)
+    assert (err < 3).mean() > 0.7
+    assert set(pred.timings) == {"extract0", "extract1", "match", "total"}
+
+
+def test_result_arrays_are_consistent(sift_nn, synthetic_pair):
+    pred = sift_nn.match(*synthetic_pair[:2])
+    assert pred.keypoints0.shape[1] == 2 and pred.matches.dtype == np.int64
+    assert pred.matches.shape == (len(pred.scores), 2)
+    assert pred.matches[:, 0].max() < len(pred.keypoints0)
+    assert pred.matches[:, 1].max() < len(pred.keypoints1)
+    assert len(np.unique(pred.matches[:, 0])) == len(pred.matches)  # one-to-one
+
+
+def test_blank_image_gives_zero_matches(sift_nn, synthetic_pair):
+    pred = sift_nn.match(np.full((480, 640), 128, np.uint8), synthetic_pair[0])
+    assert len(pred.keypoints0) == 0 and pred.matches.shape == (0, 2)
+    pred = sift_nn.match(np.zeros((480, 640), np.uint8), np.zeros((480, 640), np.uint8))
+    assert len(pred.matches) == 0
+
+
+def test_image_larger_than_resize_limit_keeps_original_coordinates():
+    image0, image1, H = homography_pair(960, 1280, seed=5)
+    pipe = featmatch_core.load("sift+nn", {"extractor": {"resize": 640, "max_num_keypoints": 2048}})
+    pred = pipe.match(image0, image1)
+    assert pred.keypoints0[:, 0].max() > 700  # original pixels, not the 640-wide resize
+    est = opencv_homography(pred.points0, pred.points1, threshold=4.0)
+    assert est["success"] and corner_error(est["model"], H, (1280, 960)) < 5.0
+
+
+def test_stream_extracts_each_frame_once(sift_nn, synthetic_pair):
+    image0, image1, _ = synthetic_pair
+    stream = FeatureStream(sift_nn)
+    calls = []
+    original = sift_nn.extractor.forward
+    sift_nn.extractor.forward = lambda data: (calls.append(1), original(data))[1]
+    try:
+        assert stream.push(image0) is None
+        r1 = stream.push(image1)
+        r2 = stream.push(image0)
+    finally:
+        sift_nn.extractor.forward = original
+    assert len(calls) == 3 and stream.num_extracted == 3
+    assert len(r1.matches) > 100 and len(r2.matches) > 100
+    # streaming gives the same matches as the two-view call
+    direct = sift_nn.match(image0, image1)
+    np.testing.assert_array_equal(direct.matches, r1.matches)
+    assert "extract" in r1.timings
+
+
+def test_random_lightglue_pipeline_runs_offline(synthetic_pair):
+    """LightGlue with random weights (weights=None): the pipeline wiring, not match quality."""
+    pipe = featmatch_core.load("sift+lightglue", {"extractor": {"max_num_keypoints": 256},
+                                                  "matcher": {"weights": None}})
+    pred = pipe.match(*synthetic_pair[:2])
+    assert pred.keypoints0.shape == (256, 2)
+    assert 1 <= pred.info["stop_layer"] <= 9
+
+
+def test_mismatched_extractor_and_matcher_dims():
+    with pytest.raises(ConfigError, match="256-d"):
+        featmatch_core.load("superpoint+lightglue", {"extractor": {"weights": None},
+                                                     "matcher": {"features": "sift", "weights": None}})
+
+
+def test_scale_ori_matcher_needs_scale_ori_extractor():
+    conf = {"extractor": {"name": "superpoint", "weights": None},
+            "matcher": {"name": "lightglue", "input_dim": 256, "add_scale_ori": True, "weights": None}}
+    with pytest.raises(ConfigError, match="scale and orientation"):
+        featmatch_core.load(conf)
+
+
+def test_pipeline_conf_typo_raises():
+    with pytest.raises(ConfigError, match="devcie"):
+        Pipeline.from_conf({**pipeline_conf("sift+nn"), "devcie": "cpu"})
+    with pytest.raises(ConfigError, match="max_num_keypoint"):
+        featmatch_core.load("sift+nn", ["extractor.max_num_keypoint=10"])
+
+
+def test_missing_weights_offline_error_names_file(tmp_path):
+    from featmatch_core.weights import WeightsUnavailableError
+
+    with pytest.raises(WeightsUnavailableError, match="superpoint_lightglue"):
+        featmatch_core.load("sift+lightglue", {"matcher": {"features": "superpoint"}}, download=False)
+
+
+def test_bf16_cpu_path_runs(synthetic_pair):
+    pipe = featmatch_core.load("sift+lightglue", {"extractor": {"max_num_keypoints": 128},
+                                                  "matcher": {"weights": None}, "precision": "bf16"})
+    pred = pipe.match(*synthetic_pair[:2])
+    assert pred.scores.dtype == np.float32 and np.isfinite(pred.scores).all()
+
+
+def test_fp16_on_cpu_is_refused(synthetic_pair):
+    pipe = featmatch_core.load("sift+nn", {"precision": "fp16", "device": "cpu"})
+    with pytest.raises(ValueError, match="fp16"):
+        pipe.match(*synthetic_pair[:2])
+
+
+def test_batched_forward_matches_single(sift_nn, synthetic_pair):
+    image0, image1, _ = synthetic_pair
+    def two(im):  # the image and its upside-down copy: a batch with different keypoint counts
+        return torch.cat([featmatch_core.to_tensor_image(im),
+                          featmatch_core.to_tensor_image(np.ascontiguousarray(im[::-1]))])
+
+    batch = {"image0": two(image0), "image1": two(image1)}
+    with torch.inference_mode():
+        out = sift_nn(batch)
+    single = sift_nn.match(image0, image1)
+    np.testing.assert_array_equal(out["matches"][0].cpu().numpy(), single.matches)
+
+
+def test_match_cli_on_bundled_pair(tmp_path, capsys):
+    out = tmp_path / "viz.png"
+    assert match_main(["--out", str(out), "model.extractor.max_num_keypoints=1024"]) == 0
+    text = capsys.readouterr().out
+    assert "matches:" in text and "corner error" in text
+    import cv2
+
+    picture = cv2.imread(str(out))
+    assert picture is not None and picture.shape[1] > 1600
+
+
+def test_match_cli_bad_override_is_reported(capsys):
+    assert match_main(["model.extractor.max_num_keypoint=5"]) == 2
+    assert "max_num_keypoint" in capsys.readouterr().err
