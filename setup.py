@@ -24,7 +24,8 @@ setup(
     maintainer_email="maintainers@example.com",
     python_requires=">=3.10",  # ROS 2 Humble ships Python 3.10
     packages=find_packages(include=["featmatch_core", "featmatch_core.*", "lightglue_ros", "lightglue_ros.*"]),
-    package_data={"featmatch_core": ["configs/*.yaml", "weights/*.pth"]},
+    # assets/: the sample image pair used by `python -m featmatch_core.match` with no arguments
+    package_data={"featmatch_core": ["configs/*.yaml", "weights/*.pth", "assets/*/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
