@@ -1,0 +1,100 @@
+"""Small helpers shared by the geometry modules: homogeneous coordinates and numpy/torch dispatch.
+
+The geometry is written once, in torch. ``numpy_compat`` lets numpy callers (OpenCV, ROS,
+evaluation scripts) use the same functions: numpy arrays go in as float64 tensors (bool
+arrays stay bool, integer arrays stay int64) and tensors come back as numpy arrays. When
+any argument is already a tensor, numpy arguments are moved to its device and float
+dtype and the torch results are returned unchanged (autograd keeps working). Plain lists
+or tuples of numbers are treated as numpy arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+ArrayLike = np.ndarray | torch.Tensor
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def to_homogeneous(points: torch.Tensor) -> torch.Tensor:
+    """(..., D) -> (..., D+1) by appending ones."""
+    return torch.cat([points, torch.ones_like(points[..., :1])], -1)
+
+
+def from_homogeneous(points: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """(..., D+1) -> (..., D); ``eps`` > 0 keeps the last coordinate away from zero (sign kept)."""
+    last = points[..., -1:]
+    if eps > 0:
+        last = torch.where(last >= 0, last.clamp(min=eps), last.clamp(max=-eps))
+    return points[..., :-1] / last
+
+
+def _first_tensor(values) -> torch.Tensor | None:
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
+
+
+def _ref_float_dtype(values) -> torch.dtype:
+    for value in values:
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.dtype
+    return torch.float64
+
+
+def _numpy_to_torch(value: np.ndarray, device: torch.device | None, float_dtype: torch.dtype) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(value, dtype=np.float64), device=device).to(float_dtype)
+
+
+def to_numpy(value: Any) -> Any:
+    """Tensors (also inside tuples, lists and dicts) to numpy arrays; 0-d ones to numpy scalars."""
+    if isinstance(value, torch.Tensor):
+        array = value.detach().cpu().numpy()
+        return array[()] if array.ndim == 0 else array
+    if isinstance(value, tuple):
+        return tuple(to_numpy(v) for v in value)
+    if isinstance(value, list):
+        return [to_numpy(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_numpy(v) for k, v in value.items()}
+    return value
+
+
+def numpy_compat(int_args: tuple = ()) -> Callable[[F], F]:
+    """Decorator: run a torch implementation on numpy inputs (see the module docstring).
+
+    ``int_args`` names arguments that hold integer labels and must not become floats.
+    """
+
+    def decorator(fn: F) -> F:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            values = list(bound.arguments.values())
+            ref = _first_tensor(values)
+            device = ref.device if ref is not None else None
+            float_dtype = _ref_float_dtype(values)
+            for name, value in bound.arguments.items():
+                if isinstance(value, (list, tuple)) and value and all(
+                        isinstance(v, (int, float, np.number, list, tuple, np.ndarray)) for v in value):
+                    value = np.asarray(value)  # a plain sequence of numbers: treat as an array
+                if isinstance(value, np.ndarray):
+                    if value.dtype == np.bool_ or (name in int_args and value.dtype.kind in "iu"):
+                        bound.arguments[name] = torch.as_tensor(value, device=device)
+                    else:
+                        bound.arguments[name] = _numpy_to_torch(value, device, float_dtype)
+            out = fn(*bound.args, **bound.kwargs)
+            return out if ref is not None else to_numpy(out)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
