@@ -1,1 +1,199 @@
-"""Robust estimators. Each returns ``{"model", "inliers", "success"}``; a failure is not an exception."""
+"""Robust two-view estimators behind one interface; a failure is a value, not an exception.
+
+    estimator = get_estimator("relative_pose", {"name": "poselib", "ransac_th": 1.0})
+    result = estimator({"m_kpts0": pts0, "m_kpts1": pts1, "camera0": K0, "camera1": K1})
+    result["model"], result["inliers"], result["success"]
+
+Kinds and back ends (``conf.name``):
+
+- ``homography``: ``opencv`` (``method``: usac_magsac by default; ransac, usac_default,
+  usac_accurate, ...),
+  ``poselib``, ``pycolmap``, ``dlt`` (non-robust weighted DLT on all points, a baseline).
+  Model: 3x3 ``H_0to1`` with H[2, 2] = 1.
+- ``relative_pose``: ``opencv`` (findEssentialMat + recoverPose on K-normalised points;
+  ``method`` usac_default by default, ``ransac`` reproduces SuperGlue / Glue Factory),
+  ``poselib`` (estimate_relative_pose, PINHOLE cameras from K), ``pycolmap``
+  (estimate_relative_pose, LO-RANSAC with the tangent Sampson error, optionally refined).
+  Needs ``camera0`` / ``camera1`` (3x3 K). Model: 4x4 ``T_0to1`` (``X1 = R X0 + t``) with
+  unit-norm t.
+- ``fundamental``: ``opencv`` (``method`` usac_default by default), ``poselib``, ``pycolmap``. Model: 3x3 F with
+  ``x1^T F x0 = 0``, scaled to unit Frobenius norm.
+
+Common configuration: ``ransac_th`` is in PIXELS for every back end: the homography
+reprojection error in image 1, and for epipolar models a point-to-epipolar-line /
+Sampson distance. Back ends that work on normalised coordinates get it converted
+(OpenCV essential matrix: ``ransac_th / mean(fx0, fy0, fx1, fy1)``); poselib and pycolmap take
+pixel thresholds together with the cameras. ``confidence`` is the RANSAC success probability,
+``max_iters`` the maximum number of iterations (poselib and pycolmap also run at least
+``min(1000, max_iters)``), ``seed`` fixes the random sampling of poselib and pycolmap (OpenCV
+uses its global RNG, ``cv2.setRNGSeed``). Configs are validated with ``merge_strict``: a
+misspelt key raises ``ConfigError``.
+
+Input: ``m_kpts0`` / ``m_kpts1`` (K, 2) pixels, numpy or torch. Matches with non-finite
+coordinates are ignored (reported as outliers). Fewer than the minimal number of distinct
+matches, all points (nearly) collinear, a back end that raises or returns nothing / NaN /
+an invalid model, or fewer inliers than the minimal sample: ``success`` False, an
+identity model (3x3, or 4x4 for relative pose) and all-False inliers.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import import_module
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..config import ConfigError, ConfLike, merge_strict, to_container
+
+logger = logging.getLogger(__name__)
+
+REGISTRY: dict[str, dict[str, str]] = {
+    "homography": {
+        "opencv": "featmatch_core.estimators.homography:OpenCVHomography",
+        "poselib": "featmatch_core.estimators.homography:PoselibHomography",
+        "pycolmap": "featmatch_core.estimators.homography:PycolmapHomography",
+        "dlt": "featmatch_core.estimators.homography:DLTHomography",
+    },
+    "relative_pose": {
+        "opencv": "featmatch_core.estimators.relative_pose:OpenCVRelativePose",
+        "poselib": "featmatch_core.estimators.relative_pose:PoselibRelativePose",
+        "pycolmap": "featmatch_core.estimators.relative_pose:PycolmapRelativePose",
+    },
+    "fundamental": {
+        "opencv": "featmatch_core.estimators.relative_pose:OpenCVFundamental",
+        "poselib": "featmatch_core.estimators.relative_pose:PoselibFundamental",
+        "pycolmap": "featmatch_core.estimators.relative_pose:PycolmapFundamental",
+    },
+}
+DEFAULT_NAME = "opencv"
+
+
+def as_points(value: Any, key: str) -> np.ndarray:
+    """(K, 2) float64 numpy array from numpy / torch / lists."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value, dtype=np.float64)
+    if array.size == 0:
+        return array.reshape(0, 2)
+    if array.ndim != 2 or array.shape[1] != 2:
+        raise ValueError(f"'{key}' must have shape (K, 2), got {array.shape}")
+    return array
+
+
+def as_matrix(value: Any, key: str, shape: tuple[int, int] = (3, 3)) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value, dtype=np.float64)
+    if array.shape != shape or not np.isfinite(array).all():
+        raise ValueError(f"'{key}' must be a finite {shape[0]}x{shape[1]} matrix, got {array!r}")
+    return array
+
+
+def is_degenerate(points: np.ndarray, min_points: int, rel_tol: float = 1e-9) -> bool:
+    """Too few distinct points, or all of them (numerically) on one line."""
+    if len(points) < min_points or len(np.unique(points, axis=0)) < min_points:
+        return True
+    centered = points - points.mean(0)
+    s = np.linalg.svd(centered, compute_uv=False)
+    return bool(s[1] <= rel_tol * max(s[0], 1e-300))
+
+
+class BaseEstimator:
+    """A configured estimator: ``__call__(data) -> {"model", "inliers", "success"}``.
+
+    Subclasses set ``kind``, ``min_points``, ``default_conf`` (complete: base keys included)
+    and implement ``_estimate(points0, points1, extra) -> (model, inliers) | None`` (``extra``
+    is what ``_prepare(data)`` returned, e.g. the cameras), which may raise one of
+    ``backend_errors``; ``__call__`` turns those into ``success=False``.
+    """
+
+    kind = ""
+    min_points = 4
+    model_shape: tuple[int, int] = (3, 3)
+    default_conf: ClassVar[dict[str, Any]] = {
+        "name": "", "ransac_th": 1.0, "confidence": 0.9999, "max_iters": 10000, "seed": 0,
+    }
+    backend_errors: tuple[type[BaseException], ...] = (RuntimeError, ValueError, np.linalg.LinAlgError)
+
+    def __init__(self, conf: ConfLike = None):
+        owner = f"{self.kind} estimator '{self.default_conf.get('name')}'"
+        self.conf = merge_strict(self.default_conf, conf, owner=owner)
+        if self.conf.name != self.default_conf["name"]:
+            raise ConfigError(f"{owner}: config names a different estimator, '{self.conf.name}'")
+        if self.conf.ransac_th <= 0:
+            raise ConfigError(f"{owner}: ransac_th must be > 0 pixels, got {self.conf.ransac_th}")
+        if not 0 < self.conf.confidence < 1:
+            raise ConfigError(f"{owner}: confidence must be in (0, 1), got {self.conf.confidence}")
+        if self.conf.max_iters < 1:
+            raise ConfigError(f"{owner}: max_iters must be >= 1, got {self.conf.max_iters}")
+
+    def failure(self, num: int) -> dict[str, Any]:
+        return {"model": np.eye(self.model_shape[0]), "inliers": np.zeros(num, dtype=bool), "success": False}
+
+    def _prepare(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Check and convert non-point inputs (cameras); programming errors raise here."""
+        return {}
+
+    def _estimate(self, points0: np.ndarray, points1: np.ndarray,
+                  extra: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+        raise NotImplementedError
+
+    def _finalize(self, model: np.ndarray) -> np.ndarray | None:
+        """Validate / normalise the model; None if it is not a usable model."""
+        return model
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        for key in ("m_kpts0", "m_kpts1"):
+            if key not in data:
+                raise KeyError(f"{self.kind} estimator needs '{key}' in its input, got keys {sorted(data)}")
+        points0 = as_points(data["m_kpts0"], "m_kpts0")
+        points1 = as_points(data["m_kpts1"], "m_kpts1")
+        if len(points0) != len(points1):
+            raise ValueError(f"m_kpts0 and m_kpts1 differ in length: {len(points0)} vs {len(points1)}")
+        extra = self._prepare(data)
+        failure = self.failure(len(points0))
+        finite = np.isfinite(points0).all(1) & np.isfinite(points1).all(1)
+        p0, p1 = points0[finite], points1[finite]
+        if is_degenerate(p0, self.min_points) or is_degenerate(p1, self.min_points):
+            return failure
+        try:
+            result = self._estimate(np.ascontiguousarray(p0), np.ascontiguousarray(p1), extra)
+        except self.backend_errors as err:  # the back end refused the input: a failed estimate
+            logger.debug("%s estimator '%s' failed: %s", self.kind, self.conf.name, err)
+            return failure
+        if result is None:
+            return failure
+        model, inliers = result
+        if model is None or inliers is None:
+            return failure
+        model = np.asarray(model, dtype=np.float64)
+        inliers = np.asarray(inliers).astype(bool).ravel()
+        if model.shape != self.model_shape or not np.isfinite(model).all() or inliers.shape != (len(p0),):
+            return failure
+        model = self._finalize(model)
+        if model is None or inliers.sum() < self.min_points:
+            return failure
+        full = np.zeros(len(points0), dtype=bool)
+        full[finite] = inliers
+        return {"model": model, "inliers": full, "success": True}
+
+
+def get_estimator_class(kind: str, name: str) -> type[BaseEstimator]:
+    if kind not in REGISTRY:
+        raise ConfigError(f"unknown estimator kind '{kind}', expected one of {sorted(REGISTRY)}")
+    if name not in REGISTRY[kind]:
+        raise ConfigError(f"unknown {kind} estimator '{name}', expected one of {sorted(REGISTRY[kind])}")
+    module, cls = REGISTRY[kind][name].split(":")
+    return getattr(import_module(module), cls)
+
+
+def get_estimator(kind: str, conf: ConfLike = None) -> BaseEstimator:
+    """The estimator of ``kind`` ('homography', 'relative_pose', 'fundamental') named by
+    ``conf.name`` (default 'opencv'), configured by ``conf`` (validated strictly)."""
+    conf = to_container(conf)
+    name = conf.get("name") or DEFAULT_NAME
+    return get_estimator_class(kind, name)({**conf, "name": name})
+
+
+__all__ = ["REGISTRY", "BaseEstimator", "get_estimator", "get_estimator_class", "is_degenerate"]

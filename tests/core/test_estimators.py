@@ -1,0 +1,207 @@
+"""Robust estimators: one interface, pixel thresholds everywhere, failures as values."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from featmatch_core.config import ConfigError
+from featmatch_core.estimators import REGISTRY, get_estimator
+from featmatch_core.estimators.homography import opencv_homography
+from featmatch_core.geometry.epipolar import fundamental_from_pose, relative_pose_error, sampson_error
+from featmatch_core.geometry.homography import corner_error, warp_points
+
+H_TRUE = np.array([[0.9, 0.08, 25.0], [-0.05, 1.05, -12.0], [2e-4, -1e-4, 1.0]])
+
+
+def rotation(axis, degrees):
+    axis = np.asarray(axis, dtype=np.float64)
+    return cv2.Rodrigues(axis / np.linalg.norm(axis) * np.deg2rad(degrees))[0]
+
+
+def corrupt(points1, rng, outlier_ratio, size=(640, 480)):
+    outliers = rng.random(len(points1)) < outlier_ratio
+    points1 = points1.copy()
+    points1[outliers] = rng.uniform([0, 0], size, (outliers.sum(), 2))
+    return points1, ~outliers
+
+
+def homography_scene(num=300, outlier_ratio=0.3, noise=0.5, seed=0):
+    rng = np.random.default_rng(seed)
+    points0 = rng.uniform([0, 0], [640, 480], (num, 2))
+    points1 = warp_points(points0, H_TRUE) + rng.normal(0, noise, (num, 2))
+    points0 = points0 + rng.normal(0, noise, (num, 2))
+    points1, inliers = corrupt(points1, rng, outlier_ratio)
+    return points0, points1, inliers
+
+
+def pose_scene(num=300, outlier_ratio=0.3, noise=0.5, seed=0):
+    """A random 3D point cloud seen by two cameras with different K and a known T_0to1."""
+    rng = np.random.default_rng(seed)
+    K0 = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
+    K1 = np.array([[600.0, 0, 330], [0, 610, 250], [0, 0, 1]])
+    R = rotation([0.2, 1, 0.1], 12)
+    t = np.array([-1.0, 0.1, 0.2])
+    X0 = np.c_[rng.uniform(-2, 2, num), rng.uniform(-1.5, 1.5, num), rng.uniform(4, 8, num)]
+    X1 = X0 @ R.T + t
+    x0 = X0 @ K0.T
+    x1 = X1 @ K1.T
+    points0 = x0[:, :2] / x0[:, 2:] + rng.normal(0, noise, (num, 2))
+    points1 = x1[:, :2] / x1[:, 2:] + rng.normal(0, noise, (num, 2))
+    points1, inliers = corrupt(points1, rng, outlier_ratio)
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, t
+    return {"m_kpts0": points0, "m_kpts1": points1, "camera0": K0, "camera1": K1}, T, inliers
+
+
+def check_inliers(found, truth, recall=0.9, false_rate=0.05):
+    assert (found & truth).sum() >= recall * truth.sum()
+    assert (found & ~truth).sum() <= false_rate * (~truth).sum() + 1
+
+
+@pytest.mark.parametrize("name", ["opencv", "poselib", "pycolmap"])
+def test_homography_estimators(name):
+    points0, points1, truth = homography_scene()
+    result = get_estimator("homography", {"name": name})({"m_kpts0": points0, "m_kpts1": points1})
+    assert result["success"] is True
+    assert result["model"].shape == (3, 3) and result["model"][2, 2] == pytest.approx(1.0)
+    assert corner_error(result["model"], H_TRUE, (640, 480)) < 2.0
+    assert result["inliers"].dtype == bool and result["inliers"].shape == (300,)
+    check_inliers(result["inliers"], truth)
+
+
+def test_dlt_homography_on_clean_matches():
+    points0, points1, _ = homography_scene(outlier_ratio=0.0, noise=0.2)
+    result = get_estimator("homography", {"name": "dlt"})({"m_kpts0": torch.from_numpy(points0),
+                                                          "m_kpts1": torch.from_numpy(points1)})
+    assert result["success"] and corner_error(result["model"], H_TRUE, (640, 480)) < 1.0
+    assert result["inliers"].mean() > 0.95
+
+
+@pytest.mark.parametrize("name", ["opencv", "poselib", "pycolmap"])
+def test_relative_pose_estimators(name):
+    data, T, truth = pose_scene()
+    result = get_estimator("relative_pose", {"name": name})(data)
+    assert result["success"] is True
+    model = result["model"]
+    assert model.shape == (4, 4) and np.linalg.norm(model[:3, 3]) == pytest.approx(1.0)
+    np.testing.assert_allclose(model[3], [0, 0, 0, 1])
+    err_R, err_t = relative_pose_error(T, model[:3, :3], model[:3, 3])
+    assert err_R < 1.0 and err_t < 3.0
+    check_inliers(result["inliers"], truth)
+    # torch inputs and (1, 3, 3)-free K as torch as well
+    torch_data = {k: torch.from_numpy(v) for k, v in data.items()}
+    assert get_estimator("relative_pose", {"name": name})(torch_data)["success"]
+
+
+@pytest.mark.parametrize("name", ["opencv", "poselib", "pycolmap"])
+def test_ransac_threshold_is_in_pixels_for_every_backend(name):
+    """A 3 px threshold on 0.5 px noise keeps nearly all true matches and rejects the outliers.
+    (A threshold left in normalised units would accept everything; one not converted the
+    other way would reject everything.)"""
+    data, _, truth = pose_scene(seed=3)
+    loose = get_estimator("relative_pose", {"name": name, "ransac_th": 3.0})(data)
+    check_inliers(loose["inliers"], truth, recall=0.97, false_rate=0.05)
+    tight = get_estimator("relative_pose", {"name": name, "ransac_th": 0.2})(data)
+    assert tight["inliers"].sum() < 0.8 * loose["inliers"].sum()
+
+
+@pytest.mark.parametrize("name", ["opencv", "poselib", "pycolmap"])
+def test_fundamental_estimators(name):
+    data, T, truth = pose_scene(seed=1)
+    result = get_estimator("fundamental", {"name": name})({"m_kpts0": data["m_kpts0"], "m_kpts1": data["m_kpts1"]})
+    assert result["success"] and result["model"].shape == (3, 3)
+    assert np.linalg.norm(result["model"]) == pytest.approx(1.0)
+    clean, _, _ = pose_scene(seed=1, noise=0.0, outlier_ratio=0.0)
+    err = sampson_error(clean["m_kpts0"], clean["m_kpts1"], result["model"])
+    assert np.median(err) < 0.5
+    F_true = fundamental_from_pose(clean["camera0"], clean["camera1"], T)
+    assert np.median(sampson_error(clean["m_kpts0"], clean["m_kpts1"], F_true)) < 1e-6
+    check_inliers(result["inliers"], truth, recall=0.7)
+
+
+DEGENERATE = {
+    "three": (np.array([[0.0, 0], [10, 0], [0, 10]]), np.array([[1.0, 1], [11, 1], [1, 11]])),
+    "identical": (np.tile([[100.0, 50.0]], (30, 1)), np.tile([[120.0, 40.0]], (30, 1))),
+    "empty": (np.zeros((0, 2)), np.zeros((0, 2))),
+    "collinear": (np.c_[np.arange(30.0), 2 * np.arange(30.0)], np.c_[np.arange(30.0), 3 * np.arange(30.0) + 1]),
+    "nan": (np.full((20, 2), np.nan), np.full((20, 2), np.nan)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEGENERATE))
+@pytest.mark.parametrize("kind,name", [(kind, name) for kind in REGISTRY for name in REGISTRY[kind]])
+def test_degenerate_input_is_a_failure_not_an_exception(kind, name, case):
+    points0, points1 = DEGENERATE[case]
+    data = {"m_kpts0": points0, "m_kpts1": points1, "camera0": np.eye(3) * [500, 500, 1],
+            "camera1": np.eye(3) * [500, 500, 1]}
+    result = get_estimator(kind, {"name": name})(data)
+    assert result["success"] is False
+    size = 4 if kind == "relative_pose" else 3
+    np.testing.assert_array_equal(result["model"], np.eye(size))
+    assert result["inliers"].shape == (len(points0),) and not result["inliers"].any()
+
+
+def test_nonfinite_matches_are_outliers_and_the_rest_is_used():
+    points0, points1, _ = homography_scene(outlier_ratio=0.0)
+    points0[:5] = np.nan
+    points1[5:8] = np.inf
+    result = get_estimator("homography", {"name": "opencv"})({"m_kpts0": points0, "m_kpts1": points1})
+    assert result["success"] and not result["inliers"][:8].any() and result["inliers"][8:].mean() > 0.95
+
+
+def test_backend_errors_and_garbage_become_failures(monkeypatch):
+    points0, points1, _ = homography_scene()
+    data = {"m_kpts0": points0, "m_kpts1": points1}
+
+    def raises(*args, **kwargs):
+        raise cv2.error("boom")
+
+    monkeypatch.setattr(cv2, "findHomography", raises)
+    assert get_estimator("homography", {"name": "opencv"})(data)["success"] is False
+    import poselib
+
+    monkeypatch.setattr(poselib, "estimate_homography",
+                        lambda *a, **k: (np.full((3, 3), np.nan), {"inliers": [True] * len(points0)}))
+    assert get_estimator("homography", {"name": "poselib"})(data)["success"] is False
+    import pycolmap
+
+    monkeypatch.setattr(pycolmap, "estimate_fundamental_matrix", lambda *a, **k: None)
+    assert get_estimator("fundamental", {"name": "pycolmap"})(data)["success"] is False
+
+
+def test_config_is_strict():
+    with pytest.raises(ConfigError, match="ransac_thr"):
+        get_estimator("homography", {"name": "opencv", "ransac_thr": 2.0})
+    with pytest.raises(ConfigError, match="method"):
+        get_estimator("homography", {"name": "poselib", "method": "ransac"})  # poselib has no method
+    with pytest.raises(ConfigError, match="magsacc"):
+        get_estimator("relative_pose", {"name": "opencv", "method": "magsacc"})
+    with pytest.raises(ConfigError, match="unknown relative_pose estimator"):
+        get_estimator("relative_pose", {"name": "colmap"})
+    with pytest.raises(ConfigError, match="kind"):
+        get_estimator("essential", {"name": "opencv"})
+    with pytest.raises(ConfigError, match="ransac_th"):
+        get_estimator("fundamental", {"name": "poselib", "ransac_th": 0})
+    with pytest.raises(ConfigError, match="ransac_th"):
+        get_estimator("fundamental", {"name": "poselib", "ransac_th": "one"})
+    estimator = get_estimator("relative_pose", {"name": "pycolmap", "ransac_th": 2, "refine": False})
+    assert estimator.conf.ransac_th == 2 and estimator.conf.refine is False
+    assert get_estimator("homography").conf.name == "opencv"
+
+
+def test_relative_pose_needs_cameras():
+    data, _, _ = pose_scene()
+    del data["camera1"]
+    with pytest.raises(KeyError, match="camera1"):
+        get_estimator("relative_pose", {"name": "poselib"})(data)
+
+
+def test_opencv_homography_shorthand_keeps_its_contract():
+    points0, points1, _ = homography_scene()
+    result = opencv_homography(points0, points1, threshold=3.0)
+    assert set(result) == {"model", "inliers", "success"} and result["success"]
+    assert corner_error(result["model"], H_TRUE, (640, 480)) < 2.0
+    assert opencv_homography(points0[:3], points1[:3])["success"] is False
+    with pytest.raises(ValueError, match="method"):
+        opencv_homography(points0, points1, method="nope")
