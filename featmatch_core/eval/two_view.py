@@ -1,0 +1,89 @@
+"""Per-pair evaluation from cached predictions: homography pairs and calibrated pose pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from ..estimators import get_estimator
+from ..geometry.epipolar import relative_pose_error
+from ..geometry.homography import corner_error
+from .metrics import epipolar_precision, homography_match_precision
+
+# Counted as a failure (infinite error) rather than crashing the run.
+FAILED = float("inf")
+
+
+def _matched_points(pred: Mapping[str, Any]):
+    matches = np.asarray(pred["matches"], dtype=np.int64).reshape(-1, 2)
+    kp0 = np.asarray(pred["keypoints0"], dtype=np.float64).reshape(-1, 2)
+    kp1 = np.asarray(pred["keypoints1"], dtype=np.float64).reshape(-1, 2)
+    return kp0, kp1, kp0[matches[:, 0]], kp1[matches[:, 1]]
+
+
+def _counts(pred: Mapping[str, Any], kp0: np.ndarray, kp1: np.ndarray, m0: np.ndarray) -> dict[str, Any]:
+    return {"num_keypoints": (len(kp0) + len(kp1)) / 2, "num_matches": float(len(m0)),
+            "time_ms": float(pred.get("time_ms", np.nan))}
+
+
+def _failed_load(keys: dict[str, float]) -> dict[str, Any]:
+    return {**keys, "load_failed": 1.0, "num_keypoints": 0.0, "num_matches": 0.0, "num_inliers": 0.0,
+            "inlier_ratio": 0.0}
+
+
+def evaluate_homography_pair(gt: Mapping[str, Any], pred: Mapping[str, Any], conf: DictConfig,
+                             ransac_th: float) -> dict[str, Any]:
+    """Corner error of the robust and the DLT estimate, precision at 1/3 px, counts."""
+    if "load_error" in pred:
+        return _failed_load({"corner_error": FAILED, "corner_error_dlt": FAILED})
+    H_gt = np.asarray(gt["H_0to1"])
+    size0 = tuple(int(v) for v in gt["image_size0"])
+    kp0, kp1, m0, m1 = _matched_points(pred)
+    data = {"m_kpts0": m0, "m_kpts1": m1}
+    est = get_estimator("homography", {"name": conf.estimator, "ransac_th": float(ransac_th)})(data)
+    dlt = get_estimator("homography", {"name": "dlt"})(data)
+    precision = homography_match_precision(m0, m1, H_gt, th=(1.0, 3.0)) if len(m0) else (0.0, 0.0)
+    inliers = int(np.sum(est["inliers"])) if est["success"] else 0
+    return {
+        **_counts(pred, kp0, kp1, m0),
+        "corner_error": corner_error(est["model"], H_gt, size0) if est["success"] else FAILED,
+        "corner_error_dlt": corner_error(dlt["model"], H_gt, size0) if dlt["success"] else FAILED,
+        "precision@1px": float(precision[0]),
+        "precision@3px": float(precision[1]),
+        "num_inliers": float(inliers),
+        "inlier_ratio": inliers / len(m0) if len(m0) else 0.0,
+        "load_failed": 0.0,
+    }
+
+
+def evaluate_pose_pair(gt: Mapping[str, Any], pred: Mapping[str, Any], conf: DictConfig,
+                       ransac_th: float) -> dict[str, Any]:
+    """Relative pose error = max(rotation, translation-direction angle), epipolar precision, counts."""
+    if "load_error" in pred:
+        return _failed_load({"pose_error": FAILED, "rotation_error": FAILED, "translation_error": FAILED})
+    K0, K1, T_gt = (np.asarray(gt[k]) for k in ("K0", "K1", "T_0to1"))
+    kp0, kp1, m0, m1 = _matched_points(pred)
+    est = get_estimator("relative_pose", {"name": conf.estimator, "ransac_th": float(ransac_th)})(
+        {"m_kpts0": m0, "m_kpts1": m1, "camera0": K0, "camera1": K1})
+    if est["success"]:
+        T = np.asarray(est["model"])
+        err_R, err_t = relative_pose_error(T_gt, T[:3, :3], T[:3, 3])
+        err_R, err_t = float(err_R), float(err_t)
+    else:
+        err_R = err_t = FAILED
+    inliers = int(np.sum(est["inliers"])) if est["success"] else 0
+    precision = (epipolar_precision(m0, m1, (K0, K1, T_gt), th=1e-4, unit="normalized")
+                 if len(m0) else 0.0)
+    return {
+        **_counts(pred, kp0, kp1, m0),
+        "pose_error": max(err_R, err_t),
+        "rotation_error": err_R,
+        "translation_error": err_t,
+        "epipolar_precision@1e-4": float(np.asarray(precision).reshape(-1)[0]),
+        "num_inliers": float(inliers),
+        "inlier_ratio": inliers / len(m0) if len(m0) else 0.0,
+        "load_failed": 0.0,
+    }
