@@ -173,9 +173,9 @@ def _write_prediction(f: h5py.File, item: Mapping[str, Any], pipeline: Pipeline 
 def read_prediction(f: h5py.File, pair_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(ground truth, prediction) of one pair from the cache."""
     grp = f[_group_name(pair_name)]
-    pred: dict[str, Any] = {k: grp[k][()] for k in grp.keys() if not k.startswith("gt_")}
+    pred: dict[str, Any] = {k: grp[k][()] for k in grp if not k.startswith("gt_")}
     pred.update({k: v for k, v in grp.attrs.items()})
-    gt = {k.removeprefix("gt_"): grp[k][()] for k in grp.keys() if k.startswith("gt_")}
+    gt = {k.removeprefix("gt_"): grp[k][()] for k in grp if k.startswith("gt_")}
     return {"name": pair_name, **gt}, pred
 
 
