@@ -1,0 +1,158 @@
+"""Image / camera info / point cloud / pose conversions against rosbags' ROS 2 Humble messages."""
+
+import array
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from lightglue_ros import conversions as cv
+from lightglue_ros.conversions import ENCODINGS, ImageConversionError
+
+TYPES = cv.rosbags_types()
+TS = TYPES.typestore
+
+
+def _sample(encoding, height=5, width=7, seed=0):
+    dtype, channels = ENCODINGS[encoding]
+    rng = np.random.default_rng(seed)
+    shape = (height, width, channels) if channels > 1 else (height, width)
+    if dtype == np.float32:
+        return rng.normal(size=shape).astype(np.float32)
+    return rng.integers(0, np.iinfo(dtype).max, size=shape, endpoint=True).astype(dtype)
+
+
+def _cdr_round_trip(msg):
+    raw = TS.serialize_cdr(msg, msg.__msgtype__)
+    return TS.deserialize_cdr(raw, msg.__msgtype__)
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+@pytest.mark.parametrize("padding", [0, 3, 16])
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_image_round_trip(encoding, padding, bigendian):
+    image = _sample(encoding)
+    dtype, channels = ENCODINGS[encoding]
+    step = image.shape[1] * channels * dtype.itemsize + padding
+    header = cv.make_header(TYPES, 1_500_000_123, "cam")
+    msg = cv.numpy_to_image(TYPES, image, encoding, header, step=step, bigendian=bigendian)
+    assert msg.step == step and len(msg.data) == step * msg.height
+    assert msg.is_bigendian == (bigendian and dtype.itemsize > 1)
+    msg = _cdr_round_trip(msg)  # a real serialised ROS 2 message
+    out = cv.image_to_numpy(msg)
+    assert out.dtype == dtype and out.dtype.isnative and out.shape == image.shape
+    np.testing.assert_array_equal(out, image)
+    assert cv.header_ns(msg) == 1_500_000_123
+
+
+def test_big_endian_bytes_are_really_swapped():
+    image = np.array([[1, 256]], np.uint16)
+    msg = cv.numpy_to_image(TYPES, image, "mono16", bigendian=True)
+    assert bytes(msg.data) == b"\x00\x01\x01\x00"
+    msg_le = cv.numpy_to_image(TYPES, image, "mono16")
+    assert bytes(msg_le.data) == b"\x01\x00\x00\x01"
+
+
+def test_hand_made_padded_big_endian_message():
+    """Bytes written by hand, as another system would: 2x2 16UC1, big-endian, step 6 (2 pad bytes)."""
+    data = bytes([0, 1, 0, 2, 9, 9, 1, 0, 2, 0, 9, 9])
+    msg = TYPES("sensor_msgs/msg/Image", header=cv.make_header(TYPES, 0, ""), height=2, width=2,
+                encoding="16UC1", is_bigendian=1, step=6, data=np.frombuffer(data, np.uint8).copy())
+    np.testing.assert_array_equal(cv.image_to_numpy(msg), [[1, 2], [256, 512]])
+
+
+def test_rclpy_style_array_data_is_accepted():
+    """rclpy gives uint8[] as array.array('B'); the last row's padding may be missing."""
+    image = _sample("bgr8")
+    raw = np.concatenate([image.reshape(5, -1), np.zeros((5, 4), np.uint8)], 1).reshape(-1)[:-4]
+    msg = SimpleNamespace(height=5, width=7, encoding="bgr8", is_bigendian=0, step=7 * 3 + 4,
+                          data=array.array("B", raw.tobytes()))
+    np.testing.assert_array_equal(cv.image_to_numpy(msg), image)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"encoding": "yuv422"}, "unsupported image encoding 'yuv422'"),
+    ({"step": 10}, "step 10 is smaller than width"),
+    ({"data": np.zeros(20, np.uint8)}, "truncated image data"),
+    ({"height": 0}, "empty image"),
+])
+def test_bad_images_are_refused_with_the_reason(change, message):
+    msg = cv.numpy_to_image(TYPES, _sample("rgb8"), "rgb8")
+    for key, value in change.items():
+        setattr(msg, key, value)
+    with pytest.raises(ImageConversionError, match=message):
+        cv.image_to_numpy(msg)
+
+
+def test_matcher_input_and_display():
+    rgb = _sample("rgb8")
+    np.testing.assert_array_equal(cv.to_matcher_image(rgb[..., ::-1], "bgr8"), rgb)
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], -1)
+    np.testing.assert_array_equal(cv.to_matcher_image(rgba[..., [2, 1, 0, 3]], "bgra8"), rgb)
+    np.testing.assert_array_equal(cv.to_matcher_image(rgba, "rgba8"), rgb)
+    f = cv.to_matcher_image(np.array([[np.nan, 2.0], [4.0, 6.0]], np.float32), "32FC1")
+    assert f.dtype == np.float32 and f.min() == 0 and f.max() == 1
+    assert cv.to_display(np.array([[65535]], np.uint16), "mono16").dtype == np.uint8
+    depth = cv.depth_to_metres(np.array([[1500, 0]], np.uint16), "16UC1")
+    np.testing.assert_allclose(depth, [[1.5, 0.0]])
+    np.testing.assert_array_equal(cv.depth_to_metres(np.array([[np.nan, -1, 2]], np.float32), "32FC1"),
+                                  [[0, 0, 2]])
+
+
+def test_camera_info_K_distortion_and_baseline():
+    K = np.array([[500.0, 0, 320], [0, 505, 240], [0, 0, 1]])
+    P = np.hstack([K, [[-500 * 0.12], [0], [0]]])
+    info = cv.make_camera_info(TYPES, cv.make_header(TYPES, 0, "right"), 640, 480, K, P=P)
+    info = _cdr_round_trip(info)
+    np.testing.assert_allclose(cv.camera_info_to_K(info), K)
+    assert cv.camera_info_distortion(info) is None
+    assert cv.stereo_baseline(info) == pytest.approx(0.12)
+    info.k = np.zeros(9)
+    assert cv.camera_info_to_K(info) is None
+    assert cv.camera_info_to_K(None) is None
+    info.d = np.array([0.1, 0, 0, 0, 0])
+    np.testing.assert_allclose(cv.camera_info_distortion(info), [0.1, 0, 0, 0, 0])
+
+
+def test_matches_pointcloud_round_trip():
+    kp0 = np.array([[1.5, 2.5], [10, 20], [30, 40]], np.float32)
+    kp1 = np.array([[5, 6], [7, 8]], np.float32)
+    matches = np.array([[0, 1], [2, 0]])
+    xyz = np.array([[0.1, 0.2, 1.0], [0.3, 0.4, 2.0]])
+    msg = cv.matches_to_pointcloud2(TYPES, cv.make_header(TYPES, 5, "cam"), kp0, kp1, matches,
+                                    np.array([0.9, 0.5]), xyz=xyz, inliers=np.array([True, False]))
+    msg = _cdr_round_trip(msg)
+    names = [f.name for f in msg.fields]
+    assert names[:3] == ["x", "y", "z"]
+    assert {"u0", "v0", "u1", "v1", "score", "idx0", "idx1"} <= set(names)
+    assert msg.width == 2 and msg.height == 1 and msg.row_step == 2 * msg.point_step
+    pts = cv.pointcloud2_to_array(msg)
+    np.testing.assert_allclose(pts["u0"], [1.5, 30]), np.testing.assert_allclose(pts["v1"], [8, 6])
+    np.testing.assert_array_equal(pts["idx0"], [0, 2]), np.testing.assert_array_equal(pts["idx1"], [1, 0])
+    np.testing.assert_allclose(pts["score"], [0.9, 0.5])
+    np.testing.assert_allclose(pts["z"], [1, 2]), np.testing.assert_array_equal(pts["inlier"], [1, 0])
+    empty = cv.matches_to_pointcloud2(TYPES, cv.make_header(TYPES, 5, "cam"), kp0, kp1,
+                                      np.zeros((0, 2)), np.zeros(0))
+    assert _cdr_round_trip(empty).width == 0 and len(cv.pointcloud2_to_array(empty)) == 0
+
+
+def test_pose_messages_round_trip():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        q = rng.normal(size=4)
+        T = np.eye(4)
+        T[:3, :3] = cv.quaternion_to_rotation(q)
+        T[:3, 3] = rng.normal(size=3)
+        header = cv.make_header(TYPES, 7, "odom")
+        for msg in (cv.pose_stamped(TYPES, header, T),
+                    cv.pose_with_covariance_stamped(TYPES, header, T, np.eye(6)),
+                    cv.transform_stamped(TYPES, header, "cam", T),
+                    cv.odometry(TYPES, header, "cam", T, linear=(1, 2, 3))):
+            np.testing.assert_allclose(cv.pose_from_msg(_cdr_round_trip(msg)), T, atol=1e-9)
+
+
+def test_diagnostics_serialise():
+    status = cv.diagnostic_status(TYPES, "matcher", "WARN", "too few matches", {"matches": 3, "p50": 1.23456})
+    msg = _cdr_round_trip(cv.diagnostic_array(TYPES, cv.make_header(TYPES, 1, ""), [status]))
+    assert cv.status_level(msg.status[0]) == 1
+    assert cv.status_values(msg.status[0]) == {"matches": "3", "p50": "1.23456"}
