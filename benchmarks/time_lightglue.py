@@ -1,0 +1,93 @@
+"""Time our LightGlue (float32 and bf16/fp16 autocast) and optionally the reference, same harness.
+
+    python benchmarks/time_lightglue.py --reference /tmp/lightglue_ref --num-keypoints 512 1024 2048
+
+Batch 1, random weights (identical in both models), all layers (adaptivity off unless
+``--adaptive``), 256-d descriptors, random keypoints. Runs of the models are interleaved so
+that load from other processes affects them alike; the table gives the median and the
+minimum over ``--repeat`` runs after ``--warmup`` runs. Uses torch's default thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from featmatch_core.models.matchers.lightglue import LightGlue, to_release_layout  # noqa: I001
+from verify_lightglue_reference import import_reference
+
+
+def random_pair(n: int, dim: int, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+
+    def image() -> dict[str, torch.Tensor]:
+        return {"keypoints": torch.rand(1, n, 2, generator=g) * torch.tensor([1024.0, 768.0]),
+                "descriptors": torch.nn.functional.normalize(torch.randn(1, n, dim, generator=g), dim=-1),
+                "image_size": torch.tensor([[1024.0, 768.0]])}
+
+    return {"image0": image(), "image1": image()}
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) * 1e3
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", type=Path, default=None, help="checkout of cvg/LightGlue (optional)")
+    parser.add_argument("--num-keypoints", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--adaptive", action="store_true", help="keep depth/width adaptivity on")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    device = torch.device(args.device)
+    amp = torch.bfloat16 if device.type == "cpu" else torch.float16
+
+    conf = {} if args.adaptive else {"depth_confidence": -1, "width_confidence": -1}
+    torch.manual_seed(0)
+    ours = LightGlue(conf).eval().to(device)
+    runners: dict[str, Callable[[dict], object]] = {}
+    if args.reference is not None:
+        reference = import_reference(args.reference).LightGlue(features=None, **conf).eval().to(device)
+        ours.load_checkpoint_state_dict(to_release_layout(reference.state_dict()))
+        runners["reference fp32"] = reference
+    runners["ours fp32"] = ours
+
+    def ours_autocast(data: dict) -> object:
+        with torch.autocast(device.type, dtype=amp):
+            return ours(data)
+
+    runners[f"ours {str(amp).removeprefix('torch.')} autocast"] = ours_autocast
+
+    print(f"threads: {torch.get_num_threads()}, device: {device}, adaptivity: {'on' if args.adaptive else 'off'}")
+    print("| keypoints | " + " | ".join(f"{name} median (min) ms" for name in runners) + " |")
+    print("|---|" + "---|" * len(runners))
+    for n in args.num_keypoints:
+        data = random_pair(n, 256, seed=n)
+        data = {k: {kk: vv.to(device) for kk, vv in v.items()} for k, v in data.items()}
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for i in range(args.warmup + args.repeat):
+            for name, run in runners.items():
+                ms = timed(lambda run=run, data=data: run(data), device)
+                if i >= args.warmup:
+                    times[name].append(ms)
+        cells = [f"{statistics.median(t):.0f} ({min(t):.0f})" for t in times.values()]
+        print(f"| {n} | " + " | ".join(cells) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

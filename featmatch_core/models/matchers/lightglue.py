@@ -1,0 +1,734 @@
+"""LightGlue matcher (Lindenberger, Sarlin, Pollefeys, ICCV 2023), written for this package.
+
+The network alternates self- and cross-attention over the keypoints of two images,
+with rotary encodings of learned Fourier features of the keypoint geometry, and
+predicts a partial assignment with a double softmax plus a per-point matchability.
+After each layer a small head estimates how settled every point is; inference can
+stop early (adaptive depth) and drop points that are confidently unmatchable
+(adaptive width).
+
+Parameter names follow the state-dict layout of the reference implementation
+(``transformers.{i}.self_attn.Wqkv.weight``, ``log_assignment.{i}.matchability.weight``,
+...). The officially released checkpoints use an older flat layout
+(``self_attn.{i}.*``, ``cross_attn.{i}.*``); :meth:`LightGlue.load_checkpoint_state_dict`
+converts it.
+
+Internally the descriptors of both images live in one tensor of shape (B, M + N, D):
+every linear layer then runs once for the pair, and attention works on views.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from ..base import BaseModel, strict_load
+
+logger = logging.getLogger(__name__)
+
+Tensor = torch.Tensor
+MaskPair = tuple[Tensor | None, Tensor | None]
+
+# With ``pruning_min_keypoints: None`` an image is pruned only when it has more keypoints
+# than this: on GPUs the gather that pruning needs costs more than it saves for small sets.
+# (The reference uses -1 on CPU/MPS, 1024 on CUDA, and 1536 on CUDA with flash attention.)
+AUTO_PRUNING_MIN_KEYPOINTS: dict[str, int] = {"cpu": 0, "mps": 0, "cuda": 1024}
+
+# Log-assignment entries of padded keypoints (finite so that ``0 * entry`` stays 0 in a loss).
+PADDING_LOG_SCORE = -1e4
+
+
+# ---- geometry ----------------------------------------------------------------------------------
+def normalize_keypoints(keypoints: Tensor, image_size: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Pixels -> roughly [-1, 1]: centre on the image, divide by half the longer side."""
+    size = image_size.to(dtype)
+    centre = size / 2
+    half_long_side = size.max(-1).values / 2
+    return (keypoints.to(dtype) - centre[:, None, :]) / half_long_side[:, None, None]
+
+
+class FourierPositionEncoding(nn.Module):
+    """Learned Fourier features of the keypoint geometry, used as rotary angles.
+
+    ``Wr`` maps the geometry (x, y[, scale, orientation]) to one angle per channel pair of an
+    attention head; all heads share the angles.
+    """
+
+    def __init__(self, geometry_dim: int, head_dim: int) -> None:
+        super().__init__()
+        self.Wr = nn.Linear(geometry_dim, head_dim // 2, bias=False)
+        nn.init.normal_(self.Wr.weight, mean=0.0, std=1.0)
+
+    def forward(self, geometry: Tensor) -> Tensor:
+        """(B, N, geometry_dim) -> angles (B, 1, N, head_dim / 2)."""
+        return self.Wr(geometry).unsqueeze(1)
+
+
+class Rotary(NamedTuple):
+    """Rotary encoding of a point set: channel pair (2k, 2k + 1) of a query/key is rotated by angle k.
+
+    Stored as ``phasor = cos + i sin`` (B, 1, N, head_dim / 2) in the model's complex dtype:
+    one complex multiply is several times faster on CPU than the equivalent real kernels,
+    also for reduced-precision inputs, which are rotated in full precision and cast back.
+    """
+
+    phasor: Tensor
+
+    @classmethod
+    def from_angles(cls, angles: Tensor) -> Rotary:
+        return cls(torch.polar(torch.ones_like(angles), angles))
+
+    def select(self, positions: Tensor) -> Rotary:
+        """Keep the points at ``positions`` (B, K)."""
+        return Rotary(torch.take_along_dim(self.phasor, positions[:, None, :, None], dim=2))
+
+    def apply(self, x: Tensor) -> Tensor:
+        real_dtype = self.phasor.real.dtype
+        pairs = x.to(real_dtype).unflatten(-1, (-1, 2))
+        if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(st % 2 for st in pairs.stride()[:-1]):
+            pairs = pairs.contiguous()  # view_as_complex needs interleaved (re, im) storage
+        rotated = torch.view_as_real(torch.view_as_complex(pairs) * self.phasor).flatten(-2)
+        return rotated.to(x.dtype)
+
+
+# ---- attention -------------------------------------------------------------------------------
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """(B, N, H * d) -> (B, H, N, d), a view."""
+    return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
+
+
+def merge_heads(*parts: Tensor) -> Tensor:
+    """(B, H, N_i, d) parts -> (B, sum N_i, H * d), concatenated along the points in one copy."""
+    return torch.cat([p.transpose(1, 2) for p in parts], dim=1).flatten(-2)
+
+
+def attend(query: Tensor, key: Tensor, value: Tensor, key_mask: Tensor | None) -> Tensor:
+    """Fused softmax(q k^T / sqrt(d)) v; ``key_mask`` (B, Nk) marks the keys that may be attended."""
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+
+
+def concat_state_message(x: Tensor, message: Tensor) -> Tensor:
+    """FFN input [x, message]; under autocast in the message's (reduced) dtype, which the FFN's
+    first layer would cast to anyway, avoiding a slow mixed-dtype concatenation."""
+    return torch.cat([x.to(message.dtype), message], -1)
+
+
+def make_ffn(dim: int) -> nn.Sequential:
+    """Update MLP of both blocks; its input is [state, message]. Indices 0, 1, 3 are checkpoint keys."""
+    return nn.Sequential(
+        nn.Linear(2 * dim, 2 * dim),
+        nn.LayerNorm(2 * dim, elementwise_affine=True),
+        nn.GELU(),
+        nn.Linear(2 * dim, dim),
+    )
+
+
+class SelfAttentionBlock(nn.Module):
+    """Each image attends to itself, with rotary encoding of its keypoint geometry."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.Wqkv = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+        self.ffn = make_ffn(dim)
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values as (B, H, N, head_dim).
+
+        The checkpoint interleaves them: output row ``(h * head_dim + c) * 3 + t`` is channel c of
+        head h of q, k or v (t = 0, 1, 2). Reordering the (small) weight rows so that q, k and v are
+        contiguous blocks makes each of them a view with a unit-stride last axis.
+        """
+        dim = x.shape[-1]
+        weight = self.Wqkv.weight.view(dim, 3, dim).transpose(0, 1).reshape(3 * dim, dim)
+        bias = self.Wqkv.bias.view(dim, 3).t().reshape(3 * dim)
+        qkv = F.linear(x, weight, bias).unflatten(-1, (3, self.num_heads, -1))  # (B, N, 3, H, hd)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
+
+    def forward(self, x: Tensor, num0: int, rotary: Rotary, key_masks: MaskPair) -> Tensor:
+        q, k, v = self.project_qkv(x)
+        q, k = rotary.apply(q), rotary.apply(k)
+        image0, image1 = slice(0, num0), slice(num0, None)
+        message = self.out_proj(merge_heads(
+            attend(q[:, :, image0], k[:, :, image0], v[:, :, image0], key_masks[0]),
+            attend(q[:, :, image1], k[:, :, image1], v[:, :, image1], key_masks[1]),
+        ))
+        return x + self.ffn(concat_state_message(x, message))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Each image attends to the other; queries and keys share one projection (``to_qk``).
+
+    The reference computes one similarity matrix and normalises it along both axes; two fused
+    attention calls give the same result (the similarity is symmetric in the two roles) without
+    materialising the (H, M, N) matrix.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.to_qk = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.Linear(dim, dim)
+        self.ffn = make_ffn(dim)
+
+    def forward(self, x: Tensor, num0: int, key_masks: MaskPair) -> Tensor:
+        qk = split_heads(self.to_qk(x), self.num_heads)
+        v = split_heads(self.to_v(x), self.num_heads)
+        qk0, qk1 = qk[:, :, :num0], qk[:, :, num0:]
+        v0, v1 = v[:, :, :num0], v[:, :, num0:]
+        message = self.to_out(merge_heads(attend(qk0, qk1, v1, key_masks[1]), attend(qk1, qk0, v0, key_masks[0])))
+        return x + self.ffn(concat_state_message(x, message))
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.self_attn = SelfAttentionBlock(dim, num_heads)
+        self.cross_attn = CrossAttentionBlock(dim, num_heads)
+
+    def forward(self, x: Tensor, num0: int, rotary: Rotary, key_masks: MaskPair) -> Tensor:
+        return self.cross_attn(self.self_attn(x, num0, rotary, key_masks), num0, key_masks)
+
+
+# ---- heads -----------------------------------------------------------------------------------
+class MatchAssignmentHead(nn.Module):
+    """Pairwise similarity of projected descriptors and a per-point matchability logit."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.matchability = nn.Linear(dim, 1)
+        self.final_proj = nn.Linear(dim, dim)
+
+    def similarity(self, x: Tensor, num0: int) -> Tensor:
+        """(B, M, N) dot products of projected descriptors, scaled by 1 / sqrt(D)."""
+        projected = self.final_proj(x) * x.shape[-1] ** -0.25
+        return projected[:, :num0] @ projected[:, num0:].transpose(1, 2)
+
+    def matchability_logits(self, x: Tensor) -> Tensor:
+        return self.matchability(x).squeeze(-1)
+
+
+class TokenConfidenceHead(nn.Module):
+    """How settled each point's prediction is after a layer; trained without moving the features."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.token = nn.Sequential(nn.Linear(dim, 1), nn.Sigmoid())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.token(x.detach()).squeeze(-1)
+
+
+def confidence_threshold(layer_index: int, n_layers: int) -> float:
+    """Confidence a point needs after ``layer_index``; stricter for early layers."""
+    return min(max(0.8 + 0.1 * math.exp(-4.0 * layer_index / n_layers), 0.0), 1.0)
+
+
+def sigmoid_log_double_softmax(sim: Tensor, z0: Tensor, z1: Tensor, valid0: Tensor | None = None,
+                               valid1: Tensor | None = None) -> Tensor:
+    """Log-probabilities (B, M, N) that point i matches j: row softmax + column softmax + matchability.
+
+    ``valid0`` (B, M) / ``valid1`` (B, N) exclude padded points from the softmaxes. The
+    dustbin column/row are added by :func:`with_dustbins`.
+    """
+    very_negative = torch.finfo(sim.dtype).min  # not -inf: an all-padded row must not give NaN
+    rows = sim if valid1 is None else sim.masked_fill(~valid1[:, None, :], very_negative)
+    cols = sim if valid0 is None else sim.masked_fill(~valid0[:, :, None], very_negative)
+    scores = F.log_softmax(rows, dim=2) + F.log_softmax(cols, dim=1)
+    return scores + F.logsigmoid(z0)[:, :, None] + F.logsigmoid(z1)[:, None, :]
+
+
+def with_dustbins(scores: Tensor, z0: Tensor, z1: Tensor, valid0: Tensor | None = None,
+                  valid1: Tensor | None = None) -> Tensor:
+    """(B, M + 1, N + 1) log assignment: the last column/row is the log-probability of no match."""
+    b, m, n = scores.shape
+    full = scores.new_zeros((b, m + 1, n + 1))
+    full[:, :m, :n] = scores
+    full[:, :m, n] = F.logsigmoid(-z0)
+    full[:, m, :n] = F.logsigmoid(-z1)
+    if valid0 is not None:
+        full[:, :m].masked_fill_(~valid0[:, :, None], PADDING_LOG_SCORE)
+    if valid1 is not None:
+        full[:, :, :n].masked_fill_(~valid1[:, None, :], PADDING_LOG_SCORE)
+    return full
+
+
+def mutual_matches(scores: Tensor, threshold: float, valid0: Tensor | None = None,
+                   valid1: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Mutual nearest neighbours of a (B, M, N) log-assignment, kept if their probability > threshold.
+
+    Returns matches0 (B, M), matches1 (B, N) (int64, -1 = unmatched) and the probabilities
+    scores0/scores1, which are non-zero for every mutual pair, even below the threshold.
+    """
+    if valid0 is not None or valid1 is not None:
+        pair_ok = torch.ones_like(scores, dtype=torch.bool)
+        if valid0 is not None:
+            pair_ok &= valid0[:, :, None]
+        if valid1 is not None:
+            pair_ok &= valid1[:, None, :]
+        scores = scores.masked_fill(~pair_ok, float("-inf"))
+    best0, nn0 = scores.max(2)
+    best1, nn1 = scores.max(1)
+    mutual0 = torch.arange(nn0.shape[1], device=nn0.device)[None] == nn1.gather(1, nn0)
+    mutual1 = torch.arange(nn1.shape[1], device=nn1.device)[None] == nn0.gather(1, nn1)
+    # padded points, and points of an image whose partner image has no valid point, stay unmatched
+    mutual0 &= torch.isfinite(best0)
+    mutual1 &= torch.isfinite(best1)
+    scores0 = torch.where(mutual0, best0.exp(), torch.zeros_like(best0))
+    scores1 = torch.where(mutual1, scores0.gather(1, nn1), torch.zeros_like(scores0[:, :1]))
+    matched0 = mutual0 & (scores0 > threshold)
+    matched1 = mutual1 & matched0.gather(1, nn1)
+    matches0 = torch.where(matched0, nn0, torch.full_like(nn0, -1))
+    matches1 = torch.where(matched1, nn1, torch.full_like(nn1, -1))
+    return matches0, matches1, scores0, scores1
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+_RELEASE_KEY = re.compile(r"^(self_attn|cross_attn)\.(\d+)\.(.+)$")
+_MODERN_KEY = re.compile(r"^transformers\.(\d+)\.(self_attn|cross_attn)\.(.+)$")
+_MODULE_PREFIXES = ("input_proj.", "posenc.", "transformers.", "log_assignment.", "token_confidence.")
+
+
+def from_release_layout(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename released-checkpoint keys ``self_attn.{i}.*`` / ``cross_attn.{i}.*`` to
+    ``transformers.{i}.self_attn.*`` / ``transformers.{i}.cross_attn.*``; other keys unchanged."""
+    converted: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        match = _RELEASE_KEY.match(key)
+        converted[f"transformers.{match[2]}.{match[1]}.{match[3]}" if match else key] = value
+    return converted
+
+
+def to_release_layout(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Inverse of :func:`from_release_layout`: the flat layout of the released ``*_lightglue.pth``."""
+    converted: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        match = _MODERN_KEY.match(key)
+        converted[f"{match[2]}.{match[1]}.{match[3]}" if match else key] = value
+    return converted
+
+
+def describe_features(input_dim: int, add_scale_ori: bool, presets: Mapping[str, Mapping[str, Any]]) -> str:
+    """'128-d descriptors with scale/orientation (sift)' - for error messages."""
+    names = [name for name, p in presets.items()
+             if p.get("input_dim") == input_dim and bool(p.get("add_scale_ori", False)) == add_scale_ori]
+    geometry = "with" if add_scale_ori else "without"
+    hint = f" ({' or '.join(names)})" if names else ""
+    return f"{input_dim}-d descriptors {geometry} scale/orientation{hint}"
+
+
+# ---- the model -------------------------------------------------------------------------------
+class LightGlue(BaseModel):
+    """Match two sets of local features (the extractor output contract) with LightGlue.
+
+    ``forward({"image0": feats0, "image1": feats1})`` returns (M, N = keypoints per image):
+      matches0 (B, M) / matches1 (B, N)        int64 index into the other image, -1 if unmatched
+      matching_scores0 / matching_scores1      float32* match probability of mutual nearest
+                                               neighbours (also below ``filter_threshold``), else 0
+      matches   list of B (K, 2) int64         index pairs (i in image0, j in image1)
+      scores    list of B (K,) float32*
+      stop      int                            number of layers that ran
+      prune0 / prune1 (B, M) / (B, N) int64    index of the first layer a point was pruned from,
+                                               n_layers if it never was
+      num_pruned0 / num_pruned1 (B,) int64
+    With ``return_all_layers`` or in training mode additionally:
+      log_assignment    list over layers of (B, M + 1, N + 1) float32* log-assignments
+      token_confidence0 / token_confidence1    list over layers 0..n_layers-2 of (B, M) / (B, N)
+    Collecting all layers runs every layer without early exit or pruning.
+    (*) The dtype of the model's parameters: float32 unless the model was converted, e.g.
+    ``.double()``. Under autocast the heads, keypoint normalisation and the residual stream
+    stay in that dtype; only the transformer's matrix products run in reduced precision.
+
+    Adaptive depth stops after layer i < n_layers - 1 when more than ``depth_confidence`` of the
+    valid points of the whole batch (pruned points count as confident) have a confidence of at
+    least ``confidence_thresholds[i]``; ``stop`` is therefore shared by the batch. Adaptive width
+    then removes points whose matchability is at most ``1 - width_confidence`` and whose
+    confidence is above the threshold, in images with more than ``pruning_min_keypoints`` points
+    (None: 1024 on CUDA, always elsewhere); pruned points come back unmatched. Unlike the
+    reference, confidences are computed for pruning even when adaptive depth is off, so that
+    only confident points are ever pruned. Both are off in training mode and with
+    ``return_all_layers``; pruning is also off for padded batches (``keypoint_mask`` with
+    False entries), which the reference does not support either. An unpadded batch with B > 1
+    is pruned per pair, padding the pairs to the largest kept set.
+    """
+
+    default_conf: ClassVar[dict[str, Any]] = {
+        "name": "lightglue",
+        "features": None,  # preset: superpoint, disk, aliked, sift; None = custom dims, random init
+        "input_dim": 256,  # dimension of the extractor's descriptors
+        "descriptor_dim": 256,  # width of the transformer
+        "add_scale_ori": False,  # encode keypoint scale and orientation too (SIFT)
+        "n_layers": 9,
+        "num_heads": 4,
+        "depth_confidence": 0.95,  # early exit, -1 disables
+        "width_confidence": 0.99,  # point pruning, -1 disables
+        "pruning_min_keypoints": None,  # prune only images with more points; None = device default
+        "filter_threshold": 0.1,  # minimum match probability
+        "return_all_layers": False,  # also return every layer's log assignment (training)
+        "weights": None,
+    }
+    preset_key: ClassVar[str | None] = "features"
+    presets: ClassVar[dict[Any, dict[str, Any]]] = {
+        "superpoint": {"input_dim": 256, "weights": "superpoint_lightglue"},
+        "disk": {"input_dim": 128, "weights": "disk_lightglue"},
+        "aliked": {"input_dim": 128, "weights": "aliked_lightglue"},
+        "sift": {"input_dim": 128, "add_scale_ori": True, "weights": "sift_lightglue"},
+    }
+
+    def _init(self, conf: DictConfig) -> None:
+        self._validate_conf(conf)
+        dim, heads, n_layers = int(conf.descriptor_dim), int(conf.num_heads), int(conf.n_layers)
+        self.input_dim = int(conf.input_dim)
+        self.geometry_dim = 4 if conf.add_scale_ori else 2
+        if self.input_dim != dim:
+            self.input_proj: nn.Module = nn.Linear(self.input_dim, dim)
+        else:
+            self.input_proj = nn.Identity()
+        self.posenc = FourierPositionEncoding(self.geometry_dim, dim // heads)
+        self.transformers = nn.ModuleList([TransformerLayer(dim, heads) for _ in range(n_layers)])
+        self.log_assignment = nn.ModuleList([MatchAssignmentHead(dim) for _ in range(n_layers)])
+        self.token_confidence = nn.ModuleList([TokenConfidenceHead(dim) for _ in range(n_layers - 1)])
+        thresholds = [confidence_threshold(i, n_layers) for i in range(n_layers)]
+        # Derived from n_layers, not learned; kept in the state dict like the reference does.
+        self.register_buffer("confidence_thresholds", torch.tensor(thresholds, dtype=torch.float32))
+
+    @staticmethod
+    def _validate_conf(conf: DictConfig) -> None:
+        def fail(message: str) -> None:
+            raise ValueError(f"LightGlue: {message}")
+
+        dim, heads = conf.descriptor_dim, conf.num_heads
+        if conf.input_dim <= 0 or dim <= 0 or heads <= 0 or conf.n_layers <= 0:
+            fail("input_dim, descriptor_dim, num_heads and n_layers must be positive")
+        if dim % heads or (dim // heads) % 2:
+            fail(f"descriptor_dim {dim} must split into {heads} heads of even size (rotary encoding)")
+        for key in ("depth_confidence", "width_confidence"):
+            value = conf[key]
+            if not (value == -1 or 0 < value <= 1):
+                fail(f"{key} must be -1 (disabled) or in (0, 1], got {value}")
+        minimum = conf.pruning_min_keypoints
+        if minimum is not None and (isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < -1):
+            fail(f"pruning_min_keypoints must be None (device default) or an int >= -1, got {minimum!r}")
+
+    # ---- weights ---------------------------------------------------------------------------
+    def load_checkpoint_state_dict(self, state_dict: Mapping[str, Tensor], origin: str = "") -> None:
+        """Load a released checkpoint (flat ``self_attn.{i}`` layout) or a state dict of this class.
+
+        ``confidence_thresholds`` is recomputed from the config; entries outside this model's
+        modules are ignored (logged); a checkpoint for other features raises ValueError.
+        """
+        state = from_release_layout(state_dict)
+        state.pop("confidence_thresholds", None)
+        self._check_checkpoint_features(state, origin)
+        unused = sorted(k for k in state if not k.startswith(_MODULE_PREFIXES))
+        if unused:
+            logger.info("LightGlue: ignoring %d checkpoint entries it does not use: %s", len(unused), unused[:5])
+        strict_load(self, {k: v for k, v in state.items() if k not in unused}, origin)
+
+    def _check_checkpoint_features(self, state: Mapping[str, Tensor], origin: str) -> None:
+        where = f" {origin}" if origin else ""
+        posenc, head = state.get("posenc.Wr.weight"), state.get("log_assignment.0.final_proj.weight")
+        if posenc is None or head is None or posenc.ndim != 2 or head.ndim != 2:
+            raise ValueError(f"checkpoint{where} is not a LightGlue checkpoint (no posenc.Wr.weight or "
+                             "log_assignment.0.final_proj.weight)")
+        ckpt_dim = int(head.shape[0])
+        proj = state.get("input_proj.weight")
+        ckpt_input_dim = int(proj.shape[1]) if proj is not None and proj.ndim == 2 else ckpt_dim
+        ckpt_scale_ori = int(posenc.shape[1]) == 4
+        ours = (self.input_dim, bool(self.conf.add_scale_ori))
+        if (ckpt_input_dim, ckpt_scale_ori) != ours:
+            raise ValueError(
+                f"checkpoint{where} is for another feature type: it expects "
+                f"{describe_features(ckpt_input_dim, ckpt_scale_ori, self.presets)}, but this LightGlue "
+                f"(features={self.conf.features!r}) expects {describe_features(*ours, self.presets)}. "
+                "Choose the `features` preset that matches the extractor and the weights."
+            )
+        layers = {int(m[1]) for m in map(re.compile(r"^transformers\.(\d+)\.").match, state) if m}
+        ckpt_layers = max(layers) + 1 if layers else 0
+        if ckpt_dim != self.conf.descriptor_dim or ckpt_layers != self.conf.n_layers:
+            raise ValueError(
+                f"checkpoint{where} has descriptor_dim {ckpt_dim} and {ckpt_layers} layers, the model "
+                f"is configured with descriptor_dim {self.conf.descriptor_dim} and {self.conf.n_layers} layers"
+            )
+
+    # ---- inputs ----------------------------------------------------------------------------
+    @property
+    def base_dtype(self) -> torch.dtype:
+        """Precision of the parameters, used for everything autocast should not touch."""
+        return self.posenc.Wr.weight.dtype
+
+    def _check_side(self, feats: Mapping[str, Tensor], name: str) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Validate one image's features; return (geometry (B, N, 2|4), descriptors, mask)."""
+        for key in ("keypoints", "descriptors", "image_size"):
+            if key not in feats:
+                raise ValueError(f"LightGlue: {name} lacks '{key}' (got keys {sorted(feats)})")
+        keypoints, descriptors = feats["keypoints"], feats["descriptors"]
+        if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
+            raise ValueError(f"LightGlue: {name} keypoints must be (B, N, 2), got {tuple(keypoints.shape)}")
+        b, n = keypoints.shape[:2]
+        if descriptors.ndim != 3 or descriptors.shape[:2] != (b, n):
+            raise ValueError(f"LightGlue: {name} descriptors must be (B, N, D) = ({b}, {n}, D), "
+                             f"got {tuple(descriptors.shape)}")
+        if descriptors.shape[-1] != self.input_dim:
+            raise ValueError(f"LightGlue: {name} descriptors have dimension {descriptors.shape[-1]}, expected "
+                             f"{self.input_dim} (features={self.conf.features!r}, input_dim)")
+        image_size = feats["image_size"]
+        if image_size.shape[-1] != 2 or image_size.ndim > 2 or image_size.numel() not in (2, 2 * b):
+            raise ValueError(f"LightGlue: {name} image_size must be (B, 2) (W, H), got {tuple(image_size.shape)}")
+        checked = {"keypoints": keypoints, "descriptors": descriptors, "image_size": image_size}
+        with full_precision(keypoints.device):
+            geometry = normalize_keypoints(keypoints, image_size.reshape(-1, 2).expand(b, 2), self.base_dtype)
+        if self.conf.add_scale_ori:
+            extra = []
+            for key in ("scales", "oris"):
+                if key not in feats or tuple(feats[key].shape) != (b, n):
+                    raise ValueError(f"LightGlue: add_scale_ori needs {name} '{key}' of shape ({b}, {n})")
+                checked[key] = feats[key]
+                extra.append(feats[key].to(self.base_dtype)[..., None])
+            geometry = torch.cat([geometry, *extra], -1)
+        for key, value in checked.items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"LightGlue: {name} '{key}' contains NaN or infinite values")
+        mask = feats.get("keypoint_mask")
+        if mask is not None:
+            if tuple(mask.shape) != (b, n) or mask.dtype != torch.bool:
+                raise ValueError(f"LightGlue: {name} keypoint_mask must be bool ({b}, {n}), "
+                                 f"got {mask.dtype} {tuple(mask.shape)}")
+            if bool(mask.all()):
+                mask = None  # no padding: take the unmasked (faster, reference-exact) path
+        return geometry, descriptors, mask
+
+    def _pruning_min_keypoints(self, device: torch.device) -> int:
+        if self.conf.pruning_min_keypoints is not None:
+            return int(self.conf.pruning_min_keypoints)
+        return AUTO_PRUNING_MIN_KEYPOINTS.get(device.type, 0)
+
+    # ---- forward ---------------------------------------------------------------------------
+    def forward(self, data: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Any]:
+        for key in ("image0", "image1"):
+            if key not in data:
+                raise ValueError(f"LightGlue expects data with 'image0' and 'image1', got keys {sorted(data)}")
+        geometry0, desc0, mask0 = self._check_side(data["image0"], "image0")
+        geometry1, desc1, mask1 = self._check_side(data["image1"], "image1")
+        if desc0.shape[0] != desc1.shape[0]:
+            raise ValueError(f"LightGlue: batch sizes differ ({desc0.shape[0]} vs {desc1.shape[0]})")
+        b, m, n = desc0.shape[0], desc0.shape[1], desc1.shape[1]
+        collect = self.training or bool(self.conf.return_all_layers)
+        if m == 0 or n == 0 or (mask0 is not None and not bool(mask0.any())) \
+                or (mask1 is not None and not bool(mask1.any())):
+            return self._unmatched_output(b, m, n, desc0.device, stop=0, collect=collect)
+        run = _Run(self, desc0.device, b, m, n, mask0, mask1, collect)
+        with full_precision(desc0.device):
+            rotary = Rotary.from_angles(self.posenc(torch.cat([geometry0, geometry1], 1)))
+        # the residual stream keeps the base dtype under autocast; the layers cast their inputs
+        x = self.input_proj(torch.cat([desc0, desc1], 1).detach().to(self.base_dtype)).to(self.base_dtype)
+        return run.execute(x, rotary)
+
+    def _unmatched_output(self, b: int, m: int, n: int, device: torch.device, stop: int,
+                          collect: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "matches0": torch.full((b, m), -1, dtype=torch.long, device=device),
+            "matches1": torch.full((b, n), -1, dtype=torch.long, device=device),
+            "matching_scores0": torch.zeros((b, m), dtype=self.base_dtype, device=device),
+            "matching_scores1": torch.zeros((b, n), dtype=self.base_dtype, device=device),
+            "matches": [torch.zeros((0, 2), dtype=torch.long, device=device) for _ in range(b)],
+            "scores": [torch.zeros((0,), dtype=self.base_dtype, device=device) for _ in range(b)],
+            "stop": stop,
+            "prune0": torch.full((b, m), self.conf.n_layers, dtype=torch.long, device=device),
+            "prune1": torch.full((b, n), self.conf.n_layers, dtype=torch.long, device=device),
+            "num_pruned0": torch.zeros((b,), dtype=torch.long, device=device),
+            "num_pruned1": torch.zeros((b,), dtype=torch.long, device=device),
+        }
+        if collect:  # nothing to supervise: no layer ran
+            out.update(log_assignment=[], token_confidence0=[], token_confidence1=[])
+        return out
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """Disable autocast (if active) for small numerically sensitive parts."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class _Run:
+    """State of one forward pass: current point sets (after pruning), masks and bookkeeping.
+
+    ``index0``/``index1`` (B, M')/(B, N') map current positions to the input indexing;
+    ``valid0``/``valid1`` mark real points among the current ones (None = all real).
+    """
+
+    def __init__(self, model: LightGlue, device: torch.device, b: int, m: int, n: int,
+                 mask0: Tensor | None, mask1: Tensor | None, collect: bool) -> None:
+        conf = model.conf
+        self.model, self.device, self.b, self.m, self.n = model, device, b, m, n
+        self.n_layers = int(conf.n_layers)
+        self.collect = collect
+        padded = mask0 is not None or mask1 is not None
+        self.early_exit = conf.depth_confidence > 0 and not collect
+        self.prune = conf.width_confidence > 0 and not collect and not padded
+        self.min_keypoints = model._pruning_min_keypoints(device)
+        self.valid0, self.valid1 = mask0, mask1
+        self.index0 = torch.arange(m, device=device).expand(b, m)
+        self.index1 = torch.arange(n, device=device).expand(b, n)
+        self.prune0 = torch.full((b, m), self.n_layers, dtype=torch.long, device=device)
+        self.prune1 = torch.full((b, n), self.n_layers, dtype=torch.long, device=device)
+        # pruned points count as confident, so the exit ratio keeps the original denominator
+        self.num_valid = (m if mask0 is None else mask0.sum()) + (n if mask1 is None else mask1.sum())
+
+    @property
+    def num0(self) -> int:
+        return self.index0.shape[1]
+
+    def key_masks(self) -> MaskPair:
+        """Attention key masks; an image whose points are all padding attends to everything
+        (its output is discarded) so that no softmax row is empty."""
+        return tuple(None if v is None else v | ~v.any(1, keepdim=True) for v in (self.valid0, self.valid1))
+
+    def execute(self, x: Tensor, rotary: Rotary) -> dict[str, Any]:
+        model = self.model
+        all_scores: list[Tensor] = []
+        confidences: list[tuple[Tensor, Tensor]] = []
+        layer = 0
+        for layer in range(self.n_layers):
+            x = model.transformers[layer](x, self.num0, rotary, self.key_masks())
+            if self.collect:
+                all_scores.append(self.log_assignment(x, layer, dustbins=True))
+            if layer == self.n_layers - 1:
+                break
+            if not (self.early_exit or self.prune or self.collect):
+                continue
+            with full_precision(x.device):
+                confidence = model.token_confidence[layer](x.to(model.base_dtype))
+            if self.collect:
+                confidences.append((confidence[:, :self.num0], confidence[:, self.num0:]))
+            if self.early_exit and self.confident_enough(confidence, layer):
+                break
+            if self.prune:
+                x, rotary = self.prune_points(x, rotary, confidence, layer)
+                if self.index0.shape[1] == 0 or self.index1.shape[1] == 0:
+                    break
+        stop = layer + 1
+        if self.index0.shape[1] == 0 or self.index1.shape[1] == 0:
+            out = model._unmatched_output(self.b, self.m, self.n, self.device, stop, self.collect)
+            out.update(self.pruning_outputs())
+            return out
+        scores = all_scores[-1][:, :-1, :-1] if self.collect else self.log_assignment(x, layer, dustbins=False)
+        out = self.extract_matches(scores)
+        out["stop"] = stop
+        out.update(self.pruning_outputs())
+        if self.collect:
+            out["log_assignment"] = all_scores
+            out["token_confidence0"] = [c0 for c0, _ in confidences]
+            out["token_confidence1"] = [c1 for _, c1 in confidences]
+        return out
+
+    def log_assignment(self, x: Tensor, layer: int, dustbins: bool) -> Tensor:
+        """Layer ``layer``'s log assignment in the base dtype, (B, M, N) or (B, M + 1, N + 1)."""
+        head = self.model.log_assignment[layer]
+        with full_precision(x.device):
+            x = x.to(self.model.base_dtype)
+            sim = head.similarity(x, self.num0)
+            z = head.matchability_logits(x)
+            z0, z1 = z[:, :self.num0], z[:, self.num0:]
+            scores = sigmoid_log_double_softmax(sim, z0, z1, self.valid0, self.valid1)
+            return with_dustbins(scores, z0, z1, self.valid0, self.valid1) if dustbins else scores
+
+    def confident_enough(self, confidence: Tensor, layer: int) -> bool:
+        threshold = self.model.confidence_thresholds[layer]
+        unsure = confidence < threshold
+        valid = self.current_valid()
+        if valid is not None:
+            unsure &= valid
+        ratio_confident = 1.0 - unsure.sum() / self.num_valid
+        return bool(ratio_confident > self.model.conf.depth_confidence)
+
+    def current_valid(self) -> Tensor | None:
+        if self.valid0 is None and self.valid1 is None:
+            return None
+        v0 = self.valid0 if self.valid0 is not None else self.index0.new_ones(self.index0.shape, dtype=torch.bool)
+        v1 = self.valid1 if self.valid1 is not None else self.index1.new_ones(self.index1.shape, dtype=torch.bool)
+        return torch.cat([v0, v1], 1)
+
+    def prune_points(self, x: Tensor, rotary: Rotary, confidence: Tensor, layer: int) -> tuple[Tensor, Rotary]:
+        """Drop confidently unmatchable points; compact the sets (padding where items differ)."""
+        model, num0 = self.model, self.num0
+        with full_precision(x.device):
+            matchable = torch.sigmoid(model.log_assignment[layer].matchability_logits(x.to(model.base_dtype)))
+        keep = (matchable > 1 - model.conf.width_confidence) | (confidence <= model.confidence_thresholds[layer])
+        selections = []
+        for side, (keep_side, size) in enumerate(((keep[:, :num0], num0), (keep[:, num0:], x.shape[1] - num0))):
+            if size <= self.min_keypoints:
+                selections.append(None)
+                continue
+            selections.append(self.compact_side(side, keep_side, layer))
+        if selections[0] is None and selections[1] is None:
+            return x, rotary
+        sizes = (num0, x.shape[1] - num0)
+        positions = [torch.arange(sizes[s], device=x.device).expand(self.b, sizes[s]) if sel is None else sel
+                     for s, sel in enumerate(selections)]
+        joint = torch.cat([positions[0], positions[1] + num0], 1)
+        return torch.take_along_dim(x, joint[:, :, None], dim=1), rotary.select(joint)
+
+    def compact_side(self, side: int, keep: Tensor, layer: int) -> Tensor:
+        """Record pruned points of one image, update its index/mask; return kept positions (B, K)."""
+        valid = self.valid0 if side == 0 else self.valid1
+        index = self.index0 if side == 0 else self.index1
+        record = self.prune0 if side == 0 else self.prune1
+        if valid is not None:
+            keep = keep & valid
+        removed = ~keep if valid is None else valid & ~keep
+        record.scatter_(1, index, torch.where(removed, layer + 1, record.gather(1, index)))
+        counts = keep.sum(1)
+        width = int(counts.max())
+        # stable sort puts kept positions first, in their original order
+        positions = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+        new_valid = torch.arange(width, device=keep.device)[None] < counts[:, None]
+        new_valid = None if bool(new_valid.all()) else new_valid
+        new_index = index.gather(1, positions)
+        if side == 0:
+            self.index0, self.valid0 = new_index, new_valid
+        else:
+            self.index1, self.valid1 = new_index, new_valid
+        return positions
+
+    def extract_matches(self, scores: Tensor) -> dict[str, Any]:
+        threshold = float(self.model.conf.filter_threshold)
+        m0, m1, s0, s1 = mutual_matches(scores, threshold, self.valid0, self.valid1)
+        # back to the input indexing (identity unless points were pruned)
+        m0 = torch.where(m0 >= 0, self.index1.gather(1, m0.clamp(min=0)), m0)
+        m1 = torch.where(m1 >= 0, self.index0.gather(1, m1.clamp(min=0)), m1)
+        if self.index0.shape[1] != self.m or self.index1.shape[1] != self.n:
+            m0 = m0.new_full((self.b, self.m), -1).scatter(1, self.index0, m0)
+            m1 = m1.new_full((self.b, self.n), -1).scatter(1, self.index1, m1)
+            s0 = s0.new_zeros((self.b, self.m)).scatter(1, self.index0, s0)
+            s1 = s1.new_zeros((self.b, self.n)).scatter(1, self.index1, s1)
+        matches, scores_list = [], []
+        for k in range(self.b):
+            matched = m0[k] >= 0
+            rows = torch.nonzero(matched).squeeze(1)
+            matches.append(torch.stack([rows, m0[k, rows]], -1))
+            scores_list.append(s0[k, rows])
+        return {"matches0": m0, "matches1": m1, "matching_scores0": s0, "matching_scores1": s1,
+                "matches": matches, "scores": scores_list}
+
+    def pruning_outputs(self) -> dict[str, Tensor]:
+        return {
+            "prune0": self.prune0,
+            "prune1": self.prune1,
+            "num_pruned0": (self.prune0 < self.n_layers).sum(1),
+            "num_pruned1": (self.prune1 < self.n_layers).sum(1),
+        }

@@ -1,0 +1,395 @@
+"""LightGlue: structure, adaptivity, masking, precision and checkpoint compatibility (CPU, small models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from featmatch_core.models import get_model
+from featmatch_core.models.matchers.lightglue import LightGlue, from_release_layout, to_release_layout
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "lightglue_official_keys.json"
+SMALL = {"descriptor_dim": 64, "input_dim": 64, "num_heads": 4, "n_layers": 4, "filter_threshold": 0.0}
+Feats = dict[str, torch.Tensor]
+
+
+def small_model(**overrides) -> LightGlue:
+    torch.manual_seed(0)
+    return LightGlue({**SMALL, **overrides}).eval()
+
+
+def random_features(n: int, dim: int = 64, seed: int = 0, batch: int = 1, scale_ori: bool = False) -> Feats:
+    g = torch.Generator().manual_seed(seed)
+    feats = {
+        "keypoints": torch.rand(batch, n, 2, generator=g) * torch.tensor([640.0, 480.0]),
+        "descriptors": torch.nn.functional.normalize(torch.randn(batch, n, dim, generator=g), dim=-1),
+        "image_size": torch.tensor([[640.0, 480.0]]).expand(batch, 2).clone(),
+    }
+    if scale_ori:
+        feats["scales"] = torch.rand(batch, n, generator=g) * 4 + 1
+        feats["oris"] = (torch.rand(batch, n, generator=g) - 0.5) * 6
+    return feats
+
+
+def permuted_copy(feats: Feats, seed: int = 1) -> dict[str, Feats]:
+    """A pair whose second image is a shuffled copy of the first: the true matches are known."""
+    n = feats["keypoints"].shape[1]
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    other = {k: (v[:, perm] if v.ndim >= 2 and k != "image_size" else v.clone()) for k, v in feats.items()}
+    return {"image0": feats, "image1": other, "perm": perm}
+
+
+def run(model: LightGlue, data: dict[str, Feats]) -> dict:
+    with torch.inference_mode():
+        return model({"image0": data["image0"], "image1": data["image1"]})
+
+
+def make_layer_pass_through(model: LightGlue, layer: int) -> None:
+    """Zero the update MLPs of a layer so its output equals its input (the descriptors)."""
+    with torch.no_grad():
+        for block in (model.transformers[layer].self_attn, model.transformers[layer].cross_attn):
+            block.ffn[3].weight.zero_()
+            block.ffn[3].bias.zero_()
+
+
+def set_head(linear: torch.nn.Linear, bias: float, weight: torch.Tensor | None = None) -> None:
+    with torch.no_grad():
+        linear.weight.zero_()
+        if weight is not None:
+            linear.weight[0] = weight
+        linear.bias.fill_(bias)
+
+
+def channel(dim: int, index: int, gain: float) -> torch.Tensor:
+    w = torch.zeros(dim)
+    w[index] = gain
+    return w
+
+
+# ---- structure & config -----------------------------------------------------------------------
+def test_registry_presets_and_conf_validation():
+    assert get_model("matcher", "lightglue") is LightGlue
+    sift = LightGlue({"features": "sift"})
+    assert (sift.conf.input_dim, sift.conf.add_scale_ori, sift.conf.weights) == (128, True, "sift_lightglue")
+    assert isinstance(sift.input_proj, torch.nn.Linear)
+    assert LightGlue({"features": "superpoint", "weights": None}).conf.weights is None
+    with pytest.raises(ValueError, match="unknown features"):
+        LightGlue({"features": "orb"})
+    with pytest.raises(ValueError, match="pruning_min_keypoints"):
+        LightGlue({"pruning_min_keypoints": "auto"})
+    with pytest.raises(ValueError, match="depth_confidence"):
+        LightGlue({"depth_confidence": 1.5})
+
+
+# ---- equivariance, determinism, full depth ---------------------------------------------------
+def test_permuting_keypoints_permutes_matches():
+    model = small_model()
+    data = permuted_copy(random_features(96))
+    base = run(model, data)
+    assert (base["matches0"] >= 0).sum() > 50  # the pair is easy: most points match
+    p0 = torch.randperm(96, generator=torch.Generator().manual_seed(5))
+    p1 = torch.randperm(96, generator=torch.Generator().manual_seed(6))
+    shuffled = {"image0": {k: (v[:, p0] if k != "image_size" else v) for k, v in data["image0"].items()},
+                "image1": {k: (v[:, p1] if k != "image_size" else v) for k, v in data["image1"].items()}}
+    out = run(model, shuffled)
+    inv1 = torch.argsort(p1)
+    old = base["matches0"][0, p0]
+    expected = torch.where(old >= 0, inv1[old.clamp(min=0)], old)
+    assert torch.equal(out["matches0"][0], expected)
+    torch.testing.assert_close(out["matching_scores0"][0], base["matching_scores0"][0, p0], atol=1e-5, rtol=1e-5)
+
+
+def test_fp32_cpu_is_deterministic():
+    model = small_model()
+    data = permuted_copy(random_features(80))
+    a, b = run(model, data), run(model, data)
+    assert torch.equal(a["matches0"], b["matches0"]) and torch.equal(a["matching_scores0"], b["matching_scores0"])
+
+
+def test_adaptivity_off_runs_all_layers():
+    model = small_model(depth_confidence=-1, width_confidence=-1)
+    out = run(model, permuted_copy(random_features(64)))
+    assert out["stop"] == 4
+    assert (out["prune0"] == 4).all() and (out["prune1"] == 4).all()
+    assert out["num_pruned0"].tolist() == [0] and out["num_pruned1"].tolist() == [0]
+
+
+# ---- adaptive depth -------------------------------------------------------------------------
+def test_confident_pair_exits_early_and_unsure_pair_does_not():
+    data = permuted_copy(random_features(64))
+    model = small_model(width_confidence=-1)
+    for head in model.token_confidence:
+        set_head(head.token[0], bias=20.0)  # confidence ~1 for every point after every layer
+    out = run(model, data)
+    assert out["stop"] == 1
+    # the result comes from layer 0's assignment head: a 1-layer model with the same weights agrees
+    one_layer = small_model(n_layers=1)
+    one_layer.load_state_dict({k: v for k, v in model.state_dict().items()
+                               if k.startswith(("posenc", "transformers.0.", "log_assignment.0."))}, strict=False)
+    assert torch.equal(run(one_layer, data)["matches0"], out["matches0"])
+
+    for head in model.token_confidence:
+        set_head(head.token[0], bias=-20.0)
+    assert run(model, data)["stop"] == 4
+
+    set_head(model.token_confidence[2].token[0], bias=20.0)
+    assert run(model, data)["stop"] == 3
+
+
+def test_exit_ratio_ignores_padding():
+    """Valid points are confident, padded ones are not: the ratio must count valid points only."""
+    model = small_model(width_confidence=-1)
+    make_layer_pass_through(model, 0)
+    for head in model.token_confidence:
+        set_head(head.token[0], bias=0.0, weight=channel(64, 0, 50.0))  # confident iff descriptor[0] > 0
+    feats = random_features(60, seed=3)
+    feats["descriptors"][..., 0] = 0.5
+    alone = run(model, permuted_copy(feats))
+    assert alone["stop"] == 1
+    padded = {k: (torch.cat([v, v[:, :40]], 1) if k != "image_size" else v) for k, v in feats.items()}
+    padded["descriptors"][:, 60:, 0] = -0.5  # padding would be unconfident
+    padded["keypoint_mask"] = torch.arange(100)[None] < 60
+    data = {"image0": padded, "image1": permuted_copy(feats)["image1"]}
+    out = run(model, data)
+    assert out["stop"] == 1
+    assert torch.equal(out["matches0"][:, :60], alone["matches0"]) and (out["matches0"][:, 60:] == -1).all()
+
+
+# ---- adaptive width -------------------------------------------------------------------------
+def pruning_model(**overrides) -> LightGlue:
+    """Layer 0 passes descriptors through; points whose descriptor[0] < 0 are confidently unmatchable."""
+    model = small_model(**{"depth_confidence": -1, "pruning_min_keypoints": 0, **overrides})
+    make_layer_pass_through(model, 0)
+    set_head(model.token_confidence[0].token[0], bias=20.0)
+    set_head(model.log_assignment[0].matchability, bias=0.0, weight=channel(64, 0, 200.0))
+    return model
+
+
+def test_pruned_points_are_unmatched_in_original_indexing():
+    feats = random_features(80, seed=4)
+    feats["descriptors"][..., 0] = torch.where(torch.arange(80) % 3 == 0, -0.3, 0.3)
+    data = permuted_copy(feats)
+    out = run(pruning_model(), data)
+    pruned0 = feats["descriptors"][0, :, 0] < 0
+    pruned1 = data["image1"]["descriptors"][0, :, 0] < 0
+    assert out["num_pruned0"].tolist() == [int(pruned0.sum())]
+    assert out["num_pruned1"].tolist() == [int(pruned1.sum())]
+    assert (out["prune0"][0, pruned0] == 1).all() and (out["prune0"][0, ~pruned0] == 4).all()
+    assert (out["matches0"][0, pruned0] == -1).all() and (out["matching_scores0"][0, pruned0] == 0).all()
+    assert (out["matches1"][0, pruned1] == -1).all()
+    # the surviving points still find their true partners, reported in the input indexing
+    truth1 = torch.argsort(data["perm"])  # image0 point i is image1 point truth1[i]
+    m0 = out["matches0"][0]
+    matched = m0 >= 0
+    assert matched.sum() > 30
+    assert torch.equal(m0[matched], truth1[matched])
+    assert torch.equal(out["matches1"][0, m0[matched]], torch.nonzero(matched).squeeze(1))
+    assert torch.equal(out["matches"][0][:, 0], torch.nonzero(matched).squeeze(1))
+
+
+def test_pruning_that_removes_nothing_changes_nothing():
+    data = permuted_copy(random_features(80, seed=2))
+    model = small_model(depth_confidence=-1, pruning_min_keypoints=0)
+    for head in model.log_assignment:
+        set_head(head.matchability, bias=20.0)  # everything clearly matchable: nothing to prune
+    with_pruning = run(model, data)
+    model.conf.width_confidence = -1
+    without = run(model, data)
+    assert with_pruning["num_pruned0"].item() == 0
+    for key in ("matches0", "matches1", "matching_scores0", "matching_scores1"):
+        assert torch.equal(with_pruning[key], without[key])
+
+
+def test_pruning_respects_min_keypoints_and_may_prune_everything():
+    feats = random_features(80, seed=4)
+    feats["descriptors"][..., 0] = -0.3  # everything prunable
+    out = run(pruning_model(pruning_min_keypoints=100), permuted_copy(feats))
+    assert out["num_pruned0"].item() == 0 and out["stop"] == 4
+    out = run(pruning_model(), permuted_copy(feats))
+    assert out["stop"] == 1 and out["num_pruned0"].item() == 80 and (out["matches0"] == -1).all()
+    assert out["matches"][0].shape == (0, 2)
+
+
+def test_batched_pruning_matches_single_pairs():
+    """Unpadded batch of 2 whose items keep different numbers of points."""
+    model = pruning_model()
+    pairs = []
+    for seed, every in ((7, 2), (8, 5)):
+        feats = random_features(60, seed=seed)
+        feats["descriptors"][..., 0] = torch.where(torch.arange(60) % every == 0, -0.3, 0.3)
+        pairs.append(permuted_copy(feats, seed=seed))
+    batch = {side: {k: torch.cat([p[side][k] for p in pairs]) for k in pairs[0][side]}
+             for side in ("image0", "image1")}
+    out = run(model, batch)
+    for k, pair in enumerate(pairs):
+        alone = run(model, pair)
+        assert torch.equal(out["matches0"][k], alone["matches0"][0])
+        assert torch.equal(out["prune1"][k], alone["prune1"][0])
+        torch.testing.assert_close(out["matching_scores0"][k], alone["matching_scores0"][0], atol=1e-5, rtol=1e-5)
+
+
+# ---- batches, padding, empty, invalid inputs ---------------------------------------------------
+def pad(feats: Feats, n: int, seed: int) -> Feats:
+    """Pad to n points with random garbage (not zeros) and a keypoint_mask."""
+    garbage = random_features(n - feats["keypoints"].shape[1], seed=seed)
+    out = {k: torch.cat([v, garbage[k]], 1) for k, v in feats.items() if k != "image_size"}
+    out["image_size"] = feats["image_size"]
+    out["keypoint_mask"] = torch.arange(n)[None] < feats["keypoints"].shape[1]
+    return out
+
+
+def stack(items):
+    return {k: torch.cat([f[k] for f in items]) for k in items[0]}
+
+
+def test_masked_batch_equals_pairs_alone():
+    model = small_model()
+    pairs = [permuted_copy(random_features(50, seed=11), seed=1), permuted_copy(random_features(70, seed=12), seed=2)]
+    pairs[1]["image1"] = {k: (v[:, :45] if k != "image_size" else v) for k, v in pairs[1]["image1"].items()}
+    batch = {"image0": stack([pad(pairs[0]["image0"], 70, 21), pad(pairs[1]["image0"], 70, 22)]),
+             "image1": stack([pad(pairs[0]["image1"], 50, 23), pad(pairs[1]["image1"], 50, 24)])}
+    out = run(model, batch)
+    assert out["stop"] == 4
+    for k, pair in enumerate(pairs):
+        alone = run(model, pair)
+        m, n = alone["matches0"].shape[1], alone["matches1"].shape[1]
+        assert torch.equal(out["matches0"][k, :m], alone["matches0"][0])
+        assert torch.equal(out["matches1"][k, :n], alone["matches1"][0])
+        assert (out["matches0"][k, m:] == -1).all() and (out["matches1"][k, n:] == -1).all()
+        torch.testing.assert_close(out["matching_scores0"][k, :m], alone["matching_scores0"][0], atol=1e-5, rtol=1e-5)
+        assert torch.equal(out["matches"][k], alone["matches"][0])
+
+
+def test_zero_keypoints():
+    model = small_model()
+    full = random_features(30)
+    empty = random_features(0)
+    for data in ({"image0": empty, "image1": full}, {"image0": full, "image1": empty}):
+        out = run(model, data)
+        assert (out["matches0"] == -1).all() and (out["matches1"] == -1).all()
+        assert out["matches"][0].shape == (0, 2) and out["scores"][0].shape == (0,)
+        assert out["matches0"].dtype == torch.int64 and out["stop"] == 0
+    # one item of a batch without valid points
+    feats1 = pad(random_features(30, seed=1), 30, 2)
+    feats1["keypoint_mask"] = torch.zeros(1, 30, dtype=torch.bool)
+    batch = {"image0": stack([full, full]), "image1": stack([pad(random_features(30, seed=1), 30, 2), feats1])}
+    out = run(model, batch)
+    assert (out["matches0"][1] == -1).all() and out["matches"][1].shape == (0, 2)
+    assert torch.equal(out["matches0"][0], run(model, {"image0": full, "image1": random_features(30, seed=1)})["matches0"][0])
+
+
+def test_invalid_inputs_raise():
+    model = small_model()
+    data = permuted_copy(random_features(20))
+    bad = dict(data["image0"], descriptors=torch.randn(1, 20, 32))
+    with pytest.raises(ValueError, match="dimension 32, expected 64"):
+        run(model, {"image0": bad, "image1": data["image1"]})
+    nan = {k: v.clone() for k, v in data["image1"].items()}
+    nan["keypoints"][0, 3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        run(model, {"image0": data["image0"], "image1": nan})
+    with pytest.raises(ValueError, match="scales"):
+        run(small_model(add_scale_ori=True), data)
+
+
+# ---- precision & training ---------------------------------------------------------------------
+def test_bf16_autocast_agrees_with_fp32():
+    model = small_model(add_scale_ori=True)
+    data = permuted_copy(random_features(128, scale_ori=True))
+    ref = run(model, data)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = run(model, data)
+    assert out["matching_scores0"].dtype == torch.float32 and out["scores"][0].dtype == torch.float32
+    agree = (out["matches0"] == ref["matches0"]).float().mean()
+    assert agree > 0.9, agree
+
+
+def test_padded_training_batch_gives_finite_log_assignments():
+    model = small_model().train()
+    batch = {"image0": stack([pad(random_features(20, seed=1), 30, 2), pad(random_features(30, seed=3), 30, 4)]),
+             "image1": stack([pad(random_features(25, seed=5), 25, 6), pad(random_features(10, seed=7), 25, 8)])}
+    out = model(batch)
+    scores = out["log_assignment"][-1]
+    assert scores.shape == (2, 31, 26) and torch.isfinite(scores).all()
+    assert (scores[0, 20:30] == -1e4).all() and (scores[1, :, 10:25] == -1e4).all()
+    # each real row's match probabilities (without the dustbin) sum to at most 1
+    assert (scores[0, :20, :25].exp().sum(-1) <= 1 + 1e-5).all()
+
+
+def test_training_returns_every_layer_and_backpropagates():
+    model = small_model()
+    model.train()
+    data = permuted_copy(random_features(40))
+    out = model({"image0": data["image0"], "image1": data["image1"]})
+    assert len(out["log_assignment"]) == 4 and out["stop"] == 4
+    assert out["log_assignment"][0].shape == (1, 41, 41)
+    assert len(out["token_confidence0"]) == 3 and out["token_confidence0"][0].shape == (1, 40)
+    loss = -out["log_assignment"][-1][0, :-1, :-1].diagonal().mean() - out["log_assignment"][0][0, -1, :-1].mean()
+    loss.backward()
+    assert model.transformers[0].self_attn.Wqkv.weight.grad.abs().sum() > 0
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------
+def official_fixture() -> dict:
+    return json.loads(FIXTURE.read_text())
+
+
+@pytest.mark.parametrize("features", ["superpoint", "sift"])
+def test_keys_match_official_checkpoints(features):
+    entry = official_fixture()[features]
+    model = LightGlue({"features": features})
+    params = {k: list(p.shape) for k, p in to_release_layout(dict(model.named_parameters())).items()}
+    assert params == entry["parameters"]
+    buffers = {k: list(b.shape) for k, b in model.named_buffers()}
+    assert buffers == entry["derived_buffers"]
+    # a file in the released layout (with an unused extra entry) loads unchanged
+    checkpoint = {k: torch.full(shape, 0.5) for k, shape in entry["parameters"].items()}
+    checkpoint["unrelated.step"] = torch.tensor(3)
+    model.load_checkpoint_state_dict(checkpoint, origin=f"{features}_lightglue.pth")
+    assert (model.transformers[8].cross_attn.to_qk.weight == 0.5).all()
+
+
+def test_release_layout_round_trip_reproduces_outputs():
+    source = small_model()
+    release = to_release_layout(source.state_dict())
+    assert not any(k.startswith("transformers.") for k in release) and "self_attn.0.Wqkv.weight" in release
+    assert from_release_layout(release).keys() == source.state_dict().keys()
+    del release["confidence_thresholds"]  # derived, may be absent
+    torch.manual_seed(123)
+    target = LightGlue(SMALL).eval()
+    target.load_checkpoint_state_dict(release)
+    data = permuted_copy(random_features(64))
+    a, b = run(source, data), run(target, data)
+    assert torch.equal(a["matches0"], b["matches0"]) and torch.equal(a["matching_scores0"], b["matching_scores0"])
+
+
+def test_from_pretrained_reads_a_release_file(tmp_path):
+    source = small_model()
+    path = tmp_path / "custom_lightglue.pth"
+    torch.save(to_release_layout(source.state_dict()), path)
+    loaded = LightGlue.from_pretrained(SMALL, weights=str(path))
+    assert not loaded.training
+    data = permuted_copy(random_features(32))
+    assert torch.equal(run(source, data)["matches0"], run(loaded, data)["matches0"])
+
+
+def test_checkpoint_errors():
+    fixture = official_fixture()
+    sift = {k: torch.zeros(shape) for k, shape in fixture["sift"]["parameters"].items()}
+    with pytest.raises(ValueError, match="another feature type.*128-d descriptors with scale/orientation"):
+        LightGlue({"features": "superpoint"}).load_checkpoint_state_dict(sift, origin="sift_lightglue.pth")
+    superpoint = {k: torch.zeros(shape) for k, shape in fixture["superpoint"]["parameters"].items()}
+    with pytest.raises(ValueError, match="another feature type"):
+        LightGlue({"features": "sift"}).load_checkpoint_state_dict(superpoint)
+    with pytest.raises(ValueError, match="7 layers"):
+        LightGlue({"features": "superpoint", "n_layers": 7}).load_checkpoint_state_dict(superpoint)
+    missing = dict(superpoint)
+    del missing["cross_attn.3.to_v.bias"]
+    with pytest.raises(ValueError, match="missing 1 keys"):
+        LightGlue({"features": "superpoint"}).load_checkpoint_state_dict(missing)
+    misshaped = dict(superpoint, **{"self_attn.2.out_proj.weight": torch.zeros(256, 128)})
+    with pytest.raises(ValueError, match="shape mismatch"):
+        LightGlue({"features": "superpoint"}).load_checkpoint_state_dict(misshaped)
