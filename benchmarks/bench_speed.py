@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
 
 EXTRACTORS = ["superpoint", "sift:opencv", "sift:pycolmap", "aliked", "disk"]
 KEYPOINTS = [512, 1024, 2048]
@@ -32,7 +31,7 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn, repeats: int, device) -> List[float]:
+def _timed(fn, repeats: int, device) -> list[float]:
     fn()  # warm-up (allocations, kernels)
     times = []
     for _ in range(repeats):
@@ -44,7 +43,7 @@ def _timed(fn, repeats: int, device) -> List[float]:
     return times
 
 
-def run_case(case: Dict) -> Dict:
+def run_case(case: dict) -> dict:
     import torch
 
     from featmatch_core.datasets.synthetic import random_texture
@@ -97,7 +96,7 @@ def run_case(case: Dict) -> Dict:
     return {**case, "median_ms": statistics.median(times), "min_ms": min(times), "peak_mem_mb": peak_mb}
 
 
-def cases(repeats: int, devices: List[str], precisions: List[str]) -> List[Dict]:
+def cases(repeats: int, devices: list[str], precisions: list[str]) -> list[dict]:
     out = []
     for device in devices:
         for precision in precisions:
@@ -109,7 +108,7 @@ def cases(repeats: int, devices: List[str], precisions: List[str]) -> List[Dict]
     return out
 
 
-def print_table(results: List[Dict]) -> None:
+def print_table(results: list[dict]) -> None:
     print(f"{'case':42s} {'device':6s} {'prec':5s} {'median ms':>10s} {'min ms':>8s} {'peak MB':>8s}")
     for r in results:
         if "error" in r:

@@ -7,9 +7,10 @@ values are checked against the type of their default.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
@@ -104,7 +105,7 @@ def list_named_configs() -> list[str]:
     return sorted(p.stem for p in named_config_dir().glob("*.yaml"))
 
 
-def load_named_config(name_or_path: Union[str, Path]) -> DictConfig:
+def load_named_config(name_or_path: str | Path) -> DictConfig:
     """Load a named config shipped with the package (``sift+lightglue``) or a YAML file."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Union
+from collections.abc import Iterator
 
 import torch
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def resolve_device(name: Union[str, torch.device, None] = "auto") -> torch.device:
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU raises."""
     if isinstance(name, torch.device):
         return name

@@ -19,14 +19,14 @@ _INT_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 _TORCH_INT_RANGES = {torch.uint8: 255.0}
 
 
-def read_image(path: Union[str, Path], grayscale: bool = False) -> np.ndarray:
+def read_image(path: str | Path, grayscale: bool = False) -> np.ndarray:
     """Read an image file as RGB (H, W, 3) or grayscale (H, W) uint8."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no image at {path}")
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR)
     if image is None:
-        raise IOError(f"could not decode image {path} (corrupt or unsupported format)")
+        raise OSError(f"could not decode image {path} (corrupt or unsupported format)")
     return image if grayscale else np.ascontiguousarray(image[..., ::-1])
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -30,12 +30,12 @@ from .weights import WeightsUnavailableError
 DEFAULT_CONF = "sift+nn"
 
 
-def bundled_pair() -> Tuple[Path, Path, Path]:
+def bundled_pair() -> tuple[Path, Path, Path]:
     root = Path(str(resources.files("featmatch_core") / "assets" / "graffiti"))
     return root / "1.png", root / "2.png", root / "H_1_2"
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m featmatch_core.match", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,8 +61,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def report(pred: TwoViewMatches, H_gt: Optional[np.ndarray], size0: Tuple[int, int],
-           ransac_th: float) -> Tuple[List[str], Optional[np.ndarray]]:
+def report(pred: TwoViewMatches, H_gt: np.ndarray | None, size0: tuple[int, int],
+           ransac_th: float) -> tuple[list[str], np.ndarray | None]:
     lines = [f"keypoints: {len(pred.keypoints0)} / {len(pred.keypoints1)}",
              f"matches:   {len(pred.matches)}"]
     if "stop_layer" in pred.info:
@@ -80,7 +80,7 @@ def report(pred: TwoViewMatches, H_gt: Optional[np.ndarray], size0: Tuple[int, i
     return lines, inliers
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         conf = load_named_config(args.conf)

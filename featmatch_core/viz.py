@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import cv2
 import numpy as np
 
@@ -21,9 +19,9 @@ def score_colors(scores: np.ndarray) -> np.ndarray:
 
 
 def draw_matches(image0: np.ndarray, image1: np.ndarray, keypoints0: np.ndarray, keypoints1: np.ndarray,
-                 matches: np.ndarray, scores: Optional[np.ndarray] = None,
-                 correct: Optional[np.ndarray] = None, margin: int = 10,
-                 title: Optional[str] = None) -> np.ndarray:
+                 matches: np.ndarray, scores: np.ndarray | None = None,
+                 correct: np.ndarray | None = None, margin: int = 10,
+                 title: str | None = None) -> np.ndarray:
     """Side-by-side BGR picture of two images (RGB or gray uint8) with their matches.
 
     Lines are green/red by ``correct`` when given, else coloured by ``scores``; all

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import cv2
 import numpy as np
 
@@ -31,8 +29,8 @@ def random_texture(height: int = 480, width: int = 640, seed: int = 0) -> np.nda
     return canvas
 
 
-def sample_homography(size: Tuple[int, int], seed: int = 0, max_angle_deg: float = 20.0,
-                      scale_range: Tuple[float, float] = (0.8, 1.2), perspective: float = 2e-4,
+def sample_homography(size: tuple[int, int], seed: int = 0, max_angle_deg: float = 20.0,
+                      scale_range: tuple[float, float] = (0.8, 1.2), perspective: float = 2e-4,
                       max_shift: float = 0.1) -> np.ndarray:
     """A random homography about the image centre: rotation, scale, shift, mild perspective."""
     w, h = size
@@ -50,13 +48,13 @@ def sample_homography(size: Tuple[int, int], seed: int = 0, max_angle_deg: float
     return H / H[2, 2]
 
 
-def warp_image(image: np.ndarray, H: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+def warp_image(image: np.ndarray, H: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Warp ``image`` into a (W, H) canvas so that ``x_out ~ H x_in``; borders replicate."""
     return cv2.warpPerspective(image, H, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 def homography_pair(height: int = 480, width: int = 640, seed: int = 0, **kwargs
-                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image0, image1, H_0to1) from a random texture and a random homography."""
     image0 = random_texture(height, width, seed)
     H = sample_homography((width, height), seed=seed + 1, **kwargs)

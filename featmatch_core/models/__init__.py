@@ -9,7 +9,7 @@ from typing import Dict, Type
 from ..config import ConfLike, to_container
 from .base import BaseModel
 
-REGISTRY: Dict[str, Dict[str, str]] = {
+REGISTRY: dict[str, dict[str, str]] = {
     "extractor": {
         "superpoint": "featmatch_core.models.extractors.superpoint:SuperPoint",
         "sift": "featmatch_core.models.extractors.sift:SIFT",
@@ -23,7 +23,7 @@ REGISTRY: Dict[str, Dict[str, str]] = {
 }
 
 
-def get_model(kind: str, name: str) -> Type[BaseModel]:
+def get_model(kind: str, name: str) -> type[BaseModel]:
     """The class registered as ``name`` for ``kind`` ('extractor' or 'matcher')."""
     if kind not in REGISTRY:
         raise ValueError(f"unknown model kind '{kind}', expected one of {sorted(REGISTRY)}")

@@ -9,7 +9,8 @@ and loads the checkpoint.
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from omegaconf import DictConfig
@@ -28,9 +29,9 @@ class BaseModel(nn.Module):
     that the user config can still override.
     """
 
-    default_conf: ClassVar[Dict[str, Any]] = {"name": None, "weights": None}
-    preset_key: ClassVar[Optional[str]] = None
-    presets: ClassVar[Dict[Any, Dict[str, Any]]] = {}
+    default_conf: ClassVar[dict[str, Any]] = {"name": None, "weights": None}
+    preset_key: ClassVar[str | None] = None
+    presets: ClassVar[dict[Any, dict[str, Any]]] = {}
 
     def __init__(self, conf: ConfLike = None) -> None:
         super().__init__()
@@ -51,9 +52,9 @@ class BaseModel(nn.Module):
         self._init(conf)
 
     @classmethod
-    def full_default_conf(cls) -> Dict[str, Any]:
+    def full_default_conf(cls) -> dict[str, Any]:
         """``default_conf`` of the class and its bases, subclasses overriding bases."""
-        defaults: Dict[str, Any] = {}
+        defaults: dict[str, Any] = {}
         for klass in reversed(cls.__mro__):
             defaults.update(klass.__dict__.get("default_conf", {}))
         return defaults
@@ -63,8 +64,8 @@ class BaseModel(nn.Module):
 
     # ---- weights -------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, conf: ConfLike = None, weights: Optional[str] = None,
-                        download: bool = True) -> "BaseModel":
+    def from_pretrained(cls, conf: ConfLike = None, weights: str | None = None,
+                        download: bool = True) -> BaseModel:
         """Build the model and load ``weights`` (default: ``conf.weights``)."""
         model = cls(conf)
         source = weights if weights is not None else model.conf.weights
@@ -86,7 +87,7 @@ class BaseModel(nn.Module):
 
 
 def strict_load(module: nn.Module, state_dict: Mapping[str, torch.Tensor], origin: str = "",
-                ignore_unexpected: Tuple[str, ...] = ()) -> None:
+                ignore_unexpected: tuple[str, ...] = ()) -> None:
     """Load with a clear error for missing parameters and shape mismatches.
 
     Buffers that are derived from the config (not learned) may be absent; unexpected

@@ -12,8 +12,9 @@ features of the previous frame.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -37,10 +38,10 @@ class TwoViewMatches:
     keypoints1: np.ndarray  # (N1, 2)
     matches: np.ndarray  # (K, 2) int64 indices into keypoints0 / keypoints1
     scores: np.ndarray  # (K,) matching confidence
-    timings: Dict[str, float] = field(default_factory=dict)  # milliseconds
-    info: Dict[str, Any] = field(default_factory=dict)  # matcher facts: layers run, points pruned
-    features0: Optional[Features] = None  # raw batched features (on the pipeline's device)
-    features1: Optional[Features] = None
+    timings: dict[str, float] = field(default_factory=dict)  # milliseconds
+    info: dict[str, Any] = field(default_factory=dict)  # matcher facts: layers run, points pruned
+    features0: Features | None = None  # raw batched features (on the pipeline's device)
+    features1: Features | None = None
 
     @property
     def points0(self) -> np.ndarray:
@@ -74,7 +75,7 @@ class Frame:
 class Pipeline(nn.Module):
     """Extractor + matcher on one device with one precision."""
 
-    default_conf: Dict[str, Any] = {
+    default_conf: dict[str, Any] = {
         "extractor": {"name": None},
         "matcher": {"name": None},
         "device": "auto",  # auto | cpu | cuda | cuda:N
@@ -92,7 +93,7 @@ class Pipeline(nn.Module):
         self.to(self.device).eval()
 
     @classmethod
-    def from_conf(cls, conf: ConfLike, download: bool = True, pretrained: bool = True) -> "Pipeline":
+    def from_conf(cls, conf: ConfLike, download: bool = True, pretrained: bool = True) -> Pipeline:
         """Build both models from a config and load their weights (this may download)."""
         conf = merge_strict(cls.default_conf, conf, owner="pipeline", open_keys=("extractor", "matcher"))
         extractor = build_model("extractor", conf.extractor, pretrained=pretrained, download=download)
@@ -102,7 +103,7 @@ class Pipeline(nn.Module):
         return cls(extractor, matcher, conf)
 
     # ---- batched form (evaluation, training) --------------------------------------
-    def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+    def forward(self, data: dict[str, torch.Tensor]) -> dict[str, Any]:
         """``data["image0"]``, ``data["image1"]``: (B, C, H, W) in [0, 1] -> features and matches."""
         feats0 = self._run_extractor(data["image0"])
         feats1 = self._run_extractor(data["image1"])
@@ -114,7 +115,7 @@ class Pipeline(nn.Module):
             feats = self.extractor({"image": images.to(self.device)})
         return {k: v.float() if v.is_floating_point() else v for k, v in feats.items()}
 
-    def _run_matcher(self, feats0: Features, feats1: Features) -> Dict[str, Any]:
+    def _run_matcher(self, feats0: Features, feats1: Features) -> dict[str, Any]:
         with autocast(self.device, self.conf.precision):
             return self.matcher({"image0": feats0, "image1": feats1})
 
@@ -159,11 +160,11 @@ def check_compatible(extractor: nn.Module, matcher: nn.Module) -> None:
         )
 
 
-def to_two_view_matches(feats0: Features, feats1: Features, pred: Dict[str, Any]) -> TwoViewMatches:
+def to_two_view_matches(feats0: Features, feats1: Features, pred: dict[str, Any]) -> TwoViewMatches:
     """Batch of one -> numpy result (padding removed)."""
     n0 = int(feats0["keypoint_mask"][0].sum()) if "keypoint_mask" in feats0 else feats0["keypoints"].shape[1]
     n1 = int(feats1["keypoint_mask"][0].sum()) if "keypoint_mask" in feats1 else feats1["keypoints"].shape[1]
-    info: Dict[str, Any] = {}
+    info: dict[str, Any] = {}
     if "stop" in pred:
         info["stop_layer"] = int(pred["stop"])
     for key in ("num_pruned0", "num_pruned1"):
@@ -187,13 +188,13 @@ class _timer:
         self.device = device
         self.ms = 0.0
 
-    def __enter__(self) -> "_timer":
+    def __enter__(self) -> _timer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self._start = time.perf_counter()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.ms = (time.perf_counter() - self._start) * 1e3
@@ -207,7 +208,7 @@ class FeatureStream:
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
-        self.previous: Optional[Frame] = None
+        self.previous: Frame | None = None
         self.num_extracted = 0
 
     def extract(self, image: ImageLike, stamp: Any = None) -> Frame:
@@ -218,7 +219,7 @@ class FeatureStream:
     def match(self, frame0: Frame, frame1: Frame) -> TwoViewMatches:
         return self.pipeline.match_features(frame0.features, frame1.features)
 
-    def push(self, image: ImageLike, stamp: Any = None) -> Optional[TwoViewMatches]:
+    def push(self, image: ImageLike, stamp: Any = None) -> TwoViewMatches | None:
         """Add a frame; returns its matches to the previous frame (None for the first)."""
         with _timer(self.pipeline.device) as t:
             frame = self.extract(image, stamp)
@@ -232,7 +233,7 @@ class FeatureStream:
         self.previous = None
 
 
-def pipeline_conf(name_or_conf: Union[str, ConfLike], overrides: Overrides = None) -> DictConfig:
+def pipeline_conf(name_or_conf: str | ConfLike, overrides: Overrides = None) -> DictConfig:
     """The ``model`` section of a named config (or a given conf) with overrides applied.
 
     ``overrides`` are relative to the model section: ``["matcher.filter_threshold=0.2"]``
@@ -252,7 +253,7 @@ def pipeline_conf(name_or_conf: Union[str, ConfLike], overrides: Overrides = Non
     return OmegaConf.merge(conf, to_container(overrides))
 
 
-def load(name_or_conf: Union[str, ConfLike], overrides: Overrides = None, download: bool = True) -> Pipeline:
+def load(name_or_conf: str | ConfLike, overrides: Overrides = None, download: bool = True) -> Pipeline:
     """Build a ready-to-use pipeline from a named config (e.g. ``"sift+lightglue"``)."""
     return Pipeline.from_conf(pipeline_conf(name_or_conf, overrides), download=download)
 

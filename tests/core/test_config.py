@@ -1,7 +1,13 @@
 import pytest
 from omegaconf import OmegaConf
 
-from featmatch_core.config import ConfigError, list_named_configs, load_named_config, merge_strict, parse_dotlist
+from featmatch_core.config import (
+    ConfigError,
+    list_named_configs,
+    load_named_config,
+    merge_strict,
+    parse_dotlist,
+)
 from featmatch_core.models import get_model
 from featmatch_core.models.base import BaseModel
 

@@ -12,7 +12,7 @@ Output contract (see docs/architecture.md):
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, List
+from typing import Any, ClassVar
 
 import torch
 from kornia.geometry.transform import resize as kornia_resize
@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from ...image import to_grayscale, to_rgb
 from ..base import BaseModel
 
-Features = Dict[str, torch.Tensor]
+Features = dict[str, torch.Tensor]
 
 
 class Extractor(BaseModel):
@@ -32,7 +32,7 @@ class Extractor(BaseModel):
     class maps them to the original image.
     """
 
-    default_conf: ClassVar[Dict[str, Any]] = {
+    default_conf: ClassVar[dict[str, Any]] = {
         "resize": 1024,  # long side in pixels, None to keep the input size
         "max_num_keypoints": None,
     }
@@ -53,7 +53,7 @@ class Extractor(BaseModel):
     def _init(self, conf: DictConfig) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _extract(self, images: torch.Tensor) -> List[Features]:  # pragma: no cover - abstract
+    def _extract(self, images: torch.Tensor) -> list[Features]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -64,7 +64,7 @@ class Extractor(BaseModel):
                 images = kornia_resize(images, int(self.conf.resize), side="long", antialias=True)
         return images
 
-    def forward(self, data: Dict[str, torch.Tensor]) -> Features:
+    def forward(self, data: dict[str, torch.Tensor]) -> Features:
         images = data["image"]
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"extractor expects images (B, C, H, W) with C in {{1, 3}}, got {tuple(images.shape)}")
@@ -83,7 +83,7 @@ class Extractor(BaseModel):
         return batch
 
 
-def pad_and_stack(per_image: List[Features], descriptor_dim: int, device: torch.device) -> Features:
+def pad_and_stack(per_image: list[Features], descriptor_dim: int, device: torch.device) -> Features:
     """Stack variable-length per-image features into padded (B, N, ...) tensors + mask."""
     n_max = max((int(f["keypoints"].shape[0]) for f in per_image), default=0)
     keys = per_image[0].keys()

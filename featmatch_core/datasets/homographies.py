@@ -1,0 +1,286 @@
+"""Synthetic homography pairs from any folder of photos: the pre-training data of LightGlue.
+
+Each pair is two views of one photo, each the photo seen through its own random
+homography (a perturbed, rotated, scaled quadrilateral mapped onto the output frame), with
+independent photometric augmentation (brightness, contrast, gamma, blur, noise, JPEG).
+``H_0to1`` maps pixels of view 0 to view 1. Features of a frozen extractor are computed in
+the dataset (so DataLoader workers parallelise them) and, because pair ``i`` of a split is
+always drawn from the same seed, cached on disk and reused in later epochs.
+
+    train, val = build_homography_datasets({"root": "photos/", "features": {"name": "sift"}})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from ..config import ConfigError, ConfLike, merge_strict, to_container
+from ..files import atomic_write_bytes
+from ..image import read_image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
+
+DEFAULT_CONF: dict[str, Any] = {
+    "name": "homographies",
+    "root": None,  # folder of images (searched recursively), or a .txt list of image paths
+    "val_fraction": 0.15,  # images held out for validation (whole images, never seen in training)
+    "val_images": None,  # or an explicit list of file names for validation
+    "image_size": [384, 512],  # (H, W) of each view
+    "train_pairs": 2000,  # pairs per epoch (pair i always comes from seed + i: cacheable)
+    "val_pairs": 200,
+    "seed": 0,
+    "homography": {
+        "scale": [0.6, 1.0],  # side of the source quadrilateral relative to the largest that fits
+        "max_angle": 25.0,  # degrees of in-plane rotation
+        "perspective": 0.15,  # corner displacement relative to the quad size
+        "translation": 1.0,  # fraction of the free room used for shifting the quad
+    },
+    "photometric": {
+        "enable": True,
+        "brightness": 30.0,  # max added intensity
+        "contrast": [0.7, 1.3],
+        "gamma": [0.7, 1.4],
+        "blur_prob": 0.3,
+        "blur_sigma": [0.5, 1.5],
+        "noise_std": [0.0, 6.0],
+        "jpeg_prob": 0.3,
+        "jpeg_quality": [40, 90],
+    },
+    "features": {"name": "sift", "max_num_keypoints": 512, "resize": None},  # frozen extractor conf
+    "cache_dir": None,  # where per-pair features are cached (None: no cache)
+}
+
+
+def list_images(root: Path) -> list[Path]:
+    root = Path(root).expanduser()
+    if root.is_file() and root.suffix == ".txt":
+        paths = [Path(line.strip()) for line in root.read_text().splitlines() if line.strip()]
+        paths = [p if p.is_absolute() else root.parent / p for p in paths]
+    elif root.is_dir():
+        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        raise ConfigError(f"homographies: data.root '{root}' is neither an image folder nor a .txt list")
+    if not paths:
+        raise ConfigError(f"homographies: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    return paths
+
+
+def split_images(paths: Sequence[Path], val_fraction: float, val_images: Sequence[str] | None,
+                 seed: int) -> tuple[list[Path], list[Path]]:
+    """Hold out whole images: by explicit names, else a seeded fraction (at least one each side)."""
+    if val_images:
+        names = set(val_images)
+        val = [p for p in paths if p.name in names]
+        missing = names - {p.name for p in val}
+        if missing:
+            raise ConfigError(f"homographies: val_images not found: {sorted(missing)}")
+    else:
+        order = np.random.default_rng(seed).permutation(len(paths))
+        n_val = int(round(val_fraction * len(paths)))
+        n_val = min(max(n_val, 1), len(paths) - 1) if len(paths) > 1 else 0
+        val = [paths[i] for i in sorted(order[:n_val])]
+    train = [p for p in paths if p not in set(val)]
+    if not train:
+        raise ConfigError("homographies: no training images left after the validation split")
+    return train, val
+
+
+# ---- geometry of one view ------------------------------------------------------------
+def sample_quad(rng: np.random.Generator, src_size: tuple[int, int], out_size: tuple[int, int],
+                conf: DictConfig) -> np.ndarray:
+    """Corners (4, 2) in the source photo of the region that one view shows."""
+    src_w, src_h = src_size
+    out_w, out_h = out_size
+    fit = min(src_w / out_w, src_h / out_h)  # largest axis-aligned quad with the output's aspect
+    for _ in range(20):
+        scale = rng.uniform(*conf.scale)
+        w, h = out_w * fit * scale, out_h * fit * scale
+        angle = np.deg2rad(rng.uniform(-conf.max_angle, conf.max_angle))
+        corners = np.array([[-w / 2, -h / 2], [w / 2, -h / 2], [w / 2, h / 2], [-w / 2, h / 2]])
+        corners += rng.uniform(-1, 1, (4, 2)) * conf.perspective * np.array([w, h]) / 2
+        rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        corners = corners @ rot.T
+        lo, hi = corners.min(0), corners.max(0)
+        room_lo, room_hi = -lo, np.array([src_w - 1, src_h - 1]) - hi
+        if (room_hi >= room_lo).all():
+            centre = room_lo + (room_hi - room_lo) * (0.5 + (rng.random(2) - 0.5) * conf.translation)
+            return corners + centre
+    # the photo is too small for the rotation: fall back to the whole photo
+    return np.array([[0, 0], [src_w - 1, 0], [src_w - 1, src_h - 1], [0, src_h - 1]], dtype=np.float64)
+
+
+def perturb_quad(rng: np.random.Generator, quad: np.ndarray, src_size: tuple[int, int],
+                 conf: DictConfig) -> np.ndarray:
+    """A second quad overlapping ``quad``: rotated, scaled, shifted and corner-jittered about its centre.
+
+    Views drawn independently often barely overlap; the second view is a perturbation of the
+    first, as in the usual homography pre-training, so that most pairs share much content.
+    """
+    centre = quad.mean(0)
+    size = np.linalg.norm(quad[2] - quad[0]) / np.sqrt(2)
+    for _ in range(20):
+        angle = np.deg2rad(rng.uniform(-conf.max_angle, conf.max_angle))
+        scale = np.exp(rng.uniform(-1, 1) * np.log(1.0 / conf.scale[0]) / 2)
+        rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        moved = (quad - centre) @ rot.T + centre
+        moved += rng.uniform(-1, 1, (4, 2)) * conf.perspective * size / 2
+        moved += rng.uniform(-1, 1, 2) * 0.2 * size * conf.translation
+        if (moved >= 0).all() and (moved[:, 0] <= src_size[0] - 1).all() and (moved[:, 1] <= src_size[1] - 1).all():
+            return moved
+    return quad.copy()
+
+
+def view_homography(quad: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+    """H mapping source-photo pixels to the view's pixels (quad corners -> output corners)."""
+    w, h = out_size
+    target = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=np.float32)
+    return cv2.getPerspectiveTransform(quad.astype(np.float32), target).astype(np.float64)
+
+
+def photometric(image: np.ndarray, rng: np.random.Generator, conf: DictConfig) -> np.ndarray:
+    """Independent brightness/contrast/gamma/blur/noise/JPEG on a uint8 image."""
+    if not conf.enable:
+        return image
+    x = image.astype(np.float32)
+    mean = x.mean()
+    x = (x - mean) * rng.uniform(*conf.contrast) + mean + rng.uniform(-conf.brightness, conf.brightness)
+    x = 255.0 * (np.clip(x, 0, 255) / 255.0) ** rng.uniform(*conf.gamma)
+    if rng.random() < conf.blur_prob:
+        x = cv2.GaussianBlur(x, (0, 0), rng.uniform(*conf.blur_sigma))
+    x = x + rng.normal(0, rng.uniform(*conf.noise_std), x.shape)
+    x = np.clip(x, 0, 255).astype(np.uint8)
+    if rng.random() < conf.jpeg_prob:
+        quality = int(rng.integers(conf.jpeg_quality[0], conf.jpeg_quality[1] + 1))
+        ok, buf = cv2.imencode(".jpg", x, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if ok:
+            x = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    return x
+
+
+def make_pair(photo: np.ndarray, rng: np.random.Generator, conf: DictConfig
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(view0, view1, H_0to1) of one grayscale photo."""
+    out_h, out_w = (int(v) for v in conf.image_size)
+    src_size = (photo.shape[1], photo.shape[0])
+    quad0 = sample_quad(rng, src_size, (out_w, out_h), conf.homography)
+    quad1 = perturb_quad(rng, quad0, src_size, conf.homography)
+    H0 = view_homography(quad0, (out_w, out_h))
+    H1 = view_homography(quad1, (out_w, out_h))
+    views = [cv2.warpPerspective(photo, H, (out_w, out_h), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REFLECT) for H in (H0, H1)]
+    views = [photometric(v, rng, conf.photometric) for v in views]
+    H_0to1 = H1 @ np.linalg.inv(H0)
+    return views[0], views[1], H_0to1 / H_0to1[2, 2]
+
+
+# ---- the dataset ---------------------------------------------------------------------
+class HomographyPairs(torch.utils.data.Dataset):
+    """``len`` pairs; pair i comes from ``seed + i`` (deterministic, so its features cache)."""
+
+    def __init__(self, conf: DictConfig, images: Sequence[Path], num_pairs: int, split: str) -> None:
+        self.conf = conf
+        self.images = list(images)
+        self.num_pairs = int(num_pairs)
+        self.split = split
+        self.seed = int(conf.seed) + (0 if split == "train" else 10_000_019)
+        self._extractor = None
+        self._photos: dict[int, np.ndarray] = {}
+        self.cache_dir = Path(conf.cache_dir) / self._cache_key() if conf.cache_dir else None
+
+    def _cache_key(self) -> str:
+        """Cached features depend on everything that shapes a pair and on the extractor."""
+        relevant = {k: to_container(self.conf)[k] for k in ("image_size", "seed", "homography", "photometric",
+                                                             "features")}
+        relevant["images"] = [str(p) for p in self.images]
+        digest = hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.split}-{digest}"
+
+    def __len__(self) -> int:
+        return self.num_pairs
+
+    @property
+    def extractor(self):
+        if self._extractor is None:  # built lazily: once per DataLoader worker, never at import
+            from ..models import build_model
+
+            self._extractor = build_model("extractor", self.conf.features).eval()
+        return self._extractor
+
+    def photo(self, index: int) -> np.ndarray:
+        if index not in self._photos:
+            self._photos[index] = read_image(self.images[index], grayscale=True)
+        return self._photos[index]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        cached = self._load_cached(index)
+        if cached is not None:
+            return cached
+        rng = np.random.default_rng(self.seed + index)
+        photo = self.photo(int(rng.integers(len(self.images))))
+        view0, view1, H = make_pair(photo, rng, self.conf)
+        item = {"H_0to1": torch.from_numpy(H).float()}
+        for i, view in enumerate((view0, view1)):
+            for key, value in self._features(view).items():
+                item[f"{key}{i}"] = value
+        self._save_cached(index, item)
+        return item
+
+    @torch.no_grad()
+    def _features(self, view: np.ndarray) -> dict[str, torch.Tensor]:
+        """Features padded to ``max_num_keypoints`` with a mask, so that pairs batch together."""
+        from ..image import to_tensor_image
+
+        feats = self.extractor({"image": to_tensor_image(view)})
+        n_max = int(self.conf.features.max_num_keypoints)
+        out = {}
+        for key, value in feats.items():
+            value = value[0]
+            if key in ("image_size",):
+                out[key] = value.float()
+                continue
+            pad = n_max - value.shape[0]
+            if pad > 0:
+                value = torch.cat([value, value.new_zeros((pad, *value.shape[1:]))], 0)
+            out[key] = value[:n_max]
+        return out
+
+    def _cache_path(self, index: int) -> Path | None:
+        return self.cache_dir / f"{index:07d}.pt" if self.cache_dir is not None else None
+
+    def _load_cached(self, index: int) -> dict[str, torch.Tensor] | None:
+        path = self._cache_path(index)
+        if path is None or not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a corrupt cache entry is recomputed, never trusted
+            path.unlink(missing_ok=True)
+            return None
+
+    def _save_cached(self, index: int, item: dict[str, torch.Tensor]) -> None:
+        path = self._cache_path(index)
+        if path is not None:
+            buf = io.BytesIO()
+            torch.save(item, buf)
+            atomic_write_bytes(path, buf.getvalue())
+
+
+def build_homography_datasets(conf: ConfLike) -> tuple[HomographyPairs, HomographyPairs]:
+    """(train, val) datasets from a data config; a missing folder fails here, before training."""
+    conf = merge_strict(DEFAULT_CONF, conf, owner="data (homographies)", open_keys=("features",))
+    if conf.root is None:
+        raise ConfigError("homographies: set data.root to a folder of photos (or a .txt list of paths)")
+    train_images, val_images = split_images(list_images(Path(conf.root)), conf.val_fraction,
+                                            conf.val_images, int(conf.seed))
+    return (HomographyPairs(conf, train_images, conf.train_pairs, "train"),
+            HomographyPairs(conf, val_images, conf.val_pairs, "val"))
