@@ -66,8 +66,19 @@ class RosbagsTypes(MessageTypes):
         return getattr(self.typestore.types[typename], name)
 
 
-_ARRAY_TYPECODES = {"uint8": "B", "int8": "b", "octet": "B", "uint16": "H", "int16": "h",
-                    "uint32": "I", "int32": "i", "float": "f", "double": "d", "uint64": "Q", "int64": "q"}
+_ARRAY_TYPECODES = {
+    "uint8": "B",
+    "int8": "b",
+    "octet": "B",
+    "uint16": "H",
+    "int16": "h",
+    "uint32": "I",
+    "int32": "i",
+    "float": "f",
+    "double": "d",
+    "uint64": "Q",
+    "int64": "q",
+}
 
 
 class RclpyTypes(MessageTypes):
@@ -92,7 +103,7 @@ class RclpyTypes(MessageTypes):
         if ftype == "octet" and isinstance(value, (int, np.integer)):
             return bytes([int(value)])
         if ftype.startswith("sequence<") and isinstance(value, (np.ndarray, bytes, bytearray, memoryview)):
-            base = ftype[len("sequence<"):].split(",")[0].rstrip(">")
+            base = ftype[len("sequence<") :].split(",")[0].rstrip(">")
             code = _ARRAY_TYPECODES.get(base)
             if code is not None:
                 values = array.array(code)
@@ -170,21 +181,26 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     """``sensor_msgs/Image`` -> (H, W) or (H, W, C) native-endian array in the message's channel order."""
     encoding = str(msg.encoding)
     if encoding not in ENCODINGS:
-        raise ImageConversionError(f"unsupported image encoding '{encoding}' "
-                                   f"(supported: {', '.join(ENCODINGS)})")
+        raise ImageConversionError(
+            f"unsupported image encoding '{encoding}' (supported: {', '.join(ENCODINGS)})"
+        )
     dtype, channels = ENCODINGS[encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
         raise ImageConversionError(f"empty image: {width}x{height}")
     row_bytes = width * channels * dtype.itemsize
     if step < row_bytes:
-        raise ImageConversionError(f"step {step} is smaller than width {width} x {channels * dtype.itemsize} "
-                                   f"bytes per pixel ({row_bytes}) for '{encoding}'")
+        raise ImageConversionError(
+            f"step {step} is smaller than width {width} x {channels * dtype.itemsize} "
+            f"bytes per pixel ({row_bytes}) for '{encoding}'"
+        )
     buf = _as_bytes(msg.data)
     needed = step * (height - 1) + row_bytes  # the last row's padding may be missing
     if buf.size < needed:
-        raise ImageConversionError(f"truncated image data: {buf.size} bytes for a {width}x{height} "
-                                   f"'{encoding}' image with step {step} (needs {step * height})")
+        raise ImageConversionError(
+            f"truncated image data: {buf.size} bytes for a {width}x{height} "
+            f"'{encoding}' image with step {step} (needs {step * height})"
+        )
     if buf.size < step * height:
         buf = np.concatenate([buf[:needed], np.zeros(step * height - needed, np.uint8)])
     rows = buf[: step * height].reshape(height, step)[:, :row_bytes]
@@ -194,8 +210,14 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     return np.array(image, copy=True) if not image.flags.owndata else image
 
 
-def numpy_to_image(types: MessageTypes, image: np.ndarray, encoding: str, header: Any = None,
-                   step: int | None = None, bigendian: bool = False) -> Any:
+def numpy_to_image(
+    types: MessageTypes,
+    image: np.ndarray,
+    encoding: str,
+    header: Any = None,
+    step: int | None = None,
+    bigendian: bool = False,
+) -> Any:
     """Array -> ``sensor_msgs/Image`` (rows padded to ``step`` bytes when given)."""
     if encoding not in ENCODINGS:
         raise ImageConversionError(f"unsupported image encoding '{encoding}'")
@@ -217,8 +239,16 @@ def numpy_to_image(types: MessageTypes, image: np.ndarray, encoding: str, header
         raw = np.concatenate([raw, np.zeros((height, step - row_bytes), np.uint8)], axis=1)
     if header is None:
         header = make_header(types, 0, "")
-    return types("sensor_msgs/msg/Image", header=header, height=height, width=width, encoding=encoding,
-                 is_bigendian=int(big), step=step, data=np.ascontiguousarray(raw).reshape(-1))
+    return types(
+        "sensor_msgs/msg/Image",
+        header=header,
+        height=height,
+        width=width,
+        encoding=encoding,
+        is_bigendian=int(big),
+        step=step,
+        data=np.ascontiguousarray(raw).reshape(-1),
+    )
 
 
 def to_matcher_image(image: np.ndarray, encoding: str) -> np.ndarray:
@@ -288,31 +318,68 @@ def stereo_baseline(right_info: Any) -> float | None:
     return float(baseline) if baseline > 0 else None
 
 
-def make_camera_info(types: MessageTypes, header: Any, width: int, height: int, K: np.ndarray,
-                     D: Sequence[float] | None = None, P: np.ndarray | None = None) -> Any:
+def make_camera_info(
+    types: MessageTypes,
+    header: Any,
+    width: int,
+    height: int,
+    K: np.ndarray,
+    D: Sequence[float] | None = None,
+    P: np.ndarray | None = None,
+) -> Any:
     K = np.asarray(K, dtype=np.float64).reshape(3, 3)
     if P is None:
         P = np.hstack([K, np.zeros((3, 1))])
-    roi = types("sensor_msgs/msg/RegionOfInterest", x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
-    return types("sensor_msgs/msg/CameraInfo", header=header, height=int(height), width=int(width),
-                 distortion_model="plumb_bob",
-                 d=np.asarray(D if D is not None else np.zeros(5), dtype=np.float64),
-                 k=K.reshape(-1).copy(), r=np.eye(3).reshape(-1), p=np.asarray(P, np.float64).reshape(-1).copy(),
-                 binning_x=0, binning_y=0, roi=roi)
+    roi = types(
+        "sensor_msgs/msg/RegionOfInterest", x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
+    )
+    return types(
+        "sensor_msgs/msg/CameraInfo",
+        header=header,
+        height=int(height),
+        width=int(width),
+        distortion_model="plumb_bob",
+        d=np.asarray(D if D is not None else np.zeros(5), dtype=np.float64),
+        k=K.reshape(-1).copy(),
+        r=np.eye(3).reshape(-1),
+        p=np.asarray(P, np.float64).reshape(-1).copy(),
+        binning_x=0,
+        binning_y=0,
+        roi=roi,
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # point clouds
 # ---------------------------------------------------------------------------------------
-_DATATYPES = {1: np.int8, 2: np.uint8, 3: np.int16, 4: np.uint16, 5: np.int32, 6: np.uint32,
-              7: np.float32, 8: np.float64}
+_DATATYPES = {
+    1: np.int8,
+    2: np.uint8,
+    3: np.int16,
+    4: np.uint16,
+    5: np.int32,
+    6: np.uint32,
+    7: np.float32,
+    8: np.float64,
+}
 _DATATYPE_OF = {np.dtype(v): k for k, v in _DATATYPES.items()}
 
 # One point per match. x, y, z come first so that RViz shows the cloud (see frame_matcher).
-MATCH_DTYPE = np.dtype([("x", np.float32), ("y", np.float32), ("z", np.float32),
-                        ("u0", np.float32), ("v0", np.float32), ("u1", np.float32), ("v1", np.float32),
-                        ("score", np.float32), ("idx0", np.int32), ("idx1", np.int32),
-                        ("inlier", np.uint8)])
+MATCH_DTYPE = np.dtype(
+    [
+        ("x", np.float32),
+        ("y", np.float32),
+        ("z", np.float32),
+        ("u0", np.float32),
+        ("v0", np.float32),
+        ("u1", np.float32),
+        ("v1", np.float32),
+        ("score", np.float32),
+        ("idx0", np.int32),
+        ("idx1", np.int32),
+        ("inlier", np.uint8),
+    ]
+)
 XYZ_DTYPE = np.dtype([("x", np.float32), ("y", np.float32), ("z", np.float32)])
 
 
@@ -322,13 +389,29 @@ def array_to_pointcloud2(types: MessageTypes, header: Any, points: np.ndarray) -
     fields = []
     for name in points.dtype.names:
         dtype, offset = points.dtype.fields[name][:2]
-        fields.append(types("sensor_msgs/msg/PointField", name=name, offset=int(offset),
-                            datatype=_DATATYPE_OF[np.dtype(dtype)], count=1))
+        fields.append(
+            types(
+                "sensor_msgs/msg/PointField",
+                name=name,
+                offset=int(offset),
+                datatype=_DATATYPE_OF[np.dtype(dtype)],
+                count=1,
+            )
+        )
     n, step = len(points), points.dtype.itemsize
     dense = all(np.isfinite(points[k]).all() for k in ("x", "y", "z") if k in points.dtype.names)
-    return types("sensor_msgs/msg/PointCloud2", header=header, height=1, width=n, fields=fields,
-                 is_bigendian=False, point_step=step, row_step=step * n,
-                 data=points.view(np.uint8).reshape(-1).copy(), is_dense=bool(dense))
+    return types(
+        "sensor_msgs/msg/PointCloud2",
+        header=header,
+        height=1,
+        width=n,
+        fields=fields,
+        is_bigendian=False,
+        point_step=step,
+        row_step=step * n,
+        data=points.view(np.uint8).reshape(-1).copy(),
+        is_dense=bool(dense),
+    )
 
 
 def pointcloud2_to_array(msg: Any) -> np.ndarray:
@@ -339,7 +422,9 @@ def pointcloud2_to_array(msg: Any) -> np.ndarray:
         names.append(field.name)
         formats.append(np.dtype(_DATATYPES[int(field.datatype)]).newbyteorder(order))
         offsets.append(int(field.offset))
-    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": int(msg.point_step)})
+    dtype = np.dtype(
+        {"names": names, "formats": formats, "offsets": offsets, "itemsize": int(msg.point_step)}
+    )
     n = int(msg.width) * int(msg.height)
     buf = _as_bytes(msg.data)
     if buf.size < n * int(msg.point_step):
@@ -347,9 +432,16 @@ def pointcloud2_to_array(msg: Any) -> np.ndarray:
     return np.frombuffer(buf[: n * int(msg.point_step)].tobytes(), dtype=dtype)
 
 
-def matches_to_pointcloud2(types: MessageTypes, header: Any, keypoints0: np.ndarray, keypoints1: np.ndarray,
-                           matches: np.ndarray, scores: np.ndarray, xyz: np.ndarray | None = None,
-                           inliers: np.ndarray | None = None) -> Any:
+def matches_to_pointcloud2(
+    types: MessageTypes,
+    header: Any,
+    keypoints0: np.ndarray,
+    keypoints1: np.ndarray,
+    matches: np.ndarray,
+    scores: np.ndarray,
+    xyz: np.ndarray | None = None,
+    inliers: np.ndarray | None = None,
+) -> Any:
     """One point per match: x, y, z (``xyz`` or 0), u0, v0, u1, v1, score, idx0, idx1, inlier."""
     matches = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
     points = np.zeros(len(matches), MATCH_DTYPE)
@@ -405,27 +497,37 @@ def quaternion_to_rotation(q: Sequence[float]) -> np.ndarray:
     if n == 0:
         raise ValueError("zero quaternion")
     x, y, z, w = x / n, y / n, z / n, w / n
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def matrix_to_pose(types: MessageTypes, T: np.ndarray) -> Any:
     q = rotation_to_quaternion(T[:3, :3])
     t = np.asarray(T, dtype=np.float64)[:3, 3]
-    return types("geometry_msgs/msg/Pose",
-                 position=types("geometry_msgs/msg/Point", x=float(t[0]), y=float(t[1]), z=float(t[2])),
-                 orientation=types("geometry_msgs/msg/Quaternion", x=float(q[0]), y=float(q[1]),
-                                   z=float(q[2]), w=float(q[3])))
+    return types(
+        "geometry_msgs/msg/Pose",
+        position=types("geometry_msgs/msg/Point", x=float(t[0]), y=float(t[1]), z=float(t[2])),
+        orientation=types(
+            "geometry_msgs/msg/Quaternion", x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])
+        ),
+    )
 
 
 def matrix_to_transform(types: MessageTypes, T: np.ndarray) -> Any:
     q = rotation_to_quaternion(T[:3, :3])
     t = np.asarray(T, dtype=np.float64)[:3, 3]
-    return types("geometry_msgs/msg/Transform",
-                 translation=types("geometry_msgs/msg/Vector3", x=float(t[0]), y=float(t[1]), z=float(t[2])),
-                 rotation=types("geometry_msgs/msg/Quaternion", x=float(q[0]), y=float(q[1]),
-                                z=float(q[2]), w=float(q[3])))
+    return types(
+        "geometry_msgs/msg/Transform",
+        translation=types("geometry_msgs/msg/Vector3", x=float(t[0]), y=float(t[1]), z=float(t[2])),
+        rotation=types(
+            "geometry_msgs/msg/Quaternion", x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])
+        ),
+    )
 
 
 def _covariance(cov: np.ndarray | None) -> np.ndarray:
@@ -436,30 +538,50 @@ def pose_stamped(types: MessageTypes, header: Any, T: np.ndarray) -> Any:
     return types("geometry_msgs/msg/PoseStamped", header=header, pose=matrix_to_pose(types, T))
 
 
-def pose_with_covariance_stamped(types: MessageTypes, header: Any, T: np.ndarray,
-                                 cov: np.ndarray | None = None) -> Any:
-    pose = types("geometry_msgs/msg/PoseWithCovariance", pose=matrix_to_pose(types, T), covariance=_covariance(cov))
+def pose_with_covariance_stamped(
+    types: MessageTypes, header: Any, T: np.ndarray, cov: np.ndarray | None = None
+) -> Any:
+    pose = types(
+        "geometry_msgs/msg/PoseWithCovariance", pose=matrix_to_pose(types, T), covariance=_covariance(cov)
+    )
     return types("geometry_msgs/msg/PoseWithCovarianceStamped", header=header, pose=pose)
 
 
 def transform_stamped(types: MessageTypes, header: Any, child_frame_id: str, T: np.ndarray) -> Any:
-    return types("geometry_msgs/msg/TransformStamped", header=header, child_frame_id=str(child_frame_id),
-                 transform=matrix_to_transform(types, T))
+    return types(
+        "geometry_msgs/msg/TransformStamped",
+        header=header,
+        child_frame_id=str(child_frame_id),
+        transform=matrix_to_transform(types, T),
+    )
 
 
-def odometry(types: MessageTypes, header: Any, child_frame_id: str, T: np.ndarray,
-             cov: np.ndarray | None = None, linear: Sequence[float] = (0, 0, 0),
-             angular: Sequence[float] = (0, 0, 0), twist_cov: np.ndarray | None = None) -> Any:
+def odometry(
+    types: MessageTypes,
+    header: Any,
+    child_frame_id: str,
+    T: np.ndarray,
+    cov: np.ndarray | None = None,
+    linear: Sequence[float] = (0, 0, 0),
+    angular: Sequence[float] = (0, 0, 0),
+    twist_cov: np.ndarray | None = None,
+) -> Any:
     """``nav_msgs/Odometry``: pose of ``child_frame_id`` in ``header.frame_id``; twist in the child frame."""
-    pose = types("geometry_msgs/msg/PoseWithCovariance", pose=matrix_to_pose(types, T), covariance=_covariance(cov))
+    pose = types(
+        "geometry_msgs/msg/PoseWithCovariance", pose=matrix_to_pose(types, T), covariance=_covariance(cov)
+    )
 
     def vec(v: Sequence[float]) -> Any:
         return types("geometry_msgs/msg/Vector3", x=float(v[0]), y=float(v[1]), z=float(v[2]))
 
-    twist = types("geometry_msgs/msg/TwistWithCovariance",
-                  twist=types("geometry_msgs/msg/Twist", linear=vec(linear), angular=vec(angular)),
-                  covariance=_covariance(twist_cov))
-    return types("nav_msgs/msg/Odometry", header=header, child_frame_id=str(child_frame_id), pose=pose, twist=twist)
+    twist = types(
+        "geometry_msgs/msg/TwistWithCovariance",
+        twist=types("geometry_msgs/msg/Twist", linear=vec(linear), angular=vec(angular)),
+        covariance=_covariance(twist_cov),
+    )
+    return types(
+        "nav_msgs/msg/Odometry", header=header, child_frame_id=str(child_frame_id), pose=pose, twist=twist
+    )
 
 
 def _pose_to_matrix(pose: Any) -> np.ndarray:
@@ -497,11 +619,20 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def diagnostic_status(types: MessageTypes, name: str, level: str, message: str, values: Mapping[str, Any],
-                      hardware_id: str = "") -> Any:
-    kvs = [types("diagnostic_msgs/msg/KeyValue", key=str(k), value=_format_value(v)) for k, v in values.items()]
-    return types("diagnostic_msgs/msg/DiagnosticStatus", level=LEVELS[level], name=name, message=message,
-                 hardware_id=hardware_id, values=kvs)
+def diagnostic_status(
+    types: MessageTypes, name: str, level: str, message: str, values: Mapping[str, Any], hardware_id: str = ""
+) -> Any:
+    kvs = [
+        types("diagnostic_msgs/msg/KeyValue", key=str(k), value=_format_value(v)) for k, v in values.items()
+    ]
+    return types(
+        "diagnostic_msgs/msg/DiagnosticStatus",
+        level=LEVELS[level],
+        name=name,
+        message=message,
+        hardware_id=hardware_id,
+        values=kvs,
+    )
 
 
 def diagnostic_array(types: MessageTypes, header: Any, statuses: Iterable[Any]) -> Any:

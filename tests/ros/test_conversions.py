@@ -56,8 +56,16 @@ def test_big_endian_bytes_are_really_swapped():
 def test_hand_made_padded_big_endian_message():
     """Bytes written by hand, as another system would: 2x2 16UC1, big-endian, step 6 (2 pad bytes)."""
     data = bytes([0, 1, 0, 2, 9, 9, 1, 0, 2, 0, 9, 9])
-    msg = TYPES("sensor_msgs/msg/Image", header=cv.make_header(TYPES, 0, ""), height=2, width=2,
-                encoding="16UC1", is_bigendian=1, step=6, data=np.frombuffer(data, np.uint8).copy())
+    msg = TYPES(
+        "sensor_msgs/msg/Image",
+        header=cv.make_header(TYPES, 0, ""),
+        height=2,
+        width=2,
+        encoding="16UC1",
+        is_bigendian=1,
+        step=6,
+        data=np.frombuffer(data, np.uint8).copy(),
+    )
     np.testing.assert_array_equal(cv.image_to_numpy(msg), [[1, 2], [256, 512]])
 
 
@@ -65,17 +73,26 @@ def test_rclpy_style_array_data_is_accepted():
     """rclpy gives uint8[] as array.array('B'); the last row's padding may be missing."""
     image = _sample("bgr8")
     raw = np.concatenate([image.reshape(5, -1), np.zeros((5, 4), np.uint8)], 1).reshape(-1)[:-4]
-    msg = SimpleNamespace(height=5, width=7, encoding="bgr8", is_bigendian=0, step=7 * 3 + 4,
-                          data=array.array("B", raw.tobytes()))
+    msg = SimpleNamespace(
+        height=5,
+        width=7,
+        encoding="bgr8",
+        is_bigendian=0,
+        step=7 * 3 + 4,
+        data=array.array("B", raw.tobytes()),
+    )
     np.testing.assert_array_equal(cv.image_to_numpy(msg), image)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"encoding": "yuv422"}, "unsupported image encoding 'yuv422'"),
-    ({"step": 10}, "step 10 is smaller than width"),
-    ({"data": np.zeros(20, np.uint8)}, "truncated image data"),
-    ({"height": 0}, "empty image"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"encoding": "yuv422"}, "unsupported image encoding 'yuv422'"),
+        ({"step": 10}, "step 10 is smaller than width"),
+        ({"data": np.zeros(20, np.uint8)}, "truncated image data"),
+        ({"height": 0}, "empty image"),
+    ],
+)
 def test_bad_images_are_refused_with_the_reason(change, message):
     msg = cv.numpy_to_image(TYPES, _sample("rgb8"), "rgb8")
     for key, value in change.items():
@@ -95,8 +112,9 @@ def test_matcher_input_and_display():
     assert cv.to_display(np.array([[65535]], np.uint16), "mono16").dtype == np.uint8
     depth = cv.depth_to_metres(np.array([[1500, 0]], np.uint16), "16UC1")
     np.testing.assert_allclose(depth, [[1.5, 0.0]])
-    np.testing.assert_array_equal(cv.depth_to_metres(np.array([[np.nan, -1, 2]], np.float32), "32FC1"),
-                                  [[0, 0, 2]])
+    np.testing.assert_array_equal(
+        cv.depth_to_metres(np.array([[np.nan, -1, 2]], np.float32), "32FC1"), [[0, 0, 2]]
+    )
 
 
 def test_camera_info_K_distortion_and_baseline():
@@ -119,8 +137,16 @@ def test_matches_pointcloud_round_trip():
     kp1 = np.array([[5, 6], [7, 8]], np.float32)
     matches = np.array([[0, 1], [2, 0]])
     xyz = np.array([[0.1, 0.2, 1.0], [0.3, 0.4, 2.0]])
-    msg = cv.matches_to_pointcloud2(TYPES, cv.make_header(TYPES, 5, "cam"), kp0, kp1, matches,
-                                    np.array([0.9, 0.5]), xyz=xyz, inliers=np.array([True, False]))
+    msg = cv.matches_to_pointcloud2(
+        TYPES,
+        cv.make_header(TYPES, 5, "cam"),
+        kp0,
+        kp1,
+        matches,
+        np.array([0.9, 0.5]),
+        xyz=xyz,
+        inliers=np.array([True, False]),
+    )
     msg = _cdr_round_trip(msg)
     names = [f.name for f in msg.fields]
     assert names[:3] == ["x", "y", "z"]
@@ -131,8 +157,9 @@ def test_matches_pointcloud_round_trip():
     np.testing.assert_array_equal(pts["idx0"], [0, 2]), np.testing.assert_array_equal(pts["idx1"], [1, 0])
     np.testing.assert_allclose(pts["score"], [0.9, 0.5])
     np.testing.assert_allclose(pts["z"], [1, 2]), np.testing.assert_array_equal(pts["inlier"], [1, 0])
-    empty = cv.matches_to_pointcloud2(TYPES, cv.make_header(TYPES, 5, "cam"), kp0, kp1,
-                                      np.zeros((0, 2)), np.zeros(0))
+    empty = cv.matches_to_pointcloud2(
+        TYPES, cv.make_header(TYPES, 5, "cam"), kp0, kp1, np.zeros((0, 2)), np.zeros(0)
+    )
     assert _cdr_round_trip(empty).width == 0 and len(cv.pointcloud2_to_array(empty)) == 0
 
 
@@ -144,10 +171,12 @@ def test_pose_messages_round_trip():
         T[:3, :3] = cv.quaternion_to_rotation(q)
         T[:3, 3] = rng.normal(size=3)
         header = cv.make_header(TYPES, 7, "odom")
-        for msg in (cv.pose_stamped(TYPES, header, T),
-                    cv.pose_with_covariance_stamped(TYPES, header, T, np.eye(6)),
-                    cv.transform_stamped(TYPES, header, "cam", T),
-                    cv.odometry(TYPES, header, "cam", T, linear=(1, 2, 3))):
+        for msg in (
+            cv.pose_stamped(TYPES, header, T),
+            cv.pose_with_covariance_stamped(TYPES, header, T, np.eye(6)),
+            cv.transform_stamped(TYPES, header, "cam", T),
+            cv.odometry(TYPES, header, "cam", T, linear=(1, 2, 3)),
+        ):
             np.testing.assert_allclose(cv.pose_from_msg(_cdr_round_trip(msg)), T, atol=1e-9)
 
 

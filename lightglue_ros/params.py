@@ -1,0 +1,450 @@
+"""The one parameter schema of the nodes: declared with descriptors and ranges by the rclpy
+nodes, written to and checked against ``config/*.yaml``, read by the bag replay.
+
+    python -m lightglue_ros.params --write   # regenerate config/matcher.yaml, config/stereo_matcher.yaml
+    python -m lightglue_ros.params --check   # exit 1 if they differ from this schema
+
+Parameters marked ``runtime`` (thresholds, policies, outputs) can change while a node runs;
+the others (the model, its device and precision, QoS, queues) are read once at start-up and a
+change is refused. The default model is ``sift`` + ``nn`` because it needs no weights; LightGlue
+(``matcher: lightglue``) needs its weights in the cache (see the README), or
+``model_overrides: matcher.weights=null`` for random weights (tests only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NODES = ("matcher", "stereo_matcher")
+BOTH = NODES
+MONO = ("matcher",)
+STEREO = ("stereo_matcher",)
+
+
+class ParamError(ValueError):
+    """An unknown parameter or a value of the wrong type / out of range."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: bool | int | float | str
+    description: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+    runtime: bool = False  # may change while the node runs
+    nodes: tuple[str, ...] = BOTH
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+    def check(self, value: Any) -> str | None:
+        """None if ``value`` is acceptable, else the reason."""
+        expected = self.type
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if (
+            expected is bool
+            and not isinstance(value, bool)
+            or expected is not bool
+            and (isinstance(value, bool) or not isinstance(value, expected))
+        ):
+            return f"'{self.name}' must be a {expected.__name__}, got {value!r}"
+        if self.choices and value not in self.choices:
+            return f"'{self.name}' must be one of {', '.join(self.choices)}, got {value!r}"
+        if self.min is not None and value < self.min or self.max is not None and value > self.max:
+            return f"'{self.name}' must be in [{self.min:g}, {self.max:g}], got {value!r}"
+        return None
+
+    def help(self) -> str:
+        text = self.description
+        if self.choices:
+            text += f" ({' | '.join(self.choices)})"
+        if self.min is not None:
+            text += f" [{self.min:g}, {self.max:g}]"
+        return text + (" (runtime)" if self.runtime else " (start-up only)")
+
+
+SCHEMA: tuple[Param, ...] = (
+    # ---- model: read once at start-up --------------------------------------------------
+    Param(
+        "extractor",
+        "sift",
+        "feature extractor; with 'matcher' it names the pipeline "
+        "(featmatch_core config '<extractor>+<matcher>')",
+        choices=("sift", "superpoint", "aliked", "disk"),
+    ),
+    Param(
+        "matcher",
+        "nn",
+        "matcher: nearest neighbours (no weights) or LightGlue (weights needed)",
+        choices=("nn", "lightglue"),
+    ),
+    Param(
+        "model_overrides",
+        "",
+        "extra featmatch_core model overrides, space-separated key=value "
+        "relative to the model section, e.g. 'matcher.weights=/path/to/w.pth'",
+    ),
+    Param("max_keypoints", 2048, "maximum keypoints per frame", min=16, max=16384),
+    Param(
+        "resize",
+        1024,
+        "longest image side the extractor works at, pixels: larger images are shrunk, "
+        "smaller ones are not enlarged; 0 keeps the input size",
+        min=0,
+        max=8192,
+    ),
+    Param("device", "auto", "compute device; auto picks CUDA when present", choices=("auto", "cuda", "cpu")),
+    Param("precision", "fp32", "network precision (fp16 on CUDA only)", choices=("fp32", "fp16", "bf16")),
+    # ---- matcher thresholds: runtime ------------------------------------------------------
+    Param(
+        "depth_confidence",
+        0.95,
+        "LightGlue early stopping confidence; -1 disables",
+        min=-1.0,
+        max=1.0,
+        runtime=True,
+    ),
+    Param(
+        "width_confidence",
+        0.99,
+        "LightGlue point pruning confidence; -1 disables",
+        min=-1.0,
+        max=1.0,
+        runtime=True,
+    ),
+    Param("filter_threshold", 0.1, "LightGlue minimum match probability", min=0.0, max=1.0, runtime=True),
+    Param(
+        "nn_ratio_threshold",
+        0.8,
+        "nearest-neighbour Lowe ratio test; 1 disables",
+        min=0.05,
+        max=1.0,
+        runtime=True,
+    ),
+    # ---- geometry: runtime ------------------------------------------------------------------
+    Param(
+        "estimator",
+        "opencv",
+        "robust estimator back end",
+        choices=("opencv", "poselib", "pycolmap"),
+        runtime=True,
+        nodes=MONO,
+    ),
+    Param(
+        "uncalibrated_model",
+        "fundamental",
+        "model fitted without camera_info (no pose is published)",
+        choices=("fundamental", "homography"),
+        runtime=True,
+        nodes=MONO,
+    ),
+    Param(
+        "ransac_threshold",
+        1.0,
+        "RANSAC inlier threshold, pixels",
+        min=0.1,
+        max=50.0,
+        runtime=True,
+        nodes=MONO,
+    ),
+    Param(
+        "ransac_confidence",
+        0.9999,
+        "RANSAC success probability",
+        min=0.5,
+        max=0.999999,
+        runtime=True,
+        nodes=MONO,
+    ),
+    Param(
+        "min_matches",
+        15,
+        "fewer matches (or inliers): no pose, diagnostics WARN",
+        min=5,
+        max=100000,
+        runtime=True,
+    ),
+    Param(
+        "keyframe_policy",
+        "previous",
+        "match each frame against the previous frame or the current keyframe",
+        choices=("previous", "keyframe"),
+        runtime=True,
+        nodes=MONO,
+    ),
+    Param(
+        "keyframe_min_inliers",
+        80,
+        "keyframe policy: a frame with fewer inliers to the keyframe becomes the new keyframe",
+        min=5,
+        max=100000,
+        runtime=True,
+        nodes=MONO,
+    ),
+    Param(
+        "keyframe_max_flow",
+        40.0,
+        "keyframe policy: a frame whose median match displacement from the "
+        "keyframe exceeds this (pixels) becomes the new keyframe",
+        min=1.0,
+        max=10000.0,
+        runtime=True,
+        nodes=MONO,
+    ),
+    # ---- stereo: runtime ----------------------------------------------------------------------
+    Param(
+        "max_row_error",
+        2.0,
+        "rectified stereo: maximum |v_left - v_right|, pixels",
+        min=0.0,
+        max=100.0,
+        runtime=True,
+        nodes=STEREO,
+    ),
+    Param(
+        "min_disparity",
+        0.5,
+        "rectified stereo: minimum disparity, pixels",
+        min=0.0,
+        max=10000.0,
+        runtime=True,
+        nodes=STEREO,
+    ),
+    Param(
+        "max_depth",
+        50.0,
+        "farthest triangulated point kept, metres",
+        min=0.01,
+        max=100000.0,
+        runtime=True,
+        nodes=STEREO,
+    ),
+    Param(
+        "baseline",
+        0.0,
+        "stereo baseline in metres; 0 reads it from the right camera_info (P[0,3] = -fx B)",
+        min=0.0,
+        max=100.0,
+        runtime=True,
+        nodes=STEREO,
+    ),
+    # ---- scale, frames, outputs -----------------------------------------------------------------
+    Param(
+        "use_depth",
+        False,
+        "subscribe to 'depth' (aligned depth image, 32FC1 m or 16UC1 mm) and give the "
+        "odometry a metric scale",
+        nodes=MONO,
+    ),
+    Param("odom_frame", "odom", "fixed frame of the odometry (REP 105)", nodes=MONO),
+    Param(
+        "camera_frame", "", "child frame of odometry and tf; empty: the image's header.frame_id", nodes=MONO
+    ),
+    Param("publish_tf", False, "broadcast odom_frame -> camera_frame on /tf", runtime=True, nodes=MONO),
+    Param(
+        "publish_debug_image",
+        True,
+        "publish 'debug_image' (drawn matches) while someone subscribes",
+        runtime=True,
+    ),
+    # ---- processing model and transport: start-up --------------------------------------------------
+    Param(
+        "qos",
+        "sensor_data",
+        "subscription QoS: sensor_data (best effort) or reliable",
+        choices=("sensor_data", "reliable"),
+    ),
+    Param("qos_depth", 5, "subscription queue depth", min=1, max=1000),
+    Param(
+        "queue_size",
+        1,
+        "frames waiting for the worker; when full the oldest is dropped (and counted)",
+        min=1,
+        max=100,
+    ),
+    Param(
+        "sync_slop",
+        0.02,
+        "ApproximateTimeSynchronizer slop, seconds (stereo pairs, image + depth)",
+        min=0.0,
+        max=10.0,
+    ),
+    Param("diagnostics_period", 1.0, "seconds between /diagnostics messages", min=0.05, max=3600.0),
+    Param("latency_window", 500, "frames in the latency statistics (p50/p95)", min=10, max=1000000),
+)
+
+_BY_NAME = {p.name: p for p in SCHEMA}
+
+
+def params_for(node: str) -> list[Param]:
+    if node not in NODES:
+        raise ParamError(f"unknown node '{node}', expected one of {NODES}")
+    return [p for p in SCHEMA if node in p.nodes]
+
+
+def defaults(node: str) -> dict[str, Any]:
+    return {p.name: p.default for p in params_for(node)}
+
+
+def validate(
+    node: str, values: Mapping[str, Any] | None = None, base: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """``base`` (defaults) updated with ``values``; unknown names and bad values raise ``ParamError``."""
+    schema = {p.name: p for p in params_for(node)}
+    merged = dict(base if base is not None else defaults(node))
+    errors = []
+    for name, value in (values or {}).items():
+        if name not in schema:
+            errors.append(f"unknown parameter '{name}' for {node}")
+            continue
+        reason = schema[name].check(value)
+        if reason:
+            errors.append(reason)
+        elif schema[name].type is float:
+            merged[name] = float(value)
+        else:
+            merged[name] = value
+    if errors:
+        raise ParamError("; ".join(errors))
+    return merged
+
+
+def runtime_change_error(node: str, name: str, value: Any) -> str | None:
+    """Why a parameter cannot change while ``node`` runs (None if it can)."""
+    schema = {p.name: p for p in params_for(node)}
+    if name not in schema:
+        return f"unknown parameter '{name}'"
+    if not schema[name].runtime:
+        return (
+            f"'{name}' is read at start-up only (model, device, QoS, queues): restart the node to change it"
+        )
+    return schema[name].check(value)
+
+
+def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
+    """``["ransac_threshold=2", "keyframe_policy=keyframe"]`` -> typed values (YAML scalars)."""
+    values = {}
+    for item in items:
+        if "=" not in item:
+            raise ParamError(f"expected name=value, got '{item}'")
+        name, text = item.split("=", 1)
+        values[name.strip()] = yaml.safe_load(text) if text.strip() else ""
+    return values
+
+
+# ---- model configuration ------------------------------------------------------------------
+MATCHER_CONF_KEYS = {
+    "lightglue": {
+        "depth_confidence": "depth_confidence",
+        "width_confidence": "width_confidence",
+        "filter_threshold": "filter_threshold",
+    },
+    "nn": {"nn_ratio_threshold": "ratio_thresh"},
+}
+
+
+def pipeline_name(values: Mapping[str, Any]) -> str:
+    return f"{values['extractor']}+{values['matcher']}"
+
+
+def model_overrides(values: Mapping[str, Any]) -> list[str]:
+    """Dotlist overrides (relative to the model section) that the parameters imply."""
+    resize = int(values["resize"])
+    overrides = [
+        f"extractor.max_num_keypoints={int(values['max_keypoints'])}",
+        f"extractor.resize={resize if resize > 0 else 'null'}",
+        f"device={values['device']}",
+        f"precision={values['precision']}",
+    ]
+    for param, key in MATCHER_CONF_KEYS[values["matcher"]].items():
+        overrides.append(f"matcher.{key}={values[param]}")
+    return overrides + str(values.get("model_overrides", "")).split()
+
+
+# ---- YAML files -----------------------------------------------------------------------------
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+CONFIG_FILES = {"matcher": "matcher.yaml", "stereo_matcher": "stereo_matcher.yaml"}
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, str):
+        return (
+            "''" if value == "" else yaml.safe_dump(value, default_style=None).strip().removesuffix("\n...")
+        )
+    return yaml.safe_dump(value).strip().removesuffix("\n...").strip()
+
+
+def to_yaml(node: str) -> str:
+    """The node's parameter file: every parameter at its default, with its description."""
+    lines = [
+        f"# Parameters of lightglue_ros {node}_node (generated from lightglue_ros/params.py:",
+        "#   python -m lightglue_ros.params --write; tests check that both agree).",
+        "# '/**' applies them to the node whatever its name and namespace.",
+        "/**:",
+        "  ros__parameters:",
+    ]
+    for p in params_for(node):
+        lines.append(f"    # {p.help()}")
+        lines.append(f"    {p.name}: {_yaml_scalar(p.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def read_yaml(path: str | Path, node: str) -> dict[str, Any]:
+    """Parameter values of a ROS 2 parameter file (``/**`` or any node key with ``ros__parameters``)."""
+    with open(path) as handle:
+        data = yaml.safe_load(handle) or {}
+    values: dict[str, Any] = {}
+    sections = [
+        v["ros__parameters"]
+        for v in data.values()
+        if isinstance(v, dict) and isinstance(v.get("ros__parameters"), dict)
+    ]
+    if not sections:
+        raise ParamError(f"{path}: no '<node>: ros__parameters:' section")
+    for section in sections:
+        values.update(section)
+    return validate(node, values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lightglue_ros.params",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--write", action="store_true", help="write config/*.yaml from the schema")
+    group.add_argument("--check", action="store_true", help="fail if config/*.yaml differ from the schema")
+    group.add_argument("--print", choices=NODES, help="print one node's parameter file")
+    parser.add_argument("--dir", type=Path, default=CONFIG_DIR, help="config folder (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.print:
+        sys.stdout.write(to_yaml(args.print))
+        return 0
+    status = 0
+    for node, name in CONFIG_FILES.items():
+        path = args.dir / name
+        text = to_yaml(node)
+        if args.write:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
+        elif not path.is_file() or path.read_text() != text:
+            print(f"{path} differs from lightglue_ros/params.py: run python -m lightglue_ros.params --write")
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The ROS-free streaming core: poses on a generated sequence, the worker's drop policy, bad
+input, runtime parameters, stereo baseline. Messages are rosbags' ROS 2 Humble types."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from featmatch_core.geometry.epipolar import relative_pose_error
+from lightglue_ros import conversions as cv
+from lightglue_ros import synthetic
+from lightglue_ros.frame_matcher import FrameMatcher, FrameWorker, StereoMatcher, sample_depth_nearest
+
+TYPES = cv.rosbags_types()
+W, H = 320, 240
+FAST = {"max_keypoints": 512}
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return synthetic.sequence(6, W, H, step=0.1, seed=1)
+
+
+def _msgs(frame, frame_id="camera_optical", encoding="mono8"):
+    header = cv.make_header(TYPES, frame.stamp_ns, frame_id)
+    image = frame.image if encoding == "mono8" else np.repeat(frame.image[..., None], 3, -1)
+    return (
+        cv.numpy_to_image(TYPES, image, encoding, header),
+        cv.make_camera_info(TYPES, header, W, H, frame.K),
+        cv.numpy_to_image(TYPES, frame.depth, "32FC1", header),
+    )
+
+
+def test_sequence_relative_rotations_and_scale(frames):
+    fm = FrameMatcher(FAST, TYPES)
+    results = []
+    for i, frame in enumerate(frames):
+        image, info, depth = _msgs(frame, encoding="bgr8" if i % 2 else "mono8")
+        results.append(fm.process(image, info, depth))
+    assert results[0].matches is None and results[0].odometry is not None  # first frame: reference
+    for i in range(1, len(frames)):
+        rec = results[i].record
+        assert rec["success"], rec
+        T_gt = frames[i].T_cam_world @ np.linalg.inv(frames[i - 1].T_cam_world)
+        err_R, err_t = relative_pose_error(T_gt, rec["T_0to1"][:3, :3], rec["T_0to1"][:3, 3])
+        assert err_R < 2.0 and err_t < 15.0, (i, err_R, err_t)
+        assert rec["metric_scale"]  # depth of the reference frame gives the scale
+        assert np.linalg.norm(rec["T_0to1"][:3, 3]) == pytest.approx(np.linalg.norm(T_gt[:3, 3]), rel=0.15)
+        # the published messages agree with the record
+        pose = cv.pose_from_msg(results[i].relative_pose)
+        np.testing.assert_allclose(pose, np.linalg.inv(rec["T_0to1"]), atol=1e-9)
+        assert results[i].relative_pose.header.stamp.sec == results[i].matches.header.stamp.sec
+        points = cv.pointcloud2_to_array(results[i].matches)
+        assert len(points) == rec["matches"] and points["inlier"].sum() == rec["inliers"]
+        info = cv.status_values(results[i].matches_info.status[0])
+        ref_ns = frames[i - 1].stamp_ns
+        assert info["reference_stamp"] == f"{ref_ns // 10**9}.{ref_ns % 10**9:09d}"
+        assert info["model"] == "sift+nn" and int(info["inliers"]) == rec["inliers"]
+    # odometry: trajectory shape matches the ground truth (metric thanks to depth)
+    T_w0 = np.linalg.inv(frames[0].T_cam_world)
+    for i in (2, len(frames) - 1):
+        T_odom_cam = cv.pose_from_msg(results[i].odometry)
+        T_odom_cam0 = cv.pose_from_msg(results[0].odometry)
+        est = np.linalg.inv(T_odom_cam0) @ T_odom_cam
+        gt = np.linalg.inv(T_w0) @ np.linalg.inv(frames[i].T_cam_world)
+        assert np.linalg.norm(est[:3, 3] - gt[:3, 3]) < 0.25 * np.linalg.norm(gt[:3, 3]) + 0.02
+    diag = fm.diagnostics()
+    assert diag["level"] == "OK" and diag["values"]["frames_processed"] == len(frames)
+    assert {
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "keypoints0",
+        "matches",
+        "inliers",
+        "stop_layer",
+        "device",
+        "gpu_memory_mb",
+    } <= set(diag["values"])
+    msg = fm.diagnostic_array(frames[-1].stamp_ns)
+    assert cv.status_level(msg.status[0]) == 0
+    debug = results[-1].debug_image()
+    assert debug is None  # not asked for
+
+
+def test_keyframe_policy_and_debug_image(frames):
+    fm = FrameMatcher(
+        {**FAST, "keyframe_policy": "keyframe", "keyframe_min_inliers": 5, "keyframe_max_flow": 1000.0}, TYPES
+    )
+    out = [fm.process(*_msgs(f)[:2], want_debug=True) for f in frames[:4]]
+    refs = {cv.status_values(r.matches_info.status[0])["reference_stamp"] for r in out[1:]}
+    assert len(refs) == 1  # all matched against the first frame, the keyframe
+    image = cv.image_to_numpy(out[-1].debug_image())
+    assert image.shape == (H, 2 * W + 10, 3)
+
+
+def test_bad_input_is_skipped_and_the_node_goes_on(frames, caplog):
+    fm = FrameMatcher(FAST, TYPES)
+    image, info, _ = _msgs(frames[0])
+    bad = [
+        TYPES(
+            "sensor_msgs/msg/Image",
+            header=image.header,
+            height=H,
+            width=W,
+            encoding=enc,
+            is_bigendian=0,
+            step=step,
+            data=data,
+        )
+        for enc, step, data in (
+            ("yuv422", 2 * W, np.zeros(2 * W * H, np.uint8)),  # unknown encoding
+            ("mono8", W, np.zeros(W * H // 2, np.uint8)),  # truncated
+            ("rgb8", W, np.zeros(3 * W * H, np.uint8)),
+        )
+    ]  # width/step mismatch
+    for msg in bad:
+        result = fm.process(msg, info)
+        assert result.skipped and result.matches is None
+    assert fm.counts["skipped"] == 3
+    # missing camera_info: uncalibrated, warned once, matches but no pose
+    out = [fm.process(_msgs(f)[0], None) for f in frames[:3]]
+    assert out[1].matches is not None and out[1].relative_pose is None
+    assert "fundamental" in out[1].record["message"]
+    assert sum("uncalibrated" in r.message for r in caplog.records) == 1
+    # a blank frame: zero matches, empty cloud, no pose, WARN
+    header = cv.make_header(TYPES, frames[3].stamp_ns, "camera_optical")
+    blank = fm.process(cv.numpy_to_image(TYPES, np.full((H, W), 128, np.uint8), "mono8", header), info)
+    assert blank.matches.width == 0 and blank.relative_pose is None
+    assert fm.diagnostics()["level"] == "WARN"
+
+
+def test_time_going_back_resets_the_state(frames):
+    fm = FrameMatcher(FAST, TYPES)
+    for f in frames[:3]:
+        fm.process(*_msgs(f))
+    assert fm.reference.stamp_ns == frames[2].stamp_ns
+    result = fm.process(*_msgs(frames[0]))  # a bag loop
+    assert result.record.get("reset") and result.record.get("first")
+    assert fm.counts["resets"] == 1
+    np.testing.assert_allclose(cv.pose_from_msg(result.odometry)[:3, 3], 0, atol=1e-12)
+    assert fm.process(*_msgs(frames[1])).record["success"]
+
+
+def test_runtime_parameters_thresholds_yes_model_no(frames):
+    fm = FrameMatcher(FAST, TYPES)
+    ok, reason = fm.set_params({"ransac_threshold": 2.5, "nn_ratio_threshold": 0.7})
+    assert ok, reason
+    fm.process(*_msgs(frames[0]))
+    assert fm.estimator.conf.ransac_th == 2.5 and fm.pipeline.matcher.conf.ratio_thresh == 0.7
+    for change in ({"matcher": "lightglue"}, {"max_keypoints": 100}, {"device": "cpu"}):
+        ok, reason = fm.set_params(change)
+        assert not ok and "start-up" in reason
+    ok, reason = fm.set_params({"ransac_threshold": -1.0})
+    assert not ok and "ransac_threshold" in reason
+    assert fm.params["ransac_threshold"] == 2.5
+
+
+def test_worker_keeps_the_newest_frame_and_counts_drops():
+    release = threading.Event()
+    seen = []
+
+    def slow(item):
+        seen.append(item)
+        if item == 0:
+            release.wait(5)  # the worker is busy with frame 0 while 1..9 arrive
+
+    worker = FrameWorker(slow, queue_size=1)
+    worker.submit(0)
+    deadline = time.monotonic() + 5
+    while not seen and time.monotonic() < deadline:  # the worker has taken frame 0
+        time.sleep(0.001)
+    start = time.perf_counter()
+    accepted = [worker.submit(i) for i in range(1, 10)]
+    assert time.perf_counter() - start < 0.5  # submit never blocks, even with the worker busy
+    assert worker.pending == 2  # frame 0 in the worker, only the newest frame waiting
+    release.set()
+    assert worker.wait_idle(5)
+    worker.stop()
+    assert seen == [0, 9]  # the newest frame, never an old one
+    counters = worker.counters()
+    assert counters == {
+        "frames_in": 10,
+        "frames_processed": 2,
+        "frames_dropped": 8,
+        "worker_errors": 0,
+        "queued": 0,
+    }
+    assert accepted.count(False) == 8 and accepted[0]
+
+
+def test_worker_survives_a_failing_frame():
+    def handler(item):
+        if item == 1:
+            raise RuntimeError("boom")
+
+    worker = FrameWorker(handler, queue_size=10)
+    for i in range(3):
+        worker.submit(i)
+    worker.stop(drain=True)
+    assert worker.counters()["worker_errors"] == 1 and worker.counters()["frames_processed"] == 3
+
+
+def test_stereo_recovers_the_calibrated_baseline():
+    baseline = 0.12
+    left, right, depth, K = synthetic.stereo_pair(baseline, W, H, seed=2)
+    header = cv.make_header(TYPES, 123, "left_optical")
+    left_info = cv.make_camera_info(TYPES, header, W, H, K)
+    right_info = cv.make_camera_info(
+        TYPES, header, W, H, K, P=np.hstack([K, [[-K[0, 0] * baseline], [0], [0]]])
+    )
+    sm = StereoMatcher(FAST, TYPES)
+    result = sm.process(
+        cv.numpy_to_image(TYPES, left, "mono8", header),
+        cv.numpy_to_image(TYPES, right, "mono8", header),
+        left_info,
+        right_info,
+    )
+    rec = result.record
+    assert rec["level"] == "OK" and rec["points"] > 100 and rec["baseline_m"] == pytest.approx(baseline)
+    assert rec["rotation_check_deg"] < 0.5 and rec["baseline_direction_error_deg"] < 2.0
+    points = cv.pointcloud2_to_array(result.matches)
+    keep = points["inlier"].astype(bool)
+    z_true = sample_depth_nearest(depth, np.stack([points["u0"], points["v0"]], 1))[keep]
+    disparity = (points["u0"] - points["u1"])[keep]
+    # the baseline the matches imply, given the true depth, reproduces the calibration
+    assert np.median(disparity * z_true / K[0, 0]) == pytest.approx(baseline, rel=0.02)
+    assert np.median(np.abs(points["z"][keep] / z_true - 1)) < 0.02
+    cloud = cv.pointcloud2_to_array(result.cloud)
+    assert len(cloud) == rec["points"] and np.isfinite(cloud["z"]).all()
+    # without calibration: matches but no 3D, WARN
+    bare = sm.process(
+        cv.numpy_to_image(TYPES, left, "mono8", header), cv.numpy_to_image(TYPES, right, "mono8", header)
+    )
+    assert bare.record["level"] == "WARN" and bare.cloud.width == 0 and bare.matches.width > 0
