@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfLike, merge_strict
+from ..config import ConfLike, merge_strict, to_container
 from ..geometry.gt_matches import gt_matches_from_homography
 from ..models import build_model
 from .losses import lightglue_loss
@@ -36,7 +36,10 @@ class TwoViewModel(nn.Module):
     def __init__(self, conf: ConfLike = None) -> None:
         super().__init__()
         self.conf = merge_strict(self.default_conf, conf, owner="model (two_view)", open_keys=("matcher",))
-        self.matcher = build_model("matcher", self.conf.matcher, pretrained=bool(self.conf.pretrained))
+        # Every layer is supervised, in validation too: the wrapper always asks for all of them
+        # (adaptive depth/width are inference features and stay configurable in the pipeline).
+        matcher_conf = {**to_container(self.conf.matcher), "return_all_layers": True}
+        self.matcher = build_model("matcher", matcher_conf, pretrained=bool(self.conf.pretrained))
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         if hasattr(self.matcher, "set_gradient_checkpointing"):
