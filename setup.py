@@ -46,6 +46,7 @@ setup(
         "omegaconf>=2.3",
         "h5py",
         "tqdm",
+        "tensorboard",
         "matplotlib",
         "poselib",
         "pycolmap",

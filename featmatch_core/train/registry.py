@@ -1,0 +1,93 @@
+"""What the trainer can train: names -> "module:callable", imported only when used.
+
+Same design as :mod:`featmatch_core.models`: a static, greppable table instead of
+import-time registration.
+
+- A **model** entry is a class (or factory) called with the ``model`` config section (an
+  OmegaConf DictConfig, ``name`` included). It returns an ``nn.Module`` with
+  ``forward(batch: dict) -> pred: dict`` and ``loss(pred, batch) -> (losses, metrics)``,
+  two dicts of (B,) tensors, ``losses["total"]`` being the one optimised. Optional:
+  ``set_gradient_checkpointing(bool)``.
+- A **data** entry is called with the ``data`` config section and returns
+  ``(train_dataset, val_dataset)``: torch Datasets of dicts of tensors, batched with
+  ``torch.utils.data.default_collate``. It must raise on a missing folder or a bad config
+  (it runs before any training step). Optional: ``train_dataset.set_epoch(epoch)``, called
+  at the start of each epoch (e.g. to resample pairs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import import_module
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ..config import ConfigError, ConfLike, to_container
+
+MODELS: dict[str, str] = {
+    "two_view": "featmatch_core.train.two_view:TwoViewModel",
+    "toy": "featmatch_core.train.toy:ToyRegression",
+}
+
+DATASETS: dict[str, str] = {
+    "homographies": "featmatch_core.datasets.homographies:build_homography_datasets",
+    "toy": "featmatch_core.train.toy:build_toy_datasets",
+}
+
+
+def resolve_callable(spec: str, what: str = "callable") -> Callable[..., Any]:
+    """Import ``"package.module:attribute"``; errors name the spec."""
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise ConfigError(f"{what} '{spec}' must be of the form 'package.module:function'")
+    module_name, attr = spec.split(":")
+    try:
+        module = import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"{what} '{spec}': cannot import {module_name}: {err}") from err
+    if not hasattr(module, attr):
+        raise ConfigError(f"{what} '{spec}': {module_name} has no attribute '{attr}'")
+    return getattr(module, attr)
+
+
+def _entry(table: dict[str, str], section: str, conf: ConfLike) -> str:
+    plain = to_container(conf)
+    name = plain.get("name")
+    if not name:
+        raise ConfigError(f"the '{section}' config needs a 'name', one of {sorted(table)}")
+    if name not in table:
+        raise ConfigError(f"unknown {section} name '{name}', expected one of {sorted(table)}")
+    return table[name]
+
+
+def check_names(conf: ConfLike) -> None:
+    """Fail fast (before any folder is created) on unknown model or data names."""
+    plain = to_container(conf)
+    _entry(MODELS, "model", plain.get("model") or {})
+    _entry(DATASETS, "data", plain.get("data") or {})
+
+
+def _section(conf: ConfLike, key: str) -> DictConfig:
+    """A mutable copy of one section, as DictConfig (a Mapping with attribute access)."""
+    return OmegaConf.create(to_container(conf).get(key) or {})
+
+
+def build_train_model(conf: ConfLike) -> nn.Module:
+    """Instantiate ``conf.model.name`` with the ``model`` section."""
+    spec = _entry(MODELS, "model", _section(conf, "model"))
+    model = resolve_callable(spec, "model")(_section(conf, "model"))
+    for method in ("forward", "loss"):
+        if not callable(getattr(model, method, None)):
+            raise ConfigError(f"model '{spec}' has no {method}() method: a trainable model needs "
+                              "forward(batch) -> pred and loss(pred, batch) -> (losses, metrics)")
+    return model
+
+
+def build_train_datasets(conf: ConfLike) -> tuple[Any, Any]:
+    """``(train, val)`` datasets of ``conf.data.name`` built from the ``data`` section."""
+    spec = _entry(DATASETS, "data", _section(conf, "data"))
+    result = resolve_callable(spec, "dataset builder")(_section(conf, "data"))
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise ConfigError(f"dataset builder '{spec}' must return (train_dataset, val_dataset)")
+    return result
