@@ -55,6 +55,7 @@ class WeightSpec:
     urls: tuple[str, ...]
     sha256: str | None = None
     aliases: tuple[str, ...] = ()
+    bundled: bool = False  # shipped inside the package (featmatch_core/weights/), never downloaded
 
 
 _LG_RELEASE = "https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv"
@@ -88,6 +89,9 @@ REGISTRY: dict[str, WeightSpec] = {
         ("https://github.com/Shiaoming/ALIKED/raw/main/models/aliked-n16.pth",
          f"{_HF}/aliked/resolve/main/aliked-n16.pth"),
     ),
+    # Trained by this project (training/sift+lightglue-cpu.yaml) and shipped with the package,
+    # so that a LightGlue pipeline works offline; see featmatch_core/weights/MODEL_CARD.md.
+    "sift_lightglue_cpu": WeightSpec("sift_lightglue_cpu.pth", (), bundled=True),
     "disk-depth": WeightSpec(
         "depth-save.pth",
         ("https://raw.githubusercontent.com/cvlab-epfl/disk/master/depth-save.pth",
@@ -114,6 +118,11 @@ def cache_dir() -> Path:
 
 def torch_hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def bundled_dir() -> Path:
+    """Checkpoints shipped inside the package."""
+    return Path(__file__).parent / "weights"
 
 
 def cache_path(weights_id: str) -> Path:
@@ -164,6 +173,12 @@ def resolve_weights(source: str, download: bool = True) -> Path:
         return path
     if source not in REGISTRY:
         raise ValueError(_unknown_message(source))
+    if REGISTRY[source].bundled:
+        bundled = bundled_dir() / REGISTRY[source].filename
+        if not bundled.is_file():
+            raise WeightsUnavailableError(f"bundled checkpoint '{source}' is missing from this installation "
+                                          f"({bundled}); reinstall the package")
+        return bundled
     found = find_cached(source)
     if found is not None:
         return found

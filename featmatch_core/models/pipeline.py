@@ -11,6 +11,7 @@ features of the previous frame.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,10 +25,13 @@ from torch import nn
 from ..config import ConfigError, ConfLike, load_named_config, merge_strict, parse_dotlist, to_container
 from ..device import autocast, resolve_device, resolve_precision
 from ..image import ImageLike, to_tensor_image
+from ..weights import WeightsUnavailableError
 from . import build_model
 from .extractors.base import Extractor, Features
 
 Overrides = Union[Sequence[str], Mapping[str, Any], DictConfig, None]
+OPEN_KEYS = ("extractor", "matcher", "fallback_matcher")  # validated by the models themselves
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,11 +84,14 @@ class Pipeline(nn.Module):
         "matcher": {"name": None},
         "device": "auto",  # auto | cpu | cuda | cuda:N
         "precision": "fp32",  # fp32 | bf16 | fp16 (fp16 on CUDA only)
+        # matcher config used when the matcher's weights cannot be had (e.g. offline):
+        # the named LightGlue configs fall back to the weights bundled with the package
+        "fallback_matcher": None,
     }
 
     def __init__(self, extractor: Extractor, matcher: nn.Module, conf: ConfLike = None) -> None:
         super().__init__()
-        self.conf = merge_strict(self.default_conf, conf, owner="pipeline", open_keys=("extractor", "matcher"))
+        self.conf = merge_strict(self.default_conf, conf, owner="pipeline", open_keys=OPEN_KEYS)
         resolve_precision(self.conf.precision)
         check_compatible(extractor, matcher)
         self.extractor = extractor
@@ -95,9 +102,17 @@ class Pipeline(nn.Module):
     @classmethod
     def from_conf(cls, conf: ConfLike, download: bool = True, pretrained: bool = True) -> Pipeline:
         """Build both models from a config and load their weights (this may download)."""
-        conf = merge_strict(cls.default_conf, conf, owner="pipeline", open_keys=("extractor", "matcher"))
+        conf = merge_strict(cls.default_conf, conf, owner="pipeline", open_keys=OPEN_KEYS)
         extractor = build_model("extractor", conf.extractor, pretrained=pretrained, download=download)
-        matcher = build_model("matcher", conf.matcher, pretrained=pretrained, download=download)
+        try:
+            matcher = build_model("matcher", conf.matcher, pretrained=pretrained, download=download)
+        except WeightsUnavailableError as err:
+            if conf.fallback_matcher is None:
+                raise
+            fallback = conf.fallback_matcher
+            logger.warning("%s\n-> using the fallback matcher (weights %s) instead",
+                           str(err).splitlines()[0], fallback.get("weights"))
+            matcher = build_model("matcher", fallback, pretrained=pretrained, download=download)
         conf.extractor = OmegaConf.create(to_container(extractor.conf))
         conf.matcher = OmegaConf.create(to_container(matcher.conf))
         return cls(extractor, matcher, conf)

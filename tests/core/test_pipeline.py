@@ -152,3 +152,31 @@ def test_match_cli_on_bundled_pair(tmp_path, capsys):
 def test_match_cli_bad_override_is_reported(capsys):
     assert match_main(["model.extractor.max_num_keypoint=5"]) == 2
     assert "max_num_keypoint" in capsys.readouterr().err
+
+
+CPU_MATCHER = {"name": "lightglue", "input_dim": 128, "add_scale_ori": True, "descriptor_dim": 128,
+               "num_heads": 4, "n_layers": 6, "weights": "sift_lightglue_cpu"}
+
+
+def test_offline_falls_back_to_bundled_matcher(tmp_path, monkeypatch, synthetic_pair, caplog):
+    from featmatch_core import weights
+    from featmatch_core.models import get_model
+
+    model = get_model("matcher", "lightglue")({**CPU_MATCHER, "weights": None})
+    torch.save(model.state_dict(), tmp_path / "sift_lightglue_cpu.pth")
+    monkeypatch.setattr(weights, "bundled_dir", lambda: tmp_path)
+    conf = {"extractor": {"max_num_keypoints": 128}, "fallback_matcher": CPU_MATCHER}
+    with caplog.at_level("WARNING"):
+        pipe = featmatch_core.load("sift+lightglue", conf, download=False)
+    assert "fallback" in caplog.text and "sift_lightglue" in caplog.text
+    assert pipe.matcher.conf.descriptor_dim == 128
+    torch.testing.assert_close(pipe.matcher.state_dict()["posenc.Wr.weight"], model.state_dict()["posenc.Wr.weight"])
+    assert pipe.match(*synthetic_pair[:2]).keypoints0.shape == (128, 2)
+
+
+def test_missing_bundled_weights_is_a_clear_error(tmp_path, monkeypatch):
+    from featmatch_core import weights
+
+    monkeypatch.setattr(weights, "bundled_dir", lambda: tmp_path)
+    with pytest.raises(weights.WeightsUnavailableError, match="reinstall"):
+        weights.resolve_weights("sift_lightglue_cpu")
