@@ -135,9 +135,10 @@ SCHEMA: tuple[Param, ...] = (
     # ---- geometry: runtime ------------------------------------------------------------------
     Param(
         "estimator",
-        "opencv",
-        "robust estimator back end",
-        choices=("opencv", "poselib", "pycolmap"),
+        "poselib",
+        "robust estimator back end (poselib: LO-RANSAC + refinement; "
+        "opencv keeps few inliers on small motions)",
+        choices=("poselib", "pycolmap", "opencv"),
         runtime=True,
         nodes=MONO,
     ),

@@ -1,0 +1,201 @@
+"""make_bag + replay end to end on tiny generated bags (sqlite3 and MCAP), without ROS."""
+
+import json
+
+import numpy as np
+import pytest
+from rosbags.highlevel import AnyReader
+
+from lightglue_ros import conversions as cv
+from lightglue_ros import make_bag, replay
+
+FAST = ["-p", "max_keypoints=384", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bags")
+    out = {}
+    for storage in ("sqlite3", "mcap"):
+        path = root / f"room_{storage}"
+        assert (
+            make_bag.main(
+                [
+                    str(path),
+                    "--synthetic",
+                    "4",
+                    "--width",
+                    "320",
+                    "--height",
+                    "240",
+                    "--step",
+                    "0.1",
+                    "--storage",
+                    storage,
+                    "--seed",
+                    "3",
+                ]
+            )
+            == 0
+        )
+        out[storage] = path
+    return out
+
+
+def _read_all(path):
+    with AnyReader([path]) as reader:
+        topics = {c.topic: c.msgtype for c in reader.connections}
+        msgs = {}
+        for conn, _, raw in reader.messages():
+            msgs.setdefault(conn.topic, []).append(reader.deserialize(raw, conn.msgtype))
+    return topics, msgs
+
+
+def test_make_bag_contents(bags):
+    topics, msgs = _read_all(bags["sqlite3"])
+    assert topics == {
+        "/camera/image_raw": "sensor_msgs/msg/Image",
+        "/camera/camera_info": "sensor_msgs/msg/CameraInfo",
+        "/camera/depth/image_raw": "sensor_msgs/msg/Image",
+        "/ground_truth/pose": "geometry_msgs/msg/PoseStamped",
+    }
+    assert all(len(v) == 4 for v in msgs.values())
+    image = cv.image_to_numpy(msgs["/camera/image_raw"][0])
+    assert image.shape == (240, 320) and msgs["/camera/image_raw"][0].encoding == "mono8"
+    assert msgs["/camera/depth/image_raw"][0].encoding == "32FC1"
+    assert not list(bags["sqlite3"].parent.glob(".*partial*"))  # the temporary bag was renamed
+    assert "version: 8" in (bags["sqlite3"] / "metadata.yaml").read_text()
+    assert make_bag.main([str(bags["sqlite3"]), "--synthetic", "2"]) == 2  # refuses to overwrite
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_replay_end_to_end(bags, tmp_path, storage, capsys):
+    out_dir = tmp_path / "out"
+    code = replay.main(
+        [str(bags[storage]), "--out-dir", str(out_dir), "--storage", storage, "--debug-images", *FAST]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "relative pose AUC" in text and "latency ms: p50" in text and "throughput" in text
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["frames_processed"] == 4 and summary["pairs_with_gt"] == 3
+    assert summary["pose_success_rate"] == 1.0
+    assert summary["pose_auc@20"] > 0.5  # synthetic scene: poses are right within a few degrees
+    assert summary["trajectory_scale"] == "metric (depth)" and summary["ate_rmse_m"] < 0.05
+    for name in ("trajectory.png", "latency.png", "matches.png", "trajectory.tum", "groundtruth.tum"):
+        assert (out_dir / name).stat().st_size > 0
+    tum = (out_dir / "trajectory.tum").read_text().splitlines()
+    assert len(tum) == 4 and len(tum[0].split()) == 8
+    # the output bag holds the node's topics and reads back
+    topics, msgs = _read_all(out_dir / "out_bag")
+    assert topics["/matches"] == "sensor_msgs/msg/PointCloud2"
+    assert topics["/odometry"] == "nav_msgs/msg/Odometry"
+    assert topics["/relative_pose"] == "geometry_msgs/msg/PoseWithCovarianceStamped"
+    assert topics["/ground_truth/pose"] == "geometry_msgs/msg/PoseStamped"
+    assert {"/matches_info", "/diagnostics", "/debug_image"} <= set(topics)
+    assert len(msgs["/matches"]) == 3 and len(msgs["/odometry"]) == 4
+    points = cv.pointcloud2_to_array(msgs["/matches"][0])
+    assert len(points) > 50 and {"u0", "v0", "u1", "v1", "score", "idx0", "idx1", "x", "y", "z"} <= set(
+        points.dtype.names
+    )
+    assert np.isfinite(cv.pose_from_msg(msgs["/odometry"][-1])).all()
+    assert not list(out_dir.glob(".*partial*"))
+
+
+def test_realtime_loop_drops_and_resets(bags, tmp_path):
+    out_dir = tmp_path / "rt"
+    args = replay.parse_args(
+        [
+            str(bags["sqlite3"]),
+            "--out-dir",
+            str(out_dir),
+            "--rate",
+            "realtime",
+            "--speed",
+            "100",
+            "--loop",
+            "2",
+            "--no-plots",
+            "--no-bag",
+            *FAST,
+        ]
+    )
+    result = replay.run(args)
+    s = result.summary
+    assert s["frames_read"] == 8
+    assert (
+        s["frames_processed"] + s["frames_dropped"] == 8 and s["frames_dropped"] > 0
+    )  # 1 ms per frame: too fast
+    assert s["rss_end_mb"] > 0
+
+
+def test_lightglue_random_weights_and_gt_tum(bags, tmp_path):
+    """LightGlue (untrained weights: the wiring, not the accuracy) and a TUM ground-truth file."""
+    out_dir = tmp_path / "lg"
+    _, msgs = _read_all(bags["sqlite3"])
+    lines = []
+    for msg in msgs["/ground_truth/pose"]:
+        T = cv.pose_from_msg(msg)
+        q = cv.rotation_to_quaternion(T[:3, :3])
+        lines.append(f"{cv.header_ns(msg) / 1e9:.9f} " + " ".join(map(str, [*T[:3, 3], *q])))
+    (tmp_path / "gt.tum").write_text("\n".join(lines) + "\n")
+    code = replay.main(
+        [
+            str(bags["sqlite3"]),
+            "--conf",
+            "sift+lightglue",
+            "matcher.weights=null",
+            "--gt-tum",
+            str(tmp_path / "gt.tum"),
+            "--out-dir",
+            str(out_dir),
+            "--no-plots",
+            "--no-bag",
+            "--quiet",
+            "-p",
+            "max_keypoints=128",
+            "--max-frames",
+            "3",
+        ]
+    )
+    assert code == 0
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["model"] == "sift+lightglue" and summary["pairs_with_gt"] == 2
+
+
+def test_clear_errors_for_missing_topics_and_bad_bags(bags, tmp_path, capsys):
+    assert (
+        replay.main([str(bags["sqlite3"]), "--image-topic", "/nope", "--out-dir", str(tmp_path / "x")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "'/nope' is not in the bag" in err and "/camera/image_raw  [sensor_msgs/msg/Image]" in err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "metadata.yaml").write_text("not: [a bag")
+    assert replay.main([str(broken), "--out-dir", str(tmp_path / "y")]) == 2
+    assert "cannot read bag" in capsys.readouterr().err
+    assert replay.main([str(tmp_path / "missing"), "--out-dir", str(tmp_path / "z")]) == 2
+    assert "bag not found" in capsys.readouterr().err
+
+
+def test_ros1_bag_is_read(bags, tmp_path):
+    from rosbags.convert import convert
+
+    ros1 = tmp_path / "room.bag"
+    convert(
+        [bags["sqlite3"]],
+        ros1,
+        dst_storage="sqlite3",
+        dst_version=None,
+        compress=None,
+        compress_mode="file",
+        default_typestore=None,
+        typestore=None,
+        exclude_topics=(),
+        include_topics=(),
+        exclude_msgtypes=(),
+        include_msgtypes=(),
+    )
+    args = replay.parse_args([str(ros1), "--out-dir", str(tmp_path / "r1"), "--no-plots", "--no-bag", *FAST])
+    summary = replay.run(args).summary
+    assert summary["frames_processed"] == 4 and summary["pairs_with_gt"] == 3
