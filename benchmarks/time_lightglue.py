@@ -72,7 +72,8 @@ def main() -> int:
 
     runners[f"ours {str(amp).removeprefix('torch.')} autocast"] = ours_autocast
 
-    print(f"threads: {torch.get_num_threads()}, device: {device}, adaptivity: {'on' if args.adaptive else 'off'}")
+    adaptivity = "on" if args.adaptive else "off"
+    print(f"threads: {torch.get_num_threads()}, device: {device}, adaptivity: {adaptivity}")
     print("| keypoints | " + " | ".join(f"{name} median (min) ms" for name in runners) + " |")
     print("|---|" + "---|" * len(runners))
     for n in args.num_keypoints:

@@ -106,15 +106,18 @@ def pruned_layers(prune: torch.Tensor, survivors: int) -> torch.Tensor:
     return torch.where(prune.long() < survivors, prune.long(), torch.full_like(prune.long(), -1))
 
 
+SCORE_KEYS = ("matching_scores0", "matching_scores1")
+
+
 def max_score_difference(a: dict, b: dict) -> float:
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in ("matching_scores0", "matching_scores1"))
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in SCORE_KEYS)
 
 
 def same_matches(a: dict, b: dict) -> bool:
     """Same thresholded matches and the same mutual nearest neighbours (pairs with a score > 0)."""
     return (all(torch.equal(a[k], b[k]) for k in ("matches0", "matches1"))
-            and all(torch.equal(x, y) for x, y in zip(a["matches"], b["matches"]))
-            and all(torch.equal(a[k] > 0, b[k] > 0) for k in ("matching_scores0", "matching_scores1")))
+            and all(torch.equal(x, y) for x, y in zip(a["matches"], b["matches"], strict=True))
+            and all(torch.equal(a[k] > 0, b[k] > 0) for k in SCORE_KEYS))
 
 
 def count_matches(out: dict) -> str:
@@ -125,7 +128,8 @@ def count_matches(out: dict) -> str:
 def same_pruning(a: dict, b: dict, n_layers: int) -> bool:
     # the reference marks surviving points with the number of layers they ran through, we with n_layers
     return a["stop"] == b["stop"] and all(
-        torch.equal(pruned_layers(a[f"prune{i}"], a["stop"]), pruned_layers(b[f"prune{i}"], n_layers)) for i in (0, 1))
+        torch.equal(pruned_layers(a[key], a["stop"]), pruned_layers(b[key], n_layers))
+        for key in ("prune0", "prune1"))
 
 
 def in_float64(model: torch.nn.Module, data: dict) -> dict:
@@ -177,8 +181,9 @@ def main() -> int:
     reference = import_reference(args.reference)
     torch.set_grad_enabled(False)
 
-    columns = ["setting", "kpts", "adaptivity", "stop ref/ours", "pruned ref/ours", "matches (mutual) ref/ours",
-               "identical (fp32)", "max |d score| fp32", "ref fp32 error", "identical (fp64)", "max |d score| fp64", "ok"]
+    columns = ["setting", "kpts", "adaptivity", "stop ref/ours", "pruned ref/ours",
+               "matches (mutual) ref/ours", "identical (fp32)", "max |d score| fp32", "ref fp32 error",
+               "identical (fp64)", "max |d score| fp64", "ok"]
     print("| " + " | ".join(columns) + " |")
     print("|" + "|".join("-" * (len(c) + 2) for c in columns) + "|")
     all_ok = True
@@ -192,7 +197,8 @@ def main() -> int:
                          f"{r['score_diff']:.1e}", str(r["ref_noise"] or "n/a"), str(r["same64"] or "n/a"),
                          str(r["diff64"] or "n/a"),
                          "yes" if r["ok"] else "NO"]
-                print("| " + " | ".join(f"{c:>{len(h)}}" for c, h in zip(cells, columns)) + " |", flush=True)
+                row = " | ".join(f"{c:>{len(h)}}" for c, h in zip(cells, columns, strict=True))
+                print(f"| {row} |", flush=True)
     print("all settings agree" if all_ok else "MISMATCH: see rows marked NO")
     return 0 if all_ok else 1
 

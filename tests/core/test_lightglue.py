@@ -99,14 +99,16 @@ def test_permuting_keypoints_permutes_matches():
     old = base["matches0"][0, p0]
     expected = torch.where(old >= 0, inv1[old.clamp(min=0)], old)
     assert torch.equal(out["matches0"][0], expected)
-    torch.testing.assert_close(out["matching_scores0"][0], base["matching_scores0"][0, p0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["matching_scores0"][0], base["matching_scores0"][0, p0],
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_fp32_cpu_is_deterministic():
     model = small_model()
     data = permuted_copy(random_features(80))
     a, b = run(model, data), run(model, data)
-    assert torch.equal(a["matches0"], b["matches0"]) and torch.equal(a["matching_scores0"], b["matching_scores0"])
+    assert torch.equal(a["matches0"], b["matches0"])
+    assert torch.equal(a["matching_scores0"], b["matching_scores0"])
 
 
 def test_adaptivity_off_runs_all_layers():
@@ -127,8 +129,9 @@ def test_confident_pair_exits_early_and_unsure_pair_does_not():
     assert out["stop"] == 1
     # the result comes from layer 0's assignment head: a 1-layer model with the same weights agrees
     one_layer = small_model(n_layers=1)
-    one_layer.load_state_dict({k: v for k, v in model.state_dict().items()
-                               if k.startswith(("posenc", "transformers.0.", "log_assignment.0."))}, strict=False)
+    first_layer = ("posenc", "transformers.0.", "log_assignment.0.")
+    one_layer.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith(first_layer)},
+                              strict=False)
     assert torch.equal(run(one_layer, data)["matches0"], out["matches0"])
 
     for head in model.token_confidence:
@@ -228,7 +231,8 @@ def test_batched_pruning_matches_single_pairs():
         alone = run(model, pair)
         assert torch.equal(out["matches0"][k], alone["matches0"][0])
         assert torch.equal(out["prune1"][k], alone["prune1"][0])
-        torch.testing.assert_close(out["matching_scores0"][k], alone["matching_scores0"][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out["matching_scores0"][k], alone["matching_scores0"][0],
+                                   atol=1e-5, rtol=1e-5)
 
 
 # ---- batches, padding, empty, invalid inputs ---------------------------------------------------
@@ -247,7 +251,8 @@ def stack(items):
 
 def test_masked_batch_equals_pairs_alone():
     model = small_model()
-    pairs = [permuted_copy(random_features(50, seed=11), seed=1), permuted_copy(random_features(70, seed=12), seed=2)]
+    pairs = [permuted_copy(random_features(50, seed=11), seed=1),
+             permuted_copy(random_features(70, seed=12), seed=2)]
     pairs[1]["image1"] = {k: (v[:, :45] if k != "image_size" else v) for k, v in pairs[1]["image1"].items()}
     batch = {"image0": stack([pad(pairs[0]["image0"], 70, 21), pad(pairs[1]["image0"], 70, 22)]),
              "image1": stack([pad(pairs[0]["image1"], 50, 23), pad(pairs[1]["image1"], 50, 24)])}
@@ -259,7 +264,8 @@ def test_masked_batch_equals_pairs_alone():
         assert torch.equal(out["matches0"][k, :m], alone["matches0"][0])
         assert torch.equal(out["matches1"][k, :n], alone["matches1"][0])
         assert (out["matches0"][k, m:] == -1).all() and (out["matches1"][k, n:] == -1).all()
-        torch.testing.assert_close(out["matching_scores0"][k, :m], alone["matching_scores0"][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out["matching_scores0"][k, :m], alone["matching_scores0"][0],
+                                   atol=1e-5, rtol=1e-5)
         assert torch.equal(out["matches"][k], alone["matches"][0])
 
 
@@ -275,10 +281,12 @@ def test_zero_keypoints():
     # one item of a batch without valid points
     feats1 = pad(random_features(30, seed=1), 30, 2)
     feats1["keypoint_mask"] = torch.zeros(1, 30, dtype=torch.bool)
-    batch = {"image0": stack([full, full]), "image1": stack([pad(random_features(30, seed=1), 30, 2), feats1])}
+    batch = {"image0": stack([full, full]),
+             "image1": stack([pad(random_features(30, seed=1), 30, 2), feats1])}
     out = run(model, batch)
     assert (out["matches0"][1] == -1).all() and out["matches"][1].shape == (0, 2)
-    assert torch.equal(out["matches0"][0], run(model, {"image0": full, "image1": random_features(30, seed=1)})["matches0"][0])
+    alone = run(model, {"image0": full, "image1": random_features(30, seed=1)})
+    assert torch.equal(out["matches0"][0], alone["matches0"][0])
 
 
 def test_invalid_inputs_raise():
@@ -309,14 +317,22 @@ def test_bf16_autocast_agrees_with_fp32():
 
 def test_padded_training_batch_gives_finite_log_assignments():
     model = small_model().train()
-    batch = {"image0": stack([pad(random_features(20, seed=1), 30, 2), pad(random_features(30, seed=3), 30, 4)]),
-             "image1": stack([pad(random_features(25, seed=5), 25, 6), pad(random_features(10, seed=7), 25, 8)])}
+    batch = {
+        "image0": stack([pad(random_features(20, seed=1), 30, 2), pad(random_features(30, seed=3), 30, 4)]),
+        "image1": stack([pad(random_features(25, seed=5), 25, 6), pad(random_features(10, seed=7), 25, 8)]),
+    }
     out = model(batch)
     scores = out["log_assignment"][-1]
     assert scores.shape == (2, 31, 26) and torch.isfinite(scores).all()
     assert (scores[0, 20:30] == -1e4).all() and (scores[1, :, 10:25] == -1e4).all()
     # each real row's match probabilities (without the dustbin) sum to at most 1
     assert (scores[0, :20, :25].exp().sum(-1) <= 1 + 1e-5).all()
+
+
+def toy_loss(out: dict) -> torch.Tensor:
+    """Touches the last layer's assignment and the first layer's dustbin."""
+    last, first = out["log_assignment"][-1], out["log_assignment"][0]
+    return -last[0, :-1, :-1].diagonal().mean() - first[0, -1, :-1].mean()
 
 
 def test_training_returns_every_layer_and_backpropagates():
@@ -327,9 +343,14 @@ def test_training_returns_every_layer_and_backpropagates():
     assert len(out["log_assignment"]) == 4 and out["stop"] == 4
     assert out["log_assignment"][0].shape == (1, 41, 41)
     assert len(out["token_confidence0"]) == 3 and out["token_confidence0"][0].shape == (1, 40)
-    loss = -out["log_assignment"][-1][0, :-1, :-1].diagonal().mean() - out["log_assignment"][0][0, -1, :-1].mean()
-    loss.backward()
-    assert model.transformers[0].self_attn.Wqkv.weight.grad.abs().sum() > 0
+    toy_loss(out).backward()
+    grad = model.transformers[0].self_attn.Wqkv.weight.grad.clone()
+    assert grad.abs().sum() > 0
+    # gradient checkpointing recomputes the layers: same gradients
+    model.zero_grad()
+    model.set_gradient_checkpointing(True)
+    toy_loss(model({"image0": data["image0"], "image1": data["image1"]})).backward()
+    torch.testing.assert_close(model.transformers[0].self_attn.Wqkv.weight.grad, grad)
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------
@@ -363,7 +384,8 @@ def test_release_layout_round_trip_reproduces_outputs():
     target.load_checkpoint_state_dict(release)
     data = permuted_copy(random_features(64))
     a, b = run(source, data), run(target, data)
-    assert torch.equal(a["matches0"], b["matches0"]) and torch.equal(a["matching_scores0"], b["matching_scores0"])
+    assert torch.equal(a["matches0"], b["matches0"])
+    assert torch.equal(a["matching_scores0"], b["matching_scores0"])
 
 
 def test_from_pretrained_reads_a_release_file(tmp_path):

@@ -16,8 +16,11 @@ def unit(*components: float) -> list:
     return [c / norm for c in components]
 
 
+def feats(desc) -> dict:
+    return {"descriptors": torch.tensor([desc], dtype=torch.float32)}
+
+
 def pair(desc0, desc1, **extra):
-    feats = lambda d: {"descriptors": torch.tensor([d], dtype=torch.float32)}
     data = {"image0": feats(desc0), "image1": feats(desc1)}
     for side, values in extra.items():
         data[side]["keypoint_mask"] = torch.tensor([values])
@@ -86,7 +89,8 @@ def test_batch_zero_keypoints_and_errors():
     desc = torch.nn.functional.normalize(torch.randn(2, 10, 8, generator=g), dim=-1)
     out = NearestNeighborMatcher()({"image0": {"descriptors": desc}, "image1": {"descriptors": desc.flip(1)}})
     assert out["matches0"].tolist() == [list(range(9, -1, -1))] * 2
-    empty = NearestNeighborMatcher()({"image0": {"descriptors": desc}, "image1": {"descriptors": desc[:, :0]}})
+    empty = NearestNeighborMatcher()({"image0": {"descriptors": desc},
+                                      "image1": {"descriptors": desc[:, :0]}})
     assert (empty["matches0"] == -1).all() and empty["matches1"].shape == (2, 0)
     assert empty["matches"][1].shape == (0, 2) and empty["matches0"].dtype == torch.int64
     with pytest.raises(ValueError, match="descriptor dimensions differ"):

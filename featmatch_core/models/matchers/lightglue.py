@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..base import BaseModel, strict_load
 
@@ -189,7 +190,8 @@ class CrossAttentionBlock(nn.Module):
         v = split_heads(self.to_v(x), self.num_heads)
         qk0, qk1 = qk[:, :, :num0], qk[:, :, num0:]
         v0, v1 = v[:, :, :num0], v[:, :, num0:]
-        message = self.to_out(merge_heads(attend(qk0, qk1, v1, key_masks[1]), attend(qk1, qk0, v0, key_masks[0])))
+        message = self.to_out(merge_heads(attend(qk0, qk1, v1, key_masks[1]),
+                                          attend(qk1, qk0, v0, key_masks[0])))
         return x + self.ffn(concat_state_message(x, message))
 
 
@@ -404,6 +406,12 @@ class LightGlue(BaseModel):
         thresholds = [confidence_threshold(i, n_layers) for i in range(n_layers)]
         # Derived from n_layers, not learned; kept in the state dict like the reference does.
         self.register_buffer("confidence_thresholds", torch.tensor(thresholds, dtype=torch.float32))
+        self.gradient_checkpointing = False
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute each transformer layer in the backward pass instead of storing its
+        activations (training memory ~ one layer instead of n_layers); no effect without grad."""
+        self.gradient_checkpointing = bool(enabled)
 
     @staticmethod
     def _validate_conf(conf: DictConfig) -> None:
@@ -420,7 +428,8 @@ class LightGlue(BaseModel):
             if not (value == -1 or 0 < value <= 1):
                 fail(f"{key} must be -1 (disabled) or in (0, 1], got {value}")
         minimum = conf.pruning_min_keypoints
-        if minimum is not None and (isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < -1):
+        is_int = isinstance(minimum, int) and not isinstance(minimum, bool)
+        if minimum is not None and not (is_int and minimum >= -1):
             fail(f"pruning_min_keypoints must be None (device default) or an int >= -1, got {minimum!r}")
 
     # ---- weights ---------------------------------------------------------------------------
@@ -435,7 +444,8 @@ class LightGlue(BaseModel):
         self._check_checkpoint_features(state, origin)
         unused = sorted(k for k in state if not k.startswith(_MODULE_PREFIXES))
         if unused:
-            logger.info("LightGlue: ignoring %d checkpoint entries it does not use: %s", len(unused), unused[:5])
+            logger.info("LightGlue: ignoring %d checkpoint entries it does not use: %s",
+                        len(unused), unused[:5])
         strict_load(self, {k: v for k, v in state.items() if k not in unused}, origin)
 
     def _check_checkpoint_features(self, state: Mapping[str, Tensor], origin: str) -> None:
@@ -460,8 +470,8 @@ class LightGlue(BaseModel):
         ckpt_layers = max(layers) + 1 if layers else 0
         if ckpt_dim != self.conf.descriptor_dim or ckpt_layers != self.conf.n_layers:
             raise ValueError(
-                f"checkpoint{where} has descriptor_dim {ckpt_dim} and {ckpt_layers} layers, the model "
-                f"is configured with descriptor_dim {self.conf.descriptor_dim} and {self.conf.n_layers} layers"
+                f"checkpoint{where} has descriptor_dim {ckpt_dim} and {ckpt_layers} layers, the model is "
+                f"configured with descriptor_dim {self.conf.descriptor_dim} and {self.conf.n_layers} layers"
             )
 
     # ---- inputs ----------------------------------------------------------------------------
@@ -483,11 +493,12 @@ class LightGlue(BaseModel):
             raise ValueError(f"LightGlue: {name} descriptors must be (B, N, D) = ({b}, {n}, D), "
                              f"got {tuple(descriptors.shape)}")
         if descriptors.shape[-1] != self.input_dim:
-            raise ValueError(f"LightGlue: {name} descriptors have dimension {descriptors.shape[-1]}, expected "
-                             f"{self.input_dim} (features={self.conf.features!r}, input_dim)")
+            raise ValueError(f"LightGlue: {name} descriptors have dimension {descriptors.shape[-1]}, "
+                             f"expected {self.input_dim} (features={self.conf.features!r}, input_dim)")
         image_size = feats["image_size"]
         if image_size.shape[-1] != 2 or image_size.ndim > 2 or image_size.numel() not in (2, 2 * b):
-            raise ValueError(f"LightGlue: {name} image_size must be (B, 2) (W, H), got {tuple(image_size.shape)}")
+            raise ValueError(f"LightGlue: {name} image_size must be (B, 2) (W, H), "
+                             f"got {tuple(image_size.shape)}")
         checked = {"keypoints": keypoints, "descriptors": descriptors, "image_size": image_size}
         with full_precision(keypoints.device):
             geometry = normalize_keypoints(keypoints, image_size.reshape(-1, 2).expand(b, 2), self.base_dtype)
@@ -520,7 +531,7 @@ class LightGlue(BaseModel):
     def forward(self, data: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Any]:
         for key in ("image0", "image1"):
             if key not in data:
-                raise ValueError(f"LightGlue expects data with 'image0' and 'image1', got keys {sorted(data)}")
+                raise ValueError(f"LightGlue expects 'image0' and 'image1', got keys {sorted(data)}")
         geometry0, desc0, mask0 = self._check_side(data["image0"], "image0")
         geometry1, desc1, mask1 = self._check_side(data["image1"], "image1")
         if desc0.shape[0] != desc1.shape[0]:
@@ -603,8 +614,13 @@ class _Run:
         all_scores: list[Tensor] = []
         confidences: list[tuple[Tensor, Tensor]] = []
         layer = 0
+        checkpointing = model.gradient_checkpointing and torch.is_grad_enabled()
         for layer in range(self.n_layers):
-            x = model.transformers[layer](x, self.num0, rotary, self.key_masks())
+            block = model.transformers[layer]
+            if checkpointing:
+                x = checkpoint(block, x, self.num0, rotary, self.key_masks(), use_reentrant=False)
+            else:
+                x = block(x, self.num0, rotary, self.key_masks())
             if self.collect:
                 all_scores.append(self.log_assignment(x, layer, dustbins=True))
             if layer == self.n_layers - 1:
@@ -626,7 +642,10 @@ class _Run:
             out = model._unmatched_output(self.b, self.m, self.n, self.device, stop, self.collect)
             out.update(self.pruning_outputs())
             return out
-        scores = all_scores[-1][:, :-1, :-1] if self.collect else self.log_assignment(x, layer, dustbins=False)
+        if self.collect:
+            scores = all_scores[-1][:, :-1, :-1]
+        else:
+            scores = self.log_assignment(x, layer, dustbins=False)
         out = self.extract_matches(scores)
         out["stop"] = stop
         out.update(self.pruning_outputs())
@@ -659,18 +678,21 @@ class _Run:
     def current_valid(self) -> Tensor | None:
         if self.valid0 is None and self.valid1 is None:
             return None
-        v0 = self.valid0 if self.valid0 is not None else self.index0.new_ones(self.index0.shape, dtype=torch.bool)
-        v1 = self.valid1 if self.valid1 is not None else self.index1.new_ones(self.index1.shape, dtype=torch.bool)
-        return torch.cat([v0, v1], 1)
+        sides = ((self.valid0, self.index0), (self.valid1, self.index1))
+        return torch.cat([torch.ones_like(index, dtype=torch.bool) if valid is None else valid
+                          for valid, index in sides], 1)
 
-    def prune_points(self, x: Tensor, rotary: Rotary, confidence: Tensor, layer: int) -> tuple[Tensor, Rotary]:
+    def prune_points(self, x: Tensor, rotary: Rotary, confidence: Tensor,
+                     layer: int) -> tuple[Tensor, Rotary]:
         """Drop confidently unmatchable points; compact the sets (padding where items differ)."""
         model, num0 = self.model, self.num0
         with full_precision(x.device):
             matchable = torch.sigmoid(model.log_assignment[layer].matchability_logits(x.to(model.base_dtype)))
-        keep = (matchable > 1 - model.conf.width_confidence) | (confidence <= model.confidence_thresholds[layer])
+        unsure = confidence <= model.confidence_thresholds[layer]
+        keep = (matchable > 1 - model.conf.width_confidence) | unsure
         selections = []
-        for side, (keep_side, size) in enumerate(((keep[:, :num0], num0), (keep[:, num0:], x.shape[1] - num0))):
+        sides = ((keep[:, :num0], num0), (keep[:, num0:], x.shape[1] - num0))
+        for side, (keep_side, size) in enumerate(sides):
             if size <= self.min_keypoints:
                 selections.append(None)
                 continue

@@ -82,8 +82,10 @@ class NearestNeighborMatcher(BaseModel):
     def _init(self, conf: DictConfig) -> None:
         for key in ("ratio_thresh", "distance_thresh"):
             value = conf[key]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                raise ValueError(f"NearestNeighborMatcher: {key} must be None or a positive number, got {value!r}")
+            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if value is not None and not (is_number and value > 0):
+                raise ValueError(f"NearestNeighborMatcher: {key} must be None or a positive number, "
+                                 f"got {value!r}")
         if conf.weights is not None:
             raise ValueError("NearestNeighborMatcher has no weights; set weights: null")
 
@@ -96,12 +98,14 @@ class NearestNeighborMatcher(BaseModel):
             raise ValueError(f"NearestNeighborMatcher: {name} lacks 'descriptors' (got keys {sorted(feats)})")
         desc = feats["descriptors"]
         if desc.ndim != 3:
-            raise ValueError(f"NearestNeighborMatcher: {name} descriptors must be (B, N, D), got {tuple(desc.shape)}")
+            raise ValueError(f"NearestNeighborMatcher: {name} descriptors must be (B, N, D), "
+                             f"got {tuple(desc.shape)}")
         if not bool(torch.isfinite(desc).all()):
             raise ValueError(f"NearestNeighborMatcher: {name} descriptors contain NaN or infinite values")
         mask = feats.get("keypoint_mask")
         if mask is not None and (tuple(mask.shape) != tuple(desc.shape[:2]) or mask.dtype != torch.bool):
-            raise ValueError(f"NearestNeighborMatcher: {name} keypoint_mask must be bool {tuple(desc.shape[:2])}")
+            raise ValueError(f"NearestNeighborMatcher: {name} keypoint_mask must be bool "
+                             f"{tuple(desc.shape[:2])}")
         return desc, mask
 
     def forward(self, data: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Any]:
@@ -111,7 +115,8 @@ class NearestNeighborMatcher(BaseModel):
         desc0, mask0 = self._side(data["image0"], "image0")
         desc1, mask1 = self._side(data["image1"], "image1")
         if desc0.shape[0] != desc1.shape[0]:
-            raise ValueError(f"NearestNeighborMatcher: batch sizes differ ({desc0.shape[0]} vs {desc1.shape[0]})")
+            raise ValueError("NearestNeighborMatcher: batch sizes differ "
+                             f"({desc0.shape[0]} vs {desc1.shape[0]})")
         if desc0.shape[-1] != desc1.shape[-1]:
             raise ValueError("NearestNeighborMatcher: descriptor dimensions differ: image0 has "
                              f"{desc0.shape[-1]}, image1 has {desc1.shape[-1]}")
