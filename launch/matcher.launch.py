@@ -1,0 +1,71 @@
+"""Monocular matcher: ros2 launch lightglue_ros matcher.launch.py [argument:=value ...]
+
+Arguments: namespace (of the node and its topics), config (parameter file, default the
+installed config/matcher.yaml), image / camera_info / depth (topics remapped to the node's
+'image', 'camera_info', 'depth'), device (auto | cuda | cpu, overrides the file), use_sim_time
+(true when replaying a bag with --clock), log_level.
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+
+def generate_launch_description():
+    share = get_package_share_directory("lightglue_ros")
+    arguments = [
+        DeclareLaunchArgument(
+            "namespace", default_value="", description="namespace of the node and its topics"
+        ),
+        DeclareLaunchArgument(
+            "config",
+            default_value=os.path.join(share, "config", "matcher.yaml"),
+            description="parameter file",
+        ),
+        DeclareLaunchArgument("image", default_value="/camera/image_raw", description="input image topic"),
+        DeclareLaunchArgument(
+            "camera_info", default_value="/camera/camera_info", description="camera info topic"
+        ),
+        DeclareLaunchArgument(
+            "depth",
+            default_value="/camera/depth/image_raw",
+            description="aligned depth topic (used with use_depth: true)",
+        ),
+        DeclareLaunchArgument(
+            "device", default_value="auto", choices=["auto", "cuda", "cpu"], description="compute device"
+        ),
+        DeclareLaunchArgument(
+            "use_sim_time",
+            default_value="false",
+            choices=["true", "false"],
+            description="use /clock (bag replay)",
+        ),
+        DeclareLaunchArgument("log_level", default_value="info", description="ROS log level"),
+    ]
+    node = Node(
+        package="lightglue_ros",
+        executable="matcher_node",
+        name="matcher",
+        namespace=LaunchConfiguration("namespace"),
+        parameters=[
+            LaunchConfiguration("config"),
+            {
+                "device": LaunchConfiguration("device"),
+                "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
+            },
+        ],
+        remappings=[
+            ("image", LaunchConfiguration("image")),
+            ("camera_info", LaunchConfiguration("camera_info")),
+            ("depth", LaunchConfiguration("depth")),
+        ],
+        arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+        output="screen",
+        emulate_tty=True,
+    )
+    return LaunchDescription([*arguments, node])

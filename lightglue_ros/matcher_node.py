@@ -1,0 +1,259 @@
+"""``matcher_node``: the thin rclpy shell around ``frame_matcher.FrameMatcher`` (ROS 2 Humble+).
+
+    ros2 run lightglue_ros matcher_node --ros-args --params-file config/matcher.yaml
+    ros2 launch lightglue_ros matcher.launch.py
+
+Subscribes (QoS ``qos``: sensor_data = best effort, or reliable; depth ``qos_depth``):
+``image`` (sensor_msgs/Image), ``camera_info`` (sensor_msgs/CameraInfo, latest one used; none:
+uncalibrated mode), ``depth`` (sensor_msgs/Image, only with ``use_depth``; synchronised with
+``image`` by message_filters' ApproximateTimeSynchronizer, ``sync_slop``).
+
+Publishes: ``matches`` (PointCloud2), ``matches_info`` (DiagnosticArray: reference stamp and
+frame, model, counts), ``relative_pose`` (PoseWithCovarianceStamped), ``odometry``
+(nav_msgs/Odometry), ``debug_image`` (only while subscribed and ``publish_debug_image``),
+``/diagnostics`` (every ``diagnostics_period`` s), and ``odom_frame -> camera`` on /tf with
+``publish_tf``. See ``frame_matcher`` for the meaning of every field.
+
+Processing model: the subscription callbacks only hand the message to a ``FrameWorker`` and
+return; the worker thread processes the newest frame, dropping (and counting) older ones when
+busy. The model is loaded once, in the constructor. Parameters come from
+``lightglue_ros.params`` (descriptors with ranges; model, device, QoS and queues are
+read-only); thresholds and policies can be changed at run time (``ros2 param set``), a model
+change is refused with its reason.
+
+rclpy is imported here and in ``stereo_matcher_node`` only; the logic is ROS-free.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import message_filters
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from tf2_ros import TransformBroadcaster
+
+from . import params as P
+from .conversions import RclpyTypes
+from .frame_matcher import FrameMatcher, FrameWorker
+
+
+class RosLog:
+    """The logging interface the ROS-free core uses, on an rclpy logger."""
+
+    def __init__(self, logger: Any) -> None:
+        self._logger = logger
+
+    def debug(self, msg: str, *args: Any) -> None:
+        self._logger.debug(msg % args if args else msg)
+
+    def info(self, msg: str, *args: Any) -> None:
+        self._logger.info(msg % args if args else msg)
+
+    def warning(self, msg: str, *args: Any) -> None:
+        self._logger.warning(msg % args if args else msg)
+
+    def error(self, msg: str, *args: Any) -> None:
+        self._logger.error(msg % args if args else msg)
+
+    def exception(self, msg: str, *args: Any) -> None:
+        self._logger.error((msg % args if args else msg) + "\n" + traceback.format_exc())
+
+
+def descriptor(param: P.Param) -> ParameterDescriptor:
+    """ROS parameter descriptor of a schema entry: description, range, read-only for start-up values."""
+    desc = ParameterDescriptor(description=param.help(), read_only=not param.runtime)
+    if param.min is not None and param.type is float:
+        desc.floating_point_range = [
+            FloatingPointRange(from_value=float(param.min), to_value=float(param.max), step=0.0)
+        ]
+    elif param.min is not None and param.type is int:
+        desc.integer_range = [IntegerRange(from_value=int(param.min), to_value=int(param.max), step=1)]
+    if param.choices:
+        desc.additional_constraints = "one of: " + ", ".join(param.choices)
+    return desc
+
+
+def declare_parameters(node: Node, schema_node: str) -> dict[str, Any]:
+    """Declare every parameter of the schema (values from the parameter file / command line)."""
+    values = {}
+    for param in P.params_for(schema_node):
+        node.declare_parameter(param.name, param.default, descriptor(param))
+        values[param.name] = node.get_parameter(param.name).value
+    return P.validate(schema_node, values)
+
+
+def subscription_qos(values: dict[str, Any]) -> QoSProfile:
+    """Subscription QoS: rclpy's sensor-data profile (best effort, volatile) or reliable, with our depth."""
+    if values["qos"] == "sensor_data":
+        return QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=values["qos_depth"],
+            reliability=qos_profile_sensor_data.reliability,
+            durability=qos_profile_sensor_data.durability,
+        )
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=values["qos_depth"],
+        reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.VOLATILE,
+    )
+
+
+@dataclass
+class Item:
+    image: Any
+    info: Any
+    depth: Any
+    received_ns: int
+
+
+class MatcherNodeBase(Node):
+    """What both nodes share: parameters, the core (model loaded once), the worker, diagnostics."""
+
+    schema = "matcher"
+
+    def __init__(self, name: str, types: Any = None) -> None:
+        super().__init__(name)
+        self.log = RosLog(self.get_logger())
+        self.values = declare_parameters(self, self.schema)
+        self.core = self.make_core(self.values, types or RclpyTypes())  # loads the model, once
+        self.log.info(
+            f"model {self.core.model_name} on {self.core.pipeline.device} ({self.values['precision']})"
+        )
+        self.worker = FrameWorker(self._process, queue_size=self.values["queue_size"], log=self.log)
+        self.core.worker = self.worker
+        self.pub_debug = self.create_publisher(Image, "debug_image", 1)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.wire(self.values, subscription_qos(self.values))
+        self.create_timer(self.values["diagnostics_period"], self._publish_diagnostics)
+        # registered after the declarations: only later changes go through it
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    def make_core(self, values: dict[str, Any], types: Any) -> Any:
+        raise NotImplementedError
+
+    def wire(self, values: dict[str, Any], qos: QoSProfile) -> None:
+        raise NotImplementedError
+
+    def _process(self, item: Any) -> None:
+        raise NotImplementedError
+
+    def _on_set_parameters(self, parameters: list) -> SetParametersResult:
+        """Runtime changes: thresholds and policies yes, model / device / QoS no (with the reason)."""
+        names = {p.name for p in P.params_for(self.schema)}
+        changes = {p.name: p.value for p in parameters if p.name in names}  # others (use_sim_time...) pass
+        ok, reason = self.core.set_params(changes) if changes else (True, "")
+        if ok and changes:
+            self.log.info(f"parameters changed: {changes}")
+        return SetParametersResult(successful=ok, reason=reason)
+
+    def _publish_diagnostics(self) -> None:
+        stamp = int(self.get_clock().now().nanoseconds)
+        self.pub_diag.publish(self.core.diagnostic_array(stamp, hardware_id=self.get_fully_qualified_name()))
+
+    def _want_debug(self) -> bool:
+        return bool(self.core.params["publish_debug_image"]) and self.pub_debug.get_subscription_count() > 0
+
+    def destroy_node(self) -> None:
+        self.worker.stop(drain=False, timeout=5.0)
+        super().destroy_node()
+
+
+class MatcherNode(MatcherNodeBase):
+    schema = "matcher"
+
+    def __init__(self, name: str = "matcher", types: Any = None) -> None:
+        self.camera_info = None
+        super().__init__(name, types)
+
+    def make_core(self, values: dict[str, Any], types: Any) -> FrameMatcher:
+        return FrameMatcher(values, types, log=self.log)
+
+    def wire(self, values: dict[str, Any], qos: QoSProfile) -> None:
+        self.pub_matches = self.create_publisher(PointCloud2, "matches", 10)
+        self.pub_info = self.create_publisher(DiagnosticArray, "matches_info", 10)
+        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "relative_pose", 10)
+        self.pub_odom = self.create_publisher(Odometry, "odometry", 10)
+        self.tf = TransformBroadcaster(self)  # always created: 'publish_tf' can be switched on at run time
+        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
+        if values["use_depth"]:
+            self._subs = [
+                message_filters.Subscriber(self, Image, "image", qos_profile=qos),
+                message_filters.Subscriber(self, Image, "depth", qos_profile=qos),
+            ]
+            self._sync = message_filters.ApproximateTimeSynchronizer(
+                self._subs, queue_size=values["qos_depth"], slop=values["sync_slop"]
+            )
+            self._sync.registerCallback(self._on_image)
+        else:
+            self.create_subscription(Image, "image", self._on_image, qos)
+
+    # ---- callbacks: never block ---------------------------------------------------------------
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self.camera_info = msg
+
+    def _on_image(self, msg: Image, depth: Image | None = None) -> None:
+        self.worker.submit(Item(msg, self.camera_info, depth, time.time_ns()))
+
+    # ---- the worker thread ----------------------------------------------------------------------
+    def _process(self, item: Item) -> None:
+        params = self.core.params
+        want_debug = self._want_debug()
+        result = self.core.process(
+            item.image, item.info, item.depth, received_ns=item.received_ns, want_debug=want_debug
+        )
+        if result.skipped:
+            return
+        for publisher, msg in (
+            (self.pub_matches, result.matches),
+            (self.pub_info, result.matches_info),
+            (self.pub_pose, result.relative_pose),
+            (self.pub_odom, result.odometry),
+        ):
+            if msg is not None:
+                publisher.publish(msg)
+        if params["publish_tf"] and self.tf is not None and result.transform is not None:
+            self.tf.sendTransform(result.transform)
+        if want_debug:
+            image = result.debug_image()
+            if image is not None:
+                self.pub_debug.publish(image)
+
+
+def run(node_class: type, args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = node_class()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except P.ParamError as err:
+        print(f"{node_class.__name__}: bad parameters: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+def main(args: list[str] | None = None) -> int:
+    return run(MatcherNode, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

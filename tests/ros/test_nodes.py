@@ -1,0 +1,384 @@
+"""The rclpy shells.
+
+- With rclpy installed (a ROS 2 machine): the real node runs, fed by real publishers.
+- Without it (CI, here): the same shells run against a minimal stand-in of the rclpy API they
+  use, which checks their wiring (parameters and descriptors, topics, QoS, worker, runtime
+  parameter rules, debug image only when subscribed, diagnostics), not rclpy itself.
+"""
+
+import ast
+import importlib
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lightglue_ros import conversions as cv
+from lightglue_ros import params as P
+from lightglue_ros import synthetic
+
+ROOT = Path(__file__).resolve().parents[2]
+TYPES = cv.rosbags_types()
+W, H = 320, 240
+ROS_MODULES = {
+    "rclpy",
+    "rcl_interfaces",
+    "sensor_msgs",
+    "geometry_msgs",
+    "nav_msgs",
+    "std_msgs",
+    "diagnostic_msgs",
+    "tf2_ros",
+    "message_filters",
+    "cv_bridge",
+    "builtin_interfaces",
+    "launch",
+    "launch_ros",
+}
+
+
+def test_core_modules_never_import_ros():
+    for path in (ROOT / "lightglue_ros").glob("*.py"):
+        if path.stem in ("matcher_node", "stereo_matcher_node"):
+            continue
+        tree = ast.parse(path.read_text())
+        imported = {
+            alias.name.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        imported |= {
+            node.module.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+        }
+        assert not imported & ROS_MODULES, (path.name, imported & ROS_MODULES)
+
+
+def test_launch_files_declare_the_arguments():
+    for name, remaps in (
+        ("matcher", {"image", "camera_info", "depth"}),
+        ("stereo_matcher", {"left_image", "right_image", "left_camera_info", "right_camera_info"}),
+    ):
+        tree = ast.parse((ROOT / "launch" / f"{name}.launch.py").read_text())
+        text = (ROOT / "launch" / f"{name}.launch.py").read_text()
+        declared = {
+            node.args[0].value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and getattr(node.func, "id", "") == "DeclareLaunchArgument"
+            and isinstance(node.args[0], ast.Constant)
+        }
+        declared |= set(remaps) if "topics.items()" in text else set()
+        assert {"namespace", "config", "device", "use_sim_time"} | remaps <= declared, declared
+        assert f'"{name}_node"' in text and f'"{name}.yaml"' in text and "generate_launch_description" in text
+
+
+# ---- a stand-in for the parts of the rclpy API the shells use --------------------------------------
+class _Param:
+    def __init__(self, name, value):
+        self.name, self.value = name, value
+
+
+class _Publisher:
+    def __init__(self, msg_type, topic):
+        self.msg_type, self.topic, self.messages, self.subscribers = msg_type, topic, [], 0
+
+    def publish(self, msg):
+        self.messages.append(msg)
+
+    def get_subscription_count(self):
+        return self.subscribers
+
+
+class _Logger:
+    def __init__(self):
+        self.lines = []
+
+    def __getattr__(self, level):
+        return lambda msg: self.lines.append((level, msg))
+
+
+class _Node:
+    overrides: dict = {}
+
+    def __init__(self, name):
+        self.name, self.params, self.descriptors = name, {}, {}
+        self.publishers, self.subscriptions, self.timers, self.param_callbacks = {}, {}, [], []
+        self.logger = _Logger()
+        self.destroyed = False
+
+    def declare_parameter(self, name, value, descriptor=None):
+        new = self.overrides.get(name, value)
+        if type(new) is not type(value):
+            raise TypeError(f"parameter {name}: {type(new).__name__} for a {type(value).__name__}")
+        self.params[name], self.descriptors[name] = new, descriptor
+        return _Param(name, new)
+
+    def get_parameter(self, name):
+        return _Param(name, self.params[name])
+
+    def set_parameters(self, parameters):
+        for p in parameters:
+            if self.descriptors[p.name].read_only:
+                return types.SimpleNamespace(successful=False, reason="read-only")
+        for callback in self.param_callbacks:
+            result = callback(parameters)
+            if not result.successful:
+                return result
+        self.params.update({p.name: p.value for p in parameters})
+        return types.SimpleNamespace(successful=True, reason="")
+
+    def create_publisher(self, msg_type, topic, qos):
+        self.publishers[topic] = _Publisher(msg_type, topic)
+        return self.publishers[topic]
+
+    def create_subscription(self, msg_type, topic, callback, qos):
+        self.subscriptions[topic] = (msg_type, callback, qos)
+
+    def create_timer(self, period, callback):
+        self.timers.append((period, callback))
+
+    def add_on_set_parameters_callback(self, callback):
+        self.param_callbacks.append(callback)
+
+    def get_logger(self):
+        return self.logger
+
+    def get_clock(self):
+        return types.SimpleNamespace(now=lambda: types.SimpleNamespace(nanoseconds=time.time_ns()))
+
+    def get_fully_qualified_name(self):
+        return "/" + self.name
+
+    def destroy_node(self):
+        self.destroyed = True
+
+
+class _Kw:
+    def __init__(self, **kwargs):
+        self.floating_point_range, self.integer_range, self.additional_constraints = [], [], ""
+        self.__dict__.update(kwargs)
+
+
+class _Subscriber:
+    def __init__(self, node, msg_type, topic, qos_profile=None):
+        node.subscriptions[topic] = (msg_type, None, qos_profile)
+        self.topic = topic
+
+
+class _Synchronizer:
+    def __init__(self, subscribers, queue_size, slop):
+        self.topics, self.queue_size, self.slop, self.callbacks = (
+            [s.topic for s in subscribers],
+            queue_size,
+            slop,
+            [],
+        )
+
+    def registerCallback(self, callback):  # noqa: N802 (message_filters' name)
+        self.callbacks.append(callback)
+
+
+class _Broadcaster:
+    def __init__(self, node):
+        self.sent = []
+        node.tf_broadcaster = self
+
+    def sendTransform(self, transform):  # noqa: N802 (tf2_ros' name)
+        self.sent.append(transform)
+
+
+def _fake_ros_modules():
+    token = type("MsgType", (), {})
+    mods = {
+        "rclpy": types.SimpleNamespace(
+            init=lambda args=None: None, ok=lambda: False, shutdown=lambda: None, spin=lambda node: None
+        ),
+        "rclpy.node": types.SimpleNamespace(Node=_Node),
+        "rclpy.executors": types.SimpleNamespace(
+            ExternalShutdownException=type("ExternalShutdownException", (Exception,), {})
+        ),
+        "rclpy.qos": types.SimpleNamespace(
+            QoSProfile=_Kw,
+            qos_profile_sensor_data=types.SimpleNamespace(reliability="BEST_EFFORT", durability="VOLATILE"),
+            HistoryPolicy=types.SimpleNamespace(KEEP_LAST="KEEP_LAST"),
+            ReliabilityPolicy=types.SimpleNamespace(RELIABLE="RELIABLE"),
+            DurabilityPolicy=types.SimpleNamespace(VOLATILE="VOLATILE"),
+        ),
+        "rcl_interfaces": types.SimpleNamespace(),
+        "rcl_interfaces.msg": types.SimpleNamespace(
+            ParameterDescriptor=_Kw, FloatingPointRange=_Kw, IntegerRange=_Kw, SetParametersResult=_Kw
+        ),
+        "tf2_ros": types.SimpleNamespace(TransformBroadcaster=_Broadcaster),
+        "message_filters": types.SimpleNamespace(
+            Subscriber=_Subscriber, ApproximateTimeSynchronizer=_Synchronizer
+        ),
+    }
+    for package, names in (
+        ("sensor_msgs", ("Image", "CameraInfo", "PointCloud2")),
+        ("geometry_msgs", ("PoseWithCovarianceStamped",)),
+        ("nav_msgs", ("Odometry",)),
+        ("diagnostic_msgs", ("DiagnosticArray",)),
+    ):
+        mods[package] = types.SimpleNamespace()
+        mods[f"{package}.msg"] = types.SimpleNamespace(**{n: type(n, (token,), {}) for n in names})
+    return mods
+
+
+@pytest.fixture
+def node_modules(monkeypatch):
+    """(matcher_node, stereo_matcher_node) on the stand-in rclpy (skips nothing: rclpy is not needed)."""
+    for name, module in _fake_ros_modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    for name in ("lightglue_ros.matcher_node", "lightglue_ros.stereo_matcher_node"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    mono = importlib.import_module("lightglue_ros.matcher_node")
+    stereo = importlib.import_module("lightglue_ros.stereo_matcher_node")
+    yield mono, stereo
+    for name in ("lightglue_ros.matcher_node", "lightglue_ros.stereo_matcher_node"):
+        sys.modules.pop(name, None)
+    _Node.overrides = {}
+
+
+def _wait(node, count, timeout=60):
+    deadline = time.monotonic() + timeout
+    while node.worker.counters()["frames_processed"] < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_matcher_node_wiring(node_modules):
+    mono, _ = node_modules
+    _Node.overrides = {"max_keypoints": 384, "qos_depth": 3}
+    node = mono.MatcherNode(types=TYPES)
+    # parameters: every schema entry declared, ranges and read-only flags in the descriptors
+    assert set(node.params) == {p.name for p in P.params_for("matcher")}
+    assert node.params["max_keypoints"] == 384
+    d = node.descriptors["max_keypoints"]
+    assert d.read_only and d.integer_range[0].from_value == 16 and d.integer_range[0].to_value == 16384
+    d = node.descriptors["ransac_threshold"]
+    assert not d.read_only and d.floating_point_range[0].to_value == 50.0
+    assert "sift" in node.descriptors["extractor"].additional_constraints
+    # topics and QoS
+    assert {"matches", "matches_info", "relative_pose", "odometry", "debug_image", "/diagnostics"} <= set(
+        node.publishers
+    )
+    msg_type, on_image, qos = node.subscriptions["image"]
+    assert qos.reliability == "BEST_EFFORT" and qos.depth == 3
+    _, on_info, _ = node.subscriptions["camera_info"]
+    assert node.timers[0][0] == 1.0
+
+    frames = synthetic.sequence(3, W, H, step=0.1, seed=4)
+    for i, f in enumerate(frames):
+        header = cv.make_header(TYPES, f.stamp_ns, "cam")
+        on_info(cv.make_camera_info(TYPES, header, W, H, f.K))
+        if i == 2:
+            node.pub_debug.subscribers = 1  # someone watches the debug image from now on
+        start = time.perf_counter()
+        on_image(cv.numpy_to_image(TYPES, f.image, "mono8", header))
+        assert time.perf_counter() - start < 0.05  # the callback only hands the frame over
+        _wait(node, i + 1)
+    pubs = node.publishers
+    assert len(pubs["odometry"].messages) == 3 and len(pubs["matches"].messages) == 2
+    assert len(pubs["relative_pose"].messages) == 2 and len(pubs["matches_info"].messages) == 2
+    assert len(pubs["debug_image"].messages) == 1  # only while subscribed
+    assert not node.tf_broadcaster.sent  # publish_tf is off by default
+    node.timers[0][1]()  # the diagnostics timer
+    status = pubs["/diagnostics"].messages[-1].status[0]
+    values = cv.status_values(status)
+    assert (
+        values["frames_in"] == "3" and values["frames_processed"] == "3" and values["frames_dropped"] == "0"
+    )
+    assert "latency_p95_ms" in values and status.hardware_id == "/matcher"
+
+    # runtime parameters: thresholds yes (through the callback), model no, unrelated names pass
+    assert node.set_parameters([_Param("ransac_threshold", 2.0), _Param("publish_tf", True)]).successful
+    result = node.param_callbacks[0]([_Param("extractor", "superpoint")])
+    assert not result.successful and "start-up" in result.reason
+    assert node.param_callbacks[0]([_Param("use_sim_time", True)]).successful
+    assert not node.set_parameters([_Param("ransac_threshold", 500.0)]).successful
+    f = synthetic.sequence(4, W, H, step=0.1, seed=4)[-1]
+    on_image(cv.numpy_to_image(TYPES, f.image, "mono8", cv.make_header(TYPES, f.stamp_ns, "cam")))
+    _wait(node, 4)
+    assert node.core.estimator.conf.ransac_th == 2.0 and len(node.tf_broadcaster.sent) == 1
+    node.destroy_node()
+    assert node.destroyed
+
+
+def test_matcher_node_depth_sync_and_bad_parameters(node_modules):
+    mono, _ = node_modules
+    _Node.overrides = {"use_depth": True, "sync_slop": 0.05, "qos": "reliable"}
+    node = mono.MatcherNode(types=TYPES)
+    assert node._sync.topics == ["image", "depth"] and node._sync.slop == 0.05
+    assert node.subscriptions["image"][2].reliability == "RELIABLE"
+    node.destroy_node()
+    _Node.overrides = {"device": "tpu"}
+    with pytest.raises(P.ParamError, match="device"):
+        mono.MatcherNode(types=TYPES)
+
+
+def test_stereo_node_wiring(node_modules):
+    _, stereo = node_modules
+    _Node.overrides = {"max_keypoints": 384}
+    node = stereo.StereoMatcherNode(types=TYPES)
+    assert set(node.params) == {p.name for p in P.params_for("stereo_matcher")}
+    assert node._sync.topics == ["left/image", "right/image", "left/camera_info", "right/camera_info"]
+    left, right, _, K = synthetic.stereo_pair(0.1, W, H, seed=5)
+    header = cv.make_header(TYPES, 5, "left")
+    infos = (
+        cv.make_camera_info(TYPES, header, W, H, K),
+        cv.make_camera_info(TYPES, header, W, H, K, P=np.hstack([K, [[-K[0, 0] * 0.1], [0], [0]]])),
+    )
+    node._sync.callbacks[0](
+        cv.numpy_to_image(TYPES, left, "mono8", header),
+        cv.numpy_to_image(TYPES, right, "mono8", header),
+        *infos,
+    )
+    _wait(node, 1)
+    cloud = cv.pointcloud2_to_array(node.publishers["points"].messages[0])
+    assert len(cloud) > 50 and np.all(cloud["z"] > 0)
+    assert node.publishers["matches"].messages[0].width >= len(cloud)
+    node.destroy_node()
+
+
+# ---- the real thing, on a ROS 2 machine -----------------------------------------------------------
+def test_real_rclpy_matcher_node():
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image as RosImage
+    from sensor_msgs.msg import PointCloud2 as RosPointCloud2
+
+    from lightglue_ros.matcher_node import MatcherNode
+
+    rclpy.init()
+    try:
+        node = MatcherNode()
+        peer = rclpy.create_node("lightglue_test_peer")
+        got = []
+        peer.create_subscription(RosPointCloud2, "matches", got.append, 10)
+        pub = peer.create_publisher(RosImage, "image", 10)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.add_node(peer)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+        types_ = cv.RclpyTypes()
+        for f in synthetic.sequence(3, W, H, step=0.1, seed=4):
+            pub.publish(
+                cv.numpy_to_image(types_, f.image, "mono8", cv.make_header(types_, f.stamp_ns, "cam"))
+            )
+            time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while len(got) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert got and got[0].width > 0
+        executor.shutdown()
+        node.destroy_node()
+        peer.destroy_node()
+    finally:
+        rclpy.shutdown()
