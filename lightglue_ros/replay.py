@@ -60,6 +60,8 @@ GT_TYPES = (
     "geometry_msgs/msg/TransformStamped",
 )
 AUC_THRESHOLDS = (5.0, 10.0, 20.0)
+DEMO_BAG = Path("outputs") / "demo" / "room_bag"
+DEMO_FRAMES = 30
 
 
 class ReplayError(RuntimeError):
@@ -747,7 +749,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("bag", type=Path, help="rosbag2 directory (sqlite3 / MCAP) or ROS 1 .bag")
+    parser.add_argument("bag", type=Path, nargs="?", help="rosbag2 directory (sqlite3 / MCAP) or ROS 1 .bag")
+    parser.add_argument(
+        "--demo",
+        type=int,
+        nargs="?",
+        const=DEMO_FRAMES,
+        metavar="N",
+        help=f"make a bag of N (default {DEMO_FRAMES}) frames of a generated room scene (known poses, depth, "
+        f"640x480) under {DEMO_BAG} and replay it: no ROS, no downloads",
+    )
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -797,6 +808,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_intermixed_args(argv)
+    if args.bag is not None and "=" in str(args.bag):
+        args.overrides.insert(0, str(args.bag))
+        args.bag = None
+    if args.bag is None and args.demo is None:
+        parser.error("give a BAG, or --demo")
     if args.loop < 1:
         parser.error("--loop must be >= 1")
     bad = [o for o in args.overrides if "=" not in o]
@@ -805,9 +821,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def make_demo_bag(num_frames: int) -> Path:
+    """The generated room scene as a bag (rebuilt each time: it is small and fully determined)."""
+    from .make_bag import synthetic_frames, write_bag
+
+    counts = write_bag(
+        synthetic_frames(num_frames, 640, 480, 10.0, seed=0, step=0.06),
+        DEMO_BAG,
+        overwrite=True,
+        total=num_frames,
+    )
+    print(f"made {DEMO_BAG}: " + ", ".join(f"{t} ({n})" for t, n in counts.items()), flush=True)
+    return DEMO_BAG
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.demo is not None:
+            args.bag = make_demo_bag(args.demo)
+            args.overwrite = True
         result = run(args)
     except (ReplayError, P.ParamError, FileExistsError) as err:
         print(f"replay: error: {err}", file=sys.stderr)
