@@ -582,15 +582,17 @@ class FrameMatcher(_MatcherCore):
             xyz = np.hstack([normalise(pts1, K), np.ones((n, 1))])
         record.update(scale=scale, metric_scale=metric)
 
+        # too few matches to be trusted: the published cloud is empty (matches_info still counts them)
+        shown = slice(None) if n >= params["min_matches"] else slice(0, 0)
         result.matches = cv.matches_to_pointcloud2(
             self.types,
             header,
             pred.keypoints0,
             pred.keypoints1,
-            pred.matches,
-            pred.scores,
-            xyz=xyz,
-            inliers=inliers,
+            pred.matches[shown],
+            pred.scores[shown],
+            xyz=xyz[shown],
+            inliers=inliers[shown],
         )
         level = "OK" if T_0to1 is not None or (K is None and not message) else "WARN"
         if not message:

@@ -127,6 +127,11 @@ def test_bad_input_is_skipped_and_the_node_goes_on(frames, caplog):
     header = cv.make_header(TYPES, frames[3].stamp_ns, "camera_optical")
     blank = fm.process(cv.numpy_to_image(TYPES, np.full((H, W), 128, np.uint8), "mono8", header), info)
     assert blank.matches.width == 0 and blank.relative_pose is None
+    # a few matches, fewer than min_matches: still an empty cloud, counted in matches_info
+    fm.set_params({"min_matches": 100000})
+    few = fm.process(*_msgs(frames[4])[:2])
+    assert few.matches.width == 0 and few.relative_pose is None and few.record["matches"] > 0
+    assert int(cv.status_values(few.matches_info.status[0])["matches"]) == few.record["matches"]
     assert fm.diagnostics()["level"] == "WARN"
 
 
