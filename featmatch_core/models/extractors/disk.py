@@ -1,0 +1,91 @@
+"""DISK (Tyszkiewicz, Fua, Trulls, NeurIPS 2020) through ``kornia.feature.DISK``.
+
+The kornia module is ``self.model``; the official ``depth-save.pth`` stores its state dict
+under the key ``"extractor"`` (beside training state). That nested form, a flat state dict and
+a state dict of this wrapper (keys prefixed ``model.``) all load. Kornia returns integer pixel
+indices, i.e. pixel centres.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from omegaconf import DictConfig
+
+from ..base import strict_load
+from .base import Extractor, Features, empty_features
+
+
+def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Mapping[str, torch.Tensor]:
+    """Drop ``prefix`` from the keys when every key has it, else return the dict unchanged."""
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+class DISK(Extractor):
+    """DISK keypoints and descriptors (RGB input, ``desc_dim``-d descriptors)."""
+
+    default_conf: ClassVar[dict[str, Any]] = {
+        "name": "disk",
+        "weights": "disk-depth",
+        "max_num_keypoints": None,
+        "desc_dim": 128,
+        "nms_window_size": 5,  # odd NMS window side, pixels
+        "detection_threshold": 0.0,  # heatmap logit a keypoint must exceed
+        "pad_if_not_divisible": True,  # zero-pad to a multiple of 16 (the U-Net needs it)
+    }
+    grayscale: ClassVar[bool] = False
+    descriptor_dim: ClassVar[int] = 128
+    has_scale_ori: ClassVar[bool] = False
+    autocast_ok: ClassVar[bool] = False  # kept in fp32 like ALIKED: kornia's CPU half paths are untested
+
+    def _init(self, conf: DictConfig) -> None:
+        from kornia.feature import DISK as KorniaDISK
+
+        name = type(self).__name__
+        if conf.desc_dim is None or int(conf.desc_dim) <= 0:
+            raise ValueError(f"{name}: desc_dim must be a positive int, got {conf.desc_dim}")
+        window = conf.nms_window_size
+        if window is None or int(window) < 1 or int(window) % 2 == 0:
+            raise ValueError(f"{name}: nms_window_size must be an odd int >= 1, got {window}")
+        if conf.detection_threshold is None:
+            raise ValueError(f"{name}: detection_threshold must be a number")
+        self.descriptor_dim = int(conf.desc_dim)
+        self.model = KorniaDISK(desc_dim=self.descriptor_dim)
+
+    def load_checkpoint_state_dict(self, state_dict: Mapping[str, torch.Tensor], origin: str = "") -> None:
+        nested = state_dict.get("extractor") if isinstance(state_dict, Mapping) else None
+        if isinstance(nested, Mapping):
+            state_dict = nested
+        strict_load(self.model, strip_prefix(state_dict, "model."), origin)
+
+    def _extract(self, images: torch.Tensor) -> list[Features]:
+        h, w = images.shape[-2:]
+        if -(-h // 16) * -(-w // 16) < 2:  # the U-Net's instance norms need > 1 pixel at 1/16
+            raise ValueError(f"{type(self).__name__} needs an image larger than 16x16 pixels "
+                             f"(after resizing), got {w}x{h}")
+        if not self.conf.pad_if_not_divisible and (h % 16 or w % 16):
+            raise ValueError(f"{type(self).__name__}: image size {w}x{h} is not a multiple of 16; "
+                             "set pad_if_not_divisible=True or resize the input")
+        k = self.conf.max_num_keypoints
+        features = self.model(
+            images,
+            n=None if k is None else int(k),
+            window_size=int(self.conf.nms_window_size),
+            score_threshold=float(self.conf.detection_threshold),
+            pad_if_not_divisible=bool(self.conf.pad_if_not_divisible),
+        )
+        out: list[Features] = []
+        for feats in features:
+            if feats.keypoints.shape[0] == 0:
+                out.append(empty_features(self.descriptor_dim, device=images.device))
+                continue
+            out.append({
+                "keypoints": feats.keypoints.float(),
+                "keypoint_scores": feats.detection_scores.float(),
+                "descriptors": feats.descriptors.float(),
+            })
+        return out

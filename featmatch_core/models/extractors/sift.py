@@ -1,0 +1,270 @@
+"""SIFT through OpenCV or pycolmap (CPU), with RootSIFT descriptors, scales and orientations.
+
+Both back ends are configured with COLMAP's parameters and return the same conventions
+(checked in tests/core/test_extractors.py):
+
+* keypoints in pixel centres (OpenCV convention). COLMAP puts the origin at the corner of the
+  top-left pixel, so 0.5 is subtracted from its coordinates. OpenCV runs with
+  ``enable_precise_upscale``: without it, its 2x upsampled first octave shifts every keypoint
+  by about +0.25 px (measured on synthetic blobs).
+* ``scales``: the keypoint diameter of OpenCV's ``KeyPoint.size``, which is 2 sigma of the
+  detection scale. COLMAP's keypoint scale is sigma, so it is doubled.
+* ``oris``: radians in (-pi, pi], angle from +x towards +y in image coordinates (y pointing
+  down), which is what COLMAP returns and what OpenCV's degrees give after conversion (a
+  counter-clockwise rotation of the image on screen decreases both).
+* ``keypoint_scores``: OpenCV's response (|DoG| at the extremum). COLMAP exposes no response,
+  so its scores are the scales: the top-k then keeps the coarsest features, as COLMAP itself
+  does when it truncates (``max_num_features`` drops the finest scale levels first). Scores
+  are therefore not comparable across back ends.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from ...image import to_uint8_numpy
+from .base import Extractor, Features, empty_features
+
+BACKENDS = ("opencv", "pycolmap")
+# COLMAP's octave resolution (DoG levels per octave), which OpenCV calls nOctaveLayers.
+LEVELS_PER_OCTAVE = 3
+
+Detections = dict[str, np.ndarray]  # keypoints (N,2), scales, oris, scores (N,), descriptors (N,128)
+
+
+def rootsift(descriptors: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise, square root, L2-normalise."""
+    x = F.normalize(descriptors, p=1, dim=-1, eps=eps).clamp(min=eps).sqrt()
+    return F.normalize(x, p=2, dim=-1, eps=eps)
+
+
+def wrap_angle(angle: np.ndarray) -> np.ndarray:
+    """Angles in radians mapped to (-pi, pi]."""
+    return np.pi - np.mod(np.pi - angle, 2 * np.pi)
+
+
+def filter_colocated(keypoints: np.ndarray, scores: np.ndarray, oris: np.ndarray,
+                     image_shape: tuple[int, int], nms_radius: int) -> np.ndarray:
+    """Indices of the DoG points to keep: one per pixel, then optionally a score NMS.
+
+    SIFT returns one point per dominant orientation, so a blob often appears 2-4 times at the
+    same position. Per pixel the highest score is kept (ties: the smallest |orientation|, an
+    arbitrary but deterministic choice, as in the LightGlue reference). With ``nms_radius`` > 0,
+    a point is also dropped when a point with a higher score lies within that many pixels
+    (Chebyshev distance), as the reference's max-pool NMS does.
+    """
+    if len(keypoints) == 0:
+        return np.zeros((0,), dtype=np.int64)
+    h, w = image_shape
+    col = np.clip(np.floor(keypoints[:, 0] + 0.5), 0, w - 1).astype(np.int64)
+    row = np.clip(np.floor(keypoints[:, 1] + 0.5), 0, h - 1).astype(np.int64)
+    pixel = row * w + col
+    order = np.lexsort((np.abs(oris), -scores, pixel))  # by pixel, then best first
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = pixel[order[1:]] != pixel[order[:-1]]
+    keep = order[first]
+    if nms_radius > 0:
+        grid = np.zeros((h, w), dtype=np.float32)
+        grid[row[keep], col[keep]] = scores[keep]
+        size = 2 * nms_radius + 1
+        local_max = cv2.dilate(grid, np.ones((size, size), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                               borderValue=0)
+        keep = keep[grid[row[keep], col[keep]] >= local_max[row[keep], col[keep]]]
+    return np.sort(keep)
+
+
+class SIFT(Extractor):
+    """SIFT keypoints with scales and orientations, RootSIFT descriptors (128-d)."""
+
+    default_conf: ClassVar[dict[str, Any]] = {
+        "name": "sift",
+        "backend": "opencv",  # "opencv" or "pycolmap" (CPU)
+        "rootsift": True,
+        "nms_radius": 0,  # 0: one point per pixel; r > 0: also NMS; None: keep co-located points
+        "max_num_keypoints": 4096,
+        "detection_threshold": 0.0066667,  # COLMAP's peak threshold on |DoG|, image in [0, 1]
+        "edge_threshold": 10.0,
+        "first_octave": -1,  # -1 upsamples the image 2x first (COLMAP's default)
+        "num_octaves": 4,
+        "resize": 1024,
+    }
+    grayscale: ClassVar[bool] = True
+    descriptor_dim: ClassVar[int] = 128
+    has_scale_ori: ClassVar[bool] = True
+    autocast_ok: ClassVar[bool] = True  # no network
+
+    def _init(self, conf: DictConfig) -> None:
+        name = type(self).__name__
+        if conf.backend not in BACKENDS:
+            raise ValueError(f"{name}: unknown backend '{conf.backend}', expected one of {list(BACKENDS)}")
+        if conf.nms_radius is not None and int(conf.nms_radius) < 0:
+            raise ValueError(f"{name}: nms_radius must be >= 0 or None, got {conf.nms_radius}")
+        if conf.detection_threshold is None or conf.detection_threshold < 0:
+            raise ValueError(f"{name}: detection_threshold must be >= 0, got {conf.detection_threshold}")
+        if conf.edge_threshold is None or conf.edge_threshold <= 0:
+            raise ValueError(f"{name}: edge_threshold must be > 0, got {conf.edge_threshold}")
+        if conf.num_octaves is None or int(conf.num_octaves) <= 0:
+            raise ValueError(f"{name}: num_octaves must be a positive int, got {conf.num_octaves}")
+        if conf.first_octave is None:
+            raise ValueError(f"{name}: first_octave must be an int (-1 upsamples the image 2x)")
+        if conf.backend == "opencv":
+            if int(conf.first_octave) < -1:
+                raise ValueError(f"{name}: the opencv backend supports first_octave >= -1, "
+                                 f"got {conf.first_octave}")
+            self._detector = _create_opencv_sift(conf)
+        else:
+            self._detector = _create_pycolmap_sift(conf)
+
+    def _extract(self, images: torch.Tensor) -> list[Features]:
+        out: list[Features] = []
+        for image in images:
+            gray = to_uint8_numpy(image)
+            if self.conf.backend == "opencv":
+                det = _run_opencv(self._detector, gray, self.conf)
+            else:
+                det = select(_run_pycolmap(self._detector, gray), gray.shape, self.conf)
+            out.append(self._to_features(det, images.device))
+        return out
+
+    def _to_features(self, det: Detections, device: torch.device) -> Features:
+        if len(det["keypoints"]) == 0:
+            return empty_features(self.descriptor_dim, with_scale_ori=True, device=device)
+        desc = torch.from_numpy(np.ascontiguousarray(det["descriptors"], dtype=np.float32))
+        desc = rootsift(desc) if self.conf.rootsift else F.normalize(desc, p=2, dim=-1)
+        feats = {
+            "keypoints": torch.from_numpy(det["keypoints"].astype(np.float32)),
+            "keypoint_scores": torch.from_numpy(det["scores"].astype(np.float32)),
+            "descriptors": desc,
+            "scales": torch.from_numpy(det["scales"].astype(np.float32)),
+            "oris": torch.from_numpy(det["oris"].astype(np.float32)),
+        }
+        return {key: v.to(device) for key, v in feats.items()}
+
+
+def select(det: Detections, shape: tuple[int, int], conf: DictConfig) -> Detections:
+    """The co-located filter (unless ``nms_radius`` is None), then the top-k by score."""
+    if conf.nms_radius is not None:
+        keep = filter_colocated(det["keypoints"], det["scores"], det["oris"], shape, int(conf.nms_radius))
+        det = {k: v[keep] for k, v in det.items()}
+    k = conf.max_num_keypoints
+    if k is not None and len(det["scores"]) > k:
+        # stable: equal scores keep detection order, so the result is deterministic
+        keep = np.sort(np.argsort(-det["scores"], kind="stable")[:k])
+        det = {key: v[keep] for key, v in det.items()}
+    return det
+
+
+# ---- OpenCV ----------------------------------------------------------------------------
+
+def _create_opencv_sift(conf: DictConfig):
+    # OpenCV compares |DoG| (image in [0, 1]) with contrastThreshold / nOctaveLayers, COLMAP
+    # with peak_threshold directly: hence the factor (with it, 99 % of OpenCV's keypoints are
+    # COLMAP keypoints). The LightGlue reference passes the COLMAP value unchanged and
+    # num_octaves as nOctaveLayers, i.e. a 4x lower threshold than COLMAP's.
+    return cv2.SIFT_create(
+        nfeatures=0,  # top-k happens after the co-located filter
+        nOctaveLayers=LEVELS_PER_OCTAVE,
+        contrastThreshold=float(conf.detection_threshold) * LEVELS_PER_OCTAVE,
+        edgeThreshold=float(conf.edge_threshold),
+        sigma=1.6,
+        descriptorType=cv2.CV_32F,
+        enable_precise_upscale=True,
+    )
+
+
+def _opencv_octave(packed: np.ndarray) -> np.ndarray:
+    """Octave index of cv2.KeyPoint.octave (low byte, signed: -1 is the upsampled octave)."""
+    return ((packed & 0xFF) ^ 0x80) - 0x80
+
+
+def _run_opencv(sift, gray: np.ndarray, conf: DictConfig) -> Detections:
+    keypoints = sift.detect(gray, None)
+    if keypoints:
+        # OpenCV always starts at octave -1 and uses every octave the image allows; keep COLMAP's
+        # range [first_octave, first_octave + num_octaves) so that both back ends agree.
+        octave = _opencv_octave(np.array([kp.octave for kp in keypoints], dtype=np.int64))
+        first = int(conf.first_octave)
+        inside = (octave >= first) & (octave < first + int(conf.num_octaves))
+        keypoints = [kp for kp, ok in zip(keypoints, inside, strict=True) if ok]
+    if not keypoints:
+        return _no_detections()
+    # select before describing: computing descriptors is most of OpenCV's time
+    pts = np.array([kp.pt for kp in keypoints], dtype=np.float32)
+    det = {
+        "keypoints": pts,
+        "scores": np.array([kp.response for kp in keypoints], dtype=np.float32),
+        "scales": np.array([kp.size for kp in keypoints], dtype=np.float32),
+        "oris": wrap_angle(np.deg2rad(np.array([kp.angle for kp in keypoints], dtype=np.float64))),
+        "index": np.arange(len(keypoints)),
+    }
+    det = select(det, gray.shape, conf)
+    chosen = [keypoints[i] for i in det.pop("index")]
+    if not chosen:
+        return _no_detections()
+    described, descriptors = sift.compute(gray, chosen)
+    if len(described) != len(chosen):  # OpenCV keeps provided keypoints; guard against a change
+        raise RuntimeError(f"OpenCV SIFT described {len(described)} of {len(chosen)} keypoints")
+    det["descriptors"] = descriptors
+    return det
+
+
+def _no_detections() -> Detections:
+    return {
+        "keypoints": np.zeros((0, 2), np.float32), "scores": np.zeros((0,), np.float32),
+        "scales": np.zeros((0,), np.float32), "oris": np.zeros((0,), np.float32),
+        "descriptors": np.zeros((0, 128), np.float32),
+    }
+
+
+# ---- pycolmap --------------------------------------------------------------------------
+
+def _create_pycolmap_sift(conf: DictConfig):
+    try:
+        import pycolmap
+    except ImportError as err:  # pragma: no cover - pycolmap is a dependency
+        raise ImportError("SIFT backend 'pycolmap' needs pycolmap (pip install pycolmap), "
+                          "or use backend='opencv'") from err
+    options = pycolmap.FeatureExtractionOptions()
+    sift = options.sift
+    sift.peak_threshold = float(conf.detection_threshold)
+    sift.edge_threshold = float(conf.edge_threshold)
+    sift.first_octave = int(conf.first_octave)
+    sift.num_octaves = int(conf.num_octaves)
+    sift.octave_resolution = LEVELS_PER_OCTAVE
+    # COLMAP counts points before assigning orientations and cuts at whole scale levels, keeping
+    # the coarse ones: at least k distinct positions remain for the co-located filter (measured
+    # 438 for k=300, 4350 for k=4096).
+    k = conf.max_num_keypoints
+    sift.max_num_features = (1 << 30) if k is None else int(k)
+    # plain L2 SIFT: RootSIFT is applied the same way for both back ends
+    sift.normalization = pycolmap.Normalization.L2
+    options.num_threads = -1
+    return pycolmap.FeatureExtractor.create(options=options, device=pycolmap.Device.cpu)
+
+
+def _run_pycolmap(extractor, gray: np.ndarray) -> Detections:
+    keypoints, descriptors = extractor.extract_from_uint8_array(np.ascontiguousarray(gray))
+    if len(keypoints) == 0:
+        return _no_detections()
+    frames = np.array([(kp.x, kp.y, kp.compute_scale(), kp.compute_orientation()) for kp in keypoints],
+                      dtype=np.float64)
+    xy = frames[:, :2] - 0.5  # COLMAP: origin at the top-left pixel's corner
+    h, w = gray.shape
+    # COLMAP can return points just outside the image; drop them
+    inside = (xy[:, 0] >= -0.5) & (xy[:, 1] >= -0.5) & (xy[:, 0] < w - 0.5) & (xy[:, 1] < h - 0.5)
+    scales = 2.0 * frames[:, 2]
+    det = {
+        "keypoints": xy.astype(np.float32),
+        "scores": scales.astype(np.float32),
+        "scales": scales.astype(np.float32),
+        "oris": wrap_angle(frames[:, 3]).astype(np.float32),
+        "descriptors": np.asarray(descriptors.data, dtype=np.float32),
+    }
+    return {k: v[inside] for k, v in det.items()}
+
