@@ -1,2 +1,26 @@
-"""ROS 2 front end of featmatch_core: thin rclpy nodes (matcher_node, stereo_matcher_node)
-around the ROS-free streaming matcher. Nothing here is imported by featmatch_core."""
+"""ROS 2 front end of featmatch_core. Nothing here is imported by featmatch_core.
+
+Layout (only the two ``*_node`` modules import rclpy; everything else runs without ROS):
+
+- ``conversions``: Image / CameraInfo / PointCloud2 / poses / diagnostics <-> numpy, through a
+  message factory (``RosbagsTypes`` for bags and tests, ``RclpyTypes`` in the nodes), so the
+  same code builds rclpy and rosbags messages by their ROS field names;
+- ``params``: the one parameter schema (descriptors, ranges, runtime vs start-up) behind
+  ``declare_parameter``, ``config/*.yaml`` and the replay's ``--params``;
+- ``frame_matcher``: the streaming core (``FrameMatcher``, ``StereoMatcher``) and the
+  ``FrameWorker`` (newest frame wins, drops counted), driving ``featmatch_core.FeatureStream``;
+- ``matcher_node``, ``stereo_matcher_node``: thin rclpy shells (subscriptions, publishers,
+  parameters, timers, tf);
+- ``make_bag``, ``replay``: rosbags-based tools (``python -m lightglue_ros.<tool>``);
+- ``synthetic``: a generated scene with exact poses and depth (the demo and the tests).
+
+Design notes:
+
+- The metadata of a ``matches`` cloud (the reference frame's stamp and frame_id, the model,
+  counts) goes on ``matches_info``, a ``diagnostic_msgs/DiagnosticArray`` with the same stamp:
+  a standard message with a header and key/values, so no custom message package is needed.
+- The nodes' default robust estimator is poselib: featmatch_core's OpenCV relative-pose back
+  end keeps very few inliers on the small motions between consecutive video frames.
+- Monocular translation is unit-norm; with an aligned depth image (``use_depth``) the
+  relative pose and the odometry get a metric scale (median of measured / triangulated depth).
+"""
