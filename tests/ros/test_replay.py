@@ -199,3 +199,69 @@ def test_ros1_bag_is_read(bags, tmp_path):
     args = replay.parse_args([str(ros1), "--out-dir", str(tmp_path / "r1"), "--no-plots", "--no-bag", *FAST])
     summary = replay.run(args).summary
     assert summary["frames_processed"] == 4 and summary["pairs_with_gt"] == 3
+
+
+def test_make_bag_from_folders_video_and_tum(tmp_path):
+    import cv2
+
+    from lightglue_ros import synthetic
+
+    frames = synthetic.sequence(3, 160, 120, seed=6)
+    # a TUM RGB-D folder: rgb/ depth/ (16-bit PNG, 5000 per metre), rgb.txt depth.txt groundtruth.txt
+    tum = tmp_path / "tum"
+    (tum / "rgb").mkdir(parents=True)
+    (tum / "depth").mkdir()
+    rgb, depth, gt = ["# rgb"], ["# depth"], ["# groundtruth"]
+    for i, f in enumerate(frames):
+        t = 100 + i * 0.1
+        cv2.imwrite(str(tum / "rgb" / f"{t:.6f}.png"), cv2.cvtColor(f.image, cv2.COLOR_GRAY2BGR))
+        cv2.imwrite(str(tum / "depth" / f"{t:.6f}.png"), (f.depth * 5000).astype(np.uint16))
+        rgb.append(f"{t:.6f} rgb/{t:.6f}.png")
+        depth.append(f"{t + 0.001:.6f} depth/{t:.6f}.png")
+        T = np.linalg.inv(f.T_cam_world)
+        q = cv.rotation_to_quaternion(T[:3, :3])
+        gt.append(f"{t:.6f} " + " ".join(map(str, [*T[:3, 3], *q])))
+    for name, lines in (("rgb.txt", rgb), ("depth.txt", depth), ("groundtruth.txt", gt)):
+        (tum / name).write_text("\n".join(lines) + "\n")
+    assert make_bag.main([str(tmp_path / "tum_bag"), "--tum", str(tum), "--K", "128,128,79.5,59.5"]) == 0
+    topics, msgs = _read_all(tmp_path / "tum_bag")
+    assert len(msgs["/camera/image_raw"]) == 3 and msgs["/camera/image_raw"][0].encoding == "bgr8"
+    d = cv.image_to_numpy(msgs["/camera/depth/image_raw"][1])
+    np.testing.assert_allclose(d[frames[1].depth > 0], frames[1].depth[frames[1].depth > 0], atol=1e-3)
+    np.testing.assert_allclose(
+        cv.pose_from_msg(msgs["/ground_truth/pose"][2]), np.linalg.inv(frames[2].T_cam_world), atol=1e-6
+    )
+    np.testing.assert_allclose(np.asarray(msgs["/camera/camera_info"][0].k).reshape(3, 3)[0], [128, 0, 79.5])
+    # an image folder and a video: images only (camera_info with --K)
+    assert (
+        make_bag.main(
+            [
+                str(tmp_path / "folder_bag"),
+                "--images",
+                str(tum / "rgb"),
+                "--fps",
+                "5",
+                "--encoding",
+                "mono8",
+                "--storage",
+                "mcap",
+            ]
+        )
+        == 0
+    )
+    topics, msgs = _read_all(tmp_path / "folder_bag")
+    assert set(topics) == {"/camera/image_raw"} and len(msgs["/camera/image_raw"]) == 3
+    stamps = [cv.header_ns(m) for m in msgs["/camera/image_raw"]]
+    assert stamps[1] - stamps[0] == 200_000_000
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write MJPG video")
+    for f in frames:
+        writer.write(cv2.cvtColor(f.image, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    assert (
+        make_bag.main([str(tmp_path / "video_bag"), "--video", str(video), "--K", "128,128,79.5,59.5"]) == 0
+    )
+    topics, msgs = _read_all(tmp_path / "video_bag")
+    assert len(msgs["/camera/image_raw"]) == 3 and len(msgs["/camera/camera_info"]) == 3
