@@ -637,7 +637,8 @@ def run(args: argparse.Namespace) -> ReplayResult:
 
     diag = matcher.diagnostics()["values"]
     summary, pairs = evaluate(records, gt, args.min_baseline)
-    traj = trajectory_from_records(records, gt, args.gt_scale)
+    # the trajectory (TUM file, ATE, plot) of the first pass only: each loop restarts the odometry
+    traj = trajectory_from_records([r for r in records if r["loop"] == 0], gt, args.gt_scale)
     _, _, ate = aligned_trajectory(traj, gt)
     latencies = np.array([r["latency_ms"] for r in records if "latency_ms" in r])
     processing = np.array([r["processing_ms"] for r in records if "processing_ms" in r])
@@ -652,6 +653,7 @@ def run(args: argparse.Namespace) -> ReplayResult:
             "frames_dropped": diag["frames_dropped"],
             "frames_skipped": diag["frames_skipped"],
             "resets": diag["resets"],
+            "worker_errors": diag["worker_errors"],
             "wall_s": wall,
             "throughput_fps": len(records) / wall if wall > 0 else float("nan"),
             "rss_start_mb": rss_start,
