@@ -267,12 +267,20 @@ def test_max_filter_equals_max_pool(radius):
 
 
 @pytest.mark.parametrize("radius", [1, 2, 4])
-def test_nms_equals_reference_semantics(radius):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # OpenCV path, torch path
+def test_nms_equals_reference_semantics(radius, dtype):
     gen = torch.Generator().manual_seed(radius)
     smooth = F.avg_pool2d(torch.rand(2, 1, 43, 61, generator=gen), 5, stride=1, padding=2)[:, 0]
     quantised = torch.randint(0, 4, (2, 43, 61), generator=gen).float()  # many ties
-    for scores in (smooth, quantised):
+    for scores in (smooth.to(dtype), quantised.to(dtype)):
         assert torch.equal(nms(scores, radius), reference_nms(scores, radius))
+
+
+def test_nms_keeps_gradients_like_the_reference():
+    scores = torch.rand(1, 20, 24, requires_grad=True)
+    kept = nms(scores, 2)
+    kept.sum().backward()
+    assert torch.equal(scores.grad, (kept > 0).float())
 
 
 def test_nms_keeps_separated_maxima_only():
