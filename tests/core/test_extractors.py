@@ -432,7 +432,9 @@ def test_aliked_loads_the_kornia_state_dict():
     model.load_checkpoint_state_dict(model.state_dict())  # our own layout, keys "model.*"
     with pytest.raises(ValueError, match="shape mismatch"):
         model.load_checkpoint_state_dict(KorniaALIKED("aliked-t16").state_dict())
-    assert ALIKED({"model_name": "aliked-t16"}).descriptor_dim == 64
+    assert ALIKED({"model_name": "aliked-t16", "weights": "aliked-t16"}).descriptor_dim == 64
+    with pytest.raises(ValueError, match="another model"):
+        ALIKED({"model_name": "aliked-n16rot"})  # default weights aliked-n16
 
 
 def test_disk_loads_nested_and_flat_checkpoints(tmp_path):

@@ -23,6 +23,7 @@ def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Mapping
         return {k[len(prefix):]: v for k, v in state_dict.items()}
     return state_dict
 
+
 # descriptor width of each kornia ALIKED configuration
 DESCRIPTOR_DIMS = {"aliked-t16": 64, "aliked-n16": 128, "aliked-n16rot": 128, "aliked-n32": 128}
 
@@ -51,6 +52,10 @@ class ALIKED(Extractor):
         if conf.model_name not in DESCRIPTOR_DIMS:
             raise ValueError(f"{name}: unknown model_name '{conf.model_name}', expected one of "
                              f"{sorted(DESCRIPTOR_DIMS)}")
+        if conf.weights in DESCRIPTOR_DIMS and conf.weights != conf.model_name:
+            # aliked-n16rot has the shapes of aliked-n16: a mix-up would load silently
+            raise ValueError(f"{name}: weights '{conf.weights}' are for another model than "
+                             f"model_name '{conf.model_name}'; set weights to '{conf.model_name}'")
         if conf.nms_radius is None or int(conf.nms_radius) < 0:
             raise ValueError(f"{name}: nms_radius must be an int >= 0, got {conf.nms_radius}")
         if conf.detection_threshold is None:
