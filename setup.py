@@ -53,7 +53,7 @@ setup(
         "rosbags",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "ruff"],
+        "dev": ["pytest", "pytest-timeout", "ruff", "colcon-core", "colcon-ros"],  # colcon: the install-tree test
         "open3d": ["open3d"],
     },
     zip_safe=False,  # configs are read from the file system (config.named_config_dir)

@@ -220,6 +220,37 @@ class Item:
     loop: int = 0
 
 
+def bag_errors() -> tuple[type[BaseException], ...]:
+    import sqlite3
+    import struct
+
+    from rosbags.highlevel import AnyReaderError
+    from rosbags.rosbag1 import ReaderError as Reader1Error
+    from rosbags.rosbag2 import ReaderError as Reader2Error
+    from rosbags.serde import SerdeError
+
+    return (
+        AnyReaderError,
+        Reader1Error,
+        Reader2Error,
+        SerdeError,
+        sqlite3.DatabaseError,
+        struct.error,
+        EOFError,
+        OverflowError,  # rosbags' MCAP reader seeking to a length read from zeroed bytes
+    )
+
+
+def checked(items: Iterator[Item], bag: Path, reader) -> Iterator[Item]:
+    """``items``, with a damaged bag found while reading turned into a ReplayError."""
+    try:
+        yield from items
+    except bag_errors() as err:
+        raise ReplayError(
+            f"bag {bag} is damaged ({type(err).__name__}: {err}); topics present:\n{topic_table(reader)}"
+        ) from None
+
+
 def frames(
     reader, topics: dict[str, str | None], infos: list[tuple[int, Any]], slop_ns: int
 ) -> Iterator[Item]:
@@ -593,7 +624,7 @@ def run(args: argparse.Namespace) -> ReplayResult:
             count = 0
             for loop in range(args.loop):
                 t0_bag = t0_wall = None
-                for item in frames(reader, topics, infos, slop):
+                for item in checked(frames(reader, topics, infos, slop), bag, reader):
                     if args.max_frames and count >= args.max_frames:
                         break
                     item.loop = loop

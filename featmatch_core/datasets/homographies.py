@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -27,6 +27,12 @@ from omegaconf import DictConfig
 from ..config import ConfigError, ConfLike, merge_strict, to_container
 from ..files import atomic_write_bytes
 from ..image import read_image
+from .base import BASE_CONF, PairDataset
+from .download import DatasetUnavailableError
+
+# Pair i of a split is drawn from seed + offset + i. "benchmark" pairs are of the held-out
+# (validation) photos but never the pairs that chose the best training checkpoint.
+SEED_OFFSETS = {"train": 0, "val": 10_000_019, "benchmark": 20_000_033}
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
 
@@ -183,6 +189,13 @@ def make_pair(photo: np.ndarray, rng: np.random.Generator, conf: DictConfig
     return views[0], views[1], H_0to1 / H_0to1[2, 2]
 
 
+def seeded_pair(seed: int, num_photos: int, photo: Callable[[int], np.ndarray], conf: DictConfig
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pair drawn from ``seed``: which photo (``photo(i)`` reads photo i) and both views."""
+    rng = np.random.default_rng(seed)
+    return make_pair(photo(int(rng.integers(num_photos))), rng, conf)
+
+
 # ---- the dataset ---------------------------------------------------------------------
 class HomographyPairs(torch.utils.data.Dataset):
     """``len`` pairs; pair i comes from ``seed + i`` (deterministic, so its features cache)."""
@@ -192,7 +205,7 @@ class HomographyPairs(torch.utils.data.Dataset):
         self.images = list(images)
         self.num_pairs = int(num_pairs)
         self.split = split
-        self.seed = int(conf.seed) + (0 if split == "train" else 10_000_019)
+        self.seed = int(conf.seed) + SEED_OFFSETS[split]
         self._extractor = None
         self._photos: dict[int, np.ndarray] = {}
         self.cache_dir = Path(conf.cache_dir) / self._cache_key() if conf.cache_dir else None
@@ -225,9 +238,7 @@ class HomographyPairs(torch.utils.data.Dataset):
         cached = self._load_cached(index)
         if cached is not None:
             return cached
-        rng = np.random.default_rng(self.seed + index)
-        photo = self.photo(int(rng.integers(len(self.images))))
-        view0, view1, H = make_pair(photo, rng, self.conf)
+        view0, view1, H = seeded_pair(self.seed + index, len(self.images), self.photo, self.conf)
         item = {"H_0to1": torch.from_numpy(H).float()}
         for i, view in enumerate((view0, view1)):
             for key, value in self._features(view).items():
@@ -284,3 +295,68 @@ def build_homography_datasets(conf: ConfLike) -> tuple[HomographyPairs, Homograp
                                             conf.val_images, int(conf.seed))
     return (HomographyPairs(conf, train_images, conf.train_pairs, "train"),
             HomographyPairs(conf, val_images, conf.val_pairs, "val"))
+
+
+# ---- the evaluation dataset -------------------------------------------------------------
+BENCHMARK_KEYS = ("val_fraction", "val_images", "image_size", "seed", "homography", "photometric")
+
+
+class SyntheticHomographies(PairDataset):
+    """Evaluation pairs (images + ``H_0to1``) of the photos a training recipe holds out.
+
+    With the recipe's ``root``, ``val_fraction``/``val_images`` and ``seed`` it selects exactly the
+    photos training never saw; its pairs come from their own seeds, so they are not the
+    validation pairs that picked the best checkpoint either.
+    """
+
+    default_conf: ClassVar[dict[str, Any]] = {
+        **BASE_CONF,
+        "download": False,  # a folder of photos: nothing to download
+        **{k: DEFAULT_CONF[k] for k in BENCHMARK_KEYS},
+        "num_pairs": 200,
+    }
+    dirname = "photos"
+
+    def _check_conf(self) -> None:
+        super()._check_conf()
+        if self.conf.resize is not None:
+            raise ConfigError("SyntheticHomographies: views are generated at data.image_size; "
+                              "set that instead of data.resize")
+        if self.conf.download:
+            raise ConfigError("SyntheticHomographies: a folder of photos cannot be downloaded (download=false)")
+
+    def _init(self) -> None:
+        if not self.root.exists():
+            raise DatasetUnavailableError(
+                f"SyntheticHomographies: data.root {self.root} does not exist: point it at the folder of photos "
+                "(or .txt list) of the training recipe")
+        _, self.images = split_images(list_images(self.root), self.conf.val_fraction, self.conf.val_images,
+                                      int(self.conf.seed))
+        self._photos: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return int(self.conf.num_pairs)
+
+    def pair_name(self, index: int) -> str:
+        return f"pair_{index:05d}"
+
+    def _photo(self, index: int) -> np.ndarray:
+        if index not in self._photos:
+            self._photos[index] = read_image(self.images[index], grayscale=True)
+        return self._photos[index]
+
+    def _get(self, index: int) -> dict[str, Any]:
+        seed = int(self.conf.seed) + SEED_OFFSETS["benchmark"] + index
+        view0, view1, H = seeded_pair(seed, len(self.images), self._photo, self.conf)
+        size = (view0.shape[1], view0.shape[0])
+        return {
+            "name": self.pair_name(index),
+            "image0": view0,
+            "image1": view1,
+            "image_size0": size,
+            "image_size1": size,
+            "original_image_size0": size,
+            "original_image_size1": size,
+            "H_0to1": H,
+            "load_error": None,
+        }

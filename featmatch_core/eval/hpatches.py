@@ -29,14 +29,13 @@ BENCHMARK = runner.Benchmark(
     main_key="corner_error_auc_mean",
     table_keys=("corner_error_auc@1", "corner_error_auc@3", "corner_error_auc@5",
                 "corner_error_dlt_auc@1", "corner_error_dlt_auc@3", "corner_error_dlt_auc@5",
-                "precision@1px", "precision@3px", "num_keypoints", "num_matches", "num_inliers", "ransac_th",
+                "precision@1px", "precision@3px", "correct@3px", "num_keypoints", "num_matches", "num_inliers", "ransac_th",
                 "num_pairs"),
 )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    runner.main(BENCHMARK, argv)
-    return 0
+    return runner.cli(BENCHMARK, argv)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,7 @@ BENCHMARK = runner.Benchmark(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    runner.main(BENCHMARK, argv)
-    return 0
+    return runner.cli(BENCHMARK, argv)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -273,3 +274,17 @@ def main(bench: Benchmark, argv: Sequence[str] | None = None) -> dict[str, float
     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})
     print(results_table(bench, args.results_root))
     return summary
+
+
+def cli(bench: Benchmark, argv: Sequence[str] | None = None) -> int:
+    """``main`` for ``python -m``: a bad config, a missing dataset or missing weights print one
+    clear message and exit 2 instead of a traceback."""
+    from ..datasets.download import DatasetUnavailableError
+    from ..weights import WeightsUnavailableError
+
+    try:
+        main(bench, argv)
+    except (ConfigError, DatasetUnavailableError, WeightsUnavailableError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

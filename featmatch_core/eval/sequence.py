@@ -47,8 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    runner.main(bench, argv)
-    return 0
+    return runner.cli(bench, argv)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def evaluate_homography_pair(gt: Mapping[str, Any], pred: Mapping[str, Any], con
                              ransac_th: float) -> dict[str, Any]:
     """Corner error of the robust and the DLT estimate, precision at 1/3 px, counts."""
     if "load_error" in pred:
-        return _failed_load({"corner_error": FAILED, "corner_error_dlt": FAILED})
+        return _failed_load({"corner_error": FAILED, "corner_error_dlt": FAILED, "correct@3px": 0.0})
     H_gt = np.asarray(gt["H_0to1"])
     size0 = tuple(int(v) for v in gt["image_size0"])
     kp0, kp1, m0, m1 = _matched_points(pred)
@@ -53,6 +53,7 @@ def evaluate_homography_pair(gt: Mapping[str, Any], pred: Mapping[str, Any], con
         "corner_error_dlt": corner_error(dlt["model"], H_gt, size0) if dlt["success"] else FAILED,
         "precision@1px": float(precision[0]),
         "precision@3px": float(precision[1]),
+        "correct@3px": float(round(precision[1] * len(m0))),  # matches within 3 px of the GT
         "num_inliers": float(inliers),
         "inlier_ratio": inliers / len(m0) if len(m0) else 0.0,
         "load_failed": 0.0,

@@ -103,6 +103,14 @@ def test_missing_dataset_error_before_any_model(tmp_path):
                                                   f"data.root={tmp_path / 'none'}"])
 
 
+def test_cli_prints_one_clear_error(tmp_path, capsys):
+    assert hpatches.main(["--conf", "sift+nn", "--offline", f"data.root={tmp_path / 'none'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: HPatches is not available") and "Traceback" not in err
+    assert sequence.main(["--conf", "sift+nn", "notanoverride"]) == 2
+    assert "data.root" in capsys.readouterr().err
+
+
 def test_eval_typo_raises(tmp_path):
     with pytest.raises(Exception, match="estimatr"):
         hpatches.runner.main(hpatches.BENCHMARK, ["--conf", "sift+nn", f"data.root={tmp_path}",
@@ -126,3 +134,28 @@ def test_sequence_eval_and_inspect(tmp_path, capsys):
     assert "curves.png" in written and "histograms.png" in written and len(written) >= 4
     picture = cv2.imread(str(tmp_path / "inspect" / "curves.png"))
     assert picture is not None and picture.shape[0] > 100
+
+
+def test_synthetic_homography_eval_uses_held_out_photos(tmp_path):
+    from featmatch_core.datasets.homographies import SyntheticHomographies, build_homography_datasets
+    from featmatch_core.eval import homographies
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(photos / f"p{i}.png"), random_texture(300, 400, seed=40 + i))
+    data = {"root": str(photos), "val_fraction": 0.25, "image_size": [192, 256], "num_pairs": 3}
+    dataset = SyntheticHomographies(data)
+    _, val = build_homography_datasets({k: v for k, v in data.items() if k != "num_pairs"})
+    assert dataset.images == val.images and len(dataset.images) == 1  # exactly the held-out photos
+    pair = dataset[0]
+    assert pair["image0"].shape == (192, 256) and pair["H_0to1"].shape == (3, 3)
+    np.testing.assert_array_equal(dataset[0]["image1"], pair["image1"])  # deterministic
+
+    args = ["--conf", "sift+nn", "--results_root", str(tmp_path / "r")] + [
+        f"data.{k}={v}" for k, v in data.items() if k != "image_size"] + ["data.image_size=[192,256]"]
+    summary = homographies.runner.main(homographies.BENCHMARK, args)
+    assert summary["num_pairs"] == 3 and summary["corner_error_auc@5"] > 0.3
+    assert summary["correct@3px"] > 10
+    with pytest.raises(Exception, match="image_size"):
+        SyntheticHomographies({**data, "resize": 480})

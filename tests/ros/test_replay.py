@@ -178,6 +178,26 @@ def test_clear_errors_for_missing_topics_and_bad_bags(bags, tmp_path, capsys):
     assert "bag not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_bag_damaged_midway_is_a_clear_error(bags, tmp_path, storage, capsys):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(bags[storage], damaged)
+    data = next(p for p in damaged.iterdir() if p.suffix in (".db3", ".mcap"))
+    blob = bytearray(data.read_bytes())
+    third = len(blob) // 3
+    if storage == "sqlite3":
+        blob[third : 2 * third] = bytes(third)  # zeroed pages in the middle of the database
+    else:
+        del blob[2 * third :]  # a recording cut short: no MCAP footer
+    data.write_bytes(bytes(blob))
+    assert replay.main([str(damaged), "--out-dir", str(tmp_path / "out"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "damaged" in err or "cannot read bag" in err
+    assert "Traceback" not in err
+
+
 def test_ros1_bag_is_read(bags, tmp_path):
     from rosbags.convert import convert
 
