@@ -25,7 +25,8 @@ setup(
     python_requires=">=3.10",  # ROS 2 Humble ships Python 3.10
     packages=find_packages(include=["featmatch_core", "featmatch_core.*", "lightglue_ros", "lightglue_ros.*"]),
     # assets/: the sample image pair used by `python -m featmatch_core.match` with no arguments
-    package_data={"featmatch_core": ["configs/*.yaml", "weights/*.pth", "assets/*/*"]},
+    package_data={"featmatch_core": ["configs/*.yaml", "weights/*.pth", "assets/*/*",
+                                     "datasets/megadepth_scenes/*.txt"]},  # MegaDepth scene splits
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -7,24 +7,27 @@ import-time registration.
   OmegaConf DictConfig, ``name`` included). It returns an ``nn.Module`` with
   ``forward(batch: dict) -> pred: dict`` and ``loss(pred, batch) -> (losses, metrics)``,
   two dicts of (B,) tensors, ``losses["total"]`` being the one optimised. Optional:
-  ``set_gradient_checkpointing(bool)``.
+  ``set_gradient_checkpointing(bool)``, and ``check_conf(model_section)`` on the class, which
+  validates the section without building anything (called with the config checks, before
+  any folder is written).
 - A **data** entry is called with the ``data`` config section and returns
   ``(train_dataset, val_dataset)``: torch Datasets of dicts of tensors, batched with
   ``torch.utils.data.default_collate``. It must raise on a missing folder or a bad config
   (it runs before any training step). Optional: ``train_dataset.set_epoch(epoch)``, called
-  at the start of each epoch (e.g. to resample pairs).
+  at the start of each epoch (e.g. to resample pairs). A ``features`` mapping in the ``data``
+  section is taken to be the config of a frozen extractor and checked with the config.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import import_module
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ..config import ConfigError, ConfLike, to_container
+from ..config import ConfigError, ConfLike, merge_strict, to_container
 
 MODELS: dict[str, str] = {
     "two_view": "featmatch_core.train.two_view:TwoViewModel",
@@ -33,6 +36,7 @@ MODELS: dict[str, str] = {
 
 DATASETS: dict[str, str] = {
     "homographies": "featmatch_core.datasets.homographies:build_homography_datasets",
+    "megadepth": "featmatch_core.datasets.megadepth_train:build_megadepth_datasets",
     "toy": "featmatch_core.train.toy:build_toy_datasets",
 }
 
@@ -61,11 +65,30 @@ def _entry(table: dict[str, str], section: str, conf: ConfLike) -> str:
     return table[name]
 
 
-def check_names(conf: ConfLike) -> None:
-    """Fail fast (before any folder is created) on unknown model or data names."""
+def check_component(kind: str, conf: ConfLike, where: str) -> None:
+    """An ``extractor`` / ``matcher`` config names a registered model and only keys of its
+    defaults, with the right types (checked without importing weights or building it)."""
+    from ..models import REGISTRY, get_model
+
     plain = to_container(conf)
-    _entry(MODELS, "model", plain.get("model") or {})
-    _entry(DATASETS, "data", plain.get("data") or {})
+    name = plain.get("name")
+    if name not in REGISTRY[kind]:
+        raise ConfigError(f"{where}.name: unknown {kind} {name!r}, expected one of {sorted(REGISTRY[kind])}")
+    merge_strict(get_model(kind, name).full_default_conf(), plain, owner=f"{where} ({name})")
+
+
+def check_names(conf: ConfLike) -> None:
+    """Fail fast (before any folder is created) on unknown model or data names, on a model
+    section its class's ``check_conf`` rejects, and on a bad ``data.features`` extractor."""
+    plain = to_container(conf)
+    model = plain.get("model") or {}
+    checker = getattr(resolve_callable(_entry(MODELS, "model", model), "model"), "check_conf", None)
+    if callable(checker):
+        checker(model)
+    data = plain.get("data") or {}
+    _entry(DATASETS, "data", data)
+    if isinstance(data.get("features"), Mapping):
+        check_component("extractor", data["features"], "data.features")
 
 
 def _section(conf: ConfLike, key: str) -> DictConfig:

@@ -2,11 +2,13 @@
 
 The matcher is the very LightGlue used for inference (``featmatch_core.models``); this
 wrapper only adds ground-truth labelling and the loss. Batches carry features (computed by
-the dataset with a frozen extractor) and the geometry (``H_0to1``; depth-based ground truth
-comes with the MegaDepth data).
+the dataset with a frozen extractor) and the geometry: ``H_0to1`` (synthetic homographies)
+or depth maps, intrinsics and relative pose (MegaDepth).
 
 Batch keys: ``keypoints{0,1}`` (B, N, 2), ``descriptors{0,1}``, ``keypoint_mask{0,1}``,
-``image_size{0,1}``, optional ``scales{0,1}``/``oris{0,1}``, and ``H_0to1`` (B, 3, 3).
+``image_size{0,1}``, optional ``scales{0,1}``/``oris{0,1}``, and either ``H_0to1`` (B, 3, 3)
+or ``depth{0,1}`` (B, H, W; 0 = no depth, may be padded beyond ``image_size``), ``K{0,1}``
+(B, 3, 3) and ``T_0to1`` (B, 4, 4).
 """
 
 from __future__ import annotations
@@ -17,18 +19,22 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ConfLike, merge_strict, to_container
-from ..geometry.gt_matches import gt_matches_from_homography
+from ..geometry.depth import invert_transform, reproject
+from ..geometry.gt_matches import IGNORE, UNMATCHED, gt_matches_from_depth, gt_matches_from_homography
 from ..models import build_model
 from .losses import lightglue_loss
 
-FEATURE_KEYS = ("keypoints", "descriptors", "keypoint_scores", "keypoint_mask", "image_size", "scales", "oris")
+FEATURE_KEYS = ("keypoints", "descriptors", "keypoint_scores", "keypoint_mask", "image_size", "scales",
+                "oris")
+DEPTH_KEYS = ("depth0", "depth1", "K0", "K1", "T_0to1")
 
 
 class TwoViewModel(nn.Module):
     default_conf: dict[str, Any] = {
         "name": "two_view",
         "matcher": {"name": "lightglue"},
-        "ground_truth": {"th_positive": 3.0, "th_negative": 5.0},
+        # depth_consistency: relative depth difference beyond which a reprojected point is occluded
+        "ground_truth": {"th_positive": 3.0, "th_negative": 5.0, "depth_consistency": 0.05},
         "loss": {"nll_balancing": 0.5, "gamma": 1.0, "confidence_weight": 1.0},
         "pretrained": True,  # load the matcher's conf.weights (False: random initialisation)
     }
@@ -50,13 +56,32 @@ class TwoViewModel(nn.Module):
         views = tuple({k: batch[f"{k}{i}"] for k in FEATURE_KEYS if f"{k}{i}" in batch} for i in (0, 1))
         return views[0], views[1]
 
+    @classmethod
+    def check_conf(cls, conf: ConfLike) -> None:
+        """Validate without building anything (the trainer calls it before any work)."""
+        from .registry import check_component
+
+        merged = merge_strict(cls.default_conf, conf, owner="model (two_view)", open_keys=("matcher",))
+        check_component("matcher", merged.matcher, "model.matcher")
+
     def ground_truth(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        if "H_0to1" not in batch:
-            raise KeyError("TwoViewModel: the batch has no ground truth ('H_0to1')")
+        """Labels from ``H_0to1``, else from depth maps and poses (see the module docstring)."""
         gt = self.conf.ground_truth
-        return gt_matches_from_homography(batch["keypoints0"], batch["keypoints1"], batch["H_0to1"],
-                                          pos_th=gt.th_positive, neg_th=gt.th_negative,
-                                          mask0=batch.get("keypoint_mask0"), mask1=batch.get("keypoint_mask1"))
+        masks = {"mask0": batch.get("keypoint_mask0"), "mask1": batch.get("keypoint_mask1")}
+        if "H_0to1" in batch:
+            return gt_matches_from_homography(batch["keypoints0"], batch["keypoints1"], batch["H_0to1"],
+                                              pos_th=gt.th_positive, neg_th=gt.th_negative, **masks)
+        missing = [k for k in DEPTH_KEYS if k not in batch]
+        if missing:
+            raise KeyError(f"TwoViewModel: the batch has no ground truth: no 'H_0to1', and {missing} are "
+                           "missing for depth-based labels")
+        out = gt_matches_from_depth(batch["keypoints0"], batch["keypoints1"], batch["depth0"],
+                                    batch["depth1"], batch["K0"], batch["K1"], batch["T_0to1"],
+                                    pos_th=gt.th_positive, neg_th=gt.th_negative,
+                                    depth_consistency=gt.depth_consistency, **masks)
+        for i in (0, 1):
+            out[f"gt_matches{i}"] = label_outside_unmatched(out[f"gt_matches{i}"], batch, i)
+        return out
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         view0, view1 = self.split_views(batch)
@@ -66,7 +91,8 @@ class TwoViewModel(nn.Module):
         pred["gt_matches0"], pred["gt_matches1"] = gt["gt_matches0"], gt["gt_matches1"]
         return pred
 
-    def loss(self, pred: dict[str, Any], batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def loss(self, pred: dict[str, Any], batch: dict[str, Tensor]
+             ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         gt0, gt1 = pred["gt_matches0"], pred["gt_matches1"]
         valid0 = batch.get("keypoint_mask0", torch.ones_like(gt0, dtype=torch.bool))
         valid1 = batch.get("keypoint_mask1", torch.ones_like(gt1, dtype=torch.bool))
@@ -79,6 +105,22 @@ class TwoViewModel(nn.Module):
             anchor = sum(p.sum() for p in self.matcher.parameters() if p.requires_grad) * 0.0
             losses["total"] = losses["total"] + anchor
         return losses, match_metrics(pred["matches0"], gt0)
+
+
+def label_outside_unmatched(labels: Tensor, batch: dict[str, Tensor], i: int) -> Tensor:
+    """Depth maps padded beyond ``image_size``: a keypoint of image i with depth whose reprojection
+    leaves the real image j lands in the padding, where there is no depth, and is labelled
+    unknown (-2) by the depth labelling; it is in fact unmatchable (-1)."""
+    j = 1 - i
+    if f"image_size{j}" not in batch:
+        return labels
+    T = batch["T_0to1"] if i == 0 else invert_transform(batch["T_0to1"])
+    points, _, valid = reproject(batch[f"keypoints{i}"], batch[f"depth{i}"], batch[f"K{i}"],
+                                 batch[f"K{j}"], T)
+    size = batch[f"image_size{j}"].to(points.dtype)[:, None, :]  # (B, 1, 2) = (W, H)
+    outside = ((points < -0.5) | (points >= size - 0.5)).any(-1) & valid
+    mask = batch.get(f"keypoint_mask{i}", torch.ones_like(valid))
+    return torch.where((labels == IGNORE) & outside & mask.bool(), torch.full_like(labels, UNMATCHED), labels)
 
 
 def match_metrics(matches0: Tensor, gt_matches0: Tensor) -> dict[str, Tensor]:
