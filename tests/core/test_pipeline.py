@@ -174,6 +174,29 @@ def test_offline_falls_back_to_bundled_matcher(tmp_path, monkeypatch, synthetic_
     assert pipe.match(*synthetic_pair[:2]).keypoints0.shape == (128, 2)
 
 
+def test_shipped_weights_are_the_offline_default_and_beat_nn(tmp_path, monkeypatch, synthetic_pair, sift_nn):
+    """The named config, offline and with an empty cache, runs on the bundled trained matcher;
+    with the same keypoints it finds more correct matches than mutual NN + ratio test."""
+    from featmatch_core import weights
+
+    monkeypatch.setenv("FEATMATCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("FEATMATCH_OFFLINE", "1")
+    pipe = featmatch_core.load("sift+lightglue", ["extractor.max_num_keypoints=2048"])
+    assert weights.bundled_dir().joinpath("sift_lightglue_cpu.pth").is_file()
+    assert pipe.matcher.conf.weights == "sift_lightglue_cpu" and pipe.matcher.conf.n_layers == 6
+    image0, image1, H = synthetic_pair
+    correct = {}
+    for name, p in (("lightglue", pipe), ("nn", sift_nn)):
+        pred = p.match(image0, image1)
+        err = np.linalg.norm(warp_points(pred.points0, H) - pred.points1, axis=1)
+        correct[name] = int((err < 3).sum())
+        if name == "lightglue":
+            assert (err < 3).mean() > 0.7
+            est = opencv_homography(pred.points0, pred.points1, threshold=3.0)
+            assert est["success"] and corner_error(est["model"], H, (640, 480)) < 3.0
+    assert correct["lightglue"] > correct["nn"], correct
+
+
 def test_missing_bundled_weights_is_a_clear_error(tmp_path, monkeypatch):
     from featmatch_core import weights
 
