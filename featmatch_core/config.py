@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
-ConfLike = Union[Mapping[str, Any], DictConfig, None]
+ConfLike = Mapping[str, Any] | DictConfig | None
 
 
 class ConfigError(ValueError):

@@ -6,12 +6,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import cv2
 import numpy as np
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:

@@ -47,7 +47,7 @@ def draw_matches(image0: np.ndarray, image1: np.ndarray, keypoints0: np.ndarray,
         colors = np.tile(np.array([[0, 200, 0]], np.uint8), (len(matches), 1))
     pts0 = np.asarray(keypoints0)[matches[:, 0]]
     pts1 = np.asarray(keypoints1)[matches[:, 1]] + offset
-    for p0, p1, c in zip(pts0, pts1, colors):
+    for p0, p1, c in zip(pts0, pts1, colors, strict=False):
         a = (int(round(p0[0])), int(round(p0[1])))
         b = (int(round(p1[0])), int(round(p1[1])))
         cv2.line(canvas, a, b, tuple(int(v) for v in c), 1, cv2.LINE_AA)

@@ -78,7 +78,8 @@ class HPatches(PairDataset):
             if self.conf.download:
                 how = manual_instructions([URL], archive, parent, parent.parent / archive)
             else:
-                how = "  Set download=true to fetch it automatically, or:\n" + manual_instructions([URL], archive, parent)
+                how = ("  Set download=true to fetch it automatically, or:\n"
+                       + manual_instructions([URL], archive, parent))
             fetch = (lambda: fetch_archive(URL, SHA256, parent, what="HPatches")) if self.conf.download else None
             ensure_dataset(parent, [RELEASE], fetch, what="HPatches", how=how)
             sequences = self._locate()

@@ -124,7 +124,8 @@ class MegaDepth1500(PairDataset):
             if self.conf.download:
                 how = manual_instructions([URL], archive, parent, parent.parent / archive)
             else:
-                how = "  Set download=true to fetch it automatically, or:\n" + manual_instructions([URL], archive, parent)
+                how = ("  Set download=true to fetch it automatically, or:\n"
+                       + manual_instructions([URL], archive, parent))
             fetch = (lambda: fetch_archive(URL, SHA256, parent, what="MegaDepth-1500")) if self.conf.download else None
             ensure_dataset(parent, [f"{FOLDER}/images", f"{FOLDER}/{pairs_file}"], fetch, what="MegaDepth-1500",
                            how=how)

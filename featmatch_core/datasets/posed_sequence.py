@@ -85,8 +85,8 @@ def read_depth(path: Path) -> np.ndarray:
 
 class PosedSequence(PairDataset):
     """Pairs of a posed sequence: ``K0``, ``K1``, ``T_0to1``, ``depth0``/``depth1`` (when the
-    depth folder exists; None if unreadable, see ``depth_error``), ``scene`` (the root folder's name), ``gap`` (frame index
-    difference) and ``covis`` (from the pairs file, else None)."""
+    depth folder exists; None if unreadable, see ``depth_error``), ``scene`` (the root folder's
+    name), ``gap`` (frame index difference) and ``covis`` (from the pairs file, else None)."""
 
     default_conf: ClassVar[dict[str, Any]] = {
         **BASE_CONF,

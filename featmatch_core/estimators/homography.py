@@ -50,7 +50,8 @@ class HomographyEstimator(BaseEstimator):
 class OpenCVHomography(HomographyEstimator):
     """cv2.findHomography; ``method`` in OPENCV_METHODS."""
 
-    default_conf: ClassVar[dict[str, Any]] = {**HomographyEstimator.default_conf, "name": "opencv", "method": "usac_magsac"}
+    default_conf: ClassVar[dict[str, Any]] = {
+        **HomographyEstimator.default_conf, "name": "opencv", "method": "usac_magsac"}
     backend_errors = HomographyEstimator.backend_errors + (cv2.error,)
 
     def __init__(self, conf=None):

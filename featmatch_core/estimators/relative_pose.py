@@ -84,7 +84,8 @@ class RelativePoseEstimator(BaseEstimator):
 class OpenCVRelativePose(RelativePoseEstimator):
     """cv2.findEssentialMat + cv2.recoverPose on K-normalised points."""
 
-    default_conf: ClassVar[dict[str, Any]] = {**RelativePoseEstimator.default_conf, "name": "opencv", "method": "usac_default"}
+    default_conf: ClassVar[dict[str, Any]] = {
+        **RelativePoseEstimator.default_conf, "name": "opencv", "method": "usac_default"}
     backend_errors = RelativePoseEstimator.backend_errors + (cv2.error,)
 
     def __init__(self, conf=None):
@@ -163,7 +164,8 @@ class FundamentalEstimator(BaseEstimator):
 class OpenCVFundamental(FundamentalEstimator):
     """cv2.findFundamentalMat; ``method``: ransac (FM_RANSAC), lmeds, usac_* (default usac_default)."""
 
-    default_conf: ClassVar[dict[str, Any]] = {**FundamentalEstimator.default_conf, "name": "opencv", "method": "usac_default"}
+    default_conf: ClassVar[dict[str, Any]] = {
+        **FundamentalEstimator.default_conf, "name": "opencv", "method": "usac_default"}
     backend_errors = FundamentalEstimator.backend_errors + (cv2.error,)
 
     def __init__(self, conf=None):

@@ -29,7 +29,8 @@ BENCHMARK = runner.Benchmark(
     main_key="corner_error_auc_mean",
     table_keys=("corner_error_auc@1", "corner_error_auc@3", "corner_error_auc@5",
                 "corner_error_dlt_auc@1", "corner_error_dlt_auc@3", "corner_error_dlt_auc@5",
-                "precision@1px", "precision@3px", "correct@3px", "num_keypoints", "num_matches", "num_inliers", "ransac_th",
+                "precision@1px", "precision@3px", "correct@3px", "num_keypoints", "num_matches", "num_inliers",
+                "ransac_th",
                 "num_pairs"),
 )
 

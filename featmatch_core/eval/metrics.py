@@ -85,7 +85,7 @@ def auc_at(errors: Iterable[float], thresholds: str | Sequence[float] = "pose",
         if thresholds not in NAMED_THRESHOLDS:
             raise ValueError(f"unknown threshold set '{thresholds}', expected {sorted(NAMED_THRESHOLDS)} or a list")
         thresholds = NAMED_THRESHOLDS[thresholds]
-    return {f"{prefix}@{t:g}": v for t, v in zip(thresholds, pose_auc(errors, thresholds))}
+    return {f"{prefix}@{t:g}": v for t, v in zip(thresholds, pose_auc(errors, thresholds), strict=False)}
 
 
 def mAA(errors: Iterable[float], thresholds: Sequence[float] = MAA_THRESHOLDS) -> float:

@@ -4,7 +4,6 @@ does not pull in kornia, pycolmap or other optional back ends."""
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Dict, Type
 
 from ..config import ConfLike, to_container
 from .base import BaseModel

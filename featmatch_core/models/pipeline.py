@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from ..weights import WeightsUnavailableError
 from . import build_model
 from .extractors.base import Extractor, Features
 
-Overrides = Union[Sequence[str], Mapping[str, Any], DictConfig, None]
+Overrides = Sequence[str] | Mapping[str, Any] | DictConfig | None
 OPEN_KEYS = ("extractor", "matcher", "fallback_matcher")  # validated by the models themselves
 logger = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ def confidence_loss(token_confidences0: list[Tensor], token_confidences1: list[T
     final0 = predicted_matches(log_assignments[-1].detach())
     final1 = predicted_matches(log_assignments[-1].detach().transpose(1, 2))
     losses = []
-    for layer, (c0, c1) in enumerate(zip(token_confidences0, token_confidences1)):
+    for layer, (c0, c1) in enumerate(zip(token_confidences0, token_confidences1, strict=False)):
         la = log_assignments[layer].detach()
         same0 = (predicted_matches(la) == final0).float()
         same1 = (predicted_matches(la.transpose(1, 2)) == final1).float()
@@ -78,7 +78,7 @@ def lightglue_loss(pred: dict, gt_matches0: Tensor, gt_matches1: Tensor, valid0:
     weights = torch.tensor([gamma ** (len(layers) - 1 - i) for i in range(len(layers))])
     weights = weights / weights.sum()
     per_layer = [assignment_nll(la, gt_matches0, gt_matches1, balancing) for la in layers]
-    assignment = sum(w * p["total"] for w, p in zip(weights.tolist(), per_layer))
+    assignment = sum(w * p["total"] for w, p in zip(weights.tolist(), per_layer, strict=False))
     confidence = confidence_loss(pred.get("token_confidence0", []), pred.get("token_confidence1", []),
                                  layers, valid0.float(), valid1.float())
     return {"total": assignment + confidence_weight * confidence, "assignment": assignment,

@@ -55,7 +55,8 @@ def _write_matrix(path: Path, matrix: np.ndarray) -> None:
 
 def _homography(seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    H = np.eye(3) + np.diag([0.1, -0.05, 0.0]) + rng.uniform(-0.05, 0.05, (3, 3)) * [[1, 1, 40], [1, 1, 40], [1e-3, 1e-3, 0]]
+    scale = [[1, 1, 40], [1, 1, 40], [1e-3, 1e-3, 0]]
+    H = np.eye(3) + np.diag([0.1, -0.05, 0.0]) + rng.uniform(-0.05, 0.05, (3, 3)) * scale
     return H / H[2, 2]
 
 
@@ -127,7 +128,7 @@ def test_hpatches_single_folder_like_shared_graffiti(tmp_path: Path) -> None:
 def test_hpatches_resize_short_side_rescales_H(hpatches_root: Path) -> None:
     raw = HPatches(root=hpatches_root, resize=None, subset="i")
     small = HPatches(root=hpatches_root, resize=24, resize_side="short", subset="i")
-    for a, b in zip(raw, small):
+    for a, b in zip(raw, small, strict=False):
         assert min(b["image_size0"]) == 24 and min(b["image_size1"]) == 24
         assert b["image0"].shape[1::-1] == b["image_size0"]
         assert b["original_image_size1"] == a["image_size1"]
@@ -193,7 +194,8 @@ def megadepth_root(tmp_path: Path) -> Path:
     R, t = _rotation(1), np.array([0.5, -0.1, 0.2])
     T = np.eye(4)
     T[:3, :3], T[:3, 3] = R, t
-    fmt = lambda a: " ".join(f"{v:.10f}" for v in np.ravel(a))
+    def fmt(a):
+        return " ".join(f"{v:.10f}" for v in np.ravel(a))
     lines = [f"0015/a.jpg 0015/b.jpg {fmt(K)} {fmt(K * [[1], [1], [1]])} {fmt(R)} {fmt(t)}",
              f"0022/c.jpg 0022/d.jpg {fmt(K)} {fmt(K)} {fmt(T)}"]
     (folder / "pairs_calibrated.txt").write_text("\n".join(lines) + "\n")
@@ -221,7 +223,8 @@ def test_megadepth_pairs_K_scaling_and_depth(megadepth_root: Path) -> None:
     # the same through the resize map of a projected point: K' X = resize(K_opencv X)
     X = np.array([[0.3, -0.2, 2.0], [-1.0, 0.5, 5.0]])
     K_cv = K - [[0, 0, 0.5], [0, 0, 0.5], [0, 0, 0]]
-    project = lambda K_, X_: (X_ @ K_.T)[:, :2] / X_[:, 2:]
+    def project(K_, X_):
+        return (X_ @ K_.T)[:, :2] / X_[:, 2:]
     np.testing.assert_allclose(project(item["K0"], X), _resize_points(project(K_cv, X), (80, 60), (40, 30)))
     depth = item["depth0"]
     assert depth.dtype == np.float32 and depth.shape == (30, 40)
