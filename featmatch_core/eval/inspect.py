@@ -34,15 +34,17 @@ from .metrics import epipolar_errors
 def benchmark_by_name(name: str) -> runner.Benchmark:
     from dataclasses import replace
 
-    from . import hpatches, megadepth1500, sequence
+    from . import homographies, hpatches, megadepth1500, sequence
 
     if name == "hpatches":
         return hpatches.BENCHMARK
     if name == "megadepth1500":
         return megadepth1500.BENCHMARK
+    if name == "homographies":
+        return homographies.BENCHMARK
     if name.startswith("sequence_"):
         return replace(sequence.BENCHMARK, name=name)
-    raise ValueError(f"unknown benchmark '{name}': hpatches, megadepth1500 or sequence_<folder>")
+    raise ValueError(f"unknown benchmark '{name}': hpatches, megadepth1500, homographies or sequence_<folder>")
 
 
 class RunResults:
@@ -204,7 +206,7 @@ def interactive(runs: Sequence[RunResults], px: float) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m featmatch_core.eval.inspect", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("benchmark", help="hpatches, megadepth1500 or sequence_<folder>")
+    parser.add_argument("benchmark", help="hpatches, megadepth1500, homographies or sequence_<folder>")
     parser.add_argument("configs", nargs="+", help="result tags (config names) to compare")
     parser.add_argument("--save", type=Path, default=None, help="write PNGs to this folder (headless)")
     parser.add_argument("--estimator", default=None, help="which evaluation (e.g. poselib); default newest")
