@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -104,8 +105,8 @@ def build_toy_datasets(conf: ConfLike) -> tuple[ToyDataset, ToyDataset]:
             ToyDataset(x[conf.size:], y[conf.size:], 0.0))
 
 
-def benchmark(model: nn.Module) -> dict[str, float]:
-    """A ``train.run_benchmarks`` example: receives the bare model, returns scalars."""
+def benchmark(model: nn.Module, conf: DictConfig) -> dict[str, float]:
+    """A ``train.run_benchmarks`` example: receives the bare model and the config, returns scalars."""
     with torch.no_grad():
         norm = torch.sqrt(sum((p.float() ** 2).sum() for p in model.parameters()))
     return {"weight_norm": float(norm)}

@@ -75,7 +75,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "world_size": None,  # --distributed: processes (None: all GPUs, or 2 on CPU)
     "ddp_find_unused_parameters": False,
-    "run_benchmarks": [],  # "module:function" called with the model after each epoch
+    "run_benchmarks": [],  # "module:function"s called with (model, config) after each epoch, e.g.
+    # featmatch_core.train.benchmarks:homographies
     "resume_skip": "auto",  # auto | replay | sampler: how --restore skips the batches already done
 }
 CONFIG_DEFAULTS: dict[str, Any] = {"data": {}, "model": {}, "train": TRAIN_DEFAULTS}
@@ -614,7 +615,7 @@ class Trainer:
         return results
 
     def run_benchmarks(self) -> dict[str, float]:
-        """Call each ``train.run_benchmarks`` function with the bare model (process 0 only)."""
+        """Call each ``train.run_benchmarks`` function with the bare model and the config (process 0 only)."""
         results: dict[str, float] = {}
         if self.is_main and self.benchmarks:
             was_training = self.model.training
@@ -624,7 +625,7 @@ class Trainer:
                     for spec, fn in self.benchmarks:
                         module, attr = spec.split(":")
                         prefix = f"{module.rsplit('.', 1)[-1]}.{attr}"
-                        for key, value in (fn(self.model) or {}).items():
+                        for key, value in (fn(self.model, self.conf) or {}).items():
                             scalar = torch.is_tensor(value) and value.numel() == 1
                             if isinstance(value, (int, float)) or scalar:
                                 results[f"{prefix}/{key}"] = float(value)

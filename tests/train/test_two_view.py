@@ -115,3 +115,25 @@ def test_overfit_fixed_batch_reduces_loss(photo_dir):
         opt.step()
         history.append(losses["total"].mean().item())
     assert history[-1] < 0.6 * history[0]
+
+
+def test_run_benchmarks_scores_the_trained_matcher_on_held_out_photos(photo_dir):
+    from omegaconf import OmegaConf
+
+    from featmatch_core.train import benchmarks
+
+    conf = OmegaConf.create({"data": {**data_conf(photo_dir, val_fraction=0.25), "name": "homographies"},
+                             "model": {"name": "two_view", "matcher": MATCHER}})
+    model = TwoViewModel({"matcher": MATCHER, "pretrained": False})
+    pipe = benchmarks.inference_pipeline(model, conf)
+    assert not pipe.matcher.conf.get("return_all_layers", False)  # inference mode, not training mode
+    for key, value in model.matcher.state_dict().items():
+        assert torch.equal(pipe.matcher.state_dict()[key], value)
+    old = benchmarks.BENCHMARK_PAIRS
+    benchmarks.BENCHMARK_PAIRS = 2
+    try:
+        results = benchmarks.homographies(model, conf)
+    finally:
+        benchmarks.BENCHMARK_PAIRS = old
+    assert {"corner_error_auc@5", "precision@3px", "num_matches"} <= set(results)
+    assert all(isinstance(v, float) for v in results.values())
