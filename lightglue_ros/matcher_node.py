@@ -39,6 +39,7 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException
+from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -126,6 +127,7 @@ class MatcherNodeBase(Node):
 
     def __init__(self, name: str, types: Any = None) -> None:
         super().__init__(name)
+        self.closing = False
         self.log = RosLog(self.get_logger())
         self.values = declare_parameters(self, self.schema)
         self.core = self.make_core(self.values, types or RclpyTypes())  # loads the model, once
@@ -167,6 +169,9 @@ class MatcherNodeBase(Node):
         return bool(self.core.params["publish_debug_image"]) and self.pub_debug.get_subscription_count() > 0
 
     def destroy_node(self) -> None:
+        # a frame still being processed (longer than the join timeout on a slow CPU) must not
+        # publish on publishers that are being destroyed
+        self.closing = True
         self.worker.stop(drain=False, timeout=5.0)
         super().destroy_node()
 
@@ -214,7 +219,7 @@ class MatcherNode(MatcherNodeBase):
         result = self.core.process(
             item.image, item.info, item.depth, received_ns=item.received_ns, want_debug=want_debug
         )
-        if result.skipped:
+        if result.skipped or self.closing:
             return
         for publisher, msg in (
             (self.pub_matches, result.matches),
@@ -233,16 +238,28 @@ class MatcherNode(MatcherNodeBase):
 
 
 def run(node_class: type, args: list[str] | None = None) -> int:
+    """rclpy.init, the node, spin until Ctrl-C / SIGTERM / external shutdown, clean up.
+
+    A node that cannot start (bad parameters, parameter overrides rclpy refuses for their type
+    or range, a model / weights / device problem) is reported in one line, exit status 1: no
+    traceback, which stays available at debug level (``--ros-args --log-level debug``).
+    """
     rclpy.init(args=args)
     node = None
+    logger = get_logger(getattr(node_class, "schema", node_class.__name__))
     try:
-        node = node_class()
+        try:
+            node = node_class()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            raise
+        except Exception as err:  # noqa: BLE001 (start-up failures of any kind)
+            what = "bad parameters" if isinstance(err, P.ParamError) else "cannot start"
+            logger.debug(traceback.format_exc())
+            logger.fatal(f"{node_class.__name__}: {what}: {type(err).__name__}: {err}")
+            return 1
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except P.ParamError as err:
-        print(f"{node_class.__name__}: bad parameters: {err}", file=sys.stderr)
-        return 1
     finally:
         if node is not None:
             node.destroy_node()

@@ -76,7 +76,7 @@ class StereoMatcherNode(MatcherNodeBase):
             received_ns=item.received_ns,
             want_debug=want_debug,
         )
-        if result.skipped:
+        if result.skipped or self.closing:
             return
         self.pub_matches.publish(result.matches)
         self.pub_points.publish(result.cloud)
