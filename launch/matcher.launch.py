@@ -2,18 +2,51 @@
 
 Arguments: namespace (of the node and its topics), config (parameter file, default the
 installed config/matcher.yaml), image / camera_info / depth (topics remapped to the node's
-'image', 'camera_info', 'depth'), device (auto | cuda | cpu, overrides the file), use_sim_time
-(true when replaying a bag with --clock), log_level.
+'image', 'camera_info', 'depth'), extractor / matcher / device (override the parameter file
+when given; empty, the default, keeps the file's value), use_sim_time (true when replaying a
+bag with --clock), log_level.
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
+
+# launch arguments that override the parameter file only when given (empty: the file's value)
+MODEL_ARGUMENTS = {
+    "extractor": ("sift", "superpoint", "aliked", "disk"),
+    "matcher": ("nn", "lightglue"),
+    "device": ("auto", "cuda", "cpu"),
+}
+
+
+def _node(context):
+    overrides = {}
+    for name in MODEL_ARGUMENTS:
+        value = LaunchConfiguration(name).perform(context)
+        if value:
+            overrides[name] = value
+    overrides["use_sim_time"] = LaunchConfiguration("use_sim_time").perform(context) == "true"
+    return [
+        Node(
+            package="lightglue_ros",
+            executable="matcher_node",
+            name="matcher",
+            namespace=LaunchConfiguration("namespace"),
+            parameters=[LaunchConfiguration("config"), overrides],
+            remappings=[
+                ("image", LaunchConfiguration("image")),
+                ("camera_info", LaunchConfiguration("camera_info")),
+                ("depth", LaunchConfiguration("depth")),
+            ],
+            arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+            output="screen",
+            emulate_tty=True,
+        )
+    ]
 
 
 def generate_launch_description():
@@ -37,7 +70,22 @@ def generate_launch_description():
             description="aligned depth topic (used with use_depth: true)",
         ),
         DeclareLaunchArgument(
-            "device", default_value="auto", choices=["auto", "cuda", "cpu"], description="compute device"
+            "extractor",
+            default_value="",
+            choices=["", *MODEL_ARGUMENTS["extractor"]],
+            description="feature extractor (empty: the parameter file's)",
+        ),
+        DeclareLaunchArgument(
+            "matcher",
+            default_value="",
+            choices=["", *MODEL_ARGUMENTS["matcher"]],
+            description="matcher (empty: the parameter file's; lightglue needs weights)",
+        ),
+        DeclareLaunchArgument(
+            "device",
+            default_value="",
+            choices=["", *MODEL_ARGUMENTS["device"]],
+            description="compute device (empty: the parameter file's)",
         ),
         DeclareLaunchArgument(
             "use_sim_time",
@@ -47,25 +95,4 @@ def generate_launch_description():
         ),
         DeclareLaunchArgument("log_level", default_value="info", description="ROS log level"),
     ]
-    node = Node(
-        package="lightglue_ros",
-        executable="matcher_node",
-        name="matcher",
-        namespace=LaunchConfiguration("namespace"),
-        parameters=[
-            LaunchConfiguration("config"),
-            {
-                "device": LaunchConfiguration("device"),
-                "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
-            },
-        ],
-        remappings=[
-            ("image", LaunchConfiguration("image")),
-            ("camera_info", LaunchConfiguration("camera_info")),
-            ("depth", LaunchConfiguration("depth")),
-        ],
-        arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
-        output="screen",
-        emulate_tty=True,
-    )
-    return LaunchDescription([*arguments, node])
+    return LaunchDescription([*arguments, OpaqueFunction(function=_node)])

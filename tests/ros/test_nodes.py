@@ -7,7 +7,9 @@
 """
 
 import ast
+import collections
 import importlib
+import os
 import sys
 import threading
 import time
@@ -74,8 +76,10 @@ def test_launch_files_declare_the_arguments():
             and getattr(node.func, "id", "") == "DeclareLaunchArgument"
             and isinstance(node.args[0], ast.Constant)
         }
-        declared |= set(remaps) if "topics.items()" in text else set()
-        assert {"namespace", "config", "device", "use_sim_time"} | remaps <= declared, declared
+        declared |= set(remaps) if "TOPICS.items()" in text else set()
+        assert {"namespace", "config", "extractor", "matcher", "device", "use_sim_time"} | remaps <= declared, (
+            declared
+        )
         assert f'"{name}_node"' in text and f'"{name}.yaml"' in text and "generate_launch_description" in text
 
 
@@ -201,6 +205,7 @@ def _fake_ros_modules():
             init=lambda args=None: None, ok=lambda: False, shutdown=lambda: None, spin=lambda node: None
         ),
         "rclpy.node": types.SimpleNamespace(Node=_Node),
+        "rclpy.logging": types.SimpleNamespace(get_logger=lambda name: _Logger()),
         "rclpy.executors": types.SimpleNamespace(
             ExternalShutdownException=type("ExternalShutdownException", (Exception,), {})
         ),
@@ -347,38 +352,151 @@ def test_stereo_node_wiring(node_modules):
 
 
 # ---- the real thing, on a ROS 2 machine -----------------------------------------------------------
-def test_real_rclpy_matcher_node():
+def _real_rclpy():
+    """The real rclpy and the message packages the node uses, or skip (CI has none of them)."""
     rclpy = pytest.importorskip("rclpy")
-    from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import Image as RosImage
-    from sensor_msgs.msg import PointCloud2 as RosPointCloud2
+    for module in ("sensor_msgs.msg", "nav_msgs.msg", "diagnostic_msgs.msg", "tf2_ros", "message_filters"):
+        pytest.importorskip(module)
+    if isinstance(rclpy, types.SimpleNamespace):  # a stand-in left behind
+        pytest.skip("rclpy is a stand-in")
+    return rclpy
 
+
+def _spin_until(condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+@pytest.mark.timeout(300)
+def test_real_rclpy_matcher_node():
+    """MatcherNode in a real rclpy graph: a peer node publishes synthetic frames (Image + CameraInfo,
+    sensor-data QoS) and checks matches / matches_info / relative_pose / odometry / tf / debug_image /
+    /diagnostics, runtime parameter rules and a bad frame being skipped."""
+    rclpy = _real_rclpy()
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from nav_msgs.msg import Odometry
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from tf2_msgs.msg import TFMessage
+
+    from featmatch_core.geometry.epipolar import relative_pose_error
+
+    sys.modules.pop("lightglue_ros.matcher_node", None)  # import it on the real rclpy, not a stand-in
     from lightglue_ros.matcher_node import MatcherNode
 
-    rclpy.init()
+    namespace = f"/lightglue_test_{os.getpid()}"  # topics of their own, whatever else runs on this graph
+    rclpy.init(
+        args=["--ros-args", "-r", f"__ns:={namespace}", "-p", "max_keypoints:=512", "-p", "publish_tf:=true"]
+    )
+    executor = SingleThreadedExecutor()
+    node = peer = None
     try:
         node = MatcherNode()
         peer = rclpy.create_node("lightglue_test_peer")
-        got = []
-        peer.create_subscription(RosPointCloud2, "matches", got.append, 10)
-        pub = peer.create_publisher(RosImage, "image", 10)
-        executor = SingleThreadedExecutor()
+        got = collections.defaultdict(list)
+
+        def keep(name):
+            return lambda msg: got[name].append(msg)
+
+        for msg_type, topic in (
+            (PointCloud2, "matches"),
+            (DiagnosticArray, "matches_info"),
+            (PoseWithCovarianceStamped, "relative_pose"),
+            (Odometry, "odometry"),
+            (Image, "debug_image"),
+            (DiagnosticArray, "/diagnostics"),
+            (TFMessage, "/tf"),
+        ):
+            peer.create_subscription(msg_type, topic, keep(topic), 10)
+        pub_image = peer.create_publisher(Image, "image", qos_profile_sensor_data)
+        pub_info = peer.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)
         executor.add_node(node)
         executor.add_node(peer)
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
-        types_ = cv.RclpyTypes()
-        for f in synthetic.sequence(3, W, H, step=0.1, seed=4):
-            pub.publish(
-                cv.numpy_to_image(types_, f.image, "mono8", cv.make_header(types_, f.stamp_ns, "cam"))
-            )
-            time.sleep(0.5)
-        deadline = time.monotonic() + 30
-        while len(got) < 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert got and got[0].width > 0
-        executor.shutdown()
-        node.destroy_node()
-        peer.destroy_node()
+        assert _spin_until(
+            lambda: pub_image.get_subscription_count() > 0
+            and pub_info.get_subscription_count() > 0
+            and node.pub_matches.get_subscription_count() > 0
+            and node.pub_debug.get_subscription_count() > 0
+        ), "discovery"
+
+        T = cv.RclpyTypes()
+        frames = synthetic.sequence(4, W, H, step=0.1, seed=4)
+        header = cv.make_header(T, frames[0].stamp_ns, "cam")
+        assert _spin_until(
+            lambda: pub_info.publish(cv.make_camera_info(T, header, W, H, frames[0].K)) or node.camera_info
+        )
+        for i, f in enumerate(frames):
+            header = cv.make_header(T, f.stamp_ns, "cam")
+            pub_info.publish(cv.make_camera_info(T, header, W, H, f.K))
+            pub_image.publish(cv.numpy_to_image(T, f.image, "mono8", header))
+            assert _spin_until(lambda i=i: node.worker.counters()["frames_processed"] > i), f"frame {i}"
+        # a bad frame (unknown encoding) is skipped and counted; the node goes on
+        bad = cv.numpy_to_image(T, frames[0].image, "mono8", cv.make_header(T, frames[-1].stamp_ns + 10**8, "cam"))
+        bad.encoding = "yuv422_weird"
+        pub_image.publish(bad)
+        assert _spin_until(lambda: node.worker.counters()["frames_processed"] > len(frames))
+        assert node.core.counts["skipped"] == 1
+
+        n = len(frames) - 1  # the first frame is the reference
+        assert _spin_until(lambda: len(got["matches"]) >= n and len(got["relative_pose"]) >= n, 30)
+        assert _spin_until(lambda: len(got["odometry"]) >= len(frames) and len(got["matches_info"]) >= n, 30)
+        # matches: the documented fields, one point per match, pixels inside the image, most inliers
+        for msg in got["matches"]:
+            points = cv.pointcloud2_to_array(msg)
+            assert set(points.dtype.names) == {"x", "y", "z", "u0", "v0", "u1", "v1", "score", "idx0", "idx1", "inlier"}
+            assert len(points) > 50 and points["inlier"].mean() > 0.5
+            assert points["u0"].min() >= 0 and points["u1"].max() < W and points["v1"].max() < H
+            assert msg.header.frame_id == "cam"
+        # relative pose: the current camera in the reference one, as the generated motion says
+        stamps = [f.stamp_ns for f in frames]
+        for msg in got["relative_pose"]:
+            i = stamps.index(cv.header_ns(msg))
+            T_gt = frames[i].T_cam_world @ np.linalg.inv(frames[i - 1].T_cam_world)  # reference -> current
+            T_0to1 = np.linalg.inv(cv.pose_from_msg(msg.pose))
+            err_R, err_t = relative_pose_error(T_gt, T_0to1[:3, :3], T_0to1[:3, 3])
+            assert err_R < 2.0 and err_t < 15.0, (i, err_R, err_t)
+            assert np.linalg.norm(T_0to1[:3, 3]) == pytest.approx(1.0)  # monocular: unit translation
+            assert msg.header.frame_id == "cam"
+        info = cv.status_values(got["matches_info"][-1].status[0])
+        assert info["model"] == "sift+nn" and int(info["inliers"]) > 50 and info["pose"] == "True"
+        odom = got["odometry"][-1]
+        assert odom.header.frame_id == "odom" and odom.child_frame_id == "cam"
+        assert got["/tf"] and got["/tf"][-1].transforms[0].child_frame_id == "cam"  # publish_tf: true
+        assert got["debug_image"] and got["debug_image"][-1].encoding == "bgr8"  # someone subscribes
+        # /diagnostics (every second): this node's status with the counters
+        ours = f"{namespace}/matcher"
+        assert _spin_until(
+            lambda: any(
+                s.hardware_id == ours and cv.status_values(s).get("frames_processed") == str(len(frames) + 1)
+                for msg in got["/diagnostics"]
+                for s in msg.status
+            ),
+            10,
+        )
+        status = [s for msg in got["/diagnostics"] for s in msg.status if s.hardware_id == ours][-1]
+        values = cv.status_values(status)
+        assert values["frames_skipped"] == "1" and values["worker_errors"] == "0" and values["model"] == "sift+nn"
+
+        # runtime parameters: thresholds change, the model is read-only, out-of-range values are refused
+        assert node.set_parameters([Parameter("depth_confidence", value=0.9)])[0].successful
+        assert node.set_parameters([Parameter("ransac_threshold", value=2.0)])[0].successful
+        assert not node.set_parameters([Parameter("extractor", value="superpoint")])[0].successful
+        assert not node.set_parameters([Parameter("ransac_threshold", value=500.0)])[0].successful
+        result = node.set_parameters([Parameter("estimator", value="nope")])[0]
+        assert not result.successful and "estimator" in result.reason
+        assert node.get_parameter("extractor").value == "sift"
+        assert node.core.params["ransac_threshold"] == 2.0 and node.core.params["depth_confidence"] == 0.9
     finally:
+        executor.shutdown()
+        for n_ in (node, peer):
+            if n_ is not None:
+                n_.destroy_node()
         rclpy.shutdown()
+        sys.modules.pop("lightglue_ros.matcher_node", None)
