@@ -26,7 +26,9 @@ rclpy is imported here and in ``stereo_matcher_node`` only; the logic is ROS-fre
 
 from __future__ import annotations
 
+import re
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -51,10 +53,20 @@ from .frame_matcher import FrameMatcher, FrameWorker
 
 
 class RosLog:
-    """The logging interface the ROS-free core uses, on an rclpy logger."""
+    """The logging interface the ROS-free core uses, on an rclpy logger.
 
-    def __init__(self, logger: Any) -> None:
+    Warnings that repeat (the same text up to its numbers, e.g. every frame of a camera with an
+    unsupported encoding) are logged at most once per ``throttle_s`` seconds, with the count of
+    those left out; the first one is always logged.
+    """
+
+    _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+    def __init__(self, logger: Any, throttle_s: float = 5.0) -> None:
         self._logger = logger
+        self._throttle_s = throttle_s
+        self._last: dict[str, list] = {}  # warning key -> [monotonic time logged, repeats left out]
+        self._lock = threading.Lock()
 
     def debug(self, msg: str, *args: Any) -> None:
         self._logger.debug(msg % args if args else msg)
@@ -63,7 +75,21 @@ class RosLog:
         self._logger.info(msg % args if args else msg)
 
     def warning(self, msg: str, *args: Any) -> None:
-        self._logger.warning(msg % args if args else msg)
+        text = msg % args if args else msg
+        key = self._NUMBER.sub("#", text)
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last[0] < self._throttle_s:
+                last[1] += 1
+                return
+            left_out = last[1] if last is not None else 0
+            self._last[key] = [now, 0]
+            if len(self._last) > 256:  # keys of warnings long gone
+                self._last = {k: v for k, v in self._last.items() if now - v[0] < self._throttle_s}
+        if left_out:
+            text += f" ({left_out} similar warning(s) not shown since the last one)"
+        self._logger.warning(text)
 
     def error(self, msg: str, *args: Any) -> None:
         self._logger.error(msg % args if args else msg)

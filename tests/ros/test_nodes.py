@@ -327,6 +327,20 @@ def test_matcher_node_depth_sync_and_bad_parameters(node_modules):
         mono.MatcherNode(types=TYPES)
 
 
+def test_repeated_warnings_are_throttled(node_modules):
+    mono, _ = node_modules
+    logger = _Logger()
+    log = mono.RosLog(logger, throttle_s=0.3)
+    for i in range(5):  # a camera with an unsupported encoding: one warning per frame
+        log.warning(f"skipping frame at {i}.25: unsupported image encoding 'yuv422'")
+    log.warning("depth image ignored")  # another warning is not held back
+    time.sleep(0.35)
+    log.warning("skipping frame at 9.25: unsupported image encoding 'yuv422'")
+    texts = [text for level, text in logger.lines if level == "warning"]
+    assert len(texts) == 3 and texts[0].startswith("skipping frame at 0.25") and texts[1] == "depth image ignored"
+    assert texts[2].startswith("skipping frame at 9.25") and "4 similar warning(s) not shown" in texts[2]
+
+
 def test_stereo_node_wiring(node_modules):
     _, stereo = node_modules
     _Node.overrides = {"max_keypoints": 384}
