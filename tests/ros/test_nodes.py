@@ -514,3 +514,95 @@ def test_real_rclpy_matcher_node():
                 n_.destroy_node()
         rclpy.shutdown()
         sys.modules.pop("lightglue_ros.matcher_node", None)
+
+
+@pytest.mark.timeout(300)
+def test_real_rclpy_stereo_matcher_node():
+    """StereoMatcherNode in a real rclpy graph: left/right images and camera infos through
+    message_filters' ApproximateTimeSynchronizer, 3D points at the generated depth, a bad pair skipped."""
+    rclpy = _real_rclpy()
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+    for name in ("lightglue_ros.matcher_node", "lightglue_ros.stereo_matcher_node"):
+        sys.modules.pop(name, None)  # import them on the real rclpy, not a stand-in
+    from lightglue_ros.stereo_matcher_node import StereoMatcherNode
+
+    namespace = f"/lightglue_stereo_test_{os.getpid()}"
+    rclpy.init(args=["--ros-args", "-r", f"__ns:={namespace}", "-p", "max_keypoints:=512"])
+    executor = SingleThreadedExecutor()
+    node = peer = None
+    try:
+        node = StereoMatcherNode()
+        peer = rclpy.create_node("lightglue_stereo_test_peer")
+        got = collections.defaultdict(list)
+        for msg_type, topic in ((PointCloud2, "points"), (PointCloud2, "matches"), (DiagnosticArray, "/diagnostics")):
+            peer.create_subscription(msg_type, topic, lambda msg, topic=topic: got[topic].append(msg), 10)
+        pubs = [
+            peer.create_publisher(msg_type, topic, qos_profile_sensor_data)
+            for msg_type, topic in (
+                (Image, "left/image"),
+                (Image, "right/image"),
+                (CameraInfo, "left/camera_info"),
+                (CameraInfo, "right/camera_info"),
+            )
+        ]
+        executor.add_node(node)
+        executor.add_node(peer)
+        threading.Thread(target=executor.spin, daemon=True).start()
+        assert _spin_until(
+            lambda: all(p.get_subscription_count() > 0 for p in pubs)
+            and node.pub_points.get_subscription_count() > 0
+        ), "discovery"
+
+        T = cv.RclpyTypes()
+        baseline = 0.12
+        left, right, depth, K = synthetic.stereo_pair(baseline, W, H, seed=5)
+        P_right = np.hstack([K, [[-K[0, 0] * baseline], [0], [0]]])
+
+        def publish(stamp_ns, left_encoding="mono8"):
+            header = cv.make_header(T, stamp_ns, "left_optical")
+            left_msg = cv.numpy_to_image(T, left, "mono8", header)
+            left_msg.encoding = left_encoding
+            pubs[2].publish(cv.make_camera_info(T, header, W, H, K))
+            pubs[3].publish(cv.make_camera_info(T, cv.make_header(T, stamp_ns, "right_optical"), W, H, K, P=P_right))
+            pubs[1].publish(cv.numpy_to_image(T, right, "mono8", cv.make_header(T, stamp_ns, "right_optical")))
+            pubs[0].publish(left_msg)
+
+        stamp = 1_700_000_000_000_000_000
+        for i in range(2):
+            publish(stamp + i * 10**8)
+            assert _spin_until(lambda i=i: node.worker.counters()["frames_processed"] > i), f"pair {i}"
+        publish(stamp + 2 * 10**8, left_encoding="yuv422_weird")  # skipped, the node goes on
+        assert _spin_until(lambda: node.worker.counters()["frames_processed"] > 2), "bad pair"
+        publish(stamp + 3 * 10**8)
+        assert _spin_until(lambda: node.worker.counters()["frames_processed"] > 3), "pair after the bad one"
+        assert node.core.counts["skipped"] == 1
+        assert _spin_until(lambda: len(got["points"]) >= 3 and len(got["matches"]) >= 3, 30)
+
+        points = cv.pointcloud2_to_array(got["points"][-1])
+        assert set(points.dtype.names) == {"x", "y", "z"} and len(points) > 50
+        assert got["points"][-1].header.frame_id == "left_optical"
+        # depth of the points = the generated depth at their pixels (rectified pair, known baseline)
+        u = np.round(points["x"] / points["z"] * K[0, 0] + K[0, 2]).astype(int).clip(0, W - 1)
+        v = np.round(points["y"] / points["z"] * K[1, 1] + K[1, 2]).astype(int).clip(0, H - 1)
+        truth = depth[v, u]
+        ok = truth > 0
+        assert ok.mean() > 0.9 and np.median(np.abs(points["z"][ok] - truth[ok]) / truth[ok]) < 0.05
+        matches = cv.pointcloud2_to_array(got["matches"][-1])
+        assert {"u0", "v0", "u1", "v1", "score", "inlier", "x", "y", "z"} <= set(matches.dtype.names)
+        assert matches["inlier"].sum() == len(points)
+        ours = f"{namespace}/stereo_matcher"
+        assert _spin_until(
+            lambda: any(s.hardware_id == ours for msg in got["/diagnostics"] for s in msg.status), 10
+        )
+    finally:
+        executor.shutdown()
+        for n_ in (node, peer):
+            if n_ is not None:
+                n_.destroy_node()
+        rclpy.shutdown()
+        for name in ("lightglue_ros.matcher_node", "lightglue_ros.stereo_matcher_node"):
+            sys.modules.pop(name, None)
