@@ -287,10 +287,14 @@ def run(node_class: type, args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        # a second Ctrl-C while the frame in flight finishes must not end in a traceback;
+        # try_shutdown: the signal handler may have shut the context down meanwhile
+        for cleanup in (node.destroy_node if node is not None else None, rclpy.try_shutdown):
+            try:
+                if cleanup is not None:
+                    cleanup()
+            except KeyboardInterrupt:
+                pass
     return 0
 
 

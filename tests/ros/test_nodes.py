@@ -202,7 +202,11 @@ def _fake_ros_modules():
     token = type("MsgType", (), {})
     mods = {
         "rclpy": types.SimpleNamespace(
-            init=lambda args=None: None, ok=lambda: False, shutdown=lambda: None, spin=lambda node: None
+            init=lambda args=None: None,
+            ok=lambda: False,
+            shutdown=lambda: None,
+            try_shutdown=lambda: None,
+            spin=lambda node: None,
         ),
         "rclpy.node": types.SimpleNamespace(Node=_Node),
         "rclpy.logging": types.SimpleNamespace(get_logger=lambda name: _Logger()),
