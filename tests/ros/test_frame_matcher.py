@@ -147,6 +147,19 @@ def test_time_going_back_resets_the_state(frames):
     assert fm.process(*_msgs(frames[1])).record["success"]
 
 
+def test_free_heap_is_returned_every_n_frames(frames, monkeypatch):
+    from lightglue_ros import frame_matcher
+
+    assert frame_matcher.trim_heap() is True  # glibc (Linux CI); other C libraries return False
+    calls = []
+    monkeypatch.setattr(frame_matcher, "TRIM_HEAP_EVERY", 2)
+    monkeypatch.setattr(frame_matcher, "trim_heap", lambda: calls.append(1) or True)
+    fm = FrameMatcher(FAST, TYPES)
+    for f in frames[:5]:
+        fm.process(*_msgs(f))
+    assert len(calls) == 2
+
+
 def test_runtime_parameters_thresholds_yes_model_no(frames):
     fm = FrameMatcher(FAST, TYPES)
     ok, reason = fm.set_params({"ransac_threshold": 2.5, "nn_ratio_threshold": 0.7})
