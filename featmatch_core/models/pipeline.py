@@ -76,6 +76,15 @@ class Frame:
         return int(self.features["keypoints"].shape[1])
 
 
+def _fallback_fits(conf: DictConfig) -> bool:
+    """A fallback matcher replaces official weights of the features it was trained on only: a
+    matcher reconfigured for other features (``matcher.features=superpoint`` behind SIFT) fails."""
+    if conf.fallback_matcher is None:
+        return False
+    features = conf.matcher.get("features")
+    return features is None or features == conf.extractor.get("name")
+
+
 class Pipeline(nn.Module):
     """Extractor + matcher on one device with one precision."""
 
@@ -107,7 +116,7 @@ class Pipeline(nn.Module):
         try:
             matcher = build_model("matcher", conf.matcher, pretrained=pretrained, download=download)
         except WeightsUnavailableError as err:
-            if conf.fallback_matcher is None:
+            if not _fallback_fits(conf):
                 raise
             fallback = conf.fallback_matcher
             logger.warning("%s\n-> using the fallback matcher (weights %s) instead",

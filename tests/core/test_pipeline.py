@@ -109,6 +109,9 @@ def test_missing_weights_offline_error_names_file(tmp_path):
     from featmatch_core.weights import WeightsUnavailableError
 
     with pytest.raises(WeightsUnavailableError, match="superpoint_lightglue"):
+        featmatch_core.load("superpoint+lightglue", {"extractor": {"weights": None}}, download=False)
+    # sift+lightglue has a SIFT fallback: it must not stand in for a matcher of other features
+    with pytest.raises(WeightsUnavailableError, match="superpoint_lightglue"):
         featmatch_core.load("sift+lightglue", {"matcher": {"features": "superpoint"}}, download=False)
 
 
