@@ -46,6 +46,11 @@ class TwoViewMatches:
     info: dict[str, Any] = field(default_factory=dict)  # matcher facts: layers run, points pruned
     features0: Features | None = None  # raw batched features (on the pipeline's device)
     features1: Features | None = None
+    # line segments (L, 2, 2) and their matches, from a matcher with lines (GlueStick); None without
+    lines0: np.ndarray | None = None
+    lines1: np.ndarray | None = None
+    line_matches: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # (K, 2)
+    line_match_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (K,)
 
     @property
     def points0(self) -> np.ndarray:
@@ -195,6 +200,7 @@ def to_two_view_matches(feats0: Features, feats1: Features, pred: dict[str, Any]
         if key in pred:
             info[key] = int(torch.as_tensor(pred[key]).sum())
     return TwoViewMatches(
+        **_line_fields(feats0, feats1, pred),
         keypoints0=feats0["keypoints"][0, :n0].float().cpu().numpy(),
         keypoints1=feats1["keypoints"][0, :n1].float().cpu().numpy(),
         matches=pred["matches"][0].cpu().numpy().astype(np.int64).reshape(-1, 2),
@@ -203,6 +209,24 @@ def to_two_view_matches(feats0: Features, feats1: Features, pred: dict[str, Any]
         features0=feats0,
         features1=feats1,
     )
+
+
+def _line_fields(feats0: Features, feats1: Features, pred: dict[str, Any]) -> dict[str, Any]:
+    """Segments (padding removed) and line matches of a batch of one, when the matcher has lines."""
+    if "line_matches" not in pred or "lines" not in feats0 or "lines" not in feats1:
+        return {}
+    segments = []
+    for feats in (feats0, feats1):
+        lines = feats["lines"][0]
+        if "line_mask" in feats:
+            lines = lines[: int(feats["line_mask"][0].sum())]
+        segments.append(lines.float().cpu().numpy().reshape(-1, 2, 2))
+    return {
+        "lines0": segments[0],
+        "lines1": segments[1],
+        "line_matches": pred["line_matches"][0].cpu().numpy().astype(np.int64).reshape(-1, 2),
+        "line_match_scores": pred["line_match_scores"][0].float().cpu().numpy().reshape(-1),
+    }
 
 
 class _timer:
