@@ -381,6 +381,13 @@ MATCH_DTYPE = np.dtype(
     ]
 )
 XYZ_DTYPE = np.dtype([("x", np.float32), ("y", np.float32), ("z", np.float32)])
+# one record per line match: segment endpoints (start s, end e) in the reference (0) and current (1)
+# image; x, y, z as in MATCH_DTYPE for the midpoint of the current segment, so RViz can show it
+LINE_MATCH_DTYPE = np.dtype(
+    [("x", np.float32), ("y", np.float32), ("z", np.float32)]
+    + [(f"{c}{i}_{end}", np.float32) for i in (0, 1) for end in ("s", "e") for c in ("u", "v")]
+    + [("score", np.float32), ("idx0", np.int32), ("idx1", np.int32)]
+)
 
 
 def array_to_pointcloud2(types: MessageTypes, header: Any, points: np.ndarray) -> Any:
@@ -457,6 +464,32 @@ def matches_to_pointcloud2(
             points["x"], points["y"], points["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
         if inliers is not None:
             points["inlier"] = np.asarray(inliers, dtype=bool).reshape(-1)
+    return array_to_pointcloud2(types, header, points)
+
+
+def line_matches_to_pointcloud2(
+    types: MessageTypes,
+    header: Any,
+    lines0: np.ndarray,
+    lines1: np.ndarray,
+    line_matches: np.ndarray,
+    scores: np.ndarray,
+    xyz: np.ndarray | None = None,
+) -> Any:
+    """One point per line match: x, y, z (``xyz`` or 0), u0_s, v0_s, u0_e, v0_e (segment of the
+    reference image), u1_s, v1_s, u1_e, v1_e (current image), score, idx0, idx1 (line indices)."""
+    line_matches = np.asarray(line_matches, dtype=np.int64).reshape(-1, 2)
+    points = np.zeros(len(line_matches), LINE_MATCH_DTYPE)
+    if len(line_matches):
+        for i, (lines, idx) in enumerate(((lines0, line_matches[:, 0]), (lines1, line_matches[:, 1]))):
+            segments = np.asarray(lines, dtype=np.float32).reshape(-1, 2, 2)[idx]
+            for k, end in enumerate(("s", "e")):
+                points[f"u{i}_{end}"], points[f"v{i}_{end}"] = segments[:, k, 0], segments[:, k, 1]
+        points["score"] = np.asarray(scores, dtype=np.float32).reshape(-1)
+        points["idx0"], points["idx1"] = line_matches[:, 0], line_matches[:, 1]
+        if xyz is not None:
+            xyz = np.asarray(xyz, dtype=np.float32).reshape(-1, 3)
+            points["x"], points["y"], points["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     return array_to_pointcloud2(types, header, points)
 
 

@@ -26,7 +26,12 @@ objects out.
   * ``odometry`` (``nav_msgs/Odometry``) chaining the relative poses: ``odom_frame`` (REP 105;
     the first camera pose, turned so that x is forward and z up as REP 103 wants) to the
     camera optical frame; ``transform`` the same as a ``TransformStamped`` for tf.
-  * ``debug_image()``: the drawn matches, only computed when asked for.
+  * ``line_matches`` (``sensor_msgs/PointCloud2``, same stamp and frame as ``matches``), only
+    from a matcher with lines (GlueStick): one point per line match with fields x, y, z,
+    u0_s, v0_s, u0_e, v0_e (segment start/end in the reference frame), u1_s, v1_s, u1_e, v1_e
+    (current frame), score, idx0, idx1 (line indices). x, y, z: the bearing of the current
+    segment's midpoint with calibration, else 0.
+  * ``debug_image()``: the drawn matches (and matched segments), only computed when asked for.
 
   Bad input never raises: an unreadable image is counted and skipped, a missing camera_info
   means uncalibrated mode (fundamental matrix or homography, no pose, one warning), a stamp
@@ -270,6 +275,7 @@ class FrameResult:
     odometry: Any = None
     transform: Any = None
     cloud: Any = None  # stereo: triangulated xyz
+    line_matches: Any = None  # matchers with lines (GlueStick): one point per line match
     skipped: str | None = None  # why the frame was not processed
     _debug: Callable[[], Any] | None = None
 
@@ -621,6 +627,8 @@ class FrameMatcher(_MatcherCore):
             xyz=xyz[shown],
             inliers=inliers[shown],
         )
+        result.line_matches = self._line_matches(pred, header, K, shown)
+        record["line_matches"] = len(pred.line_matches) if pred.lines0 is not None else -1
         level = "OK" if T_0to1 is not None or (K is None and not message) else "WARN"
         if not message:
             message = (
@@ -681,6 +689,7 @@ class FrameMatcher(_MatcherCore):
             "matches": n,
             "inliers": ninl,
             "stop_layer": record["stop_layer"],
+            "line_matches": record["line_matches"],
             "pose": T_0to1 is not None,
             "metric_scale": metric,
             "scale": scale,
@@ -692,8 +701,12 @@ class FrameMatcher(_MatcherCore):
             ref_image, kp0, kp1, m, s = ref.image, pred.keypoints0, pred.keypoints1, pred.matches, pred.scores
             title = f"{n} matches, {ninl} inliers" + ("" if T_0to1 is not None else f" ({message})")
 
+            lines = {"lines0": pred.lines0, "lines1": pred.lines1, "line_matches": pred.line_matches}
+            if pred.lines0 is not None:
+                title += f", {len(pred.line_matches)} line matches"
+
             def debug() -> Any:
-                canvas = draw_matches(ref_image, display, kp0, kp1, m, scores=s, title=title)
+                canvas = draw_matches(ref_image, display, kp0, kp1, m, scores=s, title=title, **lines)
                 return cv.numpy_to_image(self.types, canvas, "bgr8", header)
 
             result._debug = debug
@@ -709,6 +722,20 @@ class FrameMatcher(_MatcherCore):
         }
         self._timing(result, start, received_ns)
         return result
+
+    def _line_matches(self, pred: Any, header: Any, K: np.ndarray | None, shown: slice) -> Any:
+        """The ``line_matches`` cloud of a matcher with lines (GlueStick), else None. x, y, z: the
+        bearing (x/z, y/z, 1) of the current segment's midpoint with calibration, else 0."""
+        if pred.lines0 is None or pred.lines1 is None:
+            return None
+        matches = pred.line_matches[shown]
+        xyz = None
+        if K is not None and len(matches):
+            mid = pred.lines1[matches[:, 1]].mean(axis=1).astype(np.float64)
+            xyz = np.hstack([normalise(mid, K), np.ones((len(mid), 1))])
+        return cv.line_matches_to_pointcloud2(
+            self.types, header, pred.lines0, pred.lines1, matches, pred.line_match_scores[shown], xyz=xyz
+        )
 
     def _publish_odometry(
         self, result: FrameResult, header: Any, child: str, linear: np.ndarray, angular: np.ndarray

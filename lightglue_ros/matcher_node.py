@@ -8,7 +8,8 @@ Subscribes (QoS ``qos``: sensor_data = best effort, or reliable; depth ``qos_dep
 uncalibrated mode), ``depth`` (sensor_msgs/Image, only with ``use_depth``; synchronised with
 ``image`` by message_filters' ApproximateTimeSynchronizer, ``sync_slop``).
 
-Publishes: ``matches`` (PointCloud2), ``matches_info`` (DiagnosticArray: reference stamp and
+Publishes: ``matches`` (PointCloud2), ``line_matches`` (PointCloud2, only with
+``matcher: gluestick``), ``matches_info`` (DiagnosticArray: reference stamp and
 frame, model, counts), ``relative_pose`` (PoseWithCovarianceStamped), ``odometry``
 (nav_msgs/Odometry), ``debug_image`` (only while subscribed and ``publish_debug_image``),
 ``/diagnostics`` (every ``diagnostics_period`` s), and ``odom_frame -> camera`` on /tf with
@@ -217,6 +218,9 @@ class MatcherNode(MatcherNodeBase):
         self.pub_info = self.create_publisher(DiagnosticArray, "matches_info", 10)
         self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "relative_pose", 10)
         self.pub_odom = self.create_publisher(Odometry, "odometry", 10)
+        # a matcher without lines never publishes there: no topic for it in the graph
+        has_lines = values["matcher"] in P.LINE_MATCHERS
+        self.pub_lines = self.create_publisher(PointCloud2, "line_matches", 10) if has_lines else None
         self.tf = TransformBroadcaster(self)  # always created: 'publish_tf' can be switched on at run time
         self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
         if values["use_depth"]:
@@ -252,8 +256,9 @@ class MatcherNode(MatcherNodeBase):
             (self.pub_info, result.matches_info),
             (self.pub_pose, result.relative_pose),
             (self.pub_odom, result.odometry),
+            (self.pub_lines, result.line_matches),
         ):
-            if msg is not None:
+            if publisher is not None and msg is not None:
                 publisher.publish(msg)
         if params["publish_tf"] and self.tf is not None and result.transform is not None:
             self.tf.sendTransform(result.transform)

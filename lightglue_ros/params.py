@@ -86,8 +86,9 @@ SCHEMA: tuple[Param, ...] = (
     Param(
         "matcher",
         "nn",
-        "matcher: nearest neighbours (no weights) or LightGlue (weights needed)",
-        choices=("nn", "lightglue"),
+        "matcher: nearest neighbours (no weights), LightGlue, or GlueStick (points and LSD line "
+        "segments; the monocular node publishes their matches on line_matches; weights needed)",
+        choices=("nn", "lightglue", "gluestick"),
     ),
     Param(
         "model_overrides",
@@ -352,11 +353,17 @@ MATCHER_CONF_KEYS = {
         "filter_threshold": "filter_threshold",
     },
     "nn": {"nn_ratio_threshold": "ratio_thresh"},
+    "gluestick": {},  # filled in when GlueStick lands
 }
 
 
+LINE_MATCHERS = ("gluestick",)  # matchers that also match line segments (their extractor adds LSD)
+
+
 def pipeline_name(values: Mapping[str, Any]) -> str:
-    return f"{values['extractor']}+{values['matcher']}"
+    """The featmatch_core config of the parameters: ``sift+nn``, ``superpoint+lsd+gluestick``."""
+    lines = "+lsd" if values["matcher"] in LINE_MATCHERS else ""
+    return f"{values['extractor']}{lines}+{values['matcher']}"
 
 
 def model_overrides(values: Mapping[str, Any]) -> list[str]:

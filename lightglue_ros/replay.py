@@ -299,6 +299,7 @@ def frames(
 # ---- output bag -----------------------------------------------------------------------------------
 OUT_TOPICS = {
     "matches": "sensor_msgs/msg/PointCloud2",
+    "line_matches": "sensor_msgs/msg/PointCloud2",
     "matches_info": "diagnostic_msgs/msg/DiagnosticArray",
     "relative_pose": "geometry_msgs/msg/PoseWithCovarianceStamped",
     "odometry": "nav_msgs/msg/Odometry",
@@ -606,7 +607,7 @@ def run(args: argparse.Namespace) -> ReplayResult:
                 records.append(rec)
                 if out_bag is not None:
                     stamp = result.stamp_ns
-                    for key in ("matches", "matches_info", "relative_pose", "odometry"):
+                    for key in ("matches", "line_matches", "matches_info", "relative_pose", "odometry"):
                         out_bag.write(key, stamp, getattr(result, key))
                     if want_debug:
                         out_bag.write("debug_image", stamp, result.debug_image())

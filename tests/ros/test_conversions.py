@@ -163,6 +163,27 @@ def test_matches_pointcloud_round_trip():
     assert _cdr_round_trip(empty).width == 0 and len(cv.pointcloud2_to_array(empty)) == 0
 
 
+def test_line_matches_pointcloud_round_trip():
+    lines0 = np.array([[[0, 1], [10, 11]], [[20, 21], [30, 31]]], np.float32)
+    lines1 = np.array([[[5, 6], [7, 8]], [[1, 2], [3, 4]], [[9, 9], [9, 19]]], np.float32)
+    msg = cv.line_matches_to_pointcloud2(
+        TYPES, cv.make_header(TYPES, 7, "cam"), lines0, lines1, np.array([[1, 2], [0, 1]]), np.array([0.8, 0.3]),
+        xyz=np.array([[0.1, 0.2, 1.0], [0.0, 0.0, 1.0]]),
+    )
+    pts = cv.pointcloud2_to_array(_cdr_round_trip(msg))
+    assert [f.name for f in msg.fields][:3] == ["x", "y", "z"] and msg.width == 2
+    np.testing.assert_allclose(np.stack([pts["u0_s"], pts["v0_s"], pts["u0_e"], pts["v0_e"]], 1),
+                               [[20, 21, 30, 31], [0, 1, 10, 11]])
+    np.testing.assert_allclose(np.stack([pts["u1_s"], pts["v1_s"], pts["u1_e"], pts["v1_e"]], 1),
+                               [[9, 9, 9, 19], [1, 2, 3, 4]])
+    np.testing.assert_array_equal(pts["idx0"], [1, 0]), np.testing.assert_array_equal(pts["idx1"], [2, 1])
+    np.testing.assert_allclose(pts["score"], [0.8, 0.3]), np.testing.assert_allclose(pts["x"], [0.1, 0])
+    empty = cv.line_matches_to_pointcloud2(
+        TYPES, cv.make_header(TYPES, 7, "cam"), np.zeros((0, 2, 2)), lines1, np.zeros((0, 2)), np.zeros(0)
+    )
+    assert _cdr_round_trip(empty).width == 0 and "u1_e" in cv.pointcloud2_to_array(empty).dtype.names
+
+
 def test_pose_messages_round_trip():
     rng = np.random.default_rng(1)
     for _ in range(20):

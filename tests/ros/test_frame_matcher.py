@@ -251,3 +251,37 @@ def test_stereo_recovers_the_calibrated_baseline():
         cv.numpy_to_image(TYPES, left, "mono8", header), cv.numpy_to_image(TYPES, right, "mono8", header)
     )
     assert bare.record["level"] == "WARN" and bare.cloud.width == 0 and bare.matches.width > 0
+
+
+def test_line_matches_are_published_when_the_matcher_has_lines(frames):
+    """A matcher with lines (GlueStick) gets a second cloud, a count in matches_info and the
+    segments in the debug image; a point-only matcher publishes no line cloud."""
+    fm = FrameMatcher(FAST, TYPES)
+    match_points = fm.stream.match
+    lines0 = np.array([[[10, 10], [60, 10]], [[20, 30], [20, 90]]], np.float32)
+    lines1 = np.array([[[22, 32], [22, 92]], [[12, 11], [62, 11]], [[5, 5], [5, 6]]], np.float32)
+
+    def match_with_lines(frame0, frame1):
+        pred = match_points(frame0, frame1)
+        pred.lines0, pred.lines1 = lines0, lines1
+        pred.line_matches, pred.line_match_scores = np.array([[0, 1], [1, 0]]), np.array([0.9, 0.6], np.float32)
+        return pred
+
+    image, info, _ = _msgs(frames[0])
+    plain = fm.process(image, info)
+    assert plain.line_matches is None  # first frame
+    image, info, _ = _msgs(frames[1])
+    assert fm.process(image, info).line_matches is None  # point-only matcher
+    fm.stream.match = match_with_lines
+    image, info, _ = _msgs(frames[2])
+    result = fm.process(image, info, want_debug=True)
+    pts = cv.pointcloud2_to_array(result.line_matches)
+    np.testing.assert_allclose(np.stack([pts["u0_s"], pts["u1_s"]], 1), [[10, 12], [20, 22]])
+    np.testing.assert_allclose(pts["score"], [0.9, 0.6])
+    assert (pts["z"] == 1).all()  # bearings: calibrated
+    assert result.line_matches.header.stamp == result.matches.header.stamp
+    assert cv.status_values(result.matches_info.status[0])["line_matches"] == "2"
+    drawn = cv.image_to_numpy(result.debug_image())
+    # the matched segment of image 1 (x = 22, y 32..92) is drawn in colour on the right half
+    right = drawn[:, W + 10 + 22]
+    assert (np.ptp(right[40:80].astype(int), axis=-1) > 50).any()

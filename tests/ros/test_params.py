@@ -67,6 +67,7 @@ def test_model_overrides_build_the_pipeline():
         "matcher", {"matcher": "lightglue", "resize": 0, "model_overrides": "matcher.weights=null"}
     )
     assert P.pipeline_name(values) == "sift+lightglue"
+    assert P.pipeline_name({**values, "extractor": "superpoint", "matcher": "gluestick"}) == "superpoint+lsd+gluestick"
     overrides = P.model_overrides(values)
     assert "extractor.resize=null" in overrides and "matcher.filter_threshold=0.1" in overrides
     assert overrides[-1] == "matcher.weights=null"
