@@ -8,7 +8,9 @@ Kinds and back ends (``conf.name``):
 
 - ``homography``: ``opencv`` (``method``: usac_magsac by default; ransac, usac_default,
   usac_accurate, ...),
-  ``poselib``, ``pycolmap``, ``dlt`` (non-robust weighted DLT on all points, a baseline).
+  ``poselib``, ``pycolmap``, ``dlt`` (non-robust weighted DLT on all points, a baseline),
+  ``point_line`` (LO-RANSAC on points and line segments ``m_lines0``/``m_lines1`` (L, 2, 2);
+  also returns ``line_inliers``; see ``point_line_homography``).
   Model: 3x3 ``H_0to1`` with H[2, 2] = 1.
 - ``relative_pose``: ``opencv`` (findEssentialMat + recoverPose on K-normalised points;
   ``method`` usac_default by default, ``ransac`` reproduces SuperGlue / Glue Factory),
@@ -54,6 +56,7 @@ REGISTRY: dict[str, dict[str, str]] = {
         "poselib": "featmatch_core.estimators.homography:PoselibHomography",
         "pycolmap": "featmatch_core.estimators.homography:PycolmapHomography",
         "dlt": "featmatch_core.estimators.homography:DLTHomography",
+        "point_line": "featmatch_core.estimators.point_line_homography:PointLineHomography",
     },
     "relative_pose": {
         "opencv": "featmatch_core.estimators.relative_pose:OpenCVRelativePose",
