@@ -1,0 +1,124 @@
+"""COLMAP database import, verification and mapping through pycolmap, the whole chain and its CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pycolmap
+import pytest
+
+from featmatch_core.sfm import colmap
+from featmatch_core.sfm.evaluate import camera_centres, centres_from_poses, position_errors, umeyama_sim3
+from featmatch_core.sfm.extract import extract_features
+from featmatch_core.sfm.match import match_pairs
+from featmatch_core.sfm.pairs import exhaustive_pairs
+from featmatch_core.sfm.reconstruct import main, reconstruct
+
+
+def pinhole(room) -> colmap.CameraSpec:
+    K = room.K
+    return colmap.CameraSpec("PINHOLE", [K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5], "single")
+
+
+MAPPING = ["mapping.min_model_size=3"]
+MODEL = ["model.extractor.resize=null", "model.extractor.max_num_keypoints=1024", "model.device=cpu"]
+
+
+def test_database_import_counts(room, sift_nn, tmp_path):
+    features, matches, db_path = tmp_path / "f.h5", tmp_path / "m.h5", tmp_path / "database.db"
+    names = room.names[:3]
+    pairs = exhaustive_pairs(names)
+    extract_features(sift_nn, room.image_dir, features, names)
+    match_pairs(sift_nn, pairs + [(names[1], names[0])], features, matches)  # a reversed duplicate counts once
+    ids = colmap.create_database(db_path, room.image_dir, names, pinhole(room))
+    colmap.import_features(db_path, ids, features)
+    assert colmap.import_matches(db_path, ids, pairs + [(names[1], names[0])], matches) == 3
+    from featmatch_core.sfm import h5io
+
+    with h5io.open_h5(features) as f, h5io.open_h5(matches) as m, pycolmap.Database.open(db_path) as db:
+        assert db.num_cameras() == 1 and db.num_images() == 3 and sorted(ids) == names
+        camera = db.read_all_cameras()[0]
+        assert camera.model_name == "PINHOLE" and np.allclose(camera.params, pinhole(room).params)
+        for name in names:
+            kpts = h5io.read_keypoints(f, name)
+            stored = db.read_keypoints(ids[name])
+            assert len(stored) == len(kpts) and np.allclose(stored[:, :2], kpts + 0.5)  # COLMAP pixel centres
+        total = sum(len(h5io.read_matches(m, *p)[0]) for p in pairs)
+        assert db.num_matched_image_pairs() == 3 and db.num_matches() == total
+    assert colmap.verify_matches(db_path, pairs, tmp_path) == 3
+
+
+def test_reconstruction_of_a_generated_scene(room, sift_nn, tmp_path):
+    result = reconstruct(room.image_dir, tmp_path, overrides=MAPPING, camera=pinhole(room), pipeline=sift_nn)
+    summary = result.summary
+    assert summary["registered"] == len(room.names) and summary["unregistered"] == {}
+    assert summary["points"] > 300 and summary["mean_track_length"] > 2.5
+    assert summary["mean_reprojection_error"] < 0.5
+    errors = position_errors(camera_centres(result.reconstruction), centres_from_poses(room.poses))
+    path_length = sum(np.linalg.norm(np.diff(np.stack(list(centres_from_poses(room.poses).values())), axis=0), axis=1))
+    assert errors["max"] < 0.01 * path_length  # metres, against a ~1 m path
+    for key in ("bin", "txt", "ply"):
+        assert result.paths[key].exists()
+    assert pycolmap.Reconstruction(result.paths["bin"]).num_reg_images() == len(room.names)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["registered"] == len(room.names) and set(saved["timings_s"]) == {"extract", "match", "import",
+                                                                                  "verify", "map"}
+
+
+def test_bad_images_are_skipped_and_reported(room, sift_nn, tmp_path):
+    image_dir = tmp_path / "images"
+    shutil.copytree(room.image_dir, image_dir)
+    (image_dir / "broken.png").write_bytes(b"\x89PNG not really")
+    cv2.imwrite(str(image_dir / "blank.png"), np.full((240, 320), 128, np.uint8))  # no features at all
+    result = reconstruct(image_dir, tmp_path / "out", overrides=MAPPING, camera=pinhole(room), pipeline=sift_nn)
+    summary = result.summary
+    assert summary["registered"] == len(room.names) and summary["images"] == len(room.names) + 2
+    assert "broken.png" in summary["unreadable"] and "could not decode" in summary["unreadable"]["broken.png"]
+    assert summary["unregistered"]["blank.png"] == "too few features (0 keypoints)"
+    assert summary["unregistered"]["broken.png"].startswith("unreadable image")
+
+
+def test_pairs_file_naming_a_missing_image_fails_before_any_work(room, sift_nn, tmp_path):
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(f"{room.names[0]} {room.names[1]}\n{room.names[0]} nowhere.png\n")
+    with pytest.raises(ValueError, match="not among the images: nowhere.png"):
+        reconstruct(room.image_dir, tmp_path / "out", pairs=str(pairs), pipeline=sift_nn)
+    assert not (tmp_path / "out" / "features.h5").exists()
+
+
+def test_cli_runs_the_chain_and_reports(room, tmp_path, capsys):
+    K = room.K
+    params = f"{K[0, 0]},{K[1, 1]},{K[0, 2] + 0.5},{K[1, 2] + 0.5}"
+    argv = [str(room.image_dir), str(tmp_path), "--pairs", "sequential:2", "--camera", "PINHOLE",
+            "--camera-params", params, "--camera-mode", "single", "--export", "bin", *MODEL, *MAPPING,
+            "mapping.mapper.init_min_tri_angle=4"]  # neighbours only: no initial pair at COLMAP's 16 degrees
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"registered images:       {len(room.names)} / {len(room.names)}" in out
+    assert "mean track length" in out and "mean reprojection error" in out
+    assert len((tmp_path / "pairs.txt").read_text().splitlines()) == 2 * len(room.names) - 3
+
+
+@pytest.mark.parametrize("argv_tail, message", [
+    (["mapping.no_such_option=1"], "bad mapping.* override"),
+    (["extractor.resize=10"], "overrides must start with one of"),
+    (["--camera", "PINHOLE", "--camera-params", "1,2"], "takes 4 params"),
+    (["--pairs", "sequential:x"], "bad pairs spec"),
+])
+def test_cli_bad_input_is_one_error_line(room, tmp_path, capsys, argv_tail, message):
+    assert main([str(room.image_dir), str(tmp_path), *argv_tail]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err
+
+
+def test_umeyama_recovers_a_similarity():
+    rng = np.random.default_rng(1)
+    src = rng.normal(size=(10, 3))
+    angle = 0.7
+    R = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    dst = 2.5 * src @ R.T + np.array([1.0, -2.0, 0.5])
+    scale, R_est, t = umeyama_sim3(src, dst)
+    assert scale == pytest.approx(2.5) and np.allclose(R_est, R) and np.allclose(t, [1.0, -2.0, 0.5])
