@@ -60,6 +60,7 @@ class WeightSpec:
 
 _LG_RELEASE = "https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv"
 _HF = "https://huggingface.co/kornia"
+_SG_REPO = "https://github.com/magicleap/SuperGluePretrainedNetwork/raw/master/models/weights"
 
 
 def _lightglue_spec(features: str, sha256: str | None = None, mirror: bool = True) -> WeightSpec:
@@ -92,6 +93,9 @@ REGISTRY: dict[str, WeightSpec] = {
     # Trained by this project (training/sift+lightglue-cpu.yaml) and shipped with the package,
     # so that a LightGlue pipeline works offline; see featmatch_core/weights/MODEL_CARD.md.
     "sift_lightglue_cpu": WeightSpec("sift_lightglue_cpu.pth", (), bundled=True),
+    # Official SuperGlue weights (Magic Leap's non-commercial licence), committed in the reference repository.
+    "superglue_indoor": WeightSpec("superglue_indoor.pth", (f"{_SG_REPO}/superglue_indoor.pth",)),
+    "superglue_outdoor": WeightSpec("superglue_outdoor.pth", (f"{_SG_REPO}/superglue_outdoor.pth",)),
     "disk-depth": WeightSpec(
         "depth-save.pth",
         ("https://raw.githubusercontent.com/cvlab-epfl/disk/master/depth-save.pth",
