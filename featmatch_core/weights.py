@@ -96,6 +96,12 @@ REGISTRY: dict[str, WeightSpec] = {
     # Official SuperGlue weights (Magic Leap's non-commercial licence), committed in the reference repository.
     "superglue_indoor": WeightSpec("superglue_indoor.pth", (f"{_SG_REPO}/superglue_indoor.pth",)),
     "superglue_outdoor": WeightSpec("superglue_outdoor.pth", (f"{_SG_REPO}/superglue_outdoor.pth",)),
+    # GlueStick (SuperPoint + LSD wireframe) trained on MegaDepth: a training state whose 'model'
+    # entry holds the matcher under 'matcher.*' (URL of the reference's loading code; no sha256 published)
+    "gluestick_md": WeightSpec(
+        "checkpoint_GlueStick_MD.tar",
+        ("https://github.com/cvg/GlueStick/releases/download/v0.1_arxiv/checkpoint_GlueStick_MD.tar",),
+    ),
     "disk-depth": WeightSpec(
         "depth-save.pth",
         ("https://raw.githubusercontent.com/cvlab-epfl/disk/master/depth-save.pth",

@@ -18,6 +18,7 @@ REGISTRY: dict[str, dict[str, str]] = {
     "matcher": {
         "lightglue": "featmatch_core.models.matchers.lightglue:LightGlue",
         "nearest_neighbor": "featmatch_core.models.matchers.nearest_neighbor:NearestNeighborMatcher",
+        "gluestick": "featmatch_core.models.matchers.gluestick:GlueStick",
         "superglue": "featmatch_core.models.matchers.superglue:SuperGlue",
     },
 }
