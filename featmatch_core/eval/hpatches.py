@@ -1,11 +1,15 @@
 """HPatches homography benchmark.
 
     python -m featmatch_core.eval.hpatches --conf sift+nn [--overwrite] [data.root=...]
-        [eval.estimator=opencv|poselib|pycolmap|dlt] [eval.ransac_th=1.0 | -1 to sweep]
+        [eval.estimator=opencv|poselib|pycolmap|dlt|point_line] [eval.ransac_th=1.0 | -1 to sweep]
+        [eval.line_estimator=point_line|none]
 
 Metrics (Glue Factory's definitions): AUC of the corner error at 1/3/5 px for the robust
 estimate and for the DLT on all matches, match precision at 1/3 px, keypoints, matches,
-inliers, inlier ratio, time.
+inliers, inlier ratio, time. Predictions with line segments (GlueStick) are estimated with
+``eval.line_estimator`` (point_line: LO-RANSAC on points and lines; ``none`` keeps
+``eval.estimator`` on points only) and add line match precision / recall (labels from the GT
+homography), line counts and line inliers.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from .two_view import evaluate_homography_pair
 BENCHMARK = runner.Benchmark(
     name="hpatches",
     data_conf={},
-    eval_conf={"estimator": "opencv", "ransac_th": 1.0},
+    eval_conf={"estimator": "opencv", "ransac_th": 1.0, "line_estimator": "point_line"},
     make_dataset=lambda conf: HPatches(conf),
     evaluate_pair=evaluate_homography_pair,
     auc_keys={"corner_error": HOMOGRAPHY_AUC_THRESHOLDS, "corner_error_dlt": HOMOGRAPHY_AUC_THRESHOLDS},
@@ -30,6 +34,7 @@ BENCHMARK = runner.Benchmark(
     table_keys=("corner_error_auc@1", "corner_error_auc@3", "corner_error_auc@5",
                 "corner_error_dlt_auc@1", "corner_error_dlt_auc@3", "corner_error_dlt_auc@5",
                 "precision@1px", "precision@3px", "correct@3px", "num_keypoints", "num_matches", "num_inliers",
+                "line_precision", "line_recall", "num_line_matches",
                 "ransac_th",
                 "num_pairs"),
 )

@@ -53,6 +53,12 @@ class Benchmark:
     sweep: tuple[float, ...]  # RANSAC thresholds tried when eval.ransac_th = -1
     main_key: str  # the AUC summary key that ranks thresholds and configs, e.g. corner_error_auc_mean
     table_keys: tuple[str, ...]  # columns of the results table
+    # dataset-level metrics (e.g. AP over the matches of all pairs) from the per-pair results; per-pair
+    # fields whose name starts with '_' are for it only (arrays) and are dropped before saving
+    aggregate: Callable[[list[dict[str, Any]]], dict[str, float]] | None = None
+    # dense ground truth of the items to cache as well (e.g. depth0/depth1), stored float32 and compressed;
+    # off by default: large maps (MegaDepth at 1600 px) would make the cache huge
+    cached_maps: tuple[str, ...] = ()
 
 
 # ---- configuration -------------------------------------------------------------------
@@ -93,6 +99,7 @@ def _prediction_fingerprint(conf: DictConfig) -> str:
 
 # ---- stage 1: export -----------------------------------------------------------------
 GT_KEYS = ("H_0to1", "K0", "K1", "T_0to1", "image_size0", "image_size1")
+LINE_KEYS = ("lines0", "lines1", "line_matches", "line_match_scores")  # from a matcher with lines
 
 
 def _group_name(pair_name: str) -> str:
@@ -107,8 +114,10 @@ def pair_names(dataset: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def export_predictions(pipeline_factory: Callable[[], Pipeline], dataset: Sequence[Mapping[str, Any]],
-                       path: Path, fingerprint: str, overwrite: bool = False) -> tuple[Path, dict[str, float]]:
-    """Cache predictions of every pair; returns the file and export statistics.
+                       path: Path, fingerprint: str, overwrite: bool = False, maps: Sequence[str] = ()
+                       ) -> tuple[Path, dict[str, float]]:
+    """Cache predictions of every pair (and the items' dense ``maps``, e.g. depth); returns the file and
+    export statistics.
 
     The pipeline is built only when some pair is missing from the cache.
     """
@@ -142,7 +151,7 @@ def export_predictions(pipeline_factory: Callable[[], Pipeline], dataset: Sequen
         pipeline = pipeline_factory() if todo else None
         for i in tqdm(todo, desc=f"matching {path.parent.name}", unit="pair"):
             item = dataset[i]
-            _write_prediction(f, item, pipeline)
+            _write_prediction(f, item, pipeline, maps)
             f.flush()
             exported += 1
     os.replace(partial, path)
@@ -150,12 +159,16 @@ def export_predictions(pipeline_factory: Callable[[], Pipeline], dataset: Sequen
                   "export_s": time.perf_counter() - start}
 
 
-def _write_prediction(f: h5py.File, item: Mapping[str, Any], pipeline: Pipeline | None) -> None:
+def _write_prediction(f: h5py.File, item: Mapping[str, Any], pipeline: Pipeline | None,
+                      maps: Sequence[str] = ()) -> None:
     grp = f.create_group(_group_name(item["name"]))
     # the ground truth travels with the predictions: evaluation then reads no image
     for key in GT_KEYS:
         if item.get(key) is not None:
             grp.create_dataset(f"gt_{key}", data=np.asarray(item[key], dtype=np.float64))
+    for key in maps:
+        if item.get(key) is not None:
+            grp.create_dataset(f"gt_{key}", data=np.asarray(item[key], dtype=np.float32), compression="gzip")
     error = item.get("load_error")
     if error or item.get("image0") is None or item.get("image1") is None:
         grp.attrs["load_error"] = str(error or "image could not be read")
@@ -167,6 +180,9 @@ def _write_prediction(f: h5py.File, item: Mapping[str, Any], pipeline: Pipeline 
     grp.create_dataset("scores", data=pred.scores.astype(np.float32))
     grp.attrs["time_ms"] = float(pred.timings.get("total", np.nan))
     grp.attrs["match_ms"] = float(pred.timings.get("match", np.nan))
+    if getattr(pred, "lines0", None) is not None and getattr(pred, "lines1", None) is not None:
+        for key, dtype in zip(LINE_KEYS, (np.float32, np.float32, np.int64, np.float32), strict=True):
+            grp.create_dataset(key, data=np.asarray(getattr(pred, key), dtype=dtype))
     for key, value in pred.info.items():
         grp.attrs[key] = value
 
@@ -193,6 +209,9 @@ def evaluate_predictions(bench: Benchmark, dataset: Sequence[Mapping[str, Any]],
             result = bench.evaluate_pair(gt, pred, conf.eval, ransac_th)
             per_pair.append({"name": name, **result})
     summary = summarize(per_pair, auc_keys=bench.auc_keys)
+    if bench.aggregate is not None:
+        summary.update(bench.aggregate(per_pair))
+    per_pair = [{k: v for k, v in pair.items() if not k.startswith("_")} for pair in per_pair]
     summary["num_load_errors"] = float(load_errors)
     summary["ransac_th"] = float(ransac_th)
     return summary, per_pair
@@ -256,11 +275,14 @@ def main(bench: Benchmark, argv: Sequence[str] | None = None) -> dict[str, float
     dataset = bench.make_dataset(conf.data)  # a missing dataset fails here, before any model loads
     out_dir = args.results_root / bench.name / results_tag(args.conf, args.overrides)
     path, stats = export_predictions(lambda: Pipeline.from_conf(conf.model), dataset,
-                                     out_dir / "predictions.h5", _prediction_fingerprint(conf), args.overwrite)
+                                     out_dir / "predictions.h5", _prediction_fingerprint(conf), args.overwrite,
+                                     bench.cached_maps)
     start = time.perf_counter()
     summary, per_pair, sweep = sweep_thresholds(bench, dataset, path, conf)
     eval_s = time.perf_counter() - start
-    tag = f"{conf.eval.estimator}_th{'sweep' if float(conf.eval.ransac_th) < 0 else conf.eval.ransac_th}"
+    # the estimator(s) actually used, when the evaluation says (predictions with lines may use another)
+    used = sorted({str(p["estimator"]) for p in per_pair if "estimator" in p}) or [str(conf.eval.estimator)]
+    tag = f"{'+'.join(used)}_th{'sweep' if float(conf.eval.ransac_th) < 0 else conf.eval.ransac_th}"
     summary.update({"export_s": stats["export_s"], "eval_s": eval_s,
                     "pairs_matched": float(stats["exported"]), "pairs_from_cache": float(stats["cached"])})
     save_json(out_dir / f"summary_{tag}.json", summary)

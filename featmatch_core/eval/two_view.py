@@ -11,7 +11,8 @@ from omegaconf import DictConfig
 from ..estimators import get_estimator
 from ..geometry.epipolar import relative_pose_error
 from ..geometry.homography import corner_error
-from .metrics import epipolar_precision, homography_match_precision
+from ..geometry.lines import gt_line_matches_from_homography
+from .metrics import epipolar_precision, homography_match_precision, matches_precision, matches_recall
 
 # Counted as a failure (infinite error) rather than crashing the run.
 FAILED = float("inf")
@@ -34,16 +35,66 @@ def _failed_load(keys: dict[str, float]) -> dict[str, Any]:
             "inlier_ratio": 0.0}
 
 
+def _matched_lines(pred: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(lines0, lines1, matched lines0, matched lines1) of a prediction with lines, else None."""
+    if "lines0" not in pred or "lines1" not in pred:
+        return None
+    lines0 = np.asarray(pred["lines0"], dtype=np.float64).reshape(-1, 2, 2)
+    lines1 = np.asarray(pred["lines1"], dtype=np.float64).reshape(-1, 2, 2)
+    matches = np.asarray(pred.get("line_matches", np.zeros((0, 2))), dtype=np.int64).reshape(-1, 2)
+    return lines0, lines1, lines0[matches[:, 0]], lines1[matches[:, 1]]
+
+
+def homography_estimator_name(conf: DictConfig, with_lines: bool) -> str:
+    """``eval.estimator``, or ``eval.line_estimator`` (default point_line) for predictions with lines
+    when it is set ('' or 'none' keeps ``eval.estimator``)."""
+    line_estimator = conf.get("line_estimator", "point_line") or "none"
+    if with_lines and line_estimator != "none":
+        return str(line_estimator)
+    return str(conf.estimator)
+
+
+def line_metrics_homography(gt: Mapping[str, Any], pred: Mapping[str, Any], lines) -> dict[str, float]:
+    """Line match precision / recall against labels from the GT homography, and counts."""
+    lines0, lines1, ml0, _ = lines
+    matches = np.asarray(pred.get("line_matches", np.zeros((0, 2))), dtype=np.int64).reshape(-1, 2)
+    out = {"num_lines": (len(lines0) + len(lines1)) / 2, "num_line_matches": float(len(ml0))}
+    if len(lines0) == 0 or len(lines1) == 0:
+        return {**out, "line_precision": 0.0, "line_recall": 0.0}
+    sizes = {f"size{i}": np.asarray(gt[f"image_size{i}"], dtype=np.float64)
+             for i in (0, 1) if gt.get(f"image_size{i}") is not None}
+    labels = gt_line_matches_from_homography(lines0, lines1, np.asarray(gt["H_0to1"], dtype=np.float64), **sizes)
+    gt_matches0 = np.asarray(labels["gt_line_matches0"])
+    matches0 = np.full(len(lines0), -1, dtype=np.int64)
+    matches0[matches[:, 0]] = matches[:, 1]
+    return {**out, "line_precision": float(matches_precision(gt_matches0, matches0)),
+            "line_recall": float(matches_recall(gt_matches0, matches0))}
+
+
 def evaluate_homography_pair(gt: Mapping[str, Any], pred: Mapping[str, Any], conf: DictConfig,
                              ransac_th: float) -> dict[str, Any]:
-    """Corner error of the robust and the DLT estimate, precision at 1/3 px, counts."""
+    """Corner error of the robust and the DLT estimate, precision at 1/3 px, counts.
+
+    With line segments in the prediction (a matcher with lines), the robust estimate uses the
+    point+line estimator (see ``homography_estimator_name``) and line match precision / recall
+    and counts are reported beside the point metrics.
+    """
     if "load_error" in pred:
         return _failed_load({"corner_error": FAILED, "corner_error_dlt": FAILED, "correct@3px": 0.0})
     H_gt = np.asarray(gt["H_0to1"])
     size0 = tuple(int(v) for v in gt["image_size0"])
     kp0, kp1, m0, m1 = _matched_points(pred)
     data = {"m_kpts0": m0, "m_kpts1": m1}
-    est = get_estimator("homography", {"name": conf.estimator, "ransac_th": float(ransac_th)})(data)
+    lines = _matched_lines(pred)
+    name = homography_estimator_name(conf, lines is not None)
+    extra: dict[str, float] = {}
+    if lines is not None:
+        extra = line_metrics_homography(gt, pred, lines)
+        if name == "point_line":
+            data.update(m_lines0=lines[2], m_lines1=lines[3])
+    est = get_estimator("homography", {"name": name, "ransac_th": float(ransac_th)})(data)
+    if "line_inliers" in est:
+        extra["num_line_inliers"] = float(np.sum(est["line_inliers"])) if est["success"] else 0.0
     dlt = get_estimator("homography", {"name": "dlt"})(data)
     precision = homography_match_precision(m0, m1, H_gt, th=(1.0, 3.0)) if len(m0) else (0.0, 0.0)
     inliers = int(np.sum(est["inliers"])) if est["success"] else 0
@@ -57,6 +108,8 @@ def evaluate_homography_pair(gt: Mapping[str, Any], pred: Mapping[str, Any], con
         "num_inliers": float(inliers),
         "inlier_ratio": inliers / len(m0) if len(m0) else 0.0,
         "load_failed": 0.0,
+        "estimator": name,  # the one used (results are tagged with it)
+        **extra,
     }
 
 

@@ -161,3 +161,73 @@ def test_adaptive_iterations_stop_early_on_clean_data():
     start = time.perf_counter()
     result = estimate({"m_kpts0": points0, "m_kpts1": points1}, max_iters=100000)
     assert result["success"] and time.perf_counter() - start < 2.0
+
+
+# ---- HPatches evaluation of point+line predictions ------------------------------------------
+def line_prediction(H, rng, num_points=30, num_lines=30, outlier_ratio=0.3):
+    """A cached prediction as the runner stores it (keypoints, matches, scores, lines, line matches)."""
+    points0, points1, _ = points_scene(H, num_points, rng, outlier_ratio=outlier_ratio)
+    lines0, lines1, line_truth = segments_scene(H, num_lines, rng, outlier_ratio=outlier_ratio)
+    order = rng.permutation(num_lines)  # lines1 stored in another order than lines0
+    matches = np.c_[np.arange(num_lines), np.argsort(order)]
+    point_matches = np.c_[np.arange(num_points), np.arange(num_points)]
+    pred = {"keypoints0": points0, "keypoints1": points1, "matches": point_matches,
+            "scores": np.ones(num_points), "lines0": lines0, "lines1": lines1[order],
+            "line_matches": matches, "line_match_scores": np.ones(num_lines), "time_ms": 1.0}
+    return pred, line_truth
+
+
+def test_hpatches_pair_with_lines_uses_the_point_line_estimator_and_reports_line_metrics():
+    from omegaconf import OmegaConf
+
+    from featmatch_core.eval.two_view import evaluate_homography_pair
+
+    rng = np.random.default_rng(9)
+    H = random_homography(rng)
+    pred, line_truth = line_prediction(H, rng)
+    gt = {"H_0to1": H, "image_size0": np.array(SIZE), "image_size1": np.array(SIZE)}
+    conf = OmegaConf.create({"estimator": "opencv", "ransac_th": 3.0, "line_estimator": "point_line"})
+    result = evaluate_homography_pair(gt, pred, conf, 3.0)
+    assert result["estimator"] == "point_line" and result["corner_error"] < 2.0
+    assert result["num_lines"] == 30 and result["num_line_matches"] == 30
+    # the outlier lines are random segments: none is correct; the true ones are, except those that
+    # leave image 1 (unmatchable in the ground truth, as in Glue Factory)
+    assert line_truth.mean() - 0.15 < result["line_precision"] <= line_truth.mean()
+    assert result["line_recall"] > 0.9
+    assert result["num_line_inliers"] == pytest.approx(line_truth.sum(), abs=2)
+    points_only = evaluate_homography_pair(gt, pred, OmegaConf.merge(conf, {"line_estimator": "none"}), 3.0)
+    assert points_only["estimator"] == "opencv" and "num_line_inliers" not in points_only
+    assert points_only["line_precision"] == result["line_precision"]  # line metrics do not depend on it
+    # too few point matches for a homography: only the lines make the pair succeed
+    few = {**pred, "matches": pred["matches"][:3], "scores": pred["scores"][:3]}
+    assert np.isinf(evaluate_homography_pair(gt, few, OmegaConf.merge(conf, {"line_estimator": "none"}),
+                                             3.0)["corner_error"])
+    assert evaluate_homography_pair(gt, few, conf, 3.0)["corner_error"] < 3.0
+
+
+def test_runner_caches_lines_and_line_matches(tmp_path):
+    import h5py
+
+    from featmatch_core.eval import runner
+    from featmatch_core.models.pipeline import TwoViewMatches
+
+    rng = np.random.default_rng(10)
+    pred, _ = line_prediction(H_TRUE, rng)
+
+    class FakePipeline:
+        def match(self, image0, image1):
+            return TwoViewMatches(pred["keypoints0"], pred["keypoints1"], pred["matches"], pred["scores"],
+                                  lines0=pred["lines0"], lines1=pred["lines1"], line_matches=pred["line_matches"],
+                                  line_match_scores=pred["line_match_scores"])
+
+    image = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    dataset = [{"name": "seq/1_2", "image0": image, "image1": image, "H_0to1": H_TRUE,
+                "image_size0": SIZE, "image_size1": SIZE, "depth0": np.ones((4, 4))}]
+    path, _ = runner.export_predictions(FakePipeline, dataset, tmp_path / "predictions.h5", "fp", maps=("depth0",))
+    with h5py.File(path, "r") as f:
+        gt, cached = runner.read_prediction(f, "seq/1_2")
+        assert f["seq|1_2/gt_depth0"].dtype == np.float32
+    for key in ("lines0", "lines1", "line_matches", "line_match_scores"):
+        np.testing.assert_allclose(cached[key], pred[key], rtol=1e-6)
+    assert cached["lines0"].shape == (30, 2, 2) and cached["line_matches"].dtype == np.int64
+    np.testing.assert_array_equal(gt["depth0"], np.ones((4, 4)))
