@@ -9,6 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from featmatch_core.eval.line_metrics import (
+    average_precision,
+    line_match_precision,
+    line_match_recall,
+    precision_recall_curve,
+)
 from featmatch_core.geometry.lines import (
     gt_line_matches_from_depth,
     gt_line_matches_from_homography,
@@ -209,3 +215,38 @@ def test_gt_line_matches_from_depth_without_occlusion_check_would_match_hidden_l
     lines1 = np.concatenate([lines1, (lines0[3] - [10, 0])[None]])
     out = gt_line_matches_from_depth(lines0, lines1, depth0, depth1, K, K, T)
     assert out["gt_line_matches0"][3] == 4
+
+
+# ---- metrics -----------------------------------------------------------------------------------
+
+def test_line_match_precision_and_recall():
+    gt = np.array([2, -1, 0, -2, 1])
+    pred = np.array([2, 3, 1, 4, -1])  # correct, wrong (unmatchable), wrong, ignored, missed
+    assert line_match_precision(gt, pred) == pytest.approx(1 / 3)
+    assert line_match_recall(gt, pred) == pytest.approx(1 / 3)
+    batched = line_match_precision(torch.tensor(np.stack([gt, gt])), torch.tensor(np.stack([pred, gt])))
+    assert batched.tolist() == pytest.approx([1 / 3, 1.0])
+    assert line_match_precision(np.full(3, -1), np.full(3, -1)) == 0.0
+
+
+def test_average_precision_hand_computed():
+    # ranked: correct, wrong, correct with 4 positives -> recall .25, .25, .5; precision 1, .5, 2/3
+    # monotone precision 1, 2/3, 2/3 -> AP = .25 * 1 + .25 * 2/3
+    assert average_precision([0.9, 0.8, 0.7], [True, False, True], 4) == pytest.approx(5 / 12)
+    # the ranking comes from the scores, not the input order
+    assert average_precision([0.7, 0.9, 0.8], [True, True, False], 4) == pytest.approx(5 / 12)
+    assert average_precision([3.0, 2.0, 1.0], [True, True, True], 3) == pytest.approx(1.0)
+    assert average_precision([3.0, 2.0], [True, True], 4) == pytest.approx(0.5)
+    # a wrong match ranked first: precision 0, 1/2, 2/3 at recall 0, 1/2, 1; made monotone: 2/3 throughout
+    assert average_precision([3.0, 2.0, 1.0], [False, True, True], 2) == pytest.approx(2 / 3)
+    assert average_precision([1.0, 2.0], [False, False], 5) == 0.0
+    assert average_precision([], [], 0) == 0.0
+    r, p = precision_recall_curve(torch.tensor([0.9, 0.8, 0.7]), torch.tensor([True, False, True]), 4)
+    np.testing.assert_allclose(r, [0.25, 0.25, 0.5])
+    np.testing.assert_allclose(p, [1.0, 0.5, 2 / 3])
+    with pytest.raises(ValueError, match="at least the number of correct"):
+        average_precision([1.0, 2.0], [True, True], 1)
+    with pytest.raises(ValueError, match="same length"):
+        average_precision([1.0], [True, False], 2)
+    with pytest.raises(ValueError, match="finite"):
+        average_precision([np.nan], [True], 2)
