@@ -61,6 +61,7 @@ class WeightSpec:
 _LG_RELEASE = "https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv"
 _HF = "https://huggingface.co/kornia"
 _SG_REPO = "https://github.com/magicleap/SuperGluePretrainedNetwork/raw/master/models/weights"
+_LOFTR_CMP = "https://cmp.felk.cvut.cz/~mishkdmy/models"
 
 
 def _lightglue_spec(features: str, sha256: str | None = None, mirror: bool = True) -> WeightSpec:
@@ -96,6 +97,15 @@ REGISTRY: dict[str, WeightSpec] = {
     # Official SuperGlue weights (Magic Leap's non-commercial licence), committed in the reference repository.
     "superglue_indoor": WeightSpec("superglue_indoor.pth", (f"{_SG_REPO}/superglue_indoor.pth",)),
     "superglue_outdoor": WeightSpec("superglue_outdoor.pth", (f"{_SG_REPO}/superglue_outdoor.pth",)),
+    # LoFTR as kornia hosts it (kornia.feature.LoFTR(pretrained=...)): the same files, under the
+    # names torch.hub gives them from these URLs, are found in its cache.
+    "loftr_outdoor": WeightSpec("loftr_outdoor.ckpt", (f"{_HF}/loftr/resolve/main/loftr_outdoor.ckpt",
+                                                       f"{_LOFTR_CMP}/loftr_outdoor.ckpt")),
+    "loftr_indoor": WeightSpec("loftr_indoor.ckpt", (f"{_HF}/loftr/resolve/main/loftr_indoor.ckpt",
+                                                     f"{_LOFTR_CMP}/loftr_indoor.ckpt")),
+    "loftr_indoor_new": WeightSpec("loftr_indoor_ds_new.ckpt",
+                                   (f"{_HF}/loftr/resolve/main/loftr_indoor_ds_new.ckpt",
+                                    f"{_LOFTR_CMP}/loftr_indoor_ds_new.ckpt")),
     # GlueStick (SuperPoint + LSD wireframe) trained on MegaDepth: a training state whose 'model'
     # entry holds the matcher under 'matcher.*' (URL of the reference's loading code; no sha256 published)
     "gluestick_md": WeightSpec(

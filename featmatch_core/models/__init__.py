@@ -21,6 +21,10 @@ REGISTRY: dict[str, dict[str, str]] = {
         "gluestick": "featmatch_core.models.matchers.gluestick:GlueStick",
         "superglue": "featmatch_core.models.matchers.superglue:SuperGlue",
     },
+    # detector-free two-view matchers: images in, matches out, no per-image features
+    "dense": {
+        "loftr": "featmatch_core.models.dense.loftr:LoFTR",
+    },
     # line segment detectors: images in, lines / line_scores / line_mask out (the line contract)
     "line_detector": {
         "lsd": "featmatch_core.models.lines.lsd:LSD",

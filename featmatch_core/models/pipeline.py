@@ -115,7 +115,14 @@ class Pipeline(nn.Module):
 
     @classmethod
     def from_conf(cls, conf: ConfLike, download: bool = True, pretrained: bool = True) -> Pipeline:
-        """Build both models from a config and load their weights (this may download)."""
+        """Build both models from a config and load their weights (this may download).
+
+        A model section with ``dense:`` instead of extractor/matcher (LoFTR) builds a
+        ``DenseTwoView``, which offers the same two-view methods."""
+        from .dense.two_view import DenseTwoView, is_dense_conf
+
+        if is_dense_conf(conf):
+            return DenseTwoView.from_conf(conf, download=download, pretrained=pretrained)
         conf = merge_strict(cls.default_conf, conf, owner="pipeline", open_keys=OPEN_KEYS)
         extractor = build_model("extractor", conf.extractor, pretrained=pretrained, download=download)
         try:
@@ -255,6 +262,10 @@ class FeatureStream:
     """
 
     def __init__(self, pipeline: Pipeline) -> None:
+        if not getattr(pipeline, "per_image_features", True):  # a dense matcher (LoFTR) sees both images at once
+            from .dense.two_view import no_per_image_features
+
+            raise no_per_image_features(getattr(pipeline, "name", type(pipeline).__name__))
         self.pipeline = pipeline
         self.previous: Frame | None = None
         self.num_extracted = 0

@@ -289,8 +289,8 @@ def test_path_source_returned_unchanged(tmp_path: Path) -> None:
 
 def test_unknown_id_lists_known_ids() -> None:
     with pytest.raises(ValueError, match="superpoint_lightglue") as info:
-        resolve_weights("superglue_outdoor")
-    assert "superglue_outdoor" in str(info.value)
+        resolve_weights("no_such_checkpoint")
+    assert "no_such_checkpoint" in str(info.value)
     assert not isinstance(info.value, WeightsUnavailableError)
 
 
