@@ -249,6 +249,21 @@ def missing_paths(root: Path, required_paths: Iterable[str | Path]) -> list[Path
     return [root / p for p in required_paths if not (root / p).exists()]
 
 
+def ensure_archive_dataset(parent: Path, required_paths: Iterable[str | Path], url: str, sha256: str | None, *,
+                           download: bool, what: str) -> Path:
+    """:func:`ensure_dataset` for a dataset distributed as one archive (``url``) extracted into
+    ``parent``: fetched when ``download`` is true; otherwise (and offline) the error says how to get
+    it by hand (and to set ``download=true``)."""
+    archive = archive_name_of(url)
+    if download:
+        how = manual_instructions([url], archive, parent, parent.parent / archive)
+        fetch = lambda: fetch_archive(url, sha256, parent, what=what)  # noqa: E731
+    else:
+        how = "  Set download=true to fetch it automatically, or:\n" + manual_instructions([url], archive, parent)
+        fetch = None
+    return ensure_dataset(parent, required_paths, fetch, what=what, how=how)
+
+
 def ensure_dataset(root: str | Path, required_paths: Iterable[str | Path],
                    fetch: Callable[[], object] | None = None, *, what: str = "dataset",
                    how: str | None = None) -> Path:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .base import BASE_CONF, PairDataset, check_choice, join_errors, load_view, read_matrix, scale_homography
-from .download import DatasetUnavailableError, ensure_dataset, fetch_archive, manual_instructions
+from .download import DatasetUnavailableError, ensure_archive_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +74,7 @@ class HPatches(PairDataset):
         sequences = self._locate()
         if not sequences:
             parent = self.root.parent if self.root.name == RELEASE else self.root
-            archive = f"{RELEASE}.tar.gz"
-            if self.conf.download:
-                how = manual_instructions([URL], archive, parent, parent.parent / archive)
-            else:
-                how = ("  Set download=true to fetch it automatically, or:\n"
-                       + manual_instructions([URL], archive, parent))
-            fetch = (lambda: fetch_archive(URL, SHA256, parent, what="HPatches")) if self.conf.download else None
-            ensure_dataset(parent, [RELEASE], fetch, what="HPatches", how=how)
+            ensure_archive_dataset(parent, [RELEASE], URL, SHA256, download=self.conf.download, what="HPatches")
             sequences = self._locate()
             if not sequences:
                 raise DatasetUnavailableError(f"HPatches: no sequence folders (i_*/v_* with 1.ppm and H_1_k) "

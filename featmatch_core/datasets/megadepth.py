@@ -43,7 +43,7 @@ from .base import (
     parse_floats,
     scale_intrinsics,
 )
-from .download import ensure_dataset, fetch_archive, manual_instructions
+from .download import ensure_archive_dataset, ensure_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -120,15 +120,8 @@ class MegaDepth1500(PairDataset):
         pairs_file = self.conf.pairs_file
         if self.folder is None:
             parent = self.root  # the archive holds a megadepth1500/ folder
-            archive = URL.rsplit("/", 1)[-1]
-            if self.conf.download:
-                how = manual_instructions([URL], archive, parent, parent.parent / archive)
-            else:
-                how = ("  Set download=true to fetch it automatically, or:\n"
-                       + manual_instructions([URL], archive, parent))
-            fetch = (lambda: fetch_archive(URL, SHA256, parent, what="MegaDepth-1500")) if self.conf.download else None
-            ensure_dataset(parent, [f"{FOLDER}/images", f"{FOLDER}/{pairs_file}"], fetch, what="MegaDepth-1500",
-                           how=how)
+            ensure_archive_dataset(parent, [f"{FOLDER}/images", f"{FOLDER}/{pairs_file}"], URL, SHA256,
+                                   download=self.conf.download, what="MegaDepth-1500")
             self.folder = parent / FOLDER
         pairs_path = self.folder / pairs_file
         ensure_dataset(self.folder, ["images", pairs_file], None, what="MegaDepth-1500",

@@ -208,10 +208,10 @@ def evaluate_predictions(bench: Benchmark, dataset: Sequence[Mapping[str, Any]],
                 load_errors += 1
             result = bench.evaluate_pair(gt, pred, conf.eval, ransac_th)
             per_pair.append({"name": name, **result})
-    summary = summarize(per_pair, auc_keys=bench.auc_keys)
-    if bench.aggregate is not None:
-        summary.update(bench.aggregate(per_pair))
+    dataset_level = bench.aggregate(per_pair) if bench.aggregate is not None else {}
     per_pair = [{k: v for k, v in pair.items() if not k.startswith("_")} for pair in per_pair]
+    summary = summarize(per_pair, auc_keys=bench.auc_keys)
+    summary.update(dataset_level)
     summary["num_load_errors"] = float(load_errors)
     summary["ransac_th"] = float(ransac_th)
     return summary, per_pair
