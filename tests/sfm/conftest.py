@@ -46,6 +46,25 @@ def sift_nn():
                                            "device=cpu"], download=False)
 
 
+def pinhole(room: Scene):
+    from featmatch_core.sfm.colmap import CameraSpec
+
+    K = room.K  # OpenCV pixel centres; COLMAP's are +0.5
+    return CameraSpec("PINHOLE", [K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5], "single")
+
+
+MAPPING = ["mapping.min_model_size=3"]  # COLMAP keeps models of 10+ images by default
+
+
+@pytest.fixture(scope="session")
+def room_sfm(room, sift_nn, tmp_path_factory):
+    """The whole chain run once on the room (exhaustive pairs), shared by the tests that read it."""
+    from featmatch_core.sfm.reconstruct import reconstruct
+
+    out = tmp_path_factory.mktemp("room_sfm")
+    return reconstruct(room.image_dir, out, overrides=MAPPING, camera=pinhole(room), pipeline=sift_nn), out
+
+
 class CountingPipeline:
     """Wraps a pipeline, counts extract / match_features calls, and can fail on the n-th call."""
 
