@@ -253,16 +253,19 @@ class HomographyPairs(torch.utils.data.Dataset):
 
         feats = self.extractor({"image": to_tensor_image(view)})
         n_max = int(self.conf.features.max_num_keypoints)
+        # a wireframe extractor (GlueStick) also gives line segments: padded to its own line budget
+        n_lines = getattr(self.extractor, "max_num_lines", None)
         out = {}
         for key, value in feats.items():
             value = value[0]
             if key in ("image_size",):
                 out[key] = value.float()
                 continue
-            pad = n_max - value.shape[0]
+            length = int(n_lines) if key.startswith("line") and n_lines is not None else n_max
+            pad = length - value.shape[0]
             if pad > 0:
                 value = torch.cat([value, value.new_zeros((pad, *value.shape[1:]))], 0)
-            out[key] = value[:n_max]
+            out[key] = value[:length]
         return out
 
     def _cache_path(self, index: int) -> Path | None:

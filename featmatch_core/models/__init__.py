@@ -14,6 +14,7 @@ REGISTRY: dict[str, dict[str, str]] = {
         "sift": "featmatch_core.models.extractors.sift:SIFT",
         "aliked": "featmatch_core.models.extractors.aliked:ALIKED",
         "disk": "featmatch_core.models.extractors.disk:DISK",
+        "wireframe": "featmatch_core.models.lines.wireframe:Wireframe",
     },
     "matcher": {
         "lightglue": "featmatch_core.models.matchers.lightglue:LightGlue",

@@ -1,4 +1,5 @@
-"""LightGlue's training loss: NLL of the partial assignment at every layer + confidence loss.
+"""LightGlue's training loss: NLL of the partial assignment at every layer + confidence loss;
+GlueStick's line term: NLL of the line assignment (final layer + weighted intermediate layers).
 
 Ground truth labels: ``gt_matches0`` (B, M) with the index of the true match in image 1,
 -1 unmatchable, -2 ignore (and ``gt_matches1`` symmetrically).
@@ -84,3 +85,16 @@ def lightglue_loss(pred: dict, gt_matches0: Tensor, gt_matches1: Tensor, valid0:
     return {"total": assignment + confidence_weight * confidence, "assignment": assignment,
             "last_layer": per_layer[-1]["total"], "confidence": confidence,
             "num_positives": per_layer[-1]["num_positives"]}
+
+
+def line_assignment_loss(pred: dict, gt_line_matches0: Tensor, gt_line_matches1: Tensor,
+                         balancing: float = 0.5) -> dict[str, Tensor]:
+    """GlueStick's line term: the NLL of the final line assignment plus, when the matcher supervises
+    intermediate layers (``line_log_assignment_inter`` with ``line_inter_weights``), their weighted
+    NLLs, as the reference. Pairs without lines contribute 0."""
+    final = assignment_nll(pred["line_log_assignment"], gt_line_matches0, gt_line_matches1, balancing)
+    total = final["total"]
+    for weight, la in zip(pred.get("line_inter_weights", []), pred.get("line_log_assignment_inter", []),
+                          strict=True):
+        total = total + weight * assignment_nll(la, gt_line_matches0, gt_line_matches1, balancing)["total"]
+    return {"total": total, "last_layer": final["total"], "num_positives": final["num_positives"]}

@@ -6,7 +6,9 @@ the dataset with a frozen extractor) and the geometry: ``H_0to1`` (synthetic hom
 or depth maps, intrinsics and relative pose (MegaDepth).
 
 Batch keys: ``keypoints{0,1}`` (B, N, 2), ``descriptors{0,1}``, ``keypoint_mask{0,1}``,
-``image_size{0,1}``, optional ``scales{0,1}``/``oris{0,1}``, and either ``H_0to1`` (B, 3, 3)
+``image_size{0,1}``, optional ``scales{0,1}``/``oris{0,1}``, optional wireframe lines
+(``lines{0,1}``, ``line_scores{0,1}``, ``line_mask{0,1}``, ``lines_junc_idx{0,1}``: GlueStick;
+they get line labels and a line loss when the matcher predicts line assignments), and either ``H_0to1`` (B, 3, 3)
 or ``depth{0,1}`` (B, H, W; 0 = no depth, may be padded beyond ``image_size``), ``K{0,1}``
 (B, 3, 3) and ``T_0to1`` (B, 4, 4).
 """
@@ -21,11 +23,12 @@ from torch import Tensor, nn
 from ..config import ConfLike, merge_strict, to_container
 from ..geometry.depth import invert_transform, reproject
 from ..geometry.gt_matches import IGNORE, UNMATCHED, gt_matches_from_depth, gt_matches_from_homography
+from ..geometry.lines import gt_line_matches_from_depth, gt_line_matches_from_homography
 from ..models import build_model
-from .losses import lightglue_loss
+from .losses import lightglue_loss, line_assignment_loss
 
 FEATURE_KEYS = ("keypoints", "descriptors", "keypoint_scores", "keypoint_mask", "image_size", "scales",
-                "oris")
+                "oris", "lines", "line_scores", "line_mask", "lines_junc_idx")
 DEPTH_KEYS = ("depth0", "depth1", "K0", "K1", "T_0to1")
 
 
@@ -35,7 +38,8 @@ class TwoViewModel(nn.Module):
         "matcher": {"name": "lightglue"},
         # depth_consistency: relative depth difference beyond which a reprojected point is occluded
         "ground_truth": {"th_positive": 3.0, "th_negative": 5.0, "depth_consistency": 0.05},
-        "loss": {"nll_balancing": 0.5, "gamma": 1.0, "confidence_weight": 1.0},
+        "loss": {"nll_balancing": 0.5, "gamma": 1.0, "confidence_weight": 1.0,
+                 "line_weight": 1.0},  # weight of the line assignment NLL (matchers with lines)
         "pretrained": True,  # load the matcher's conf.weights (False: random initialisation)
     }
 
@@ -83,11 +87,26 @@ class TwoViewModel(nn.Module):
             out[f"gt_matches{i}"] = label_outside_unmatched(out[f"gt_matches{i}"], batch, i)
         return out
 
+    def line_ground_truth(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Line labels (``gt_line_matches0/1``) from ``H_0to1``, else from depth maps and poses."""
+        masks = {"mask0": batch.get("line_mask0"), "mask1": batch.get("line_mask1")}
+        if "H_0to1" in batch:
+            return gt_line_matches_from_homography(batch["lines0"], batch["lines1"], batch["H_0to1"],
+                                                   size0=batch.get("image_size0"), size1=batch.get("image_size1"),
+                                                   **masks)
+        return gt_line_matches_from_depth(batch["lines0"], batch["lines1"], batch["depth0"], batch["depth1"],
+                                          batch["K0"], batch["K1"], batch["T_0to1"],
+                                          depth_consistency=self.conf.ground_truth.depth_consistency, **masks)
+
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         view0, view1 = self.split_views(batch)
         pred = self.matcher({"image0": view0, "image1": view1})
         with torch.no_grad():
             gt = self.ground_truth(batch)
+            if "line_log_assignment" in pred and "lines0" in batch and "lines1" in batch:
+                line_gt = self.line_ground_truth(batch)
+                pred["gt_line_matches0"], pred["gt_line_matches1"] = (line_gt["gt_line_matches0"],
+                                                                      line_gt["gt_line_matches1"])
         pred["gt_matches0"], pred["gt_matches1"] = gt["gt_matches0"], gt["gt_matches1"]
         return pred
 
@@ -99,12 +118,20 @@ class TwoViewModel(nn.Module):
         conf = self.conf.loss
         losses = lightglue_loss(pred, gt0, gt1, valid0, valid1, balancing=conf.nll_balancing,
                                 gamma=conf.gamma, confidence_weight=conf.confidence_weight)
+        metrics = match_metrics(pred["matches0"], gt0)
+        if "gt_line_matches0" in pred:  # a matcher with lines (GlueStick): its line assignment NLL too
+            line = line_assignment_loss(pred, pred["gt_line_matches0"], pred["gt_line_matches1"],
+                                        balancing=conf.nll_balancing)
+            losses["line_assignment"] = line["total"]
+            losses["total"] = losses["total"] + conf.line_weight * line["total"]
+            metrics.update({f"line_{k}": v for k, v in match_metrics(pred["line_matches0"],
+                                                                     pred["gt_line_matches0"]).items()})
         if not losses["total"].requires_grad and torch.is_grad_enabled():
             # No layer ran (no keypoints): a zero loss still wired to every parameter, so that
             # backward() and DDP's gradient averaging work and all gradients are exactly 0.
             anchor = sum(p.sum() for p in self.matcher.parameters() if p.requires_grad) * 0.0
             losses["total"] = losses["total"] + anchor
-        return losses, match_metrics(pred["matches0"], gt0)
+        return losses, metrics
 
 
 def label_outside_unmatched(labels: Tensor, batch: dict[str, Tensor], i: int) -> Tensor:
