@@ -142,6 +142,14 @@ def load_view(path: Path, resize: int | None, side: str) -> dict[str, Any]:
             "original_image_size": (int(w), int(h)), "scale": scaling_matrix((w, h), new_size), "error": None}
 
 
+def pair_views(view0: dict[str, Any], view1: dict[str, Any]) -> dict[str, Any]:
+    """The image fields of a pair item from two :func:`load_view` results."""
+    return {"image0": view0["image"], "image1": view1["image"],
+            "image_size0": view0["image_size"], "image_size1": view1["image_size"],
+            "original_image_size0": view0["original_image_size"],
+            "original_image_size1": view1["original_image_size"]}
+
+
 def join_errors(*errors: str | None) -> str | None:
     found = [e for e in errors if e]
     return "; ".join(found) if found else None

@@ -39,7 +39,16 @@ import cv2
 import numpy as np
 
 from ..config import ConfigError
-from .base import BASE_CONF, PairDataset, join_errors, load_view, parse_floats, resize_depth, scale_intrinsics
+from .base import (
+    BASE_CONF,
+    PairDataset,
+    join_errors,
+    load_view,
+    pair_views,
+    parse_floats,
+    resize_depth,
+    scale_intrinsics,
+)
 from .download import DatasetUnavailableError, ensure_archive_dataset, ensure_dataset
 
 logger = logging.getLogger(__name__)
@@ -286,12 +295,7 @@ class ETH3D(PairDataset):
             "name": self.pair_name(index),
             "scene": pair.scene,
             "covisibility": pair.covisibility,
-            "image0": view0["image"],
-            "image1": view1["image"],
-            "image_size0": view0["image_size"],
-            "image_size1": view1["image_size"],
-            "original_image_size0": view0["original_image_size"],
-            "original_image_size1": view1["original_image_size"],
+            **pair_views(view0, view1),
             "K0": K0,
             "K1": K1,
             "T_0to1": pair.frame1.T_cam_world @ np.linalg.inv(pair.frame0.T_cam_world),

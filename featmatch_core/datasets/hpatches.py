@@ -25,7 +25,16 @@ import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .base import BASE_CONF, PairDataset, check_choice, join_errors, load_view, read_matrix, scale_homography
+from .base import (
+    BASE_CONF,
+    PairDataset,
+    check_choice,
+    join_errors,
+    load_view,
+    pair_views,
+    read_matrix,
+    scale_homography,
+)
 from .download import DatasetUnavailableError, ensure_archive_dataset
 
 logger = logging.getLogger(__name__)
@@ -142,12 +151,7 @@ class HPatches(PairDataset):
             "name": self.pair_name(index),
             "scene": seq,
             "is_illu": seq.startswith("i_"),
-            "image0": view0["image"],
-            "image1": view1["image"],
-            "image_size0": view0["image_size"],
-            "image_size1": view1["image_size"],
-            "original_image_size0": view0["original_image_size"],
-            "original_image_size1": view1["original_image_size"],
+            **pair_views(view0, view1),
             "H_0to1": scale_homography(H, view0["scale"], view1["scale"]),
             "load_error": join_errors(view0["error"], view1["error"]),
         }

@@ -40,6 +40,7 @@ from .base import (
     fit_depth,
     join_errors,
     load_view,
+    pair_views,
     parse_floats,
     scale_intrinsics,
 )
@@ -173,12 +174,7 @@ class MegaDepth1500(PairDataset):
         item = {
             "name": self.pair_name(index),
             "scene": scene,
-            "image0": view0["image"],
-            "image1": view1["image"],
-            "image_size0": view0["image_size"],
-            "image_size1": view1["image_size"],
-            "original_image_size0": view0["original_image_size"],
-            "original_image_size1": view1["original_image_size"],
+            **pair_views(view0, view1),
             "K0": self._intrinsics(K0, view0["scale"]),
             "K1": self._intrinsics(K1, view1["scale"]),
             "T_0to1": np.array(T, dtype=np.float64),
