@@ -220,12 +220,14 @@ class PointLineHomography(HomographyEstimator):
             return None  # the constraints of ALL elements leave more than one H: degenerate input
         T1_inv = np.linalg.inv(T1)
         num = len(rows)
-        th = float(self.conf.ransac_th)
+        # plain numbers: OmegaConf attribute access is slow in the loop
+        th, confidence = float(self.conf.ransac_th), float(self.conf.confidence)
+        max_iters, min_iters = int(self.conf.max_iters), int(self.conf.min_iters)
         rng = np.random.default_rng(int(self.conf.seed))
         best_H, best_cost, best_inliers = None, math.inf, np.zeros(num, dtype=bool)
         needed, drawn = math.inf, 0
-        while drawn < self.conf.max_iters and (drawn < self.conf.min_iters or drawn < needed):
-            count = int(min(BATCH, self.conf.max_iters - drawn))
+        while drawn < max_iters and (drawn < min_iters or drawn < needed):
+            count = min(BATCH, max_iters - drawn)
             samples = draw_samples(rng, num, count)
             drawn += count
             Hn, second = null_vectors(rows[samples].reshape(count, 8, 9))
@@ -243,7 +245,7 @@ class PointLineHomography(HomographyEstimator):
             candidate, cost, inliers = self._local_optimization(H[k], errors[k] < th, float(costs[k]), rows, T0,
                                                                 T1_inv, p0, p1, l0, l1)
             best_H, best_cost, best_inliers = candidate, cost, inliers
-            needed = required_iterations(inliers.mean(), float(self.conf.confidence))
+            needed = required_iterations(inliers.mean(), confidence)
         if best_H is None:
             return None
         return best_H, best_inliers
