@@ -55,7 +55,9 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "pytest-timeout", "ruff", "colcon-core", "colcon-ros"],  # colcon: the install-tree test
-        "open3d": ["open3d"],
+        # point clouds (featmatch_core.sfm.pointcloud); its Linux wheel needs Debian's libusb-1.0-0.
+        # 0.19 is the first with numpy 2 wheels; CI pins the tested version (.ci/run)
+        "open3d": ["open3d>=0.19"],
     },
     zip_safe=False,  # configs are read from the file system (config.named_config_dir)
     entry_points={

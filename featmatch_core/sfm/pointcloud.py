@@ -184,7 +184,8 @@ def _render_open3d(cloud: PointCloud, width: int, height: int, point_size: float
     return np.asarray(renderer.render_to_image())
 
 
-def _render_matplotlib(cloud: PointCloud, width: int, height: int, point_size: float) -> bytes:
+def _render_matplotlib(cloud: PointCloud, width: int, height: int, point_size: float,
+                       cameras: np.ndarray | None) -> bytes:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width / 100, height / 100), dpi=100)
@@ -193,9 +194,13 @@ def _render_matplotlib(cloud: PointCloud, width: int, height: int, point_size: f
     xyz = cloud.xyz - centre
     # plot (x, z, -y): cameras look along +z with y down, so -y is up in the picture
     ax.scatter(xyz[:, 0], xyz[:, 2], -xyz[:, 1], c=cloud.rgb / 255.0, s=point_size, linewidths=0, depthshade=False)
+    if cameras is not None and len(cameras):
+        c = np.asarray(cameras) - centre
+        ax.plot(c[:, 0], c[:, 2], -c[:, 1], "r^-", markersize=4, linewidth=1, label="cameras")
+        ax.legend(loc="upper right")
     for set_lim in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
         set_lim(-extent, extent)
-    ax.view_init(elev=15, azim=-100)
+    ax.view_init(elev=20, azim=-70)
     ax.set_xlabel("x")
     ax.set_ylabel("z")
     ax.set_zlabel("-y")
@@ -205,12 +210,13 @@ def _render_matplotlib(cloud: PointCloud, width: int, height: int, point_size: f
     return buffer.getvalue()
 
 
-def render_png(cloud: PointCloud, path: str | Path, width: int = 800, height: int = 600, point_size: float = 2.0,
-               renderer: str = "auto") -> str:
+def render_png(cloud: PointCloud, path: str | Path, width: int = 800, height: int = 600, point_size: float = 4.0,
+               renderer: str = "auto", cameras: np.ndarray | None = None) -> str:
     """Save a picture of the cloud; returns the renderer used ("open3d" or "matplotlib").
 
     ``auto`` tries Open3D's offscreen renderer (it needs EGL or Vulkan) and falls back to a
-    matplotlib scatter where it cannot run (headless machines without a GPU driver).
+    matplotlib scatter where it cannot run (headless machines without a GPU driver), which also
+    draws the camera centres ``cameras`` (M, 3) when given.
     """
     if renderer not in ("auto", "open3d", "matplotlib"):
         raise ValueError(f"unknown renderer '{renderer}'; use auto, open3d or matplotlib")
@@ -232,5 +238,19 @@ def render_png(cloud: PointCloud, path: str | Path, width: int = 800, height: in
             logger.info("Open3D offscreen rendering unavailable (%s); using matplotlib", err)
     elif renderer == "open3d":
         raise RuntimeError(f"Open3D offscreen rendering unavailable: {_OFFSCREEN_FAILED[0]}")
-    atomic_write_bytes(path, _render_matplotlib(cloud, width, height, point_size))
+    atomic_write_bytes(path, _render_matplotlib(cloud, width, height, point_size, cameras))
     return "matplotlib"
+
+
+def export_cloud(reconstruction: Any, output_dir: str | Path, nb_neighbors: int = 20, std_ratio: float = 2.0,
+                 renderer: str = "auto") -> dict[str, Any]:
+    """``cloud.ply`` (outliers removed) and ``cloud.png`` of a reconstruction; returns paths and counts."""
+    output_dir = Path(output_dir)
+    cloud = cloud_from_reconstruction(reconstruction)
+    kept, _ = remove_outliers(cloud, nb_neighbors, std_ratio)
+    info: dict[str, Any] = {"points": len(cloud), "kept": len(kept), "ply": save_ply(kept, output_dir / "cloud.ply")}
+    if len(kept):
+        info["png"] = output_dir / "cloud.png"
+        centres = np.stack([reconstruction.images[i].projection_center() for i in reconstruction.reg_image_ids()])
+        info["renderer"] = render_png(kept, info["png"], renderer=renderer, cameras=centres)
+    return info

@@ -5,7 +5,8 @@
         --camera-mode single model.extractor.max_num_keypoints=2048 mapping.mapper.init_min_tri_angle=8
 
 OUT receives features.h5 and matches.h5 (hloc's layout), pairs.txt, database.db, the largest
-model (sfm/ binary, sfm_text/ text, points.ply) and summary.json; re-running resumes from the
+model (sfm/ binary, sfm_text/ text, points.ply), summary.json and, with --cloud (needs open3d),
+cloud.ply (statistical outliers removed) and its picture cloud.png; re-running resumes from the
 h5 files (only missing images and pairs are computed). Overrides: ``model.*`` (the pipeline of
 the named config), ``mapping.*`` (pycolmap.IncrementalPipelineOptions, e.g.
 ``mapping.min_model_size=3``), ``verification.*`` (pycolmap.TwoViewGeometryOptions, e.g.
@@ -152,6 +153,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--camera-mode", default="auto", choices=sorted(colmap.CAMERA_MODES))
     parser.add_argument("--min-match-score", type=float, default=None, help="drop matches scored below this")
     parser.add_argument("--export", default="bin,txt,ply", help="comma-separated: bin, txt, ply")
+    parser.add_argument("--cloud", action="store_true",
+                        help="also cloud.ply without outliers and a picture cloud.png (needs open3d)")
     parser.add_argument("--overwrite", action="store_true", help="recompute features and matches")
     parser.add_argument("--offline", action="store_true", help="never download weights")
     parser.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
@@ -164,15 +167,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = [float(p) for p in args.camera_params.split(",")] if args.camera_params else None
         camera = colmap.CameraSpec(args.camera, params, args.camera_mode)
         camera.reader_options()
+        if args.cloud:
+            from .pointcloud import require_open3d
+
+            require_open3d()  # before hours of work, not after
         names = read_image_list(args.image_list, args.images) if args.image_list else None
         result = reconstruct(args.images, args.out, args.conf, args.overrides, args.pairs, camera, names,
                              args.min_match_score, args.export.split(","), args.overwrite, args.verbose,
                              download=not args.offline)
     except (ConfigError, WeightsUnavailableError, FileNotFoundError, NotADirectoryError, ValueError, KeyError,
-            OSError) as err:
+            OSError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_summary(result.summary))
+    if args.cloud and result.reconstruction is not None:
+        from .pointcloud import export_cloud
+
+        cloud = export_cloud(result.reconstruction, args.out)
+        print(f"point cloud: {cloud['kept']} of {cloud['points']} points kept after outlier removal -> "
+              f"{cloud['ply']}" + (f", picture {cloud['png']} ({cloud['renderer']})" if "png" in cloud else ""))
     if result.summary["unreadable"]:
         print("unreadable images skipped: " + ", ".join(sorted(result.summary["unreadable"])))
     print(f"outputs in {args.out}: " + json.dumps({k: str(v) for k, v in result.paths.items()}))

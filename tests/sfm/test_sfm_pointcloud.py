@@ -117,3 +117,12 @@ def test_cloud_from_reconstruction_keeps_colours(room, room_sfm):
     assert 0 < len(strict) < len(cloud)
     with h5io.open_h5(out / "features.h5") as f:
         assert sorted(h5io.list_names(f)) == room.names
+
+
+@needs_open3d
+def test_export_cloud_of_a_reconstruction(room_sfm, tmp_path):
+    result, _ = room_sfm
+    info = pointcloud.export_cloud(result.reconstruction, tmp_path, renderer="matplotlib")
+    assert 0.8 * info["points"] <= info["kept"] <= info["points"] == result.reconstruction.num_points3D()
+    assert len(pointcloud.load_ply(info["ply"])) == info["kept"]
+    assert info["renderer"] == "matplotlib" and cv2.imread(str(info["png"])).shape == (600, 800, 3)
