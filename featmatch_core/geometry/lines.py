@@ -343,11 +343,14 @@ def gt_line_matches_from_depth(lines0: ArrayLike, lines1: ArrayLike, depth0: Arr
     s1 = sample_points_on_lines(lines1, npts)
 
     def classify(samples, depth_i, depth_j, K_i, K_j, T_itoj):
+        shape = samples.shape[:-1]
+        if samples.shape[1] == 0:  # no segment: sample_depth cannot take zero points
+            none = torch.zeros(shape, dtype=torch.bool, device=samples.device)
+            return samples, none, none, none
         flat = samples.reshape(b, -1, 2)
         proj, visible, hidden = _visibility(flat, depth_i, depth_j, K_i, K_j, T_itoj, depth_consistency,
                                             depth_sampling)
         _, has_depth = sample_depth(flat, depth_i, mode=depth_sampling)
-        shape = samples.shape[:-1]
         return proj.reshape(samples.shape), visible.reshape(shape), hidden.reshape(shape), has_depth.reshape(shape)
 
     s0_1, vis0, hid0, dep0 = classify(s0, depth0, depth1, K0, K1, T_0to1)

@@ -250,3 +250,12 @@ def test_average_precision_hand_computed():
         average_precision([1.0], [True, False], 2)
     with pytest.raises(ValueError, match="finite"):
         average_precision([np.nan], [True], 2)
+
+
+def test_gt_line_matches_from_depth_when_one_image_has_no_segments():
+    K, T, depth0, depth1, lines0, lines1 = _plane_scene()
+    out = gt_line_matches_from_depth(lines0, lines1[:0], depth0, depth1, K, K, T)
+    np.testing.assert_array_equal(out["gt_line_matches0"], [-1, -1, -1, -1, -2, -1])  # no depth stays unknown
+    assert out["gt_line_matches1"].shape == (0,) and out["gt_line_assignment"].shape == (6, 0)
+    out = gt_line_matches_from_depth(lines0[:0], lines1[:0], depth0, depth1, K, K, T)
+    assert out["gt_line_matches0"].shape == (0,) and out["gt_line_matches1"].shape == (0,)
