@@ -301,6 +301,8 @@ class ETH3D(PairDataset):
             "T_0to1": pair.frame1.T_cam_world @ np.linalg.inv(pair.frame0.T_cam_world),
             "depth0": depth0,
             "depth1": depth1,
+            "depth0_id": f"{pair.scene}/{pair.frame0.name}",  # caches store each depth map once
+            "depth1_id": f"{pair.scene}/{pair.frame1.name}",
             "depth_error": join_errors(derr0, derr1),
             "load_error": join_errors(view0["error"], view1["error"]),
         }

@@ -56,8 +56,9 @@ class Benchmark:
     # dataset-level metrics (e.g. AP over the matches of all pairs) from the per-pair results; per-pair
     # fields whose name starts with '_' are for it only (arrays) and are dropped before saving
     aggregate: Callable[[list[dict[str, Any]]], dict[str, float]] | None = None
-    # dense ground truth of the items to cache as well (e.g. depth0/depth1), stored float32 and compressed;
-    # off by default: large maps (MegaDepth at 1600 px) would make the cache huge
+    # dense ground truth of the items to cache as well (e.g. depth0/depth1), stored float32 and compressed,
+    # once per image when the item names it (``<key>_id``, e.g. depth0_id); off by default: large maps
+    # (MegaDepth at 1600 px) would make the cache huge
     cached_maps: tuple[str, ...] = ()
 
 
@@ -168,7 +169,7 @@ def _write_prediction(f: h5py.File, item: Mapping[str, Any], pipeline: Pipeline 
             grp.create_dataset(f"gt_{key}", data=np.asarray(item[key], dtype=np.float64))
     for key in maps:
         if item.get(key) is not None:
-            grp.create_dataset(f"gt_{key}", data=np.asarray(item[key], dtype=np.float32), compression="gzip")
+            _write_map(f, grp, key, np.asarray(item[key], dtype=np.float32), item.get(f"{key}_id"))
     error = item.get("load_error")
     if error or item.get("image0") is None or item.get("image1") is None:
         grp.attrs["load_error"] = str(error or "image could not be read")
@@ -185,6 +186,17 @@ def _write_prediction(f: h5py.File, item: Mapping[str, Any], pipeline: Pipeline 
             grp.create_dataset(key, data=np.asarray(getattr(pred, key), dtype=dtype))
     for key, value in pred.info.items():
         grp.attrs[key] = value
+
+
+def _write_map(f: h5py.File, grp: h5py.Group, key: str, value: np.ndarray, map_id: str | None) -> None:
+    """A dense map in the pair's group, or once in ``/maps`` (linked from every pair of that image)."""
+    if map_id is None:
+        grp.create_dataset(f"gt_{key}", data=value, compression="gzip")
+        return
+    path = f"maps/{_group_name(str(map_id))}"
+    if path not in f:
+        f.create_dataset(path, data=value, compression="gzip")
+    grp[f"gt_{key}"] = h5py.SoftLink(f"/{path}")
 
 
 def read_prediction(f: h5py.File, pair_name: str) -> tuple[dict[str, Any], dict[str, Any]]:

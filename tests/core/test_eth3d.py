@@ -200,6 +200,10 @@ def test_eval_sift_nn_end_to_end_point_ap(eth3d_root: Path, tmp_path: Path, caps
     assert summary["point_gt_positives"] > 50 and summary["num_pairs"] == 3
     assert "line_AP" not in summary and not any(k.startswith("_") for k in summary)  # sift+nn has no lines
     assert summary["pose_error_auc@20"] > 0.3 and summary["point_precision"] > 0.5
+    import h5py
+
+    with h5py.File(out_dir / "predictions.h5", "r") as f:  # each depth map cached once, for 3 pairs
+        assert sorted(f["maps"]) == [f"courtyard|DSC_000{i}.JPG" for i in range(3)]
     pairs = json.loads((out_dir / "pairs_opencv_th1.0.json").read_text())
     assert not any(k.startswith("_") for k in pairs[0])
     # evaluation again, from the cache only (with other GT thresholds): no matching

@@ -221,12 +221,20 @@ def test_runner_caches_lines_and_line_matches(tmp_path):
                                   line_match_scores=pred["line_match_scores"])
 
     image = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
-    dataset = [{"name": "seq/1_2", "image0": image, "image1": image, "H_0to1": H_TRUE,
-                "image_size0": SIZE, "image_size1": SIZE, "depth0": np.ones((4, 4))}]
-    path, _ = runner.export_predictions(FakePipeline, dataset, tmp_path / "predictions.h5", "fp", maps=("depth0",))
+    item = {"image0": image, "image1": image, "H_0to1": H_TRUE, "image_size0": SIZE, "image_size1": SIZE,
+            "depth0": np.ones((4, 4)), "depth1": np.full((4, 4), 2.0)}
+    dataset = [{"name": "seq/1_2", **item, "depth1_id": "seq/2"},
+               {"name": "seq/1_3", **item, "depth1": np.full((4, 4), 3.0), "depth1_id": "seq/3"},
+               {"name": "seq/2_3", **item, "depth0": np.full((4, 4), 2.0), "depth0_id": "seq/2",
+                "depth1": np.full((4, 4), 3.0), "depth1_id": "seq/3"}]
+    path, _ = runner.export_predictions(FakePipeline, dataset, tmp_path / "predictions.h5", "fp",
+                                        maps=("depth0", "depth1"))
     with h5py.File(path, "r") as f:
         gt, cached = runner.read_prediction(f, "seq/1_2")
-        assert f["seq|1_2/gt_depth0"].dtype == np.float32
+        assert f["seq|1_2/gt_depth0"].dtype == np.float32 and sorted(f["maps"]) == ["seq|2", "seq|3"]
+        for name, d0, d1 in (("seq/1_3", 1.0, 3.0), ("seq/2_3", 2.0, 3.0)):  # maps named by id stored once
+            pair_gt, _ = runner.read_prediction(f, name)
+            assert (pair_gt["depth0"] == d0).all() and (pair_gt["depth1"] == d1).all()
     for key in ("lines0", "lines1", "line_matches", "line_match_scores"):
         np.testing.assert_allclose(cached[key], pred[key], rtol=1e-6)
     assert cached["lines0"].shape == (30, 2, 2) and cached["line_matches"].dtype == np.int64
