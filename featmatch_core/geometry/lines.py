@@ -30,7 +30,6 @@ few samples with valid depth, or too few samples whose visibility can be decided
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .depth import invert_transform, sample_depth
@@ -54,10 +53,9 @@ def _safe_div(num: torch.Tensor, den: torch.Tensor, fill: float = 0.0, eps: floa
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.full_like(num, fill))
 
 
+@numpy_compat()
 def segment_lengths(lines: ArrayLike) -> ArrayLike:
     """Lengths (..., L) of segments (..., L, 2, 2), in pixels."""
-    if not isinstance(lines, torch.Tensor):
-        return np.linalg.norm(np.asarray(lines)[..., 1, :] - np.asarray(lines)[..., 0, :], axis=-1)
     return _safe_norm(lines[..., 1, :] - lines[..., 0, :])
 
 
