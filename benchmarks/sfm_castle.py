@@ -73,12 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confs", nargs="+", default=["sift+nn", "sift+lightglue"])
     parser.add_argument("--pairs", default="sequential:10")
     parser.add_argument("--out", type=Path, default=Path("outputs/sfm_castle"))
+    parser.add_argument("--seed", type=int, default=0, help="COLMAP's RANSAC and mapper seed (-1: random)")
     parser.add_argument("--resume", action="store_true", help="reuse features/matches of a previous run")
     args = parser.parse_intermixed_args(argv)
     if not (args.data / "images").is_dir():
         print(f"error: no castle_simu at {args.data}; pass --data", file=sys.stderr)
         return 2
-    rows = [run(conf, args.data, args.out, args.pairs, args.overrides, args.resume) for conf in args.confs]
+    seeded = [f"mapping.random_seed={args.seed}", f"mapping.mapper.random_seed={args.seed}",
+              f"verification.ransac.random_seed={args.seed}"] if args.seed >= 0 else []
+    overrides = seeded + args.overrides
+    rows = [run(conf, args.data, args.out, args.pairs, overrides, args.resume) for conf in args.confs]
     print(f"castle_simu, pairs {args.pairs}, overrides {args.overrides or 'none'}")
     print(table(rows))
     args.out.mkdir(parents=True, exist_ok=True)

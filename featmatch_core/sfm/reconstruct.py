@@ -177,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              download=not args.offline)
     except (ConfigError, WeightsUnavailableError, FileNotFoundError, NotADirectoryError, ValueError, KeyError,
             OSError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
+        print(f"error: {message}", file=sys.stderr)
         return 2
     print(format_summary(result.summary))
     if args.cloud and result.reconstruction is not None:

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import cv2
-import numpy as np
 import pytest
+from sfm_scene import HEIGHT, MAPPING, WIDTH, Scene, pinhole
 
 import featmatch_core
 from lightglue_ros.synthetic import RoomScene, default_K, trajectory
-
-WIDTH, HEIGHT = 320, 240
-
-
-@dataclass
-class Scene:
-    image_dir: Path
-    names: list[str]
-    K: np.ndarray
-    poses: dict[str, np.ndarray]  # name -> T_cam_world
-    depths: dict[str, np.ndarray]
 
 
 @pytest.fixture(scope="session")
@@ -46,16 +32,6 @@ def sift_nn():
                                            "device=cpu"], download=False)
 
 
-def pinhole(room: Scene):
-    from featmatch_core.sfm.colmap import CameraSpec
-
-    K = room.K  # OpenCV pixel centres; COLMAP's are +0.5
-    return CameraSpec("PINHOLE", [K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5], "single")
-
-
-MAPPING = ["mapping.min_model_size=3"]  # COLMAP keeps models of 10+ images by default
-
-
 @pytest.fixture(scope="session")
 def room_sfm(room, sift_nn, tmp_path_factory):
     """The whole chain run once on the room (exhaustive pairs), shared by the tests that read it."""
@@ -63,25 +39,3 @@ def room_sfm(room, sift_nn, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("room_sfm")
     return reconstruct(room.image_dir, out, overrides=MAPPING, camera=pinhole(room), pipeline=sift_nn), out
-
-
-class CountingPipeline:
-    """Wraps a pipeline, counts extract / match_features calls, and can fail on the n-th call."""
-
-    def __init__(self, pipeline, fail_extract_at: int | None = None, fail_match_at: int | None = None) -> None:
-        self.pipeline = pipeline
-        self.extractor, self.matcher, self.device = pipeline.extractor, pipeline.matcher, pipeline.device
-        self.extract_calls = self.match_calls = 0
-        self.fail_extract_at, self.fail_match_at = fail_extract_at, fail_match_at
-
-    def extract(self, image):
-        self.extract_calls += 1
-        if self.extract_calls == self.fail_extract_at:
-            raise KeyboardInterrupt
-        return self.pipeline.extract(image)
-
-    def match_features(self, feats0, feats1):
-        self.match_calls += 1
-        if self.match_calls == self.fail_match_at:
-            raise KeyboardInterrupt
-        return self.pipeline.match_features(feats0, feats1)

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pycolmap
 import pytest
-from conftest import MAPPING, pinhole
+from sfm_scene import MAPPING, pinhole
 
 from featmatch_core.sfm import colmap
 from featmatch_core.sfm.evaluate import camera_centres, centres_from_poses, position_errors, umeyama_sim3
@@ -110,6 +110,13 @@ def test_cli_bad_input_is_one_error_line(room, tmp_path, capsys, argv_tail, mess
     assert main([str(room.image_dir), str(tmp_path), *argv_tail]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err
+
+
+def test_image_list_naming_a_missing_file_is_one_error_line(room, tmp_path, capsys):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{room.names[0]}\nmissing.png\n")
+    assert main([str(room.image_dir), str(tmp_path / "out"), "--image-list", str(listing)]) == 2
+    assert "lists 1 image(s) absent from" in capsys.readouterr().err
 
 
 def test_umeyama_recovers_a_similarity():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from conftest import CountingPipeline
+from sfm_scene import CountingPipeline
 
 from featmatch_core.config import ConfigError
 from featmatch_core.image import read_image
