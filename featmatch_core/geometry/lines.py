@@ -199,7 +199,10 @@ def _assign_lines(count0: torch.Tensor, count1_t: torch.Tensor, candidate: torch
                   unmatched0: torch.Tensor, unmatched1: torch.Tensor,
                   ignore0: torch.Tensor, ignore1: torch.Tensor) -> dict[str, torch.Tensor]:
     """Hungarian assignment over candidate pairs and the final labels (see module docstring)."""
-    from scipy.optimize import linear_sum_assignment
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError as error:  # pragma: no cover - scipy is a dependency of the package
+        raise ImportError("ground-truth line labels need scipy (Hungarian assignment): pip install scipy") from error
 
     b, n0, n1 = candidate.shape
     score = (count0 * count1_t).to(torch.float64)
