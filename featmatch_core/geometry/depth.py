@@ -87,8 +87,9 @@ def sample_depth(points: ArrayLike, depth: ArrayLike, mode: str = "bilinear") ->
                          "must share their leading (batch) dimensions")
     height, width = depth.shape[-2:]
     num = points.shape[-2]
-    pts = points.reshape(-1, num, 2)
-    depth_flat = depth.reshape(-1, height * width).to(pts.dtype)
+    batch = int(torch.tensor(lead).prod()) if len(lead) else 1  # explicit: -1 is ambiguous when num = 0
+    pts = points.reshape(batch, num, 2)
+    depth_flat = depth.reshape(batch, height * width).to(pts.dtype)
     x, y = pts[..., 0], pts[..., 1]
     finite = torch.isfinite(x) & torch.isfinite(y)
     x = torch.where(finite, x, torch.full_like(x, -1e6))

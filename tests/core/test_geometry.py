@@ -417,3 +417,14 @@ def test_gt_matches_from_depth_with_occluder():
     assert (batch["gt_matches0"][:, n0:] == IGNORE).all()
     np.testing.assert_array_equal(batch["gt_matches1"][0].numpy(), m1)
     assert batch["reproj_error"].shape == (2, n0 + 3, n1)
+
+
+def test_depth_labels_with_no_keypoints_in_one_image():
+    """An image without keypoints (texture-less frame) gives empty labels, not a reshape error."""
+    K, T, depth = torch.eye(3)[None], torch.eye(4)[None], torch.ones(1, 5, 6)
+    kpts1 = torch.tensor([[[1.0, 1.0], [4.0, 3.0]]])
+    out = gt_matches_from_depth(torch.zeros(1, 0, 2), kpts1, depth, depth, K, K, T)
+    assert out["gt_matches0"].shape == (1, 0)
+    assert out["gt_matches1"].tolist() == [[-1, -1]]  # visible, but nothing to match in image 0
+    values, valid = sample_depth(torch.zeros(2, 0, 2), torch.ones(2, 5, 6))
+    assert values.shape == valid.shape == (2, 0)
