@@ -124,7 +124,8 @@ SCHEMA: tuple[Param, ...] = (
         max=1.0,
         runtime=True,
     ),
-    Param("filter_threshold", 0.1, "LightGlue minimum match probability", min=0.0, max=1.0, runtime=True),
+    Param("filter_threshold", 0.1, "LightGlue / GlueStick minimum match probability", min=0.0, max=1.0,
+          runtime=True),
     Param(
         "nn_ratio_threshold",
         0.8,
@@ -353,7 +354,7 @@ MATCHER_CONF_KEYS = {
         "filter_threshold": "filter_threshold",
     },
     "nn": {"nn_ratio_threshold": "ratio_thresh"},
-    "gluestick": {},  # filled in when GlueStick lands
+    "gluestick": {"filter_threshold": "filter_threshold"},
 }
 
 

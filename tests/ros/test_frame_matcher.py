@@ -285,3 +285,28 @@ def test_line_matches_are_published_when_the_matcher_has_lines(frames):
     # the matched segment of image 1 (x = 22, y 32..92) is drawn in colour on the right half
     right = drawn[:, W + 10 + 22]
     assert (np.ptp(right[40:80].astype(int), axis=-1) > 50).any()
+
+
+def test_gluestick_pipeline_end_to_end_publishes_line_matches():
+    """matcher: gluestick builds <extractor>+lsd+gluestick (random weights here: no download) and
+    its line matches reach the line_matches cloud, consistent with the record."""
+    from featmatch_core.models.pipeline import Pipeline, pipeline_conf
+    from lightglue_ros import params as P
+
+    values = P.validate("matcher", {"extractor": "superpoint", "matcher": "gluestick", "resize": 0,
+                                    "max_keypoints": 256, "filter_threshold": 0.0})
+    assert P.pipeline_name(values) == "superpoint+lsd+gluestick"
+    pipe = Pipeline.from_conf(pipeline_conf(P.pipeline_name(values), P.model_overrides(values)), pretrained=False)
+    fm = FrameMatcher(values, TYPES, pipeline=pipe)
+    assert pipe.matcher.conf.filter_threshold == 0.0  # the node's parameter reached GlueStick
+    seq = synthetic.sequence(2, 160, 120, step=0.05, seed=3)
+    results = []
+    for frame in seq:
+        header = cv.make_header(TYPES, frame.stamp_ns, "cam")
+        results.append(fm.process(cv.numpy_to_image(TYPES, frame.image, "mono8", header),
+                                  cv.make_camera_info(TYPES, header, 160, 120, frame.K)))
+    rec = results[1].record
+    assert rec["line_matches"] > 0  # threshold 0: random weights still pair up segments
+    pts = cv.pointcloud2_to_array(results[1].line_matches)
+    assert len(pts) == (rec["line_matches"] if rec["matches"] >= values["min_matches"] else 0)
+    assert {"u0_s", "v0_e", "u1_s", "v1_e", "score", "idx0", "idx1"} <= set(pts.dtype.names)
