@@ -39,6 +39,7 @@ setup(
         # pip would fetch the default PyPI wheel, which on Linux x86-64 is a multi-GB CUDA build.
         "torch>=2.1",
         "numpy",
+        "scipy",  # Hungarian assignment of ground-truth line labels
         # OpenCV's pip packages (opencv-python, -headless, -contrib...) all provide `cv2` and must
         # not be mixed: with opencv-python already installed, pip adds -headless beside it.
         # Keep one of them (pip uninstall the other), or install with --no-deps.
