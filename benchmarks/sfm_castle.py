@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
               f"verification.ransac.random_seed={args.seed}"] if args.seed >= 0 else []
     overrides = seeded + args.overrides
     rows = [run(conf, args.data, args.out, args.pairs, overrides, args.resume) for conf in args.confs]
-    print(f"castle_simu, pairs {args.pairs}, overrides {args.overrides or 'none'}")
+    print(f"castle_simu, pairs {args.pairs}, overrides {' '.join(overrides) or 'none'}")
     print(table(rows))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
