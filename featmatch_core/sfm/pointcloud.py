@@ -44,7 +44,7 @@ class PointCloud:
 def require_open3d() -> Any:
     try:
         import open3d
-    except ImportError as err:  # also OSError-like failures of its shared libraries surface here
+    except (ImportError, OSError) as err:  # OSError: a shared library it links against (libusb) is missing
         raise ImportError(
             f"this needs open3d ({err}): pip install open3d (on Debian/Ubuntu also apt-get install libusb-1.0-0)"
         ) from None
