@@ -46,6 +46,35 @@ def test_database_import_counts(room, sift_nn, tmp_path):
     assert colmap.verify_matches(db_path, pairs, tmp_path) == 3
 
 
+def test_files_written_like_hloc_import_unchanged(room, tmp_path):
+    """hloc's writers: float16 arrays (as_half), int16 matches0, no fingerprint, pair stored as (b, a)."""
+    import h5py
+
+    a, b = room.names[:2]
+    rng = np.random.default_rng(0)
+    kpts = {a: rng.uniform(0, 200, (30, 2)), b: rng.uniform(0, 200, (20, 2))}
+    with h5py.File(tmp_path / "feats.h5", "w") as f:
+        for name, k in kpts.items():
+            grp = f.create_group(name)
+            grp.create_dataset("keypoints", data=k.astype(np.float16))
+            grp.create_dataset("descriptors", data=rng.random((128, len(k))).astype(np.float16))
+    matches0 = np.full(20, -1, np.int16)
+    matches0[[0, 5, 7]] = [3, 1, 29]
+    with h5py.File(tmp_path / "matches.h5", "w") as f:
+        grp = f.create_group(f"{b}/{a}")
+        grp.create_dataset("matches0", data=matches0)
+        grp.create_dataset("matching_scores0", data=np.ones(20, np.float16))
+    db_path = tmp_path / "database.db"
+    ids = colmap.create_database(db_path, room.image_dir, [a, b], pinhole(room))
+    colmap.import_features(db_path, ids, tmp_path / "feats.h5")
+    assert colmap.import_matches(db_path, ids, [(a, b)], tmp_path / "matches.h5") == 1
+    with pycolmap.Database.open(db_path) as db:
+        assert db.num_keypoints_for_image(ids[a]) == 30
+        np.testing.assert_allclose(db.read_keypoints(ids[b])[:, :2], kpts[b].astype(np.float16) + 0.5, atol=1e-3)
+        stored = db.read_matches(ids[a], ids[b])
+    assert sorted(map(tuple, stored.tolist())) == [(1, 5), (3, 0), (29, 7)]  # (index in a, index in b)
+
+
 def test_reconstruction_of_a_generated_scene(room, room_sfm):
     result, out = room_sfm
     summary = result.summary
