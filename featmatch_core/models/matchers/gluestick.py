@@ -43,11 +43,22 @@ PADDING_LOG_SCORE = -1e4
 
 
 # ---- building blocks (reference layout) ------------------------------------------------------
+class Pointwise(nn.Conv1d):
+    """A 1x1 ``Conv1d`` (same parameters and checkpoint keys) computed as a matrix product: on CPU
+    ~1.7x faster than the convolution kernel for (B, D, N) point sets."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x.transpose(1, 2), self.weight[:, :, 0], self.bias).transpose(1, 2)
+
+
 def mlp(channels: Sequence[int]) -> nn.Sequential:
     """1x1 convolutions with batch norm + ReLU between them (none after the last)."""
     layers: list[nn.Module] = []
     for i in range(1, len(channels)):
-        layers.append(nn.Conv1d(channels[i - 1], channels[i], kernel_size=1, bias=True))
+        layers.append(Pointwise(channels[i - 1], channels[i]))
         if i < len(channels) - 1:
             layers += [nn.BatchNorm1d(channels[i]), nn.ReLU()]
     return nn.Sequential(*layers)
@@ -113,13 +124,13 @@ class MultiHeadedAttention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"GlueStick: descriptor_dim {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.merge = nn.Conv1d(dim, dim, kernel_size=1)
-        self.proj = nn.ModuleList([nn.Conv1d(dim, dim, kernel_size=1) for _ in range(3)])
+        self.merge = Pointwise(dim, dim)
+        self.proj = nn.ModuleList([Pointwise(dim, dim) for _ in range(3)])
 
     def split(self, x: Tensor) -> Tensor:
-        """(B, D, N) -> (B, H, N, D / H)."""
+        """(B, D, N) -> (B, H, N, D / H), contiguous (the fused attention kernel is ~2x faster on CPU)."""
         b, d, n = x.shape
-        return x.view(b, d // self.num_heads, self.num_heads, n).permute(0, 2, 3, 1)
+        return x.reshape(b, d // self.num_heads, self.num_heads, n).permute(0, 2, 3, 1).contiguous()
 
     def forward(self, x: Tensor, source: Tensor, source_mask: Tensor | None) -> Tensor:
         q, k, v = (self.split(proj(t)) for proj, t in zip(self.proj, (x, source, source), strict=True))
@@ -314,21 +325,21 @@ class GlueStick(BaseModel):
             raise ValueError("GlueStick: inter_supervision_weights needs one weight per inter_supervision layer")
         self.input_dim = int(conf.input_dim)
         if conf.input_dim != conf.descriptor_dim:
-            self.input_proj = nn.Conv1d(int(conf.input_dim), dim, kernel_size=1)
+            self.input_proj = Pointwise(int(conf.input_dim), dim)
             nn.init.constant_(self.input_proj.bias, 0.0)
         self.kenc = KeypointEncoder(dim, conf.keypoint_encoder)
         self.lenc = EndpointEncoder(dim, conf.keypoint_encoder, conf.line_score_pairing == "reference")
         self.gnn = nn.Module()
         self.gnn.layers = nn.ModuleList([GNNLayer(dim, t) for t in layer_types])
         self.gnn.line_layers = nn.ModuleList([LineLayer(dim) for _ in range(len(layer_types) // 2)])
-        self.final_proj = nn.Conv1d(dim, dim, kernel_size=1)
-        self.final_line_proj = nn.Conv1d(dim, dim, kernel_size=1)
+        self.final_proj = Pointwise(dim, dim)
+        self.final_line_proj = Pointwise(dim, dim)
         for proj in (self.final_proj, self.final_line_proj):
             nn.init.constant_(proj.bias, 0.0)
             nn.init.orthogonal_(proj.weight, gain=1)
         self.inter_blocks = [int(i) for i in inter]
         if inter:
-            self.inter_line_proj = nn.ModuleList([nn.Conv1d(dim, dim, kernel_size=1) for _ in inter])
+            self.inter_line_proj = nn.ModuleList([Pointwise(dim, dim) for _ in inter])
             for proj in self.inter_line_proj:
                 nn.init.constant_(proj.bias, 0.0)
                 nn.init.orthogonal_(proj.weight, gain=1)
