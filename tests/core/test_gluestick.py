@@ -190,6 +190,8 @@ def test_no_lines_one_side_without_lines_and_zero_length_segments_give_empty_lin
     assert out["line_matches0"].shape == (1, 16) and (out["line_matches0"] == -1).all()
     assert out["line_matches1"].shape == (1, 0) and out["line_matches"][0].shape == (0, 2)
     assert int((out["matches0"] >= 0).sum()) > 0  # the points still match
+    # lines that cannot match sit in the dustbin with certainty: a loss on them is 0, not huge
+    assert (out["line_log_assignment"][0, :-1, -1] == 0).all()
     zero_lines = dict(pair["image1"], lines=torch.zeros(1, 0, 2, 2), lines_junc_idx=torch.zeros(1, 0, 2).long(),
                       line_scores=torch.zeros(1, 0))
     out = model({"image0": zero_lines, "image1": zero_lines})
@@ -197,6 +199,7 @@ def test_no_lines_one_side_without_lines_and_zero_length_segments_give_empty_lin
     degenerate = dict(pair["image1"], lines_junc_idx=torch.zeros_like(pair["image1"]["lines_junc_idx"]))
     out = model({"image0": pair["image0"], "image1": degenerate})  # every segment collapsed on one point
     assert (out["line_matches0"] == -1).all() and len(out["line_matches"][0]) == 0
+    assert (out["line_log_assignment"][0, :-1, -1] == 0).all()
     no_points = {k: v[:, :0] for k, v in pair["image1"].items() if k != "image_size"}
     out = model({"image0": pair["image0"], "image1": {**no_points, "image_size": pair["image1"]["image_size"]}})
     assert (out["matches0"] == -1).all() and (out["line_matches0"] == -1).all()

@@ -220,7 +220,9 @@ def log_double_softmax(scores: Tensor, bin_score: Tensor, valid0: Tensor | None 
 
     Matches: mean of the row-wise and column-wise log softmax (each including the dustbin, whose
     similarity is ``bin_score``); the dustbin entries come from the one softmax that has them.
-    Padded rows/columns take no probability mass and get ``PADDING_LOG_SCORE``.
+    Masked rows/columns (padding, or lines of a pair where the other image has none) take no
+    probability mass: their match entries get ``PADDING_LOG_SCORE`` and their dustbin entry 0
+    (certainly unmatched), so a loss on them is 0 whatever their label.
     """
     b, m, n = scores.shape
     if valid0 is not None or valid1 is not None:
@@ -239,6 +241,8 @@ def log_double_softmax(scores: Tensor, bin_score: Tensor, valid0: Tensor | None 
         invalid[:, :m, :] |= ~v0[:, :, None]
         invalid[:, :, :n] |= ~v1[:, None, :]
         out = out.masked_fill(invalid, PADDING_LOG_SCORE)
+        out[:, :m, n] = out[:, :m, n].masked_fill(~v0, 0.0)
+        out[:, m, :n] = out[:, m, :n].masked_fill(~v1, 0.0)
     return out
 
 
@@ -509,8 +513,11 @@ class GlueStick(BaseModel):
 
     @staticmethod
     def _padding_assignment(b: int, m: int, n: int, like: Tensor) -> Tensor:
-        """Log assignment of pairs without lines: everything is padding (no mass, no matches)."""
-        return like.new_full((b, m + 1, n + 1), PADDING_LOG_SCORE)
+        """Log assignment when nothing can match: every element certainly in its dustbin."""
+        out = like.new_full((b, m + 1, n + 1), PADDING_LOG_SCORE)
+        out[:, :m, n] = 0.0
+        out[:, m, :n] = 0.0
+        return out
 
     def _empty_output(self, b: int, m: int, n: int, lm: int, ln: int, like: Tensor) -> dict[str, Any]:
         """No keypoints in one image (hence no junctions, no lines): nothing matches."""
