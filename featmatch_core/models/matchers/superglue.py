@@ -99,9 +99,11 @@ class KeypointEncoder(nn.Module):
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
-    """(B, D, N) -> (B, H, N, D / H). As in the reference, channel ``d * H + h`` is channel d of head h."""
+    """(B, D, N) -> (B, H, N, D / H). As in the reference, channel ``d * H + h`` is channel d of head h.
+
+    Contiguous: on CPU the fused attention is ~3x faster on it than on the permuted view."""
     b, dim, n = x.shape
-    return x.view(b, dim // num_heads, num_heads, n).permute(0, 2, 3, 1)
+    return x.view(b, dim // num_heads, num_heads, n).permute(0, 2, 3, 1).contiguous()
 
 
 def merge_heads(x: Tensor) -> Tensor:
