@@ -50,10 +50,14 @@ def test_dotlist_overrides_parse_and_reject_garbage():
 def test_named_configs_exist_and_name_registered_models():
     names = list_named_configs()
     for required in ["superpoint+lightglue", "sift+lightglue", "aliked+lightglue", "disk+lightglue",
-                     "sift+nn", "superpoint+nn"]:
+                     "sift+nn", "superpoint+nn", "superpoint+superglue", "superpoint+lsd+gluestick", "loftr"]:
         assert required in names
     for name in names:
         conf = load_named_config(name)
+        if "dense" in conf.model:  # detector-free: one model instead of extractor + matcher
+            assert "extractor" not in conf.model and "matcher" not in conf.model
+            assert get_model("dense", conf.model.dense.name)
+            continue
         assert get_model("extractor", conf.model.extractor.name)
         assert get_model("matcher", conf.model.matcher.name)
 
