@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..base import BaseModel, strict_load
+from .common import compact_matches
 
 Tensor = torch.Tensor
 
@@ -272,16 +273,6 @@ def mutual_matches(log_assignment: Tensor, threshold: float, valid0: Tensor | No
     keep0 = mutual0 & (s0 > threshold)
     keep1 = mutual1 & keep0.gather(1, m1)
     return (torch.where(keep0, m0, -1), torch.where(keep1, m1, -1), s0, s1)
-
-
-def compact_matches(matches0: Tensor, scores0: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-    """Per-pair (K, 2) index pairs and (K,) scores from (B, M) ``matches0``."""
-    pairs, scores = [], []
-    for m0, s0 in zip(matches0, scores0, strict=True):
-        rows = torch.nonzero(m0 >= 0).squeeze(1)
-        pairs.append(torch.stack([rows, m0[rows]], -1))
-        scores.append(s0[rows])
-    return pairs, scores
 
 
 # ---- the model ------------------------------------------------------------------------------

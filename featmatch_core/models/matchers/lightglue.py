@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..base import BaseModel, strict_load
+from .common import compact_matches
 
 logger = logging.getLogger(__name__)
 
@@ -738,12 +739,7 @@ class _Run:
             m1 = m1.new_full((self.b, self.n), -1).scatter(1, self.index1, m1)
             s0 = s0.new_zeros((self.b, self.m)).scatter(1, self.index0, s0)
             s1 = s1.new_zeros((self.b, self.n)).scatter(1, self.index1, s1)
-        matches, scores_list = [], []
-        for k in range(self.b):
-            matched = m0[k] >= 0
-            rows = torch.nonzero(matched).squeeze(1)
-            matches.append(torch.stack([rows, m0[k, rows]], -1))
-            scores_list.append(s0[k, rows])
+        matches, scores_list = compact_matches(m0, s0)
         return {"matches0": m0, "matches1": m1, "matching_scores0": s0, "matching_scores1": s1,
                 "matches": matches, "scores": scores_list}
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from ..base import BaseModel
+from .common import compact_matches
 
 Tensor = torch.Tensor
 
@@ -148,10 +149,6 @@ class NearestNeighborMatcher(BaseModel):
 
     @staticmethod
     def _output(matches0: Tensor, matches1: Tensor, scores0: Tensor, scores1: Tensor) -> dict[str, Any]:
-        matches, scores = [], []
-        for k in range(matches0.shape[0]):
-            rows = torch.nonzero(matches0[k] >= 0).squeeze(1)
-            matches.append(torch.stack([rows, matches0[k, rows]], -1))
-            scores.append(scores0[k, rows])
+        matches, scores = compact_matches(matches0, scores0)
         return {"matches0": matches0, "matches1": matches1, "matching_scores0": scores0,
                 "matching_scores1": scores1, "matches": matches, "scores": scores}

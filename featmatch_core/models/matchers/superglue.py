@@ -27,6 +27,7 @@ from torch import nn
 
 from ..base import BaseModel, strict_load
 from .lightglue import PADDING_LOG_SCORE, full_precision, mutual_matches
+from .common import compact_matches
 
 logger = logging.getLogger(__name__)
 
@@ -220,16 +221,6 @@ def log_optimal_transport(scores: Tensor, bin_score: Tensor, iterations: int, va
     z = log_sinkhorn_iterations(couplings, log_mu, log_nu, iterations) - norm[:, None, None]
     z = z.masked_fill(~torch.cat([valid0, valid0.new_ones((b, 1))], 1)[:, :, None], PADDING_LOG_SCORE)
     return z.masked_fill(~torch.cat([valid1, valid1.new_ones((b, 1))], 1)[:, None, :], PADDING_LOG_SCORE)
-
-
-def compact_matches(matches0: Tensor, scores0: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-    """Per pair: (K, 2) index pairs (i, matches0[i]) of the matched points and their (K,) scores."""
-    matches, scores = [], []
-    for pair_matches, pair_scores in zip(matches0, scores0, strict=True):
-        rows = torch.nonzero(pair_matches >= 0).squeeze(1)
-        matches.append(torch.stack([rows, pair_matches[rows]], -1))
-        scores.append(pair_scores[rows])
-    return matches, scores
 
 
 # ---- the model -------------------------------------------------------------------------------
