@@ -12,14 +12,18 @@ Output contract (see docs/architecture.md):
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import torch
 from kornia.geometry.transform import resize as kornia_resize
 from omegaconf import DictConfig
+from torch import nn
 
 from ...image import to_grayscale, to_rgb
 from ..base import BaseModel
+
+T = TypeVar("T", torch.Tensor, np.ndarray)
 
 Features = dict[str, torch.Tensor]
 
@@ -66,20 +70,14 @@ class Extractor(BaseModel):
 
     def forward(self, data: dict[str, torch.Tensor]) -> Features:
         images = data["image"]
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"extractor expects images (B, C, H, W) with C in {{1, 3}}, got {tuple(images.shape)}")
-        h, w = images.shape[-2:]
-        resized = self.preprocess(images)
-        rh, rw = resized.shape[-2:]
-        scale = images.new_tensor([rw / w, rh / h])
+        resized, scale = prepare_images(self, images)
         per_image = self._extract(resized)
         for feats in per_image:
-            # pixel centres: x_orig + 0.5 = (x_resized + 0.5) / scale
-            feats["keypoints"] = (feats["keypoints"].float() + 0.5) / scale - 0.5
+            feats["keypoints"] = to_original_pixels(feats["keypoints"].float(), scale)
             if "scales" in feats:
                 feats["scales"] = feats["scales"].float() / scale.mean()
         batch = pad_and_stack(per_image, self.descriptor_dim, images.device)
-        batch["image_size"] = images.new_tensor([[w, h]], dtype=torch.float32).expand(len(per_image), 2).clone()
+        batch["image_size"] = image_sizes(images)
         return batch
 
 
@@ -118,3 +116,27 @@ def empty_features(descriptor_dim: int, with_scale_ori: bool = False, device=Non
         feats["scales"] = torch.zeros((0,), device=device)
         feats["oris"] = torch.zeros((0,), device=device)
     return feats
+
+
+def prepare_images(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a (B, C, H, W) batch and resize it with ``model.preprocess``; returns the resized
+    images and the scale (sx, sy) = resized / original size, shared by every detector."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"{type(model).__name__} expects images (B, C, H, W) with C in {{1, 3}}, "
+                         f"got {tuple(images.shape)}")
+    h, w = images.shape[-2:]
+    resized = model.preprocess(images)
+    rh, rw = resized.shape[-2:]
+    return resized, images.new_tensor([rw / w, rh / h])
+
+
+def to_original_pixels(points: T, scale: T) -> T:
+    """Pixels of the resized image -> pixels of the original one (torch or numpy, ``(..., 2)``).
+    Pixel centres map onto each other: x_orig + 0.5 = (x_resized + 0.5) / scale."""
+    return (points + 0.5) / scale - 0.5
+
+
+def image_sizes(images: torch.Tensor) -> torch.Tensor:
+    """(B, 2) float32 (W, H) of a (B, C, H, W) batch: the ``image_size`` of the feature contract."""
+    h, w = images.shape[-2:]
+    return images.new_tensor([[w, h]], dtype=torch.float32).expand(len(images), 2).clone()

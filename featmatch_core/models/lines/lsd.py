@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from ...geometry.lines import point_line_coordinates, segment_lengths
 from ...image import to_uint8_numpy
 from ..base import BaseModel
-from ..extractors.base import Extractor
+from ..extractors.base import Extractor, prepare_images, to_original_pixels
 
 REFINE = {"none": cv2.LSD_REFINE_NONE, "standard": cv2.LSD_REFINE_STD, "advanced": cv2.LSD_REFINE_ADV}
 SCORES = ("nfa_sqrt_length", "length")
@@ -257,16 +257,12 @@ class LSD(BaseModel):
 
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         images = data["image"]
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"LSD expects images (B, C, H, W) with C in {{1, 3}}, got {tuple(images.shape)}")
-        h, w = images.shape[-2:]
-        resized = self.preprocess(images)
-        rh, rw = resized.shape[-2:]
-        scale = np.array([rw / w, rh / h])
+        resized, scale = prepare_images(self, images)
+        scale = scale.cpu().numpy()
         per_image = []
         for image in resized:
             segments, scores = self.detect(to_uint8_numpy(image))
-            per_image.append(((segments + 0.5) / scale - 0.5, scores))  # pixel centres, as the extractors
+            per_image.append((to_original_pixels(segments, scale), scores))
         return pad_lines(per_image, images.device)
 
 

@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 from ...config import to_container
 from ...image import to_uint8_numpy
 from .. import build_model, get_model
-from ..extractors.base import Extractor, Features, pad_and_stack
+from ..extractors.base import Extractor, Features, image_sizes, pad_and_stack, prepare_images, to_original_pixels
 from ..extractors.superpoint import sample_descriptors
 from .lsd import LSD, _union_find_groups, pad_lines
 
@@ -224,25 +224,19 @@ class Wireframe(Extractor):
 
     def forward(self, data: dict[str, torch.Tensor]) -> Features:
         images = data["image"]
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"extractor expects images (B, C, H, W) with C in {{1, 3}}, got {tuple(images.shape)}")
-        h, w = images.shape[-2:]
-        resized = self.preprocess(images)
-        rh, rw = resized.shape[-2:]
-        scale = images.new_tensor([rw / w, rh / h])
+        resized, scale = prepare_images(self, images)
         per_image = self._extract(resized)
         line_parts, junc_parts = [], []
         for feats in per_image:
-            # pixel centres: x_orig + 0.5 = (x_resized + 0.5) / scale
-            lines = (feats.pop("lines") + 0.5) / scale - 0.5
+            lines = to_original_pixels(feats.pop("lines"), scale)
             line_parts.append((lines.cpu().numpy(), feats.pop("line_scores").cpu().numpy()))
             junc_parts.append(feats.pop("lines_junc_idx"))
-            feats["keypoints"] = (feats["keypoints"] + 0.5) / scale - 0.5
+            feats["keypoints"] = to_original_pixels(feats["keypoints"], scale)
         batch = pad_and_stack(per_image, self.descriptor_dim, images.device)
         batch.update(pad_lines(line_parts, images.device))
         junc = torch.zeros((len(per_image), batch["lines"].shape[1], 2), dtype=torch.long, device=images.device)
         for k, idx in enumerate(junc_parts):
             junc[k, :len(idx)] = idx
         batch["lines_junc_idx"] = junc
-        batch["image_size"] = images.new_tensor([[w, h]], dtype=torch.float32).expand(len(per_image), 2).clone()
+        batch["image_size"] = image_sizes(images)
         return batch
