@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from featmatch_core.datasets.synthetic import homography_pair
 
@@ -21,3 +22,12 @@ def synthetic_pair():
     """(image0, image1, H_0to1): a 640x480 texture and a random homography of it."""
     return homography_pair(480, 640, seed=3)
 
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures(...)``): with
+    another process on this 2-core machine, two threads stall each other at every parallel region."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

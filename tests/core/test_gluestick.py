@@ -19,12 +19,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GRAFFITI = Path(__file__).resolve().parents[2] / "featmatch_core" / "assets" / "graffiti"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 def small_gluestick(**conf) -> GlueStick:

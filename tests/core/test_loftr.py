@@ -25,12 +25,7 @@ from featmatch_core.models.pipeline import FeatureStream, Pipeline, TwoViewMatch
 RANDOM = ["dense.weights=null", "dense.match_threshold=0.0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 def texture_pair(h: int = 90, w: int = 124) -> tuple[np.ndarray, np.ndarray]:

@@ -21,13 +21,7 @@ SIZE = torch.tensor([[640.0, 480.0]])
 Feats = dict[str, torch.Tensor]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: with other processes on this 2-core machine, two threads stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 def small_model(**overrides) -> SuperGlue:

@@ -30,14 +30,7 @@ RECIPES = sorted((Path(__file__).parents[2] / "training").glob("*.yaml"))
 MEGADEPTH_SCENES = {"0001": (4, (160, 120)), "0002": (4, (120, 160)), "0003": (3, (160, 120))}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: with another process on this 2-core machine, two threads stall each
-    other at every parallel region (a step takes ~20x longer)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
