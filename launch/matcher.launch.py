@@ -18,7 +18,7 @@ from launch_ros.actions import Node
 # launch arguments that override the parameter file only when given (empty: the file's value)
 MODEL_ARGUMENTS = {
     "extractor": ("sift", "superpoint", "aliked", "disk"),
-    "matcher": ("nn", "lightglue"),
+    "matcher": ("nn", "lightglue", "gluestick"),
     "device": ("auto", "cuda", "cpu"),
 }
 
@@ -79,7 +79,7 @@ def generate_launch_description():
             "matcher",
             default_value="",
             choices=["", *MODEL_ARGUMENTS["matcher"]],
-            description="matcher (empty: the parameter file's; lightglue needs weights)",
+            description="matcher (empty: the parameter file's; lightglue and gluestick need weights)",
         ),
         DeclareLaunchArgument(
             "device",

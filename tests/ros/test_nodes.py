@@ -83,6 +83,22 @@ def test_launch_files_declare_the_arguments():
         assert f'"{name}_node"' in text and f'"{name}.yaml"' in text and "generate_launch_description" in text
 
 
+def test_launch_model_choices_are_the_parameter_choices():
+    """The launch files list the extractor/matcher/device choices by hand (they import no project
+    code); they must be exactly the parameters' choices, or a valid value is refused at launch."""
+    schema = {p.name: tuple(p.choices) for p in P.SCHEMA}
+    for name in ("matcher", "stereo_matcher"):
+        tree = ast.parse((ROOT / "launch" / f"{name}.launch.py").read_text())
+        assigned = next(
+            node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "MODEL_ARGUMENTS"
+        )
+        choices = ast.literal_eval(assigned)
+        assert set(choices) == {"extractor", "matcher", "device"}
+        for param, values in choices.items():
+            assert values == schema[param], (name, param, values, schema[param])
+
+
 # ---- a stand-in for the parts of the rclpy API the shells use --------------------------------------
 class _Param:
     def __init__(self, name, value):
