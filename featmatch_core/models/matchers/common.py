@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 from torch import Tensor
 
@@ -14,3 +16,32 @@ def compact_matches(matches0: Tensor, scores0: Tensor) -> tuple[list[Tensor], li
         matches.append(torch.stack([rows, pair_matches[rows]], -1))
         scores.append(pair_scores[rows])
     return matches, scores
+
+
+def check_point_features(owner: str, feats: Mapping[str, Tensor], name: str,
+                         required: Sequence[str]) -> tuple[int, int]:
+    """The checks every point matcher makes on one image's features: the ``required`` keys are
+    there, ``keypoints`` is (B, N, 2) and ``image_size`` (B, 2) or (2,). Returns (B, N)."""
+    for key in required:
+        if key not in feats:
+            raise ValueError(f"{owner}: {name} lacks '{key}' (got keys {sorted(feats)})")
+    keypoints = feats["keypoints"]
+    if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
+        raise ValueError(f"{owner}: {name} keypoints must be (B, N, 2), got {tuple(keypoints.shape)}")
+    b, n = keypoints.shape[:2]
+    image_size = feats["image_size"]
+    if image_size.shape[-1] != 2 or image_size.ndim > 2 or image_size.numel() not in (2, 2 * b):
+        raise ValueError(f"{owner}: {name} image_size must be (B, 2) (W, H), got {tuple(image_size.shape)}")
+    return b, n
+
+
+def padding_mask(owner: str, feats: Mapping[str, Tensor], name: str, b: int, n: int) -> Tensor | None:
+    """The validated ``keypoint_mask`` (B, N) of one image, or None when there is no padding (so
+    that the matcher takes its unmasked, reference-exact path)."""
+    mask = feats.get("keypoint_mask")
+    if mask is None:
+        return None
+    if tuple(mask.shape) != (b, n) or mask.dtype != torch.bool:
+        raise ValueError(f"{owner}: {name} keypoint_mask must be bool ({b}, {n}), "
+                         f"got {mask.dtype} {tuple(mask.shape)}")
+    return None if bool(mask.all()) else mask

@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..base import BaseModel, strict_load
-from .common import compact_matches
+from .common import check_point_features, compact_matches
 
 Tensor = torch.Tensor
 
@@ -357,13 +357,9 @@ class GlueStick(BaseModel):
 
     # ---- inputs ------------------------------------------------------------------------------
     def _check_side(self, feats: Mapping[str, Tensor], name: str) -> dict[str, Tensor]:
-        for key in ("keypoints", "descriptors", "keypoint_scores", "image_size"):
-            if key not in feats:
-                raise ValueError(f"GlueStick: {name} has no '{key}' (got {sorted(feats)})")
+        b, n = check_point_features("GlueStick", feats, name,
+                                    ("keypoints", "descriptors", "keypoint_scores", "image_size"))
         kpts, desc = feats["keypoints"], feats["descriptors"]
-        if kpts.ndim != 3 or kpts.shape[-1] != 2:
-            raise ValueError(f"GlueStick: {name} keypoints must be (B, N, 2), got {tuple(kpts.shape)}")
-        b, n = kpts.shape[:2]
         if desc.ndim != 3 or desc.shape[:2] != (b, n) or desc.shape[-1] != self.input_dim:
             raise ValueError(f"GlueStick: {name} descriptors must be (B, N, {self.input_dim}) with B, N = "
                              f"{b}, {n}, got {tuple(desc.shape)} (input_dim)")

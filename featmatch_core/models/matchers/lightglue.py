@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..base import BaseModel, strict_load
-from .common import compact_matches
+from .common import check_point_features, compact_matches, padding_mask
 
 logger = logging.getLogger(__name__)
 
@@ -483,23 +483,14 @@ class LightGlue(BaseModel):
 
     def _check_side(self, feats: Mapping[str, Tensor], name: str) -> tuple[Tensor, Tensor, Tensor | None]:
         """Validate one image's features; return (geometry (B, N, 2|4), descriptors, mask)."""
-        for key in ("keypoints", "descriptors", "image_size"):
-            if key not in feats:
-                raise ValueError(f"LightGlue: {name} lacks '{key}' (got keys {sorted(feats)})")
-        keypoints, descriptors = feats["keypoints"], feats["descriptors"]
-        if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
-            raise ValueError(f"LightGlue: {name} keypoints must be (B, N, 2), got {tuple(keypoints.shape)}")
-        b, n = keypoints.shape[:2]
+        b, n = check_point_features("LightGlue", feats, name, ("keypoints", "descriptors", "image_size"))
+        keypoints, descriptors, image_size = feats["keypoints"], feats["descriptors"], feats["image_size"]
         if descriptors.ndim != 3 or descriptors.shape[:2] != (b, n):
             raise ValueError(f"LightGlue: {name} descriptors must be (B, N, D) = ({b}, {n}, D), "
                              f"got {tuple(descriptors.shape)}")
         if descriptors.shape[-1] != self.input_dim:
             raise ValueError(f"LightGlue: {name} descriptors have dimension {descriptors.shape[-1]}, "
                              f"expected {self.input_dim} (features={self.conf.features!r}, input_dim)")
-        image_size = feats["image_size"]
-        if image_size.shape[-1] != 2 or image_size.ndim > 2 or image_size.numel() not in (2, 2 * b):
-            raise ValueError(f"LightGlue: {name} image_size must be (B, 2) (W, H), "
-                             f"got {tuple(image_size.shape)}")
         checked = {"keypoints": keypoints, "descriptors": descriptors, "image_size": image_size}
         with full_precision(keypoints.device):
             geometry = normalize_keypoints(keypoints, image_size.reshape(-1, 2).expand(b, 2), self.base_dtype)
@@ -514,14 +505,7 @@ class LightGlue(BaseModel):
         for key, value in checked.items():
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise ValueError(f"LightGlue: {name} '{key}' contains NaN or infinite values")
-        mask = feats.get("keypoint_mask")
-        if mask is not None:
-            if tuple(mask.shape) != (b, n) or mask.dtype != torch.bool:
-                raise ValueError(f"LightGlue: {name} keypoint_mask must be bool ({b}, {n}), "
-                                 f"got {mask.dtype} {tuple(mask.shape)}")
-            if bool(mask.all()):
-                mask = None  # no padding: take the unmasked (faster, reference-exact) path
-        return geometry, descriptors, mask
+        return geometry, descriptors, padding_mask("LightGlue", feats, name, b, n)
 
     def _pruning_min_keypoints(self, device: torch.device) -> int:
         if self.conf.pruning_min_keypoints is not None:

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..base import BaseModel, strict_load
 from .lightglue import PADDING_LOG_SCORE, full_precision, mutual_matches
-from .common import compact_matches
+from .common import check_point_features, compact_matches, padding_mask
 
 logger = logging.getLogger(__name__)
 
@@ -289,13 +289,9 @@ class SuperGlue(BaseModel):
 
     def _check_side(self, feats: Mapping[str, Tensor], name: str) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Validate one image's features; return (normalised keypoints, descriptors (B, D, N), scores, mask)."""
-        for key in ("keypoints", "descriptors", "keypoint_scores", "image_size"):
-            if key not in feats:
-                raise ValueError(f"SuperGlue: {name} lacks '{key}' (got keys {sorted(feats)})")
+        b, n = check_point_features("SuperGlue", feats, name,
+                                    ("keypoints", "descriptors", "keypoint_scores", "image_size"))
         keypoints, descriptors, scores = feats["keypoints"], feats["descriptors"], feats["keypoint_scores"]
-        if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
-            raise ValueError(f"SuperGlue: {name} keypoints must be (B, N, 2), got {tuple(keypoints.shape)}")
-        b, n = keypoints.shape[:2]
         dim = int(self.conf.descriptor_dim)
         if tuple(descriptors.shape) != (b, n, dim):
             raise ValueError(f"SuperGlue: {name} descriptors must be (B, N, descriptor_dim) = ({b}, {n}, {dim}), "
@@ -303,18 +299,10 @@ class SuperGlue(BaseModel):
         if tuple(scores.shape) != (b, n):
             raise ValueError(f"SuperGlue: {name} keypoint_scores must be ({b}, {n}), got {tuple(scores.shape)}")
         image_size = feats["image_size"]
-        if image_size.shape[-1] != 2 or image_size.ndim > 2 or image_size.numel() not in (2, 2 * b):
-            raise ValueError(f"SuperGlue: {name} image_size must be (B, 2) (W, H), got {tuple(image_size.shape)}")
         for key, value in (("keypoints", keypoints), ("descriptors", descriptors), ("keypoint_scores", scores)):
             if not bool(torch.isfinite(value).all()):
                 raise ValueError(f"SuperGlue: {name} '{key}' contains NaN or infinite values")
-        mask = feats.get("keypoint_mask")
-        if mask is not None:
-            if tuple(mask.shape) != (b, n) or mask.dtype != torch.bool:
-                raise ValueError(f"SuperGlue: {name} keypoint_mask must be bool ({b}, {n}), "
-                                 f"got {mask.dtype} {tuple(mask.shape)}")
-            if bool(mask.all()):
-                mask = None  # no padding: the reference-exact path
+        mask = padding_mask("SuperGlue", feats, name, b, n)
         dtype = self.base_dtype
         with full_precision(keypoints.device):
             normalized = normalize_keypoints(keypoints.to(dtype), image_size.reshape(-1, 2).expand(b, 2))
