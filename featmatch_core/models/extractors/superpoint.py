@@ -188,7 +188,13 @@ def sample_descriptors(keypoints: torch.Tensor, descriptors: torch.Tensor, cell:
     if len(keypoints) == 0:
         return descriptors.new_zeros((0, d))
     span = keypoints.new_tensor([w * cell - cell / 2 - 0.5, h * cell - cell / 2 - 0.5])
-    grid = (keypoints - cell / 2 + 0.5) / span * 2 - 1
+    return sample_unit_descriptors(descriptors, (keypoints - cell / 2 + 0.5) / span * 2 - 1)
+
+
+def sample_unit_descriptors(descriptors: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of a (D, h, w) map at (N, 2) ``grid_sample`` coordinates in [-1, 1]
+    (``align_corners=True``), L2-normalised -> (N, D). Each caller owns its pixel -> grid mapping."""
+    d = descriptors.shape[0]
     grid = grid.to(descriptors.dtype).view(1, 1, -1, 2)
     sampled = F.grid_sample(descriptors[None], grid, mode="bilinear", align_corners=True)
     return F.normalize(sampled.reshape(d, -1), p=2, dim=0).t()

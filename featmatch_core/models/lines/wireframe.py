@@ -28,14 +28,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from ...config import to_container
 from ...image import to_uint8_numpy
 from .. import build_model, get_model
 from ..extractors.base import Extractor, Features, image_sizes, pad_and_stack, prepare_images, to_original_pixels
-from ..extractors.superpoint import sample_descriptors
+from ..extractors.superpoint import sample_descriptors, sample_unit_descriptors
 from .lsd import LSD, _union_find_groups, pad_lines
 
 DENSE_SOURCES = ("point_extractor", "dense_sift")
@@ -112,10 +111,7 @@ def sample_dense_sift(points: torch.Tensor, dense: torch.Tensor, stride: int, im
     height, width = image_shape
     offset = points.new_tensor([(width - 1 - (w - 1) * stride) / 2, (height - 1 - (h - 1) * stride) / 2])
     cells = (points - offset) / stride
-    grid = cells / points.new_tensor([max(w - 1, 1), max(h - 1, 1)]) * 2 - 1
-    sampled = F.grid_sample(dense[None], grid.to(dense.dtype).view(1, 1, -1, 2), mode="bilinear",
-                            align_corners=True)
-    return F.normalize(sampled.reshape(d, -1), p=2, dim=0).t()
+    return sample_unit_descriptors(dense, cells / points.new_tensor([max(w - 1, 1), max(h - 1, 1)]) * 2 - 1)
 
 
 class Wireframe(Extractor):
