@@ -45,3 +45,15 @@ def padding_mask(owner: str, feats: Mapping[str, Tensor], name: str, b: int, n: 
         raise ValueError(f"{owner}: {name} keypoint_mask must be bool ({b}, {n}), "
                          f"got {mask.dtype} {tuple(mask.shape)}")
     return None if bool(mask.all()) else mask
+
+
+def no_matches(b: int, m: int, n: int, dtype: torch.dtype, device: torch.device) -> dict[str, object]:
+    """The point-match outputs of a batch where nothing matches (an image without keypoints)."""
+    return {
+        "matches0": torch.full((b, m), -1, dtype=torch.long, device=device),
+        "matches1": torch.full((b, n), -1, dtype=torch.long, device=device),
+        "matching_scores0": torch.zeros((b, m), dtype=dtype, device=device),
+        "matching_scores1": torch.zeros((b, n), dtype=dtype, device=device),
+        "matches": [torch.zeros((0, 2), dtype=torch.long, device=device) for _ in range(b)],
+        "scores": [torch.zeros((0,), dtype=dtype, device=device) for _ in range(b)],
+    }

@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..base import BaseModel, strict_load
-from .common import check_point_features, compact_matches
+from .common import check_point_features, compact_matches, no_matches
 
 Tensor = torch.Tensor
 
@@ -508,21 +508,13 @@ class GlueStick(BaseModel):
 
     def _empty_output(self, b: int, m: int, n: int, lm: int, ln: int, like: Tensor) -> dict[str, Any]:
         """No keypoints in one image (hence no junctions, no lines): nothing matches."""
-        def unmatched(k: int) -> Tensor:
-            return torch.full((b, k), -1, dtype=torch.long, device=like.device)
-
-        def zeros(k: int) -> Tensor:
-            return like.new_zeros((b, k))
-
-        empty_pairs = [torch.zeros((0, 2), dtype=torch.long, device=like.device) for _ in range(b)]
-        empty_scores = [like.new_zeros((0,)) for _ in range(b)]
+        lines = no_matches(b, lm, ln, like.dtype, like.device)
         out: dict[str, Any] = {
-            "matches0": unmatched(m), "matches1": unmatched(n), "matching_scores0": zeros(m),
-            "matching_scores1": zeros(n), "matches": empty_pairs, "scores": empty_scores,
+            **no_matches(b, m, n, like.dtype, like.device),
             "log_assignment": self._padding_assignment(b, m, n, like),
-            "line_matches0": unmatched(lm), "line_matches1": unmatched(ln), "line_matching_scores0": zeros(lm),
-            "line_matching_scores1": zeros(ln), "line_matches": list(empty_pairs),
-            "line_match_scores": list(empty_scores), "line_log_assignment": self._padding_assignment(b, lm, ln, like),
+            **{f"line_{key}": value for key, value in lines.items() if key != "scores"},
+            "line_match_scores": lines["scores"],
+            "line_log_assignment": self._padding_assignment(b, lm, ln, like),
         }
         if self.training or self.conf.return_all_layers:
             out.update(log_assignment=[], line_log_assignment_inter=[], line_inter_weights=[])

@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..base import BaseModel, strict_load
-from .common import check_point_features, compact_matches, padding_mask
+from .common import check_point_features, compact_matches, no_matches, padding_mask
 
 logger = logging.getLogger(__name__)
 
@@ -536,12 +536,7 @@ class LightGlue(BaseModel):
     def _unmatched_output(self, b: int, m: int, n: int, device: torch.device, stop: int,
                           collect: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "matches0": torch.full((b, m), -1, dtype=torch.long, device=device),
-            "matches1": torch.full((b, n), -1, dtype=torch.long, device=device),
-            "matching_scores0": torch.zeros((b, m), dtype=self.base_dtype, device=device),
-            "matching_scores1": torch.zeros((b, n), dtype=self.base_dtype, device=device),
-            "matches": [torch.zeros((0, 2), dtype=torch.long, device=device) for _ in range(b)],
-            "scores": [torch.zeros((0,), dtype=self.base_dtype, device=device) for _ in range(b)],
+            **no_matches(b, m, n, self.base_dtype, device),
             "stop": stop,
             "prune0": torch.full((b, m), self.conf.n_layers, dtype=torch.long, device=device),
             "prune1": torch.full((b, n), self.conf.n_layers, dtype=torch.long, device=device),
