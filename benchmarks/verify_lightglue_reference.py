@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +34,7 @@ from types import ModuleType
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reference_code import import_source_file  # benchmarks/ is on sys.path as the script's folder
 from featmatch_core.models.matchers.lightglue import LightGlue, to_release_layout
 
 SETTINGS = {
@@ -46,13 +46,7 @@ SCORE_TOLERANCE = 1e-5
 
 def import_reference(checkout: Path) -> ModuleType:
     """Import ``lightglue/lightglue.py`` alone (the package __init__ pulls in extractor deps)."""
-    path = checkout / "lightglue" / "lightglue.py"
-    if not path.is_file():
-        raise SystemExit(f"{path} not found: --reference must be a checkout of cvg/LightGlue")
-    spec = importlib.util.spec_from_file_location("reference_lightglue", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_source_file(checkout, "lightglue/lightglue.py", "reference_lightglue", "cvg/LightGlue")
 
 
 def calibrate(state: dict[str, torch.Tensor], n_layers: int) -> None:

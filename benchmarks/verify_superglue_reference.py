@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -34,6 +33,7 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reference_code import import_source_file  # benchmarks/ is on sys.path as the script's folder
 from featmatch_core.models.matchers.superglue import SuperGlue
 
 SCORE_TOLERANCE = 1e-5
@@ -41,13 +41,8 @@ IMAGE_SIZE = (640, 480)  # (W, H)
 
 
 def import_reference(checkout: Path) -> ModuleType:
-    path = checkout / "models" / "superglue.py"
-    if not path.is_file():
-        raise SystemExit(f"{path} not found: --reference must be a checkout of magicleap/SuperGluePretrainedNetwork")
-    spec = importlib.util.spec_from_file_location("reference_superglue", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_source_file(checkout, "models/superglue.py", "reference_superglue",
+                              "magicleap/SuperGluePretrainedNetwork")
 
 
 def build_reference(reference: ModuleType, conf: dict, seed: int) -> torch.nn.Module:
