@@ -84,23 +84,17 @@ def evaluate_eth3d_pair(gt: Mapping[str, Any], pred: Mapping[str, Any], conf: Di
     K0, K1, T = (np.asarray(gt[k], dtype=np.float64) for k in ("K0", "K1", "T_0to1"))
     kp0 = np.asarray(pred["keypoints0"], dtype=np.float64).reshape(-1, 2)
     kp1 = np.asarray(pred["keypoints1"], dtype=np.float64).reshape(-1, 2)
-    if len(kp0) and len(kp1):
-        gt_matches0 = np.asarray(gt_matches_from_depth(kp0, kp1, depth0, depth1, K0, K1, T, pos_th=float(conf.pos_th),
-                                                       neg_th=float(conf.neg_th))["gt_matches0"])
-    else:  # nothing to match with: no positive (sample_depth does not take zero points)
-        gt_matches0 = np.full(len(kp0), -1, dtype=np.int64)
+    gt_matches0 = np.asarray(gt_matches_from_depth(kp0, kp1, depth0, depth1, K0, K1, T, pos_th=float(conf.pos_th),
+                                                   neg_th=float(conf.neg_th))["gt_matches0"])
     matches0, scores0 = dense_matches(pred["matches"], pred["scores"], len(kp0))
     result.update(depth_missing=0.0, **ranked_matches(gt_matches0, matches0, scores0, "point"))
     if "lines0" in pred and "lines1" in pred:
         lines0 = np.asarray(pred["lines0"], dtype=np.float64).reshape(-1, 2, 2)
         lines1 = np.asarray(pred["lines1"], dtype=np.float64).reshape(-1, 2, 2)
-        if len(lines0) and len(lines1):
-            gt_line_matches0 = np.asarray(gt_line_matches_from_depth(
-                lines0, lines1, depth0, depth1, K0, K1, T, npts=int(conf.line_npts), dist_th=float(conf.line_dist_th),
-                overlap_th=float(conf.line_overlap_th), min_visibility_th=float(conf.line_min_visibility_th),
-            )["gt_line_matches0"])
-        else:
-            gt_line_matches0 = np.full(len(lines0), -1, dtype=np.int64)
+        gt_line_matches0 = np.asarray(gt_line_matches_from_depth(
+            lines0, lines1, depth0, depth1, K0, K1, T, npts=int(conf.line_npts), dist_th=float(conf.line_dist_th),
+            overlap_th=float(conf.line_overlap_th), min_visibility_th=float(conf.line_min_visibility_th),
+        )["gt_line_matches0"])
         line_matches0, line_scores0 = dense_matches(pred["line_matches"], pred["line_match_scores"], len(lines0))
         result.update(num_lines=(len(lines0) + len(lines1)) / 2, num_line_matches=float(len(pred["line_matches"])),
                       **ranked_matches(gt_line_matches0, line_matches0, line_scores0, "line"))
