@@ -61,6 +61,8 @@ import torch
 
 import featmatch_core
 from featmatch_core.estimators import get_estimator
+from featmatch_core.geometry.depth import invert_transform
+from featmatch_core.geometry.triangulation import triangulate_dlt
 from featmatch_core.models.pipeline import FeatureStream, Frame, Pipeline
 from featmatch_core.viz import draw_matches
 
@@ -211,22 +213,12 @@ class FrameWorker:
 # ---------------------------------------------------------------------------------------
 # geometry helpers
 # ---------------------------------------------------------------------------------------
-def invert(T: np.ndarray) -> np.ndarray:
-    Ti = np.eye(4)
-    Ti[:3, :3] = T[:3, :3].T
-    Ti[:3, 3] = -T[:3, :3].T @ T[:3, 3]
-    return Ti
-
-
 def triangulate(x0: np.ndarray, x1: np.ndarray, T_0to1: np.ndarray) -> np.ndarray:
     """Points (K, 3) in camera 0 from normalised coordinates (K, 2) of both views; NaN behind a camera."""
     if not len(x0):
         return np.zeros((0, 3))
     P0 = np.hstack([np.eye(3), np.zeros((3, 1))])
-    P1 = T_0to1[:3, :4]
-    X = cv2.triangulatePoints(P0, P1, x0.T.astype(np.float64), x1.T.astype(np.float64))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        X = (X[:3] / X[3]).T
+    X = triangulate_dlt(x0.astype(np.float64), x1.astype(np.float64), P0, T_0to1[:3, :4])
     z1 = X @ T_0to1[:3, :3].T[:, 2] + T_0to1[2, 3]
     bad = ~np.isfinite(X).all(1) | (X[:, 2] <= 0) | (z1 <= 0)
     X[bad] = np.nan
@@ -640,7 +632,7 @@ class FrameMatcher(_MatcherCore):
 
         if T_0to1 is not None:
             self.failures = 0
-            T_ref_cur = invert(T_0to1)
+            T_ref_cur = invert_transform(T_0to1)
             f = float(np.mean(np.diag(K)[:2]))
             var_rot = (params["ransac_threshold"] / f) ** 2 / max(ninl, 1)
             var_t = var_rot * max(scale, 1e-9) ** 2
