@@ -17,6 +17,7 @@ import hashlib
 import http.client
 import logging
 import os
+import pickle
 import re
 import urllib.error
 import urllib.request
@@ -402,12 +403,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint on the CPU (tensors only: ``weights_only=True``) as a state dict.
 
     Training checkpoints that wrap the weights under 'state_dict' or 'model' are unwrapped.
+    Released training states also pickle objects that are not tensors (a Lightning
+    checkpoint's hyper-parameters, numpy scalars in logged metrics): those load as inert
+    :class:`PickledObject` stand-ins, never executed, so the tensors can still be read.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = _torch_load_tensors(path)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, KeyError...
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
@@ -424,3 +428,35 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise ValueError(  # noqa: TRY004
             f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     return dict(obj)
+
+
+class PickledObject:
+    """Stand-in for an object of a class that a checkpoint pickled and ``weights_only`` loading
+    does not allow: it keeps the arguments and state it was rebuilt from and runs nothing."""
+
+    qualified_name = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs, self.state = args, kwargs, None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<pickled {self.qualified_name}>"
+
+
+def _torch_load_tensors(path: Path) -> Any:
+    """``torch.load(weights_only=True)``; the globals it refuses are swapped for stand-ins."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        refused = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        if not refused:
+            raise
+    stand_ins = [(type("PickledObject", (PickledObject,), {"qualified_name": name}), name) for name in refused]
+    with torch.serialization.safe_globals(stand_ins):
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    logger.info("%s: replaced %d pickled non-tensor types by inert stand-ins: %s", path.name, len(refused),
+                ", ".join(refused[:5]))
+    return obj

@@ -358,7 +358,7 @@ def official_fixture() -> dict:
     return json.loads(FIXTURE.read_text())
 
 
-@pytest.mark.parametrize("features", ["superpoint", "sift"])
+@pytest.mark.parametrize("features", ["superpoint", "disk", "aliked", "sift"])
 def test_keys_match_official_checkpoints(features):
     entry = official_fixture()[features]
     model = LightGlue({"features": features})

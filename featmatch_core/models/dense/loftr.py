@@ -51,6 +51,11 @@ class LoFTR(BaseModel):
       scores   list of B (K_b,)
     """
 
+    # The released checkpoints store the sine positional-encoding table, which kornia's module
+    # computes from its config (a non-persistent buffer); the training state's other entries
+    # (epoch, optimizer, hyper-parameters) are outside 'state_dict' and never reach the model.
+    release_extras: ClassVar[tuple[str, ...]] = (r"pos_encoding\..+",)
+
     default_conf: ClassVar[dict[str, Any]] = {
         "name": "loftr",
         "weights": "loftr_outdoor",  # loftr_indoor, loftr_indoor_new, a file, or None (random)
@@ -89,7 +94,7 @@ class LoFTR(BaseModel):
         if not any(k.startswith("backbone.") for k in state) or not any(k.startswith("loftr_coarse.") for k in state):
             where = f" {origin}" if origin else ""
             raise ValueError(f"checkpoint{where} is not a LoFTR checkpoint (no backbone.* / loftr_coarse.* keys)")
-        strict_load(self.net, state, origin, ignore_unexpected=("pos_encoding.",))
+        strict_load(self.net, state, origin, self.release_extras)
 
     # ---- forward ---------------------------------------------------------------------------
     def _prepare(self, images: Tensor, name: str) -> tuple[Tensor, Tensor]:

@@ -75,7 +75,7 @@ class ALIKED(Extractor):
     def load_checkpoint_state_dict(self, state_dict: Mapping[str, torch.Tensor], origin: str = "") -> None:
         """The official checkpoint is the state dict of the kornia module itself; a state dict
         of this wrapper (keys prefixed ``model.``) is accepted too."""
-        strict_load(self.model, strip_prefix(state_dict, "model."), origin)
+        strict_load(self.model, strip_prefix(state_dict, "model."), origin, self.release_extras)
 
     def _extract(self, images: torch.Tensor) -> list[Features]:
         out: list[Features] = []

@@ -57,10 +57,12 @@ class DISK(Extractor):
         self.model = KorniaDISK(desc_dim=self.descriptor_dim)
 
     def load_checkpoint_state_dict(self, state_dict: Mapping[str, torch.Tensor], origin: str = "") -> None:
-        nested = state_dict.get("extractor") if isinstance(state_dict, Mapping) else None
-        if isinstance(nested, Mapping):
+        # The released depth-save.pth wraps the weights as {'extractor': ...}; later saves of the
+        # DISK code base use {'disk': ...} (its detect.py accepts both); other entries are ignored.
+        nested = next((state_dict[k] for k in ("extractor", "disk") if isinstance(state_dict.get(k), Mapping)), None)
+        if nested is not None:
             state_dict = nested
-        strict_load(self.model, strip_prefix(state_dict, "model."), origin)
+        strict_load(self.model, strip_prefix(state_dict, "model."), origin, self.release_extras)
 
     def _extract(self, images: torch.Tensor) -> list[Features]:
         h, w = images.shape[-2:]

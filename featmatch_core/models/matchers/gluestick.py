@@ -350,7 +350,7 @@ class GlueStick(BaseModel):
         if any("matcher." in k for k in state_dict):  # a whole pipeline: keep the matcher's part
             state_dict = {k: v for k, v in state_dict.items() if "matcher." in k}
         converted = {k.replace("matcher.", "").replace("module.", ""): v for k, v in state_dict.items()}
-        strict_load(self, converted, origin)
+        strict_load(self, converted, origin, self.release_extras)
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.conf.checkpointed = bool(enabled)

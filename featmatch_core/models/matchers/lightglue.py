@@ -288,8 +288,9 @@ def mutual_matches(scores: Tensor, threshold: float, valid0: Tensor | None = Non
     mutual0 = torch.arange(nn0.shape[1], device=nn0.device)[None] == nn1.gather(1, nn0)
     mutual1 = torch.arange(nn1.shape[1], device=nn1.device)[None] == nn0.gather(1, nn1)
     # padded points, and points of an image whose partner image has no valid point, stay unmatched
-    mutual0 &= torch.isfinite(best0)
-    mutual1 &= torch.isfinite(best1)
+    # (out of place: the ONNX exporter has no in-place `&=`)
+    mutual0 = mutual0 & torch.isfinite(best0)
+    mutual1 = mutual1 & torch.isfinite(best1)
     scores0 = torch.where(mutual0, best0.exp(), torch.zeros_like(best0))
     scores1 = torch.where(mutual1, scores0.gather(1, nn1), torch.zeros_like(scores0[:, :1]))
     matched0 = mutual0 & (scores0 > threshold)
@@ -302,7 +303,6 @@ def mutual_matches(scores: Tensor, threshold: float, valid0: Tensor | None = Non
 # ---- checkpoints -----------------------------------------------------------------------------
 _RELEASE_KEY = re.compile(r"^(self_attn|cross_attn)\.(\d+)\.(.+)$")
 _MODERN_KEY = re.compile(r"^transformers\.(\d+)\.(self_attn|cross_attn)\.(.+)$")
-_MODULE_PREFIXES = ("input_proj.", "posenc.", "transformers.", "log_assignment.", "token_confidence.")
 
 
 def from_release_layout(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -367,6 +367,11 @@ class LightGlue(BaseModel):
     False entries), which the reference does not support either. An unpadded batch with B > 1
     is pruned per pair, padding the pairs to the largest kept set.
     """
+
+    # The released *_lightglue.pth files carry one scalar `r` per assignment head, a leftover of
+    # an earlier head that the released architecture does not use (the reference loads them with
+    # strict=False; Hugging Face's converter pops them).
+    release_extras: ClassVar[tuple[str, ...]] = (r"log_assignment\.\d+\.r",)
 
     default_conf: ClassVar[dict[str, Any]] = {
         "name": "lightglue",
@@ -437,17 +442,14 @@ class LightGlue(BaseModel):
     def load_checkpoint_state_dict(self, state_dict: Mapping[str, Tensor], origin: str = "") -> None:
         """Load a released checkpoint (flat ``self_attn.{i}`` layout) or a state dict of this class.
 
-        ``confidence_thresholds`` is recomputed from the config; entries outside this model's
-        modules are ignored (logged); a checkpoint for other features raises ValueError.
+        ``confidence_thresholds`` is recomputed from the config; the released files' unused
+        ``log_assignment.{i}.r`` and entries outside this model's modules are ignored (logged);
+        a checkpoint for other features or another configuration raises ValueError.
         """
         state = from_release_layout(state_dict)
         state.pop("confidence_thresholds", None)
         self._check_checkpoint_features(state, origin)
-        unused = sorted(k for k in state if not k.startswith(_MODULE_PREFIXES))
-        if unused:
-            logger.info("LightGlue: ignoring %d checkpoint entries it does not use: %s",
-                        len(unused), unused[:5])
-        strict_load(self, {k: v for k, v in state.items() if k not in unused}, origin)
+        strict_load(self, state, origin, self.release_extras)
 
     def _check_checkpoint_features(self, state: Mapping[str, Tensor], origin: str) -> None:
         where = f" {origin}" if origin else ""

@@ -280,7 +280,7 @@ class SuperGlue(BaseModel):
                 f"checkpoint{where} has descriptor_dim {ckpt_dim} and {ckpt_layers} GNN layers, the model is "
                 f"configured with descriptor_dim {self.conf.descriptor_dim} and {len(self.conf.gnn_layers)}"
             )
-        strict_load(self, state_dict, origin)
+        strict_load(self, state_dict, origin, self.release_extras)
 
     # ---- inputs ----------------------------------------------------------------------------
     @property
