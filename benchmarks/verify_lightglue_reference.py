@@ -141,7 +141,12 @@ def compare(reference: ModuleType, setting: dict, adaptive: bool, n: int, seed: 
     calibrate(state, ref.conf.n_layers)
     ref.load_state_dict(state)
     ours = LightGlue(conf).eval()
-    ours.load_checkpoint_state_dict(to_release_layout(state), origin="reference (release layout)")
+    # exactly what a released *_lightglue.pth holds: no confidence_thresholds (a later buffer),
+    # one unused log_assignment.{i}.r per layer (tests/fixtures/released_files.json)
+    release = to_release_layout(state)
+    release.pop("confidence_thresholds", None)
+    release.update({f"log_assignment.{i}.r": torch.ones(1) for i in range(ref.conf.n_layers)})
+    ours.load_checkpoint_state_dict(release, origin="reference (release layout)")
     n_layers = ours.conf.n_layers
 
     data = synthetic_pair(n, setting["input_dim"], setting["add_scale_ori"], seed)
