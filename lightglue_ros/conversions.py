@@ -6,8 +6,14 @@ classes). Messages are built through a ``MessageTypes`` factory: ``rosbags_types
 bag tools and tests, ``RclpyTypes()`` in the nodes (it only imports the ``*_msgs`` packages).
 
 Image encodings (REP 104 names): mono8, mono16, rgb8, bgr8, rgba8, bgra8, 8UC1, 8UC3, 8UC4,
-16UC1, 32FC1; rows may be padded (``step`` > width * bytes per pixel) and multi-byte data may
+16UC1, 32FC1, the Bayer mosaics bayer_rggb8/bggr8/gbrg8/grbg8 and their 16-bit forms
+(demosaiced by OpenCV), and packed YUV 4:2:2 (yuv422 = uyvy, yuyv = yuv422_yuy2; converted to
+RGB by OpenCV); rows may be padded (``step`` > width * bytes per pixel) and multi-byte data may
 be big-endian (``is_bigendian``). Anything else raises ``ImageConversionError`` with the reason.
+
+Camera info: ``calibration_from_camera_info`` checks K and the distortion vector against the
+distortion model (plumb_bob 5, rational_polynomial 8, equidistant 4 coefficients) and says
+why it refuses one (``CalibrationError``).
 
 Poses: 4x4 matrices ``T_a_b`` (points of frame b to frame a) <-> ``geometry_msgs`` with
 quaternions (x, y, z, w).
@@ -19,13 +25,20 @@ import array
 import importlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 
 class ImageConversionError(ValueError):
     """An image message that cannot be turned into an array (encoding, size, step, data)."""
+
+
+class CalibrationError(ValueError):
+    """A camera_info that cannot be used: K not finite / not positive, a distortion vector that
+    does not fit its model, an unknown model with non-zero coefficients."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -168,6 +181,29 @@ ENCODINGS: dict[str, tuple[np.dtype, int]] = {
     "8UC4": (np.dtype(np.uint8), 4),
     "16UC1": (np.dtype(np.uint16), 1),
     "32FC1": (np.dtype(np.float32), 1),
+    # Bayer mosaics: one sample per pixel, demosaiced in to_matcher_image
+    **{
+        f"bayer_{p}{bits}": (np.dtype(dt), 1)
+        for p in ("rggb", "bggr", "gbrg", "grbg")
+        for bits, dt in ((8, np.uint8), (16, np.uint16))
+    },
+    # packed YUV 4:2:2: two bytes per pixel (ROS 'yuv422' is UYVY; 'yuv422_yuy2' is YUYV)
+    **{name: (np.dtype(np.uint8), 2) for name in ("yuv422", "uyvy", "yuyv", "yuv422_yuy2")},
+}
+
+# ROS names the mosaic by its first two rows' colours; OpenCV by the second row's last two
+# pixels, so ROS 'rggb' is OpenCV 'BayerBG' (the same table as cv_bridge's)
+_BAYER_TO_RGB = {
+    "rggb": cv2.COLOR_BayerBG2RGB,
+    "bggr": cv2.COLOR_BayerRG2RGB,
+    "gbrg": cv2.COLOR_BayerGR2RGB,
+    "grbg": cv2.COLOR_BayerGB2RGB,
+}
+_YUV422_TO_RGB = {
+    "yuv422": cv2.COLOR_YUV2RGB_UYVY,
+    "uyvy": cv2.COLOR_YUV2RGB_UYVY,
+    "yuyv": cv2.COLOR_YUV2RGB_YUYV,
+    "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUYV,
 }
 
 
@@ -181,9 +217,7 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     """``sensor_msgs/Image`` -> (H, W) or (H, W, C) native-endian array in the message's channel order."""
     encoding = str(msg.encoding)
     if encoding not in ENCODINGS:
-        raise ImageConversionError(
-            f"unsupported image encoding '{encoding}' (supported: {', '.join(ENCODINGS)})"
-        )
+        raise ImageConversionError(f"unsupported image encoding '{encoding}' (supported: {', '.join(ENCODINGS)})")
     dtype, channels = ENCODINGS[encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
@@ -253,6 +287,14 @@ def numpy_to_image(
 
 def to_matcher_image(image: np.ndarray, encoding: str) -> np.ndarray:
     """An image array as the pipeline takes it: gray or RGB, uint8 / uint16 / float in [0, 1]."""
+    if encoding.startswith("bayer_"):
+        return cv2.cvtColor(image, _BAYER_TO_RGB[encoding[len("bayer_") : len("bayer_") + 4]])
+    if encoding in _YUV422_TO_RGB:
+        if image.shape[1] % 2:
+            raise ImageConversionError(
+                f"'{encoding}' needs an even width (pixel pairs share U and V), got {image.shape[1]}"
+            )
+        return cv2.cvtColor(image, _YUV422_TO_RGB[encoding])
     if encoding in ("bgr8", "bgra8"):
         return np.ascontiguousarray(image[..., 2::-1])
     if encoding in ("rgba8", "8UC4"):
@@ -291,22 +333,90 @@ def depth_to_metres(image: np.ndarray, encoding: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 # camera info
 # ---------------------------------------------------------------------------------------
-def camera_info_to_K(msg: Any) -> np.ndarray | None:
-    """3x3 K of a ``sensor_msgs/CameraInfo``; None when uncalibrated (K all zero / fx or fy <= 0)."""
-    if msg is None:
-        return None
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-    if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
-        return None
+# coefficients OpenCV takes for each ROS distortion model (sensor_msgs/distortion_models.h)
+DISTORTION_LENGTHS = {"plumb_bob": 5, "rational_polynomial": 8, "equidistant": 4}
+NO_DISTORTION_MODELS = ("", "none")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A checked camera_info: ``K`` (3x3) and ``D`` with exactly the model's length, or None
+    when there is no distortion (all coefficients zero). ``note``: what was repaired, if anything."""
+
+    K: np.ndarray
+    model: str = "none"
+    D: np.ndarray | None = None
+    note: str = ""
+
+
+def _checked_K(msg: Any) -> np.ndarray | None:
+    K = np.array(msg.k, dtype=np.float64).reshape(-1)  # a copy: message buffers are read-only
+    if K.size != 9:
+        raise CalibrationError(f"K has {K.size} values, expected 9")
+    K = K.reshape(3, 3)
+    if not np.any(K):
+        return None  # the ROS convention for an uncalibrated camera
+    if not np.isfinite(K).all():
+        raise CalibrationError(f"K is not finite: {K.reshape(-1).tolist()}")
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise CalibrationError(f"K has focal lengths fx={K[0, 0]:g}, fy={K[1, 1]:g}: both must be positive")
+    if not np.allclose(K[2], [0, 0, 1]) or K[1, 0] != 0:
+        raise CalibrationError(f"K is not an upper-triangular camera matrix with last row 0 0 1: {K.tolist()}")
     return K
 
 
-def camera_info_distortion(msg: Any) -> np.ndarray | None:
-    """OpenCV distortion coefficients when the model is plumb_bob / rational_polynomial and non-zero."""
-    d = np.asarray(msg.d, dtype=np.float64).reshape(-1)
-    if msg.distortion_model not in ("plumb_bob", "rational_polynomial") or not d.size or not np.any(d):
+def _checked_distortion(model: str, d: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """D of exactly the model's length (None when all zero) and a note on what was repaired."""
+    if model in NO_DISTORTION_MODELS:
+        if np.any(d):
+            raise CalibrationError(f"distortion model '{model}' with non-zero coefficients {d.tolist()}")
+        return None, ""
+    if model not in DISTORTION_LENGTHS:
+        if np.any(d):
+            raise CalibrationError(
+                f"distortion model '{model}' is not supported (supported: {', '.join(DISTORTION_LENGTHS)})"
+            )
+        return None, ""
+    if not np.isfinite(d).all():
+        raise CalibrationError(f"'{model}' distortion coefficients are not finite: {d.tolist()}")
+    length = DISTORTION_LENGTHS[model]
+    note = ""
+    if d.size < length:
+        # drivers publish fewer coefficients (or none) when the higher orders are zero
+        note = f"'{model}' has {d.size} distortion coefficient(s), expected {length}: padded with zeros"
+        d = np.concatenate([d, np.zeros(length - d.size)])
+    elif d.size > length:
+        if np.any(d[length:]):
+            raise CalibrationError(
+                f"'{model}' has {d.size} distortion coefficients, expected {length}, and the extra ones are not zero"
+            )
+        note = f"'{model}' has {d.size} distortion coefficients, expected {length}: zero extras dropped"
+        d = d[:length]
+    return (d if np.any(d) else None), note
+
+
+def calibration_from_camera_info(msg: Any) -> Calibration | None:
+    """The checked calibration of a ``sensor_msgs/CameraInfo``; None when uncalibrated (no message,
+    or K all zero). Raises ``CalibrationError`` with the reason for one that cannot be used."""
+    if msg is None:
         return None
-    return d
+    K = _checked_K(msg)
+    if K is None:
+        return None
+    model = str(msg.distortion_model).strip()
+    D, note = _checked_distortion(model, np.array(msg.d, dtype=np.float64).reshape(-1))
+    return Calibration(K, model if D is not None else "none", D, note)
+
+
+def undistort_points(points: np.ndarray, calibration: Calibration) -> np.ndarray:
+    """Pixels (K, 2) of the distorted image -> pixels of the ideal pinhole camera with the same K."""
+    if calibration.D is None or not len(points):
+        return points
+    K, D = calibration.K, calibration.D
+    shaped = np.asarray(points, np.float64).reshape(-1, 1, 2)
+    if calibration.model == "equidistant":
+        return cv2.fisheye.undistortPoints(shaped, K, D, P=K).reshape(-1, 2)
+    return cv2.undistortPoints(shaped, K, D, P=K).reshape(-1, 2)
 
 
 def stereo_baseline(right_info: Any) -> float | None:
@@ -330,9 +440,7 @@ def make_camera_info(
     K = np.asarray(K, dtype=np.float64).reshape(3, 3)
     if P is None:
         P = np.hstack([K, np.zeros((3, 1))])
-    roi = types(
-        "sensor_msgs/msg/RegionOfInterest", x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
-    )
+    roi = types("sensor_msgs/msg/RegionOfInterest", x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
     return types(
         "sensor_msgs/msg/CameraInfo",
         header=header,
@@ -429,9 +537,7 @@ def pointcloud2_to_array(msg: Any) -> np.ndarray:
         names.append(field.name)
         formats.append(np.dtype(_DATATYPES[int(field.datatype)]).newbyteorder(order))
         offsets.append(int(field.offset))
-    dtype = np.dtype(
-        {"names": names, "formats": formats, "offsets": offsets, "itemsize": int(msg.point_step)}
-    )
+    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": int(msg.point_step)})
     n = int(msg.width) * int(msg.height)
     buf = _as_bytes(msg.data)
     if buf.size < n * int(msg.point_step):
@@ -545,9 +651,7 @@ def matrix_to_pose(types: MessageTypes, T: np.ndarray) -> Any:
     return types(
         "geometry_msgs/msg/Pose",
         position=types("geometry_msgs/msg/Point", x=float(t[0]), y=float(t[1]), z=float(t[2])),
-        orientation=types(
-            "geometry_msgs/msg/Quaternion", x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])
-        ),
+        orientation=types("geometry_msgs/msg/Quaternion", x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])),
     )
 
 
@@ -557,9 +661,7 @@ def matrix_to_transform(types: MessageTypes, T: np.ndarray) -> Any:
     return types(
         "geometry_msgs/msg/Transform",
         translation=types("geometry_msgs/msg/Vector3", x=float(t[0]), y=float(t[1]), z=float(t[2])),
-        rotation=types(
-            "geometry_msgs/msg/Quaternion", x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])
-        ),
+        rotation=types("geometry_msgs/msg/Quaternion", x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])),
     )
 
 
@@ -571,12 +673,8 @@ def pose_stamped(types: MessageTypes, header: Any, T: np.ndarray) -> Any:
     return types("geometry_msgs/msg/PoseStamped", header=header, pose=matrix_to_pose(types, T))
 
 
-def pose_with_covariance_stamped(
-    types: MessageTypes, header: Any, T: np.ndarray, cov: np.ndarray | None = None
-) -> Any:
-    pose = types(
-        "geometry_msgs/msg/PoseWithCovariance", pose=matrix_to_pose(types, T), covariance=_covariance(cov)
-    )
+def pose_with_covariance_stamped(types: MessageTypes, header: Any, T: np.ndarray, cov: np.ndarray | None = None) -> Any:
+    pose = types("geometry_msgs/msg/PoseWithCovariance", pose=matrix_to_pose(types, T), covariance=_covariance(cov))
     return types("geometry_msgs/msg/PoseWithCovarianceStamped", header=header, pose=pose)
 
 
@@ -600,9 +698,7 @@ def odometry(
     twist_cov: np.ndarray | None = None,
 ) -> Any:
     """``nav_msgs/Odometry``: pose of ``child_frame_id`` in ``header.frame_id``; twist in the child frame."""
-    pose = types(
-        "geometry_msgs/msg/PoseWithCovariance", pose=matrix_to_pose(types, T), covariance=_covariance(cov)
-    )
+    pose = types("geometry_msgs/msg/PoseWithCovariance", pose=matrix_to_pose(types, T), covariance=_covariance(cov))
 
     def vec(v: Sequence[float]) -> Any:
         return types("geometry_msgs/msg/Vector3", x=float(v[0]), y=float(v[1]), z=float(v[2]))
@@ -612,9 +708,7 @@ def odometry(
         twist=types("geometry_msgs/msg/Twist", linear=vec(linear), angular=vec(angular)),
         covariance=_covariance(twist_cov),
     )
-    return types(
-        "nav_msgs/msg/Odometry", header=header, child_frame_id=str(child_frame_id), pose=pose, twist=twist
-    )
+    return types("nav_msgs/msg/Odometry", header=header, child_frame_id=str(child_frame_id), pose=pose, twist=twist)
 
 
 def _pose_to_matrix(pose: Any) -> np.ndarray:
@@ -655,9 +749,7 @@ def _format_value(value: Any) -> str:
 def diagnostic_status(
     types: MessageTypes, name: str, level: str, message: str, values: Mapping[str, Any], hardware_id: str = ""
 ) -> Any:
-    kvs = [
-        types("diagnostic_msgs/msg/KeyValue", key=str(k), value=_format_value(v)) for k, v in values.items()
-    ]
+    kvs = [types("diagnostic_msgs/msg/KeyValue", key=str(k), value=_format_value(v)) for k, v in values.items()]
     return types(
         "diagnostic_msgs/msg/DiagnosticStatus",
         level=LEVELS[level],

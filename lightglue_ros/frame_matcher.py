@@ -1,47 +1,33 @@
-"""The ROS-free streaming core of the nodes and of the bag replay: message objects in, message
-objects out.
+"""The ROS-free streaming core of the nodes and of the bag replay: messages in, plain results out.
 
 - ``FrameWorker``: one thread doing the heavy work on the newest frame. ``submit`` never
   blocks; when the queue (``queue_size``, 1 by default) is full the OLDEST waiting frame is
   dropped and counted, so the worker always moves on to the newest one.
-- ``FrameMatcher`` (monocular): ``process(image, camera_info, depth)`` extracts the frame once
-  (``featmatch_core.FeatureStream``), matches it against the reference frame (the previous
-  frame, or the current keyframe), estimates the relative pose and returns a ``FrameResult``
-  holding the messages the node publishes:
+- ``FrameMatcher`` (monocular): ``process(image, camera_info, depth)`` runs the stages of
+  ``stages`` in three steps and returns a ``FrameResult`` of plain data (numpy, dataclasses):
 
-  * ``matches`` (``sensor_msgs/PointCloud2``, stamped and framed like the CURRENT image): one
-    point per match with fields x, y, z, u0, v0, u1, v1, score, idx0, idx1, inlier. (u0, v0)
-    are pixels of the reference frame, (u1, v1) of the current frame, idx0/idx1 keypoint
-    indices in each. x, y, z: the triangulated point in the current optical frame when a
-    pose was found (metric with depth, else in units of the unit-norm baseline), otherwise
-    the bearing (x/z, y/z, 1) with calibration, or 0.
-  * ``matches_info`` (``diagnostic_msgs/DiagnosticArray``, same stamp): the companion of
-    ``matches``: ``reference_stamp`` (sec.nanosec) and ``reference_frame_id`` of frame 0, the
-    model, keypoint / match / inlier counts, LightGlue's stop layer, the estimator outcome.
-  * ``relative_pose`` (``geometry_msgs/PoseWithCovarianceStamped``): the pose of the current
-    optical frame in the reference optical frame (``inv(T_0to1)``), header = current stamp and
-    the reference image's frame_id. Monocular: the translation has unit norm unless a depth
-    image gave it a metric scale (``matches_info`` ``metric_scale``). The covariance is a rough
-    isotropic guess from the inlier count.
-  * ``odometry`` (``nav_msgs/Odometry``) chaining the relative poses: ``odom_frame`` (REP 105;
-    the first camera pose, turned so that x is forward and z up as REP 103 wants) to the
-    camera optical frame; ``transform`` the same as a ``TransformStamped`` for tf.
-  * ``line_matches`` (``sensor_msgs/PointCloud2``, same stamp and frame as ``matches``), only
-    from a matcher with lines (GlueStick): one point per line match with fields x, y, z,
-    u0_s, v0_s, u0_e, v0_e (segment start/end in the reference frame), u1_s, v1_s, u1_e, v1_e
-    (current frame), score, idx0, idx1 (line indices). x, y, z: the bearing of the current
-    segment's midpoint with calibration, else 0.
-  * ``debug_image()``: the drawn matches (and matched segments), only computed when asked for.
+  1. ``prepare``: time checks, decoding, the camera_info (checked once per change), depth;
+  2. ``extract``: the frame's features, once (``featmatch_core.FeatureStream``); this step
+     touches no tracking state, so it can run for the next frame while ``track`` runs;
+  3. ``track``: match against the reference frame (the previous frame or the current
+     keyframe), undistort, estimate the relative pose, scale it (depth), decide the next
+     reference, chain the odometry.
 
-  Bad input never raises: an unreadable image is counted and skipped, a missing camera_info
-  means uncalibrated mode (fundamental matrix or homography, no pose, one warning), a stamp
-  going backwards (a bag loop) resets the reference frame and the odometry, too few matches
-  give an empty pose and a WARN.
-- ``StereoMatcher``: left/right pair -> matches and a triangulated ``PointCloud2`` (xyz, left
-  optical frame) with the calibrated baseline.
+  ``messages.frame_messages`` turns a ``FrameResult`` into the ROS messages (the nodes and the
+  replay both use it); their content is described there.
 
-``diagnostics()`` returns plain data (level, message, values); ``conversions`` turns it into
-``diagnostic_msgs``.
+  Bad input never raises: an unreadable image, a zero stamp or a duplicate stamp is counted
+  and skipped; a camera_info that cannot be used (K not finite / not positive, a distortion
+  vector that does not fit its model) means uncalibrated mode (fundamental matrix or
+  homography, no pose) until a valid one comes, a too-short distortion vector is padded with
+  zeros; time going back or jumping ahead by more than ``max_time_gap`` resets the reference
+  frame and the odometry; too few matches give no pose and a WARN. Every such warning is
+  counted by reason on ``/diagnostics`` (``warnings_<reason>``) and rate-limited in the log.
+- ``StereoMatcher``: left/right pair -> matches and triangulated points (left optical frame)
+  with the calibrated baseline, through the same decode / extract / match stages.
+
+``diagnostics()`` returns plain data (level, message, values); ``messages.diagnostics_message``
+turns it into ``diagnostic_msgs``.
 """
 
 from __future__ import annotations
@@ -55,23 +41,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 import featmatch_core
 from featmatch_core.estimators import get_estimator
-from featmatch_core.geometry.depth import invert_transform
-from featmatch_core.geometry.triangulation import triangulate_dlt
-from featmatch_core.models.pipeline import FeatureStream, Frame, Pipeline
-from featmatch_core.viz import draw_matches
+from featmatch_core.models.pipeline import FeatureStream, Frame, Pipeline, TwoViewMatches
 
 from . import conversions as cv
 from . import params as P
+from . import problems
+from . import stages as S
+from .problems import Problems
 
 logger = logging.getLogger("lightglue_ros")
 
-# optical frame (x right, y down, z forward) -> REP 103 body (x forward, y left, z up)
 # glibc keeps freed heap pages of its per-thread arenas; with extraction and matching spread
 # over torch/OpenCV threads the resident size of a long run then creeps up in steps (measured:
 # +190 MB over 2000 castle frames, flat at +0 with a trim every 100 frames). Hand them back.
@@ -94,7 +78,7 @@ def trim_heap() -> bool:
 
 _MALLOC_TRIM: Any = None
 
-T_BODY_OPTICAL = np.array([[0.0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
+_MALLOC_TRIM: Any = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,101 +195,122 @@ class FrameWorker:
 
 
 # ---------------------------------------------------------------------------------------
-# geometry helpers
-# ---------------------------------------------------------------------------------------
-def triangulate(x0: np.ndarray, x1: np.ndarray, T_0to1: np.ndarray) -> np.ndarray:
-    """Points (K, 3) in camera 0 from normalised coordinates (K, 2) of both views; NaN behind a camera."""
-    if not len(x0):
-        return np.zeros((0, 3))
-    P0 = np.hstack([np.eye(3), np.zeros((3, 1))])
-    X = triangulate_dlt(x0.astype(np.float64), x1.astype(np.float64), P0, T_0to1[:3, :4])
-    z1 = X @ T_0to1[:3, :3].T[:, 2] + T_0to1[2, 3]
-    bad = ~np.isfinite(X).all(1) | (X[:, 2] <= 0) | (z1 <= 0)
-    X[bad] = np.nan
-    return X
-
-
-def normalise(points: np.ndarray, K: np.ndarray) -> np.ndarray:
-    return (points - K[:2, 2]) / np.diag(K)[:2]
-
-
-def sample_depth_nearest(depth: np.ndarray, points: np.ndarray) -> np.ndarray:
-    h, w = depth.shape
-    xy = np.round(points).astype(np.int64)
-    ok = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
-    out = np.zeros(len(points), np.float32)
-    out[ok] = depth[xy[ok, 1], xy[ok, 0]]
-    return out
-
-
-def rotation_angle_deg(R: np.ndarray) -> float:
-    return float(np.rad2deg(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
-
-
-# ---------------------------------------------------------------------------------------
-# results
+# results: plain data, turned into messages by ``messages``
 # ---------------------------------------------------------------------------------------
 @dataclass
-class Reference:
-    """The frame new frames are matched against (features extracted once)."""
+class Status:
+    """A diagnostic status: level OK / WARN / ERROR, a message, key/values."""
 
-    frame: Frame
-    stamp_ns: int
-    frame_id: str
-    image: np.ndarray  # uint8 gray / RGB, for the debug image
-    depth: np.ndarray | None
+    level: str
+    message: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MatchCloud:
+    """What the ``matches`` (and ``line_matches``) clouds show: one point per match."""
+
+    keypoints0: np.ndarray
+    keypoints1: np.ndarray
+    matches: np.ndarray  # (K, 2)
+    scores: np.ndarray  # (K,)
+    xyz: np.ndarray  # (K, 3)
+    inliers: np.ndarray  # (K,) bool
+    lines0: np.ndarray | None = None  # matchers with lines (GlueStick): segments (L, 2, 2)
+    lines1: np.ndarray | None = None
+    line_matches: np.ndarray | None = None
+    line_scores: np.ndarray | None = None
+    line_xyz: np.ndarray | None = None  # bearings of the current segments' midpoints
+
+
+@dataclass
+class RelativePose:
+    frame_id: str  # the reference image's frame
+    T_ref_cur: np.ndarray
+    covariance: np.ndarray  # (6,) variances
+
+
+@dataclass
+class OdometryState:
+    odom_frame: str
+    child_frame: str
     T_odom_cam: np.ndarray
+    covariance: np.ndarray  # (6,) accumulated variances
+    linear: np.ndarray
+    angular: np.ndarray
+
+
+@dataclass
+class DebugDrawing:
+    image0: np.ndarray
+    image1: np.ndarray
+    keypoints0: np.ndarray
+    keypoints1: np.ndarray
+    matches: np.ndarray
+    scores: np.ndarray | None
+    title: str
+    lines: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class FrameResult:
-    stamp_ns: int
-    record: dict[str, Any] = field(default_factory=dict)  # plain per-frame facts (replay, tests)
-    matches: Any = None
-    matches_info: Any = None
-    relative_pose: Any = None
-    odometry: Any = None
-    transform: Any = None
-    cloud: Any = None  # stereo: triangulated xyz
-    line_matches: Any = None  # matchers with lines (GlueStick): one point per line match
-    skipped: str | None = None  # why the frame was not processed
-    _debug: Callable[[], Any] | None = None
+    """Everything a processed (or skipped) frame produced, as plain data."""
 
-    def debug_image(self) -> Any:
-        return self._debug() if self._debug is not None else None
+    stamp_ns: int
+    frame_id: str = ""
+    record: dict[str, Any] = field(default_factory=dict)  # plain per-frame facts (replay, tests)
+    skipped: str | None = None  # why the frame was not processed
+    reason: str | None = None  # its problems.REASONS key
+    cloud: MatchCloud | None = None
+    info: Status | None = None  # matches_info
+    relative_pose: RelativePose | None = None
+    odometry: OdometryState | None = None
+    points: np.ndarray | None = None  # stereo: triangulated xyz (N, 3)
+    debug: DebugDrawing | None = None  # only when asked for
 
 
 def _describe_pipeline(pipe: Pipeline) -> str:
     return f"{pipe.conf.extractor.name}+{pipe.conf.matcher.name}"
 
 
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, (time.perf_counter() - t0) * 1e3
+
+
+# ---------------------------------------------------------------------------------------
+# what both matchers share
+# ---------------------------------------------------------------------------------------
 class _MatcherCore:
-    """Pipeline, runtime parameters, counters and diagnostics shared by both matchers."""
+    """Pipeline, runtime parameters, counters, warnings and diagnostics shared by both matchers.
+
+    ``clock_ns`` is the clock of ``received_ns``: wall time by default; the nodes give their
+    ROS clock, so that with ``use_sim_time`` the latency and the frame age are in sim time.
+    """
 
     node = "matcher"
 
     def __init__(
         self,
         values: Mapping[str, Any] | None = None,
-        types: cv.MessageTypes | None = None,
         pipeline: Pipeline | None = None,
         log: logging.Logger | Any | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.params = P.validate(self.node, values)
-        self.types = types or cv.rosbags_types()
         self.log = log or logger
+        self.clock_ns = clock_ns
         # the model is loaded here, once, never in a callback
         self._owns_pipeline = pipeline is None
-        self.pipeline = pipeline or featmatch_core.load(
-            P.pipeline_name(self.params), P.model_overrides(self.params)
-        )
-        self.model_name = (
-            P.pipeline_name(self.params) if pipeline is None else _describe_pipeline(self.pipeline)
-        )
+        self.pipeline = pipeline or featmatch_core.load(P.pipeline_name(self.params), P.model_overrides(self.params))
+        self.model_name = P.pipeline_name(self.params) if pipeline is None else _describe_pipeline(self.pipeline)
         self.stream = FeatureStream(self.pipeline)
         self.latency = LatencyStats(self.params["latency_window"])
         self.processing = LatencyStats(self.params["latency_window"])
-        self.counts = collections.Counter()
+        self.age = LatencyStats(self.params["latency_window"])  # header stamp -> result
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.problems = Problems(self.log)
         self._frames_timed = 0
         self.last: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -316,9 +321,7 @@ class _MatcherCore:
     # ---- parameters ----------------------------------------------------------------------
     def set_params(self, changes: Mapping[str, Any]) -> tuple[bool, str]:
         """Validate and stage runtime changes (applied before the next frame). Model changes are refused."""
-        reasons = [
-            r for name, value in changes.items() if (r := P.runtime_change_error(self.node, name, value))
-        ]
+        reasons = [r for name, value in changes.items() if (r := P.runtime_change_error(self.node, name, value))]
         if reasons:
             return False, "; ".join(reasons)
         with self._lock:
@@ -346,6 +349,28 @@ class _MatcherCore:
             self._warned.add(key)
             self.log.warning(message)
 
+    def _skip(self, result: FrameResult, reason: str, message: str) -> FrameResult:
+        """Count a frame that cannot be processed, warn (rate-limited), and mark it skipped."""
+        self.counts["skipped"] += 1
+        result.skipped, result.reason = message, reason
+        self.problems.warn(reason, f"skipping frame at {result.stamp_ns / 1e9:.6f}: {message}")
+        return result
+
+    # ---- stages both matchers run --------------------------------------------------------------
+    def _decode(self, msg: Any, result: FrameResult) -> S.DecodedImage | None:
+        try:
+            return S.decode_image(msg)
+        except S.Rejected as err:
+            self._skip(result, err.reason, err.message)
+            return None
+
+    def _extract(self, image: np.ndarray, stamp: int) -> Frame:
+        """Extract once; the 'resize' parameter shrinks large images but never enlarges small ones."""
+        resize = int(self.params["resize"]) if self._owns_pipeline else None
+        if resize is not None:
+            self.pipeline.extractor.conf.resize = resize if 0 < resize < max(image.shape[:2]) else None
+        return self.stream.extract(image, stamp)
+
     # ---- diagnostics --------------------------------------------------------------------------
     def _device_values(self) -> dict[str, Any]:
         device = self.pipeline.device
@@ -361,21 +386,15 @@ class _MatcherCore:
             values["gpu_memory_mb"] = 0.0
         return values
 
+    def _frame_counters(self) -> dict[str, int]:
+        if self.worker is not None:
+            return self.worker.counters()
+        frames = self.counts["frames"]
+        return {"frames_in": frames, "frames_processed": frames, "frames_dropped": 0, "worker_errors": 0, "queued": 0}
+
     def diagnostics(self) -> dict[str, Any]:
         """Plain data for /diagnostics: ``{"name", "level", "message", "values"}``."""
-        counters = (
-            self.worker.counters()
-            if self.worker is not None
-            else {
-                "frames_in": self.counts["frames"],
-                "frames_processed": self.counts["frames"],
-                "frames_dropped": 0,
-                "worker_errors": 0,
-                "queued": 0,
-            }
-        )
-        lat = {f"latency_{k}_ms": v for k, v in self.latency.percentiles().items()}
-        proc = {f"processing_{k}_ms": v for k, v in self.processing.percentiles((50, 95)).items()}
+        counters = self._frame_counters()
         last = self.last
         level, message = last.get("level", "OK"), last.get("message", "waiting for frames")
         if counters["frames_in"] == 0:
@@ -384,8 +403,10 @@ class _MatcherCore:
             **counters,
             "frames_skipped": self.counts["skipped"],
             "resets": self.counts["resets"],
-            **lat,
-            **proc,
+            **self.problems.values(),
+            **{f"latency_{k}_ms": v for k, v in self.latency.percentiles().items()},
+            **{f"processing_{k}_ms": v for k, v in self.processing.percentiles((50, 95)).items()},
+            **{f"age_{k}_ms": v for k, v in self.age.percentiles((50, 95)).items()},
             **self._device_values(),
         }
         for key in ("keypoints0", "keypoints1", "matches", "inliers", "stop_layer", "calibrated"):
@@ -393,45 +414,49 @@ class _MatcherCore:
                 values[key] = last[key]
         return {"name": f"lightglue_ros: {self.node}", "level": level, "message": message, "values": values}
 
-    def diagnostic_array(self, stamp_ns: int, hardware_id: str = "") -> Any:
-        d = self.diagnostics()
-        status = cv.diagnostic_status(
-            self.types, d["name"], d["level"], d["message"], d["values"], hardware_id
-        )
-        return cv.diagnostic_array(self.types, cv.make_header(self.types, stamp_ns, ""), [status])
-
     def _timing(self, result: FrameResult, start: float, received_ns: int | None) -> None:
+        """Processing time (wall), latency from receipt and age from the header stamp (``clock_ns``)."""
         total_ms = (time.perf_counter() - start) * 1e3
-        latency_ms = (time.time_ns() - received_ns) / 1e6 if received_ns is not None else total_ms
-        result.record["processing_ms"] = total_ms
-        result.record["latency_ms"] = latency_ms
+        now_ns = self.clock_ns()
+        latency_ms = (now_ns - received_ns) / 1e6 if received_ns is not None else total_ms
+        result.record.update(processing_ms=total_ms, latency_ms=latency_ms, age_ms=(now_ns - result.stamp_ns) / 1e6)
         self.processing.add(total_ms)
         self.latency.add(latency_ms)
+        self.age.add(result.record["age_ms"])
         self._frames_timed += 1
         if self._frames_timed % TRIM_HEAP_EVERY == 0:
             trim_heap()
-
-    def _extract(self, image: np.ndarray, stamp: int) -> Frame:
-        """Extract once; the 'resize' parameter shrinks large images but never enlarges small ones."""
-        resize = int(self.params["resize"]) if self._owns_pipeline else None
-        if resize is not None:
-            self.pipeline.extractor.conf.resize = resize if 0 < resize < max(image.shape[:2]) else None
-        return self.stream.extract(image, stamp)
-
-    def _read_image(self, msg: Any, result: FrameResult) -> tuple[np.ndarray, np.ndarray] | None:
-        try:
-            array = cv.image_to_numpy(msg)
-        except (cv.ImageConversionError, ValueError, TypeError, AttributeError) as err:
-            self.counts["skipped"] += 1
-            result.skipped = f"bad image: {err}"
-            self.log.warning(f"skipping frame at {result.stamp_ns / 1e9:.6f}: {err}")
-            return None
-        return cv.to_matcher_image(array, msg.encoding), cv.to_display(array, msg.encoding)
 
 
 # ---------------------------------------------------------------------------------------
 # monocular
 # ---------------------------------------------------------------------------------------
+@dataclass
+class Reference:
+    """The frame new frames are matched against (features extracted once)."""
+
+    frame: Frame
+    stamp_ns: int
+    frame_id: str
+    image: np.ndarray  # uint8 gray / RGB, for the debug image
+    depth: np.ndarray | None
+    T_odom_cam: np.ndarray
+
+
+@dataclass
+class PreparedFrame:
+    """A frame after ``prepare``: decoded, with its checked calibration and depth."""
+
+    result: FrameResult
+    image: S.DecodedImage | None = None
+    calibration: cv.Calibration | None = None
+    depth: np.ndarray | None = None
+
+    @property
+    def K(self) -> np.ndarray | None:
+        return self.calibration.K if self.calibration is not None else None
+
+
 class FrameMatcher(_MatcherCore):
     """Streaming monocular matcher + relative pose + odometry (see the module docstring)."""
 
@@ -441,16 +466,17 @@ class FrameMatcher(_MatcherCore):
     def __init__(
         self,
         values: Mapping[str, Any] | None = None,
-        types: cv.MessageTypes | None = None,
         pipeline: Pipeline | None = None,
         log: Any = None,
+        clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        super().__init__(values, types, pipeline, log)
+        super().__init__(values, pipeline, log, clock_ns)
         self.reference: Reference | None = None
         self.last_stamp_ns: int | None = None
-        self.T_odom_cam = T_BODY_OPTICAL.copy()
-        self.odom_cov = np.zeros(6)
+        self.odometry = S.Odometry()
         self.failures = 0
+        self.calibrations = S.CalibrationCache()
+        self.calibration_problem = ""
         self.estimator = None
 
     def _configure(self, params: dict[str, Any]) -> None:
@@ -463,14 +489,13 @@ class FrameMatcher(_MatcherCore):
         self.uncalibrated = get_estimator(params["uncalibrated_model"], conf)
 
     def reset(self) -> None:
-        """Forget the reference frame and restart the odometry (a bag loop, a jump back in time)."""
+        """Forget the reference frame and restart the odometry (a bag loop, a jump in time)."""
         self.reference = None
         self.last_stamp_ns = None
-        self.T_odom_cam = T_BODY_OPTICAL.copy()
-        self.odom_cov = np.zeros(6)
+        self.odometry = S.Odometry()
         self.failures = 0
 
-    # ---- the per-frame work --------------------------------------------------------------
+    # ---- the per-frame work: prepare -> extract -> track ------------------------------------------
     def process(
         self,
         image_msg: Any,
@@ -480,275 +505,271 @@ class FrameMatcher(_MatcherCore):
         want_debug: bool = False,
     ) -> FrameResult:
         start = time.perf_counter()
+        frame = self.prepare(image_msg, camera_info, depth_msg)
+        if frame.result.skipped is None:
+            self.track(frame, self.extract(frame), want_debug)
+            self._timing(frame.result, start, received_ns)
+        return frame.result
+
+    def prepare(self, image_msg: Any, camera_info: Any = None, depth_msg: Any = None) -> PreparedFrame:
+        """Time checks, decoding, calibration and depth; a frame that cannot go on is marked skipped."""
         self._apply_params()
-        params = self.params
         self.counts["frames"] += 1
-        stamp = cv.header_ns(image_msg)
-        frame_id = str(image_msg.header.frame_id)
-        result = FrameResult(stamp)
-        if self.last_stamp_ns is not None and stamp < self.last_stamp_ns:
-            self.log.info(
-                f"time went back ({self.last_stamp_ns / 1e9:.3f} -> {stamp / 1e9:.3f} s): "
-                "resetting the reference frame and the odometry"
-            )
+        frame = PreparedFrame(FrameResult(cv.header_ns(image_msg), str(image_msg.header.frame_id)))
+        if not self._check_time(frame.result):
+            return frame
+        frame.image = self._decode(image_msg, frame.result)
+        if frame.image is None:
+            return frame
+        self.last_stamp_ns = frame.result.stamp_ns
+        frame.calibration = self._calibration(camera_info)
+        frame.depth = self._depth(depth_msg, frame.image.matcher.shape)
+        return frame
+
+    def extract(self, frame: PreparedFrame) -> Frame:
+        """The frame's features; reads no tracking state (see the module docstring)."""
+        features, extract_ms = _timed(self._extract, frame.image.matcher, frame.result.stamp_ns)
+        frame.result.record.update(keypoints1=features.num_keypoints, extract_ms=extract_ms)
+        return features
+
+    def track(self, frame: PreparedFrame, features: Frame, want_debug: bool = False) -> FrameResult:
+        """Match against the reference, estimate, scale, decide the next reference, chain the odometry."""
+        result, ref = frame.result, self.reference
+        result.record.update(stamp_ns=result.stamp_ns, calibrated=frame.K is not None)
+        if ref is None:
+            return self._start_from(frame, features)
+        pred, match_ms = _timed(self.stream.match, ref.frame, features)
+        pts0, pts1 = pred.points0.astype(np.float64), pred.points1.astype(np.float64)
+        und0, und1 = (cv.undistort_points(p, frame.calibration) if frame.calibration else p for p in (pts0, pts1))
+        estimate, estimate_ms = _timed(
+            S.estimate_relative_pose, und0, und1, frame.K, self.estimator, self.uncalibrated, self.params["min_matches"]
+        )
+        structure = S.scale_and_structure(estimate, und0, und1, pts0, frame.K, ref.depth)
+        result.record.update(
+            ref_stamp_ns=ref.stamp_ns,
+            keypoints0=len(pred.keypoints0),
+            matches=len(pred.matches),
+            match_ms=match_ms,
+            stop_layer=pred.info.get("stop_layer", -1),
+            inliers=int(estimate.inliers.sum()),
+            estimate_ms=estimate_ms,
+            success=structure.T_0to1 is not None,
+            scale=structure.scale,
+            metric_scale=structure.metric,
+            line_matches=len(pred.line_matches) if pred.lines0 is not None else -1,
+        )
+        if estimate.model_fit is not None:
+            result.record["model_fit"] = estimate.model_fit
+        if estimate.too_few:
+            self.problems.warn(problems.TOO_FEW_MATCHES, f"frame at {result.stamp_ns / 1e9:.6f}: {estimate.problem}")
+        new_reference = self._follow(frame, ref, estimate, structure, pts0, pts1)
+        status = self._match_status(frame, ref, estimate, structure)
+        result.cloud = self._match_cloud(pred, estimate, structure, frame.K)
+        result.info = status
+        result.record.update(level=status.level, message=status.message, new_reference=new_reference)
+        if want_debug:
+            result.debug = self._debug_drawing(ref, frame, pred, status)
+        if new_reference:
+            self.reference = self._reference_of(frame, features)
+        self.last = {
+            **{k: result.record[k] for k in ("keypoints0", "keypoints1", "matches", "inliers", "stop_layer")},
+            "level": status.level,
+            "message": status.message,
+            "calibrated": frame.K is not None,
+        }
+        return result
+
+    # ---- prepare ----------------------------------------------------------------------------------
+    def _check_time(self, result: FrameResult) -> bool:
+        check = S.check_stamp(result.stamp_ns, self.last_stamp_ns, self.params["max_time_gap"])
+        if check.action == "skip":
+            self._skip(result, check.reason, check.message)
+            return False
+        if check.action == "reset":
+            self.problems.warn(check.reason, check.message)
             self.counts["resets"] += 1
             self.reset()
             result.record["reset"] = True
-        elif self.last_stamp_ns is not None and stamp == self.last_stamp_ns:
-            self.counts["skipped"] += 1
-            result.skipped = "duplicate stamp"
-            return result
-        images = self._read_image(image_msg, result)
-        if images is None:
-            return result
-        matcher_input, display = images
-        K = cv.camera_info_to_K(camera_info)
-        if K is None:
+        return True
+
+    def _calibration(self, camera_info: Any) -> cv.Calibration | None:
+        lookup = self.calibrations.lookup(camera_info)
+        if lookup.changed:
+            self.calibration_problem = lookup.problem
+            if lookup.problem:
+                self.problems.warn(problems.BAD_CALIBRATION, lookup.problem)
+        if lookup.calibration is None:
             self._warn_once(
                 "uncalibrated",
                 "no (valid) camera_info: uncalibrated mode, fitting a "
-                f"{params['uncalibrated_model']} and publishing no pose",
+                f"{self.params['uncalibrated_model']} and publishing no pose",
             )
-        dist = cv.camera_info_distortion(camera_info) if K is not None else None
-        depth = None
-        if depth_msg is not None:
-            try:
-                depth = cv.depth_to_metres(cv.image_to_numpy(depth_msg), depth_msg.encoding)
-                if depth.shape != matcher_input.shape[:2]:
-                    self._warn_once(
-                        "depth_size",
-                        f"depth {depth.shape} and image {matcher_input.shape[:2]} "
-                        "differ in size: depth ignored",
-                    )
-                    depth = None
-            except (cv.ImageConversionError, ValueError) as err:
-                self._warn_once("depth", f"depth image ignored: {err}")
-        self.last_stamp_ns = stamp
+        return lookup.calibration
 
-        t0 = time.perf_counter()
-        frame = self._extract(matcher_input, stamp)
-        extract_ms = (time.perf_counter() - t0) * 1e3
-        record = result.record
-        record.update(
-            stamp_ns=stamp, keypoints1=frame.num_keypoints, extract_ms=extract_ms, calibrated=K is not None
+    def _depth(self, depth_msg: Any, image_shape: tuple[int, ...]) -> np.ndarray | None:
+        if depth_msg is None:
+            return None
+        try:
+            return S.decode_depth(depth_msg, image_shape)
+        except S.Rejected as err:
+            self.problems.warn(err.reason, err.message)
+            return None
+
+    # ---- track ------------------------------------------------------------------------------------
+    def _reference_of(self, frame: PreparedFrame, features: Frame) -> Reference:
+        result = frame.result
+        return Reference(
+            features,
+            result.stamp_ns,
+            result.frame_id,
+            frame.image.display,
+            frame.depth,
+            self.odometry.T_odom_cam.copy(),
         )
-        header = cv.make_header(self.types, stamp, frame_id)
-        child = params["camera_frame"] or frame_id
-        ref = self.reference
-        if ref is None:
-            self.reference = Reference(frame, stamp, frame_id, display, depth, self.T_odom_cam.copy())
-            record.update(first=True, level="OK", message="first frame")
-            self._publish_odometry(result, header, child, np.zeros(3), np.zeros(3))
-            self.last = {
-                "level": "OK",
-                "message": "first frame (reference)",
-                "keypoints1": frame.num_keypoints,
-                "calibrated": K is not None,
-            }
-            self._timing(result, start, received_ns)
-            return result
 
-        t0 = time.perf_counter()
-        pred = self.stream.match(ref.frame, frame)
-        match_ms = (time.perf_counter() - t0) * 1e3
-        pts0, pts1 = pred.points0.astype(np.float64), pred.points1.astype(np.float64)
-        n = len(pred.matches)
-        record.update(
-            ref_stamp_ns=ref.stamp_ns,
-            keypoints0=len(pred.keypoints0),
-            matches=n,
-            match_ms=match_ms,
-            stop_layer=pred.info.get("stop_layer", -1),
+    def _start_from(self, frame: PreparedFrame, features: Frame) -> FrameResult:
+        """The first frame (or the first after a reset) becomes the reference; odometry at rest."""
+        result = frame.result
+        self.reference = self._reference_of(frame, features)
+        result.record.update(first=True, level="OK", message="first frame")
+        result.odometry = self._odometry_state(result, np.zeros(3), np.zeros(3))
+        self.last = {
+            "level": "OK",
+            "message": "first frame (reference)",
+            "keypoints1": features.num_keypoints,
+            "calibrated": frame.K is not None,
+        }
+        return result
+
+    def _follow(
+        self,
+        frame: PreparedFrame,
+        ref: Reference,
+        estimate: S.PoseEstimate,
+        structure: S.Structure,
+        pts0: np.ndarray,
+        pts1: np.ndarray,
+    ) -> bool:
+        """Odometry and relative pose from a pose, or the failure policy without one; returns
+        whether the current frame becomes the reference."""
+        result, params = frame.result, self.params
+        if structure.T_0to1 is None:
+            verdict = S.keyframe_after_failure(self.failures, self.max_failures, frame.K is not None)
+            self.failures = verdict.failures
+            if verdict.tracking_lost:
+                self.counts["tracking_lost"] += 1
+                self.problems.warn(
+                    problems.TRACKING_LOST,
+                    f"{self.max_failures} frames without a pose: the current frame becomes the "
+                    "reference (the odometry assumes no motion across the gap)",
+                )
+            result.odometry = self._odometry_state(result, np.zeros(3), np.zeros(3))
+            return verdict.new_reference
+        self.failures = 0
+        num_inliers = int(estimate.inliers.sum())
+        motion = S.motion_from_pose(
+            structure.T_0to1,
+            (result.stamp_ns - ref.stamp_ns) / 1e9,
+            frame.K,
+            num_inliers,
+            structure.scale,
+            params["ransac_threshold"],
         )
-        t0 = time.perf_counter()
-        inliers = np.zeros(n, bool)
-        T_0to1 = None
-        message = ""
-        if n < params["min_matches"]:
-            message = f"too few matches ({n} < min_matches {params['min_matches']})"
-        else:
-            if dist is not None:
-                und0 = cv2.undistortPoints(pts0.reshape(-1, 1, 2), K, dist, P=K).reshape(-1, 2)
-                und1 = cv2.undistortPoints(pts1.reshape(-1, 1, 2), K, dist, P=K).reshape(-1, 2)
-            else:
-                und0, und1 = pts0, pts1
-            if K is not None:
-                est = self.estimator({"m_kpts0": und0, "m_kpts1": und1, "camera0": K, "camera1": K})
-            else:
-                est = self.uncalibrated({"m_kpts0": und0, "m_kpts1": und1})
-            inliers = est["inliers"]
-            ninl = int(inliers.sum())
-            if not est["success"]:
-                message = "estimation failed"
-            elif ninl < params["min_matches"]:
-                message = f"too few inliers ({ninl} < min_matches {params['min_matches']})"
-            elif K is not None:
-                T_0to1 = np.asarray(est["model"], dtype=np.float64)
-            record["model_fit"] = bool(est["success"])
-        estimate_ms = (time.perf_counter() - t0) * 1e3
-        ninl = int(inliers.sum())
-        record.update(inliers=ninl, estimate_ms=estimate_ms, success=T_0to1 is not None)
+        self.odometry.chain(ref.T_odom_cam, motion)
+        result.record["T_0to1"] = structure.T_0to1.copy()
+        result.relative_pose = RelativePose(ref.frame_id, motion.T_ref_cur, motion.covariance)
+        result.odometry = self._odometry_state(result, motion.linear, motion.angular)
+        flow = S.median_flow(pts0, pts1, estimate.inliers)
+        result.record["median_flow_px"] = flow
+        return S.keyframe_after_pose(
+            params["keyframe_policy"], num_inliers, flow, params["keyframe_min_inliers"], params["keyframe_max_flow"]
+        )
 
-        # scale from the reference frame's depth: triangulated (unit baseline) vs measured depth
-        scale, metric = 1.0, False
-        xyz = np.zeros((n, 3))
-        if T_0to1 is not None:
-            x0, x1 = normalise(und0, K), normalise(und1, K)
-            X0 = triangulate(x0, x1, T_0to1)
-            if ref.depth is not None:
-                measured = sample_depth_nearest(ref.depth, pts0)
-                ok = inliers & np.isfinite(X0[:, 2]) & (measured > 0)
-                if ok.sum() >= 5:
-                    scale, metric = float(np.median(measured[ok] / X0[ok, 2])), True
-            T_0to1[:3, 3] *= scale
-            xyz = (X0 * scale) @ T_0to1[:3, :3].T + T_0to1[:3, 3]
-            record["T_0to1"] = T_0to1.copy()
-        elif K is not None and n:
-            xyz = np.hstack([normalise(pts1, K), np.ones((n, 1))])
-        record.update(scale=scale, metric_scale=metric)
+    def _odometry_state(self, result: FrameResult, linear: np.ndarray, angular: np.ndarray) -> OdometryState:
+        child = self.params["camera_frame"] or result.frame_id
+        result.record["T_odom_cam"] = self.odometry.T_odom_cam.copy()
+        return OdometryState(
+            self.params["odom_frame"],
+            child,
+            self.odometry.T_odom_cam.copy(),
+            self.odometry.covariance.copy(),
+            np.asarray(linear, np.float64),
+            np.asarray(angular, np.float64),
+        )
 
-        # too few matches to be trusted: the published cloud is empty (matches_info still counts them)
-        shown = slice(None) if n >= params["min_matches"] else slice(0, 0)
-        result.matches = cv.matches_to_pointcloud2(
-            self.types,
-            header,
+    def _match_status(
+        self, frame: PreparedFrame, ref: Reference, estimate: S.PoseEstimate, structure: S.Structure
+    ) -> Status:
+        """The matches_info status: OK with a pose (or an uncalibrated model fit), else WARN and why."""
+        record, has_pose = frame.result.record, structure.T_0to1 is not None
+        level = "OK" if has_pose or (frame.K is None and not estimate.problem) else "WARN"
+        message = estimate.problem or (
+            "ok" if has_pose else f"uncalibrated: {self.params['uncalibrated_model']} fitted, no pose"
+        )
+        if frame.K is None and self.calibration_problem:
+            message += f" ({self.calibration_problem})"
+        values = {
+            "reference_stamp": f"{ref.stamp_ns // 10**9}.{ref.stamp_ns % 10**9:09d}",
+            "reference_frame_id": ref.frame_id,
+            "model": self.model_name,
+            **{k: record[k] for k in ("keypoints0", "keypoints1", "matches", "inliers", "stop_layer", "line_matches")},
+            "pose": has_pose,
+            "metric_scale": structure.metric,
+            "scale": structure.scale,
+            "keyframe_policy": self.params["keyframe_policy"],
+        }
+        return Status(level, message, values)
+
+    def _match_cloud(
+        self, pred: TwoViewMatches, estimate: S.PoseEstimate, structure: S.Structure, K: np.ndarray | None
+    ) -> MatchCloud:
+        """Too few matches to be trusted: the published cloud is empty (matches_info still counts them)."""
+        shown = slice(None) if len(pred.matches) >= self.params["min_matches"] else slice(0, 0)
+        cloud = MatchCloud(
             pred.keypoints0,
             pred.keypoints1,
             pred.matches[shown],
             pred.scores[shown],
-            xyz=xyz[shown],
-            inliers=inliers[shown],
+            structure.xyz[shown],
+            estimate.inliers[shown],
         )
-        result.line_matches = self._line_matches(pred, header, K, shown)
-        record["line_matches"] = len(pred.line_matches) if pred.lines0 is not None else -1
-        level = "OK" if T_0to1 is not None or (K is None and not message) else "WARN"
-        if not message:
-            message = (
-                "ok"
-                if T_0to1 is not None
-                else f"uncalibrated: {params['uncalibrated_model']} fitted, no pose"
-            )
-        record.update(level=level, message=message)
+        if pred.lines0 is not None and pred.lines1 is not None:
+            cloud.lines0, cloud.lines1 = pred.lines0, pred.lines1
+            cloud.line_matches, cloud.line_scores = pred.line_matches[shown], pred.line_match_scores[shown]
+            cloud.line_xyz = self._line_bearings(pred.lines1, cloud.line_matches, K)
+        return cloud
 
-        if T_0to1 is not None:
-            self.failures = 0
-            T_ref_cur = invert_transform(T_0to1)
-            f = float(np.mean(np.diag(K)[:2]))
-            var_rot = (params["ransac_threshold"] / f) ** 2 / max(ninl, 1)
-            var_t = var_rot * max(scale, 1e-9) ** 2
-            cov = np.diag([var_t] * 3 + [var_rot] * 3)
-            result.relative_pose = cv.pose_with_covariance_stamped(
-                self.types, cv.make_header(self.types, stamp, ref.frame_id), T_ref_cur, cov
-            )
-            self.T_odom_cam = ref.T_odom_cam @ T_ref_cur
-            self.odom_cov = self.odom_cov + np.diag(cov)
-            dt = max((stamp - ref.stamp_ns) / 1e9, 1e-9)
-            rvec = cv2.Rodrigues(T_ref_cur[:3, :3])[0].ravel()
-            # twist of the camera in its own (current) frame
-            linear = T_0to1[:3, :3] @ T_ref_cur[:3, 3] / dt
-            angular = T_0to1[:3, :3] @ rvec / dt
-            self._publish_odometry(result, header, child, linear, angular)
-            flow = float(np.median(np.linalg.norm(pts1[inliers] - pts0[inliers], axis=1))) if ninl else 0.0
-            record["median_flow_px"] = flow
-            new_reference = (
-                params["keyframe_policy"] == "previous"
-                or ninl < params["keyframe_min_inliers"]
-                or flow > params["keyframe_max_flow"]
-            )
-        else:
-            self.failures += 1
-            if K is None and not message.startswith("too few"):
-                self.failures = 0
-            new_reference = self.failures >= self.max_failures or K is None
-            if new_reference and K is not None:
-                self.log.warning(
-                    f"{self.failures} frames without a pose: the current frame becomes the "
-                    "reference (the odometry assumes no motion across the gap)"
-                )
-                self.counts["tracking_lost"] += 1
-                self.failures = 0
-            self._publish_odometry(result, header, child, np.zeros(3), np.zeros(3))
-        record["new_reference"] = bool(new_reference)
-        if new_reference:
-            self.reference = Reference(frame, stamp, frame_id, display, depth, self.T_odom_cam.copy())
-
-        info_values = {
-            "reference_stamp": f"{ref.stamp_ns // 10**9}.{ref.stamp_ns % 10**9:09d}",
-            "reference_frame_id": ref.frame_id,
-            "model": self.model_name,
-            "keypoints0": record["keypoints0"],
-            "keypoints1": record["keypoints1"],
-            "matches": n,
-            "inliers": ninl,
-            "stop_layer": record["stop_layer"],
-            "line_matches": record["line_matches"],
-            "pose": T_0to1 is not None,
-            "metric_scale": metric,
-            "scale": scale,
-            "keyframe_policy": params["keyframe_policy"],
-        }
-        status = cv.diagnostic_status(self.types, "lightglue_ros: matches", level, message, info_values)
-        result.matches_info = cv.diagnostic_array(self.types, header, [status])
-        if want_debug:
-            ref_image, kp0, kp1, m, s = ref.image, pred.keypoints0, pred.keypoints1, pred.matches, pred.scores
-            title = f"{n} matches, {ninl} inliers" + ("" if T_0to1 is not None else f" ({message})")
-
-            lines = {"lines0": pred.lines0, "lines1": pred.lines1, "line_matches": pred.line_matches}
-            if pred.lines0 is not None:
-                title += f", {len(pred.line_matches)} line matches"
-
-            def debug() -> Any:
-                canvas = draw_matches(ref_image, display, kp0, kp1, m, scores=s, title=title, **lines)
-                return cv.numpy_to_image(self.types, canvas, "bgr8", header)
-
-            result._debug = debug
-        self.last = {
-            "level": level,
-            "message": message,
-            "keypoints0": record["keypoints0"],
-            "keypoints1": record["keypoints1"],
-            "matches": n,
-            "inliers": ninl,
-            "stop_layer": record["stop_layer"],
-            "calibrated": K is not None,
-        }
-        self._timing(result, start, received_ns)
-        return result
-
-    def _line_matches(self, pred: Any, header: Any, K: np.ndarray | None, shown: slice) -> Any:
-        """The ``line_matches`` cloud of a matcher with lines (GlueStick), else None. x, y, z: the
-        bearing (x/z, y/z, 1) of the current segment's midpoint with calibration, else 0."""
-        if pred.lines0 is None or pred.lines1 is None:
+    @staticmethod
+    def _line_bearings(lines1: np.ndarray, line_matches: np.ndarray, K: np.ndarray | None) -> np.ndarray | None:
+        """Bearings (x/z, y/z, 1) of the current segments' midpoints with calibration, else None (0)."""
+        if K is None or not len(line_matches):
             return None
-        matches = pred.line_matches[shown]
-        xyz = None
-        if K is not None and len(matches):
-            mid = pred.lines1[matches[:, 1]].mean(axis=1).astype(np.float64)
-            xyz = np.hstack([normalise(mid, K), np.ones((len(mid), 1))])
-        return cv.line_matches_to_pointcloud2(
-            self.types, header, pred.lines0, pred.lines1, matches, pred.line_match_scores[shown], xyz=xyz
-        )
+        mid = lines1[line_matches[:, 1]].mean(axis=1).astype(np.float64)
+        return np.hstack([S.image_to_camera(mid, K), np.ones((len(mid), 1))])
 
-    def _publish_odometry(
-        self, result: FrameResult, header: Any, child: str, linear: np.ndarray, angular: np.ndarray
-    ) -> None:
-        odom_header = cv.make_header(self.types, cv.stamp_to_ns(header.stamp), self.params["odom_frame"])
-        cov = np.zeros((6, 6))
-        cov[np.diag_indices(6)] = self.odom_cov
-        result.odometry = cv.odometry(
-            self.types, odom_header, child, self.T_odom_cam, cov.reshape(-1), linear, angular
+    @staticmethod
+    def _debug_drawing(ref: Reference, frame: PreparedFrame, pred: TwoViewMatches, status: Status) -> DebugDrawing:
+        n, num_inliers = status.values["matches"], status.values["inliers"]
+        title = f"{n} matches, {num_inliers} inliers" + ("" if status.values["pose"] else f" ({status.message})")
+        lines = {}
+        if pred.lines0 is not None:
+            title += f", {len(pred.line_matches)} line matches"
+            lines = {"lines0": pred.lines0, "lines1": pred.lines1, "line_matches": pred.line_matches}
+        return DebugDrawing(
+            ref.image, frame.image.display, pred.keypoints0, pred.keypoints1, pred.matches, pred.scores, title, lines
         )
-        result.transform = cv.transform_stamped(self.types, odom_header, child, self.T_odom_cam)
-        result.record["T_odom_cam"] = self.T_odom_cam.copy()
 
 
 # ---------------------------------------------------------------------------------------
 # stereo
 # ---------------------------------------------------------------------------------------
 class StereoMatcher(_MatcherCore):
-    """Rectified stereo: match left to right, triangulate with the calibrated baseline."""
+    """Rectified stereo: decode both, extract, match left to right, triangulate with the baseline."""
 
     node = "stereo_matcher"
+
+    def _configure(self, params: dict[str, Any]) -> None:
+        self.self_check = get_estimator("relative_pose", {"ransac_th": 1.0})
 
     def process(
         self,
@@ -761,122 +782,88 @@ class StereoMatcher(_MatcherCore):
     ) -> FrameResult:
         start = time.perf_counter()
         self._apply_params()
-        params = self.params
         self.counts["frames"] += 1
-        stamp = cv.header_ns(left_msg)
-        frame_id = str(left_msg.header.frame_id)
-        result = FrameResult(stamp)
-        left = self._read_image(left_msg, result)
-        right = self._read_image(right_msg, result) if left is not None else None
-        if left is None or right is None:
+        result = FrameResult(cv.header_ns(left_msg), str(left_msg.header.frame_id))
+        pair = self._decode_pair(left_msg, right_msg, result)
+        if pair is None:
             return result
-        if left[0].shape[:2] != right[0].shape[:2]:
-            self.counts["skipped"] += 1
-            result.skipped = f"left {left[0].shape[:2]} and right {right[0].shape[:2]} differ in size"
-            self.log.warning(result.skipped)
-            return result
-        t0 = time.perf_counter()
-        f_left = self._extract(left[0], stamp)
-        f_right = self._extract(right[0], stamp)
-        pred = self.stream.match(f_left, f_right)
-        match_ms = (time.perf_counter() - t0) * 1e3
-        header = cv.make_header(self.types, stamp, frame_id)
-        pts0, pts1 = pred.points0.astype(np.float64), pred.points1.astype(np.float64)
-        n = len(pred.matches)
-        record = result.record
-        record.update(
-            stamp_ns=stamp,
+        left, right = pair
+        (f_left, f_right), extract_ms = _timed(
+            lambda: (self._extract(left.matcher, result.stamp_ns), self._extract(right.matcher, result.stamp_ns))
+        )
+        pred, match_ms = _timed(self.stream.match, f_left, f_right)
+        result.record.update(
+            stamp_ns=result.stamp_ns,
             keypoints0=len(pred.keypoints0),
             keypoints1=len(pred.keypoints1),
-            matches=n,
+            matches=len(pred.matches),
+            extract_ms=extract_ms,
             match_ms=match_ms,
             stop_layer=pred.info.get("stop_layer", -1),
         )
-
-        K = None
-        if left_info is not None:
-            Pl = np.asarray(left_info.p, dtype=np.float64).reshape(3, 4)
-            K = Pl[:, :3] if Pl[0, 0] > 0 else cv.camera_info_to_K(left_info)
-        baseline = params["baseline"] or (cv.stereo_baseline(right_info) if right_info is not None else None)
-        keep = np.zeros(n, bool)
-        xyz = np.full((n, 3), np.nan)
-        message, level = "ok", "OK"
-        if K is None or not baseline:
-            level, message = (
-                "WARN",
-                "no calibration (camera_info with K and the right P, or 'baseline'): no 3D",
-            )
-            self._warn_once("stereo_calib", message)
-        elif n < params["min_matches"]:
-            level, message = "WARN", f"too few matches ({n} < min_matches {params['min_matches']})"
-        else:
-            disparity = pts0[:, 0] - pts1[:, 0]
-            row_err = np.abs(pts0[:, 1] - pts1[:, 1])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                z = K[0, 0] * baseline / disparity
-            keep = (
-                (row_err <= params["max_row_error"])
-                & (disparity >= max(params["min_disparity"], 1e-6))
-                & (z <= params["max_depth"])
-            )
-            xyz[keep, 2] = z[keep]
-            xyz[keep, 0] = (pts0[keep, 0] - K[0, 2]) * z[keep] / K[0, 0]
-            xyz[keep, 1] = (pts0[keep, 1] - K[1, 2]) * z[keep] / K[1, 1]
-            record.update(
-                median_row_error_px=float(np.median(row_err)) if n else float("nan"),
-                median_depth_m=float(np.median(z[keep])) if keep.any() else float("nan"),
-            )
-            # self-check: the relative pose of the two views must be the calibrated pure x translation
-            est = get_estimator("relative_pose", {"ransac_th": 1.0})(
-                {"m_kpts0": pts0, "m_kpts1": pts1, "camera0": K, "camera1": K}
-            )
-            if est["success"]:
-                T = est["model"]
-                t_dir = T[:3, 3] / np.linalg.norm(T[:3, 3])
-                record["rotation_check_deg"] = rotation_angle_deg(T[:3, :3])
-                record["baseline_direction_error_deg"] = float(
-                    np.rad2deg(np.arccos(np.clip(-t_dir[0], -1, 1)))
-                )
-            if keep.sum() < params["min_matches"]:
-                level, message = (
-                    "WARN",
-                    f"few stereo points ({int(keep.sum())}) pass the rectification checks",
-                )
-        record.update(
-            points=int(keep.sum()),
-            baseline_m=float(baseline or 0.0),
-            inliers=int(keep.sum()),
-            level=level,
-            message=message,
-        )
-        result.matches = cv.matches_to_pointcloud2(
-            self.types,
-            header,
-            pred.keypoints0,
-            pred.keypoints1,
-            pred.matches,
-            pred.scores,
-            xyz=np.nan_to_num(xyz),
-            inliers=keep,
-        )
-        result.cloud = cv.xyz_to_pointcloud2(self.types, header, xyz[keep])
+        status, points = self._triangulate(pred, left_info, right_info, result.record)
+        keep = points.keep if points is not None else np.zeros(len(pred.matches), bool)
+        xyz = points.xyz if points is not None else np.full((len(pred.matches), 3), np.nan)
+        result.cloud = MatchCloud(pred.keypoints0, pred.keypoints1, pred.matches, pred.scores, np.nan_to_num(xyz), keep)
+        result.points = xyz[keep]
+        result.info = status
         if want_debug:
-            canvas_args = (left[1], right[1], pred.keypoints0, pred.keypoints1, pred.matches[keep])
-
-            def debug() -> Any:
-                canvas = draw_matches(*canvas_args, title=f"{int(keep.sum())} stereo points of {n} matches")
-                return cv.numpy_to_image(self.types, canvas, "bgr8", header)
-
-            result._debug = debug
+            title = f"{int(keep.sum())} stereo points of {len(pred.matches)} matches"
+            result.debug = DebugDrawing(
+                left.display, right.display, pred.keypoints0, pred.keypoints1, pred.matches[keep], None, title
+            )
         self.last = {
-            "level": level,
-            "message": message,
-            "keypoints0": record["keypoints0"],
-            "keypoints1": record["keypoints1"],
-            "matches": n,
-            "inliers": int(keep.sum()),
-            "stop_layer": record["stop_layer"],
-            "calibrated": K is not None,
+            **{k: result.record[k] for k in ("keypoints0", "keypoints1", "matches", "inliers", "stop_layer")},
+            "level": status.level,
+            "message": status.message,
+            "calibrated": points is not None,
         }
         self._timing(result, start, received_ns)
         return result
+
+    def _decode_pair(
+        self, left_msg: Any, right_msg: Any, result: FrameResult
+    ) -> tuple[S.DecodedImage, S.DecodedImage] | None:
+        left = self._decode(left_msg, result)
+        right = self._decode(right_msg, result) if left is not None else None
+        if left is None or right is None:
+            return None
+        if left.matcher.shape[:2] != right.matcher.shape[:2]:
+            message = f"left {left.matcher.shape[:2]} and right {right.matcher.shape[:2]} differ in size"
+            self._skip(result, problems.SIZE_MISMATCH, message)
+            return None
+        return left, right
+
+    def _triangulate(
+        self, pred: TwoViewMatches, left_info: Any, right_info: Any, record: dict[str, Any]
+    ) -> tuple[Status, S.StereoPoints | None]:
+        """Calibration check, then the rectified triangulation and its self-check; WARN and why."""
+        params, n = self.params, len(pred.matches)
+        try:
+            geometry = S.stereo_geometry(left_info, right_info, params["baseline"])
+        except S.Rejected as err:
+            self.problems.warn(err.reason, err.message)
+            record.update(points=0, baseline_m=0.0, inliers=0, level="WARN", message=err.message)
+            return Status("WARN", err.message), None
+        record["baseline_m"] = geometry.baseline
+        if n < params["min_matches"]:
+            message = f"too few matches ({n} < min_matches {params['min_matches']})"
+            self.problems.warn(problems.TOO_FEW_MATCHES, message)
+            record.update(points=0, inliers=0, level="WARN", message=message)
+            return Status("WARN", message), None
+        pts0, pts1 = pred.points0.astype(np.float64), pred.points1.astype(np.float64)
+        points = S.triangulate_rectified(
+            pts0, pts1, geometry, params["max_row_error"], params["min_disparity"], params["max_depth"]
+        )
+        record.update(
+            median_row_error_px=points.median_row_error_px,
+            median_depth_m=points.median_depth_m,
+            **S.stereo_self_check(pts0, pts1, geometry.K, self.self_check),
+        )
+        kept = int(points.keep.sum())
+        level, message = "OK", "ok"
+        if kept < params["min_matches"]:
+            level, message = "WARN", f"few stereo points ({kept}) pass the rectification checks"
+            self.problems.warn(problems.TOO_FEW_MATCHES, message)
+        record.update(points=kept, inliers=kept, level=level, message=message)
+        return Status(level, message), points

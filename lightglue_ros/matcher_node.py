@@ -27,10 +27,7 @@ rclpy is imported here and in ``stereo_matcher_node`` only; the logic is ROS-fre
 
 from __future__ import annotations
 
-import re
 import sys
-import threading
-import time
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +47,9 @@ from tf2_ros import TransformBroadcaster
 
 from . import params as P
 from .conversions import RclpyTypes
-from .frame_matcher import FrameMatcher, FrameWorker
+from .frame_matcher import FrameMatcher, FrameResult, FrameWorker
+from .messages import diagnostics_message, frame_messages
+from .problems import Throttle, with_held_count
 
 
 class RosLog:
@@ -58,16 +57,12 @@ class RosLog:
 
     Warnings that repeat (the same text up to its numbers, e.g. every frame of a camera with an
     unsupported encoding) are logged at most once per ``throttle_s`` seconds, with the count of
-    those left out; the first one is always logged.
+    those left out; the first one is always logged (``problems.Throttle``).
     """
-
-    _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
     def __init__(self, logger: Any, throttle_s: float = 5.0) -> None:
         self._logger = logger
-        self._throttle_s = throttle_s
-        self._last: dict[str, list] = {}  # warning key -> [monotonic time logged, repeats left out]
-        self._lock = threading.Lock()
+        self._throttle = Throttle(throttle_s)
 
     def debug(self, msg: str, *args: Any) -> None:
         self._logger.debug(msg % args if args else msg)
@@ -77,20 +72,9 @@ class RosLog:
 
     def warning(self, msg: str, *args: Any) -> None:
         text = msg % args if args else msg
-        key = self._NUMBER.sub("#", text)
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last[0] < self._throttle_s:
-                last[1] += 1
-                return
-            left_out = last[1] if last is not None else 0
-            self._last[key] = [now, 0]
-            if len(self._last) > 256:  # keys of warnings long gone
-                self._last = {k: v for k, v in self._last.items() if now - v[0] < self._throttle_s}
-        if left_out:
-            text += f" ({left_out} similar warning(s) not shown since the last one)"
-        self._logger.warning(text)
+        held = self._throttle.admit(Throttle.key_of(text))
+        if held is not None:
+            self._logger.warning(with_held_count(text, held))
 
     def error(self, msg: str, *args: Any) -> None:
         self._logger.error(msg % args if args else msg)
@@ -155,12 +139,14 @@ class MatcherNodeBase(Node):
     def __init__(self, name: str, types: Any = None) -> None:
         super().__init__(name)
         self.closing = False
+        self.types = types or RclpyTypes()
         self.log = RosLog(self.get_logger())
         self.values = declare_parameters(self, self.schema)
-        self.core = self.make_core(self.values, types or RclpyTypes())  # loads the model, once
-        self.log.info(
-            f"model {self.core.model_name} on {self.core.pipeline.device} ({self.values['precision']})"
-        )
+        self.core = self.make_core(self.values)  # loads the model, once
+        # latency and frame age on the node's clock: sim time with use_sim_time
+        self.core.clock_ns = self.now_ns
+        self.outputs: dict[str, Any] = {}  # output topic -> publisher, filled by wire()
+        self.log.info(f"model {self.core.model_name} on {self.core.pipeline.device} ({self.values['precision']})")
         self.worker = FrameWorker(self._process, queue_size=self.values["queue_size"], log=self.log)
         self.core.worker = self.worker
         self.pub_debug = self.create_publisher(Image, "debug_image", 1)
@@ -170,8 +156,11 @@ class MatcherNodeBase(Node):
         # registered after the declarations: only later changes go through it
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-    def make_core(self, values: dict[str, Any], types: Any) -> Any:
+    def make_core(self, values: dict[str, Any]) -> Any:
         raise NotImplementedError
+
+    def now_ns(self) -> int:
+        return int(self.get_clock().now().nanoseconds)
 
     def wire(self, values: dict[str, Any], qos: QoSProfile) -> None:
         raise NotImplementedError
@@ -189,8 +178,26 @@ class MatcherNodeBase(Node):
         return SetParametersResult(successful=ok, reason=reason)
 
     def _publish_diagnostics(self) -> None:
-        stamp = int(self.get_clock().now().nanoseconds)
-        self.pub_diag.publish(self.core.diagnostic_array(stamp, hardware_id=self.get_fully_qualified_name()))
+        message = diagnostics_message(
+            self.types, self.core.diagnostics(), self.now_ns(), hardware_id=self.get_fully_qualified_name()
+        )
+        self.pub_diag.publish(message)
+
+    def _publish_frame(self, result: FrameResult, want_debug: bool) -> None:
+        """The messages of a processed frame on their publishers (none for a skipped frame)."""
+        if result.skipped is not None or self.closing:
+            return
+        messages = frame_messages(self.types, result)
+        for topic, msg in messages.topics().items():
+            publisher = self.outputs.get(topic)
+            if publisher is not None:
+                publisher.publish(msg)
+        if self.core.params.get("publish_tf") and messages.transform is not None:
+            self.tf.sendTransform(messages.transform)
+        if want_debug:
+            image = messages.debug_image()
+            if image is not None:
+                self.pub_debug.publish(image)
 
     def _want_debug(self) -> bool:
         return bool(self.core.params["publish_debug_image"]) and self.pub_debug.get_subscription_count() > 0
@@ -210,17 +217,20 @@ class MatcherNode(MatcherNodeBase):
         self.camera_info = None
         super().__init__(name, types)
 
-    def make_core(self, values: dict[str, Any], types: Any) -> FrameMatcher:
-        return FrameMatcher(values, types, log=self.log)
+    def make_core(self, values: dict[str, Any]) -> FrameMatcher:
+        return FrameMatcher(values, log=self.log)
 
     def wire(self, values: dict[str, Any], qos: QoSProfile) -> None:
         self.pub_matches = self.create_publisher(PointCloud2, "matches", 10)
-        self.pub_info = self.create_publisher(DiagnosticArray, "matches_info", 10)
-        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "relative_pose", 10)
-        self.pub_odom = self.create_publisher(Odometry, "odometry", 10)
+        self.outputs = {
+            "matches": self.pub_matches,
+            "matches_info": self.create_publisher(DiagnosticArray, "matches_info", 10),
+            "relative_pose": self.create_publisher(PoseWithCovarianceStamped, "relative_pose", 10),
+            "odometry": self.create_publisher(Odometry, "odometry", 10),
+        }
         # a matcher without lines never publishes there: no topic for it in the graph
-        has_lines = values["matcher"] in P.LINE_MATCHERS
-        self.pub_lines = self.create_publisher(PointCloud2, "line_matches", 10) if has_lines else None
+        if values["matcher"] in P.LINE_MATCHERS:
+            self.outputs["line_matches"] = self.create_publisher(PointCloud2, "line_matches", 10)
         self.tf = TransformBroadcaster(self)  # always created: 'publish_tf' can be switched on at run time
         self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
         if values["use_depth"]:
@@ -240,32 +250,15 @@ class MatcherNode(MatcherNodeBase):
         self.camera_info = msg
 
     def _on_image(self, msg: Image, depth: Image | None = None) -> None:
-        self.worker.submit(Item(msg, self.camera_info, depth, time.time_ns()))
+        self.worker.submit(Item(msg, self.camera_info, depth, self.now_ns()))
 
     # ---- the worker thread ----------------------------------------------------------------------
     def _process(self, item: Item) -> None:
-        params = self.core.params
         want_debug = self._want_debug()
         result = self.core.process(
             item.image, item.info, item.depth, received_ns=item.received_ns, want_debug=want_debug
         )
-        if result.skipped or self.closing:
-            return
-        for publisher, msg in (
-            (self.pub_matches, result.matches),
-            (self.pub_info, result.matches_info),
-            (self.pub_pose, result.relative_pose),
-            (self.pub_odom, result.odometry),
-            (self.pub_lines, result.line_matches),
-        ):
-            if publisher is not None and msg is not None:
-                publisher.publish(msg)
-        if params["publish_tf"] and self.tf is not None and result.transform is not None:
-            self.tf.sendTransform(result.transform)
-        if want_debug:
-            image = result.debug_image()
-            if image is not None:
-                self.pub_debug.publish(image)
+        self._publish_frame(result, want_debug)
 
 
 def run(node_class: type, args: list[str] | None = None) -> int:

@@ -205,6 +205,16 @@ SCHEMA: tuple[Param, ...] = (
         runtime=True,
         nodes=MONO,
     ),
+    Param(
+        "max_time_gap",
+        5.0,
+        "a frame more than this many seconds after the previous one is a time jump: the "
+        "reference frame and the odometry restart (as when time goes back); 0 disables",
+        min=0.0,
+        max=86400.0,
+        runtime=True,
+        nodes=MONO,
+    ),
     # ---- stereo: runtime ----------------------------------------------------------------------
     Param(
         "max_row_error",

@@ -32,9 +32,10 @@ from __future__ import annotations
 import argparse
 import bisect
 import io
+import queue
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,9 @@ from featmatch_core.geometry.epipolar import relative_pose_error
 
 from . import conversions as cv
 from . import params as P
-from .frame_matcher import FrameMatcher, FrameWorker
+from .frame_matcher import FrameMatcher, FrameResult, FrameWorker
 from .make_bag import BAG_VERSION, finish_bag, storage_plugin, temp_bag_path
+from .messages import diagnostics_message, frame_messages
 
 IMAGE = "sensor_msgs/msg/Image"
 INFO = "sensor_msgs/msg/CameraInfo"
@@ -113,9 +115,7 @@ def resolve_topics(reader, args: argparse.Namespace) -> dict[str, str | None]:
 
     def need(topic: str, types: Sequence[str], what: str) -> str:
         if topic not in present:
-            raise ReplayError(
-                f"{what} topic '{topic}' is not in the bag; topics present:\n{topic_table(reader)}"
-            )
+            raise ReplayError(f"{what} topic '{topic}' is not in the bag; topics present:\n{topic_table(reader)}")
         if present[topic] not in types:
             raise ReplayError(f"{what} topic '{topic}' is {present[topic]}, expected {' or '.join(types)}")
         return topic
@@ -147,9 +147,7 @@ def resolve_topics(reader, args: argparse.Namespace) -> dict[str, str | None]:
     else:
         depth = depths[0] if len(depths) == 1 else None
     gts = [
-        t
-        for t in _topics_of(reader, GT_TYPES)
-        if any(k in t.lower() for k in ("ground_truth", "groundtruth", "gt"))
+        t for t in _topics_of(reader, GT_TYPES) if any(k in t.lower() for k in ("ground_truth", "groundtruth", "gt"))
     ]
     if args.gt_tum or args.gt_topic in ("none",):
         gt = None
@@ -205,9 +203,7 @@ class GroundTruth:
         if not len(self.stamps):
             return None
         i = int(np.searchsorted(self.stamps, stamp_ns))
-        best = min(
-            (j for j in (i - 1, i) if 0 <= j < len(self.stamps)), key=lambda j: abs(self.stamps[j] - stamp_ns)
-        )
+        best = min((j for j in (i - 1, i) if 0 <= j < len(self.stamps)), key=lambda j: abs(self.stamps[j] - stamp_ns))
         return self.poses[best] if abs(int(self.stamps[best]) - stamp_ns) <= self.max_dt_ns else None
 
 
@@ -218,6 +214,7 @@ class Item:
     depth: Any = None
     received_ns: int | None = None
     loop: int = 0
+    bag_ns: int = 0  # the image's time in the bag (paces --rate realtime; header stamps may be bad)
 
 
 def bag_errors() -> tuple[type[BaseException], ...]:
@@ -251,9 +248,7 @@ def checked(items: Iterator[Item], bag: Path, reader) -> Iterator[Item]:
         ) from None
 
 
-def frames(
-    reader, topics: dict[str, str | None], infos: list[tuple[int, Any]], slop_ns: int
-) -> Iterator[Item]:
+def frames(reader, topics: dict[str, str | None], infos: list[tuple[int, Any]], slop_ns: int) -> Iterator[Item]:
     """Images with their camera_info (latest at or before the stamp) and depth (same stamp +- slop)."""
     wanted = {topics["image"], topics["depth"]} - {None}
     conns = [c for c in reader.connections if c.topic in wanted]
@@ -280,16 +275,16 @@ def frames(
             or depth_for(pending[0][0]) is not None
             or now - pending[0][0] > slop_ns
         ):
-            stamp, msg = pending.pop(0)
-            yield Item(msg, info_for(stamp), depth_for(stamp) if topics["depth"] else None)
+            stamp, msg, bag_ns = pending.pop(0)
+            yield Item(msg, info_for(stamp), depth_for(stamp) if topics["depth"] else None, bag_ns=bag_ns)
             for s in [s for s in depths if s < stamp - slop_ns]:
                 del depths[s]
 
-    for conn, _, raw in reader.messages(connections=conns):
+    for conn, bag_ns, raw in reader.messages(connections=conns):
         msg = reader.deserialize(raw, conn.msgtype)
         stamp = cv.header_ns(msg)
         if conn.topic == topics["image"]:
-            pending.append((stamp, msg))
+            pending.append((stamp, msg, bag_ns))
         else:
             depths[stamp] = msg
         yield from release(stamp)
@@ -332,9 +327,7 @@ class OutputBag:
             return
         msgtype = OUT_TOPICS[key]
         if key not in self.conns:
-            self.conns[key] = self.writer.add_connection(
-                self.topic(key), msgtype, typestore=self.types.typestore
-            )
+            self.conns[key] = self.writer.add_connection(self.topic(key), msgtype, typestore=self.types.typestore)
         self.writer.write(self.conns[key], int(stamp_ns), self.types.typestore.serialize_cdr(msg, msgtype))
         self.counts[self.topic(key)] = self.counts.get(self.topic(key), 0) + 1
 
@@ -353,9 +346,7 @@ class OutputBag:
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
-def umeyama(
-    src: np.ndarray, dst: np.ndarray, with_scale: bool = True
-) -> tuple[float, np.ndarray, np.ndarray]:
+def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
     """s, R, t minimising ||dst - (s R src + t)|| (points (N, 3))."""
     mu_s, mu_d = src.mean(0), dst.mean(0)
     xs, xd = src - mu_s, dst - mu_d
@@ -409,9 +400,7 @@ def evaluate(
         finite = [e for e in errors if np.isfinite(e)]
         summary["pose_error_median"] = float(np.median(errors))
         summary["rotation_error_median"] = (
-            float(np.median([p["rotation_error"] for p in pairs if "rotation_error" in p]))
-            if finite
-            else float("inf")
+            float(np.median([p["rotation_error"] for p in pairs if "rotation_error" in p])) if finite else float("inf")
         )
     return summary, pairs
 
@@ -510,9 +499,7 @@ def save_plots(
     ax.plot(idx, lat, ".-", ms=3, lw=0.8, label="latency")
     for key, style in (("latency_p50_ms", "g--"), ("latency_p95_ms", "r--")):
         if key in summary and np.isfinite(summary[key]):
-            ax.axhline(
-                summary[key], color=style[0], ls="--", lw=1, label=f"{key[8:11]} {summary[key]:.0f} ms"
-            )
+            ax.axhline(summary[key], color=style[0], ls="--", lw=1, label=f"{key[8:11]} {summary[key]:.0f} ms")
     ax.set_xlabel("frame")
     ax.set_ylabel("ms")
     ax.legend(fontsize=8)
@@ -542,9 +529,7 @@ def node_values(args: argparse.Namespace) -> dict[str, Any]:
     values = P.read_yaml(args.params, "matcher") if args.params else P.defaults("matcher")
     if args.conf:
         if "+" not in args.conf:
-            raise ReplayError(
-                f"--conf takes <extractor>+<matcher>, e.g. sift+nn or sift+lightglue, got '{args.conf}'"
-            )
+            raise ReplayError(f"--conf takes <extractor>+<matcher>, e.g. sift+nn or sift+lightglue, got '{args.conf}'")
         extractor, matcher = args.conf.split("+", 1)
         values.update(extractor=extractor, matcher=matcher)
     values.update(P.parse_assignments(args.param or []))
@@ -554,36 +539,16 @@ def node_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> ReplayResult:
+    """Replay the bag through ``FrameMatcher``, write the output bag, evaluate, save the outputs."""
     values = node_values(args)
     bag = Path(args.bag)
     reader = open_reader(bag)
     try:
-        topics = resolve_topics(reader, args)
-        infos = read_stamped(reader, topics["camera_info"])
-        gt = None
-        if args.gt_tum:
-            gt = GroundTruth(*read_tum(args.gt_tum), args.gt_max_dt)
-        elif topics["gt"]:
-            gt_msgs = read_stamped(reader, topics["gt"])
-            gt = GroundTruth(
-                np.array([s for s, _ in gt_msgs], dtype=np.int64),
-                [cv.pose_from_msg(m) for _, m in gt_msgs],
-                args.gt_max_dt,
-            )
-        num_images = sum(c.msgcount for c in reader.connections if c.topic == topics["image"])
+        inputs = read_inputs(reader, args)
         model = P.pipeline_name(values)
         out_dir = Path(args.out_dir or Path("outputs") / "replay" / f"{bag.name}_{model}")
         out_dir.mkdir(parents=True, exist_ok=True)
-        print(
-            f"replaying {bag} ({num_images} images on {topics['image']}"
-            + (f", camera_info {topics['camera_info']}" if topics["camera_info"] else ", no camera_info")
-            + (f", depth {topics['depth']}" if topics["depth"] else "")
-            + (f", ground truth {topics['gt'] or args.gt_tum} ({len(gt)} poses)" if gt is not None else "")
-            + f") with {model}, rate {args.rate}"
-            + (f", {args.loop} loops" if args.loop > 1 else ""),
-            flush=True,
-        )
-
+        print(describe_replay(bag, inputs, model, args), flush=True)
         matcher = FrameMatcher(values)  # the model is loaded once, here
         rss_start = rss_mb()
         out_bag = (
@@ -591,105 +556,222 @@ def run(args: argparse.Namespace) -> ReplayResult:
             if args.no_bag
             else OutputBag(args.out or out_dir / "out_bag", args.storage, args.namespace, args.overwrite)
         )
-        records: list[dict[str, Any]] = []
-        want_debug = bool(args.debug_images)
+        sink = ResultSink(matcher, out_bag, bool(args.debug_images))
         try:
+            slop_ns = int(values["sync_slop"] * 1e9)
 
-            def handle(item: Item) -> None:
-                result = matcher.process(
-                    item.image, item.info, item.depth, received_ns=item.received_ns, want_debug=want_debug
-                )
-                if result.skipped:
-                    return
-                rec = {k: v for k, v in result.record.items()}
-                rec["loop"] = item.loop
-                rec["rss_mb"] = rss_mb()
-                records.append(rec)
-                if out_bag is not None:
-                    stamp = result.stamp_ns
-                    for key in ("matches", "line_matches", "matches_info", "relative_pose", "odometry"):
-                        out_bag.write(key, stamp, getattr(result, key))
-                    if want_debug:
-                        out_bag.write("debug_image", stamp, result.debug_image())
-                    if matcher.counts["frames"] % 10 == 1:
-                        out_bag.write("diagnostics", stamp, matcher.diagnostic_array(stamp))
+            def items() -> Iterator[Item]:  # one pass over the bag
+                return checked(frames(reader, inputs.topics, inputs.infos, slop_ns), bag, reader)
 
-            slop = int(values["sync_slop"] * 1e9)
-            total = num_images * args.loop
-            if args.max_frames:
-                total = min(total, args.max_frames)
-            progress = tqdm(total=total, desc="replay", unit="frame", disable=args.quiet or None)
-            worker = FrameWorker(handle, queue_size=values["queue_size"]) if args.rate == "realtime" else None
-            matcher.worker = worker
-            wall_start = time.perf_counter()
-            count = 0
-            for loop in range(args.loop):
-                t0_bag = t0_wall = None
-                for item in checked(frames(reader, topics, infos, slop), bag, reader):
-                    if args.max_frames and count >= args.max_frames:
-                        break
-                    item.loop = loop
-                    stamp = cv.header_ns(item.image)
-                    if worker is not None:
-                        if t0_bag is None:
-                            t0_bag, t0_wall = stamp, time.perf_counter()
-                        delay = (stamp - t0_bag) / 1e9 / args.speed - (time.perf_counter() - t0_wall)
-                        if delay > 0:
-                            time.sleep(delay)
-                        item.received_ns = time.time_ns()
-                        worker.submit(item)
-                    else:
-                        item.received_ns = time.time_ns()
-                        handle(item)
-                    count += 1
-                    progress.update(1)
-            if worker is not None:
-                worker.stop(drain=True, timeout=None)
-            wall = time.perf_counter() - wall_start
-            progress.close()
-            if out_bag is not None and gt is not None:
-                for stamp, T in zip(gt.stamps, gt.poses, strict=True):
-                    out_bag.write(
-                        "ground_truth/pose",
-                        int(stamp),
-                        cv.pose_stamped(out_bag.types, cv.make_header(out_bag.types, int(stamp), "world"), T),
-                    )
-            if out_bag is not None and records:
-                stamp = records[-1]["stamp_ns"]
-                out_bag.write("diagnostics", stamp, matcher.diagnostic_array(stamp))
+            played = play(items, matcher, sink, args, values["queue_size"], inputs.num_images * args.loop)
             if out_bag is not None:
+                sink.finish(inputs.gt)
                 out_bag.close()
         except BaseException:
             if out_bag is not None:
-                out_bag.abort()
+                out_bag.abort()  # nothing half-written is left behind
             raise
         rss_end = rss_mb()
     finally:
         reader.close()
+    summary, pairs, traj = summarise(sink.records, inputs.gt, matcher, played, args, model)
+    summary.update(bag=str(bag), rss_start_mb=rss_start, rss_end_mb=rss_end)
+    if out_bag is not None:
+        summary["out_bag"] = str(out_bag.path)
+        summary["out_topics"] = out_bag.counts
+    save_outputs(out_dir, summary, pairs, sink.records, traj, inputs.gt, not args.no_plots)
+    return ReplayResult(summary, sink.records, pairs, out_dir)
 
+
+@dataclass
+class ReplayInputs:
+    topics: dict[str, str | None]
+    infos: list[tuple[int, Any]]
+    gt: GroundTruth | None
+    num_images: int
+
+
+def read_inputs(reader, args: argparse.Namespace) -> ReplayInputs:
+    """The topics to replay, every camera_info and the ground truth (a topic or a TUM file)."""
+    topics = resolve_topics(reader, args)
+    gt = None
+    if args.gt_tum:
+        gt = GroundTruth(*read_tum(args.gt_tum), args.gt_max_dt)
+    elif topics["gt"]:
+        gt_msgs = read_stamped(reader, topics["gt"])
+        gt = GroundTruth(
+            np.array([s for s, _ in gt_msgs], dtype=np.int64), [cv.pose_from_msg(m) for _, m in gt_msgs], args.gt_max_dt
+        )
+    num_images = sum(c.msgcount for c in reader.connections if c.topic == topics["image"])
+    return ReplayInputs(topics, read_stamped(reader, topics["camera_info"]), gt, num_images)
+
+
+def describe_replay(bag: Path, inputs: ReplayInputs, model: str, args: argparse.Namespace) -> str:
+    topics, gt = inputs.topics, inputs.gt
+    return (
+        f"replaying {bag} ({inputs.num_images} images on {topics['image']}"
+        + (f", camera_info {topics['camera_info']}" if topics["camera_info"] else ", no camera_info")
+        + (f", depth {topics['depth']}" if topics["depth"] else "")
+        + (f", ground truth {topics['gt'] or args.gt_tum} ({len(gt)} poses)" if gt is not None else "")
+        + f") with {model}, rate {args.rate}"
+        + (f", {args.loop} loops" if args.loop > 1 else "")
+    )
+
+
+class ResultSink:
+    """Records each processed frame and writes its messages to the output bag.
+
+    Always called from the thread that opened the bag: rosbags' sqlite3 writer may only be used
+    from the thread that created it, so with ``--rate realtime`` the worker hands its results
+    over (``handover``) and this thread writes them (``drain``).
+    """
+
+    DIAGNOSTICS_EVERY = 10  # frames between /diagnostics messages in the output bag
+
+    def __init__(self, matcher: FrameMatcher, out_bag: OutputBag | None, want_debug: bool) -> None:
+        self.matcher, self.out_bag, self.want_debug = matcher, out_bag, want_debug
+        self.records: list[dict[str, Any]] = []
+        self._handed_over: queue.SimpleQueue = queue.SimpleQueue()
+
+    def process(self, item: Item) -> FrameResult:
+        return self.matcher.process(
+            item.image, item.info, item.depth, received_ns=item.received_ns, want_debug=self.want_debug
+        )
+
+    def handover(self, item: Item) -> None:
+        """The worker thread's handler: process, and leave the writing to the bag's thread."""
+        self._handed_over.put((item, self.process(item)))
+
+    def drain(self) -> None:
+        while True:
+            try:
+                item, result = self._handed_over.get_nowait()
+            except queue.Empty:
+                return
+            self.add(item, result)
+
+    def add(self, item: Item, result: FrameResult) -> None:
+        if result.skipped:
+            return  # counted by the matcher, published nowhere (as the node)
+        self.records.append({**result.record, "loop": item.loop, "rss_mb": rss_mb()})
+        if self.out_bag is None:
+            return
+        messages = frame_messages(self.out_bag.types, result)
+        for topic, msg in messages.topics().items():
+            self.out_bag.write(topic, result.stamp_ns, msg)
+        if self.want_debug:
+            self.out_bag.write("debug_image", result.stamp_ns, messages.debug_image())
+        if len(self.records) % self.DIAGNOSTICS_EVERY == 1:
+            self.write_diagnostics(result.stamp_ns)
+
+    def write_diagnostics(self, stamp_ns: int) -> None:
+        types = self.out_bag.types
+        self.out_bag.write("diagnostics", stamp_ns, diagnostics_message(types, self.matcher.diagnostics(), stamp_ns))
+
+    def finish(self, gt: GroundTruth | None) -> None:
+        """The ground truth (for evo) and the final diagnostics."""
+        types = self.out_bag.types
+        for stamp, T in zip(gt.stamps, gt.poses, strict=True) if gt is not None else ():
+            self.out_bag.write(
+                "ground_truth/pose", int(stamp), cv.pose_stamped(types, cv.make_header(types, int(stamp), "world"), T)
+            )
+        if self.records:
+            self.write_diagnostics(self.records[-1]["stamp_ns"])
+
+
+@dataclass
+class Played:
+    frames_read: int
+    wall_s: float
+
+
+def play(
+    items: Callable[[], Iterator[Item]],
+    matcher: FrameMatcher,
+    sink: ResultSink,
+    args: argparse.Namespace,
+    queue_size: int,
+    total: int,
+) -> Played:
+    """Feed the frames: ``max`` one after the other on this thread; ``realtime`` at the bag's pace
+    (``--speed``) to a ``FrameWorker`` as the node does, dropping what it cannot keep up with."""
+    if args.max_frames:
+        total = min(total, args.max_frames)
+    progress = tqdm(total=total, desc="replay", unit="frame", disable=args.quiet or None)
+    worker = FrameWorker(sink.handover, queue_size=queue_size) if args.rate == "realtime" else None
+    matcher.worker = worker
+    wall_start = time.perf_counter()
+    count = 0
+    try:
+        for loop in range(args.loop):
+            pace = Pacer(args.speed)
+            for item in items():
+                if args.max_frames and count >= args.max_frames:
+                    break
+                item.loop = loop
+                if worker is None:
+                    item.received_ns = time.time_ns()
+                    sink.add(item, sink.process(item))
+                else:
+                    pace.wait_for(item.bag_ns)
+                    item.received_ns = time.time_ns()
+                    worker.submit(item)
+                    sink.drain()
+                count += 1
+                progress.update(1)
+    finally:
+        if worker is not None:
+            worker.stop(drain=True, timeout=None)
+            sink.drain()
+        progress.close()
+    return Played(count, time.perf_counter() - wall_start)
+
+
+class Pacer:
+    """Sleeps so that bag times (ns) are reached at ``speed`` times their pace from the first one."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self.t0_bag: int | None = None
+        self.t0_wall = 0.0
+
+    def wait_for(self, bag_ns: int) -> None:
+        if self.t0_bag is None:
+            self.t0_bag, self.t0_wall = bag_ns, time.perf_counter()
+        delay = (bag_ns - self.t0_bag) / 1e9 / self.speed - (time.perf_counter() - self.t0_wall)
+        if delay > 0:
+            time.sleep(delay)
+
+
+def summarise(
+    records: list[dict[str, Any]],
+    gt: GroundTruth | None,
+    matcher: FrameMatcher,
+    played: Played,
+    args: argparse.Namespace,
+    model: str,
+) -> tuple[dict[str, Any], list[dict], list[tuple[int, np.ndarray]]]:
+    """Pose AUC, counts (processed, dropped, skipped, warnings by reason), latency, memory, ATE."""
     diag = matcher.diagnostics()["values"]
     summary, pairs = evaluate(records, gt, args.min_baseline)
     # the trajectory (TUM file, ATE, plot) of the first pass only: each loop restarts the odometry
     traj = trajectory_from_records([r for r in records if r["loop"] == 0], gt, args.gt_scale)
     _, _, ate = aligned_trajectory(traj, gt)
-    latencies = np.array([r["latency_ms"] for r in records if "latency_ms" in r])
-    processing = np.array([r["processing_ms"] for r in records if "processing_ms" in r])
     summary.update(
         {
-            "bag": str(bag),
             "model": model,
             "rate": args.rate,
+            "storage": args.storage,
             "loops": args.loop,
-            "frames_read": count,
+            "frames_read": played.frames_read,
             "frames_processed": len(records),
             "frames_dropped": diag["frames_dropped"],
             "frames_skipped": diag["frames_skipped"],
             "resets": diag["resets"],
             "worker_errors": diag["worker_errors"],
-            "wall_s": wall,
-            "throughput_fps": len(records) / wall if wall > 0 else float("nan"),
-            "rss_start_mb": rss_start,
-            "rss_end_mb": rss_end,
+            "warnings": {k.removeprefix("warnings_"): v for k, v in matcher.problems.values().items()},
+            "wall_s": played.wall_s,
+            "throughput_fps": len(records) / played.wall_s if played.wall_s > 0 else float("nan"),
             "rss_after_first_loop_mb": next((r["rss_mb"] for r in records if r["loop"] == 1), None),
             "min_baseline_m": args.min_baseline,
             "device": diag["device"],
@@ -704,21 +786,30 @@ def run(args: argparse.Namespace) -> ReplayResult:
             ),
         }
     )
-    for name, arr in (("latency", latencies), ("processing", processing)):
+    for name in ("latency", "processing"):
+        values = np.array([r[f"{name}_ms"] for r in records if f"{name}_ms" in r])
         for q in (50, 95, 99):
-            summary[f"{name}_p{q}_ms"] = float(np.percentile(arr, q)) if len(arr) else float("nan")
-    if out_bag is not None:
-        summary["out_bag"] = str(out_bag.path)
-        summary["out_topics"] = out_bag.counts
+            summary[f"{name}_p{q}_ms"] = float(np.percentile(values, q)) if len(values) else float("nan")
+    return summary, pairs, traj
+
+
+def save_outputs(
+    out_dir: Path,
+    summary: dict[str, Any],
+    pairs: list[dict],
+    records: list[dict[str, Any]],
+    traj: list[tuple[int, np.ndarray]],
+    gt: GroundTruth | None,
+    plots: bool,
+) -> None:
     atomic_write_bytes(out_dir / "trajectory.tum", tum_lines(traj).encode())
     if gt is not None:
         gt_traj = [(int(s), T) for s, T in zip(gt.stamps, gt.poses, strict=True)]
         atomic_write_bytes(out_dir / "groundtruth.tum", tum_lines(gt_traj).encode())
-    if not args.no_plots:
+    if plots:
         summary["plots"] = [str(p) for p in save_plots(out_dir, records, traj, gt, summary)]
     save_json(out_dir / "summary.json", _jsonable(summary))
     save_json(out_dir / "pairs.json", _jsonable(pairs))
-    return ReplayResult(summary, records, pairs, out_dir)
 
 
 def _image_size(records: list[dict[str, Any]], matcher: FrameMatcher) -> str:
@@ -741,18 +832,14 @@ def _jsonable(obj: Any) -> Any:
 def report(summary: dict[str, Any]) -> str:
     def f(key: str, fmt: str = "{:.1f}") -> str:
         value = summary.get(key)
-        return (
-            "n/a"
-            if value is None or (isinstance(value, float) and not np.isfinite(value))
-            else fmt.format(value)
-        )
+        return "n/a" if value is None or (isinstance(value, float) and not np.isfinite(value)) else fmt.format(value)
 
     lines = [
-        f"model {summary['model']} on {summary['device']}, images {summary['image_size']}, "
-        f"rate {summary['rate']}",
+        f"model {summary['model']} on {summary['device']}, images {summary['image_size']}, rate {summary['rate']}",
         f"frames: {summary['frames_read']} read, {summary['frames_processed']} processed, "
         f"{summary['frames_dropped']} dropped, {summary['frames_skipped']} skipped, "
         f"{summary['resets']} resets",
+        "warnings: " + (", ".join(f"{k} {v}" for k, v in summary.get("warnings", {}).items() if v) or "none"),
     ]
     if summary.get("pairs_with_gt"):
         lines.append(
@@ -768,8 +855,7 @@ def report(summary: dict[str, Any]) -> str:
         f"latency ms: p50 {f('latency_p50_ms')}  p95 {f('latency_p95_ms')}  p99 {f('latency_p99_ms')}"
         f"   (processing p50 {f('processing_p50_ms')})",
         f"throughput: {f('throughput_fps', '{:.2f}')} frames/s",
-        f"trajectory: ATE {f('ate_rmse_m', '{:.3f}')} m after Sim(3) alignment "
-        f"({summary['trajectory_scale']})",
+        f"trajectory: ATE {f('ate_rmse_m', '{:.3f}')} m after Sim(3) alignment ({summary['trajectory_scale']})",
         f"memory (RSS): {f('rss_start_mb', '{:.0f}')} MB at start (model loaded), "
         f"{f('rss_after_first_loop_mb', '{:.0f}')} MB after the first loop, "
         f"{f('rss_end_mb', '{:.0f}')} MB at end",
@@ -803,14 +889,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--conf", default=None, help="pipeline <extractor>+<matcher> (default: the parameter file's, sift+nn)"
     )
     parser.add_argument("--params", type=Path, default=None, help="node parameter file (config/matcher.yaml)")
-    parser.add_argument(
-        "-p", "--param", action="append", metavar="NAME=VALUE", help="node parameter (repeatable)"
-    )
+    parser.add_argument("-p", "--param", action="append", metavar="NAME=VALUE", help="node parameter (repeatable)")
     parser.add_argument("--image-topic")
     parser.add_argument("--camera-info-topic", help="'none' for uncalibrated")
-    parser.add_argument(
-        "--depth-topic", default="auto", help="depth image topic, 'auto' (beside the image) or 'none'"
-    )
+    parser.add_argument("--depth-topic", default="auto", help="depth image topic, 'auto' (beside the image) or 'none'")
     gt = parser.add_mutually_exclusive_group()
     gt.add_argument("--gt-topic", help="ground-truth pose topic (T_world_cam) or 'none'")
     gt.add_argument("--gt-tum", type=Path, help="ground-truth trajectory file (TUM format)")
@@ -832,9 +914,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-frames", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="output bag (default OUT_DIR/out_bag)")
     parser.add_argument("--out-dir", type=Path, default=None)
-    parser.add_argument(
-        "--storage", choices=("sqlite3", "mcap"), default="sqlite3", help="output bag storage"
-    )
+    parser.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3", help="output bag storage")
     parser.add_argument("--namespace", default="", help="namespace of the output topics (as the node's)")
     parser.add_argument("--no-bag", action="store_true", help="write no output bag")
     parser.add_argument("--debug-images", action="store_true", help="also write debug_image")

@@ -20,7 +20,6 @@ Same processing model and parameter rules as ``matcher_node``.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,12 +45,13 @@ class StereoMatcherNode(MatcherNodeBase):
     def __init__(self, name: str = "stereo_matcher", types: Any = None) -> None:
         super().__init__(name, types)
 
-    def make_core(self, values: dict[str, Any], types: Any) -> StereoMatcher:
-        return StereoMatcher(values, types, log=self.log)
+    def make_core(self, values: dict[str, Any]) -> StereoMatcher:
+        return StereoMatcher(values, log=self.log)
 
     def wire(self, values: dict[str, Any], qos: Any) -> None:
         self.pub_points = self.create_publisher(PointCloud2, "points", 10)
         self.pub_matches = self.create_publisher(PointCloud2, "matches", 10)
+        self.outputs = {"points": self.pub_points, "matches": self.pub_matches}
         self._subs = [
             message_filters.Subscriber(self, Image, "left/image", qos_profile=qos),
             message_filters.Subscriber(self, Image, "right/image", qos_profile=qos),
@@ -64,7 +64,7 @@ class StereoMatcherNode(MatcherNodeBase):
         self._sync.registerCallback(self._on_pair)
 
     def _on_pair(self, left: Image, right: Image, left_info: CameraInfo, right_info: CameraInfo) -> None:
-        self.worker.submit(StereoItem(left, right, left_info, right_info, time.time_ns()))
+        self.worker.submit(StereoItem(left, right, left_info, right_info, self.now_ns()))
 
     def _process(self, item: StereoItem) -> None:
         want_debug = self._want_debug()
@@ -76,14 +76,7 @@ class StereoMatcherNode(MatcherNodeBase):
             received_ns=item.received_ns,
             want_debug=want_debug,
         )
-        if result.skipped or self.closing:
-            return
-        self.pub_matches.publish(result.matches)
-        self.pub_points.publish(result.cloud)
-        if want_debug:
-            image = result.debug_image()
-            if image is not None:
-                self.pub_debug.publish(image)
+        self._publish_frame(result, want_debug)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -87,7 +87,7 @@ def test_rclpy_style_array_data_is_accepted():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"encoding": "yuv422"}, "unsupported image encoding 'yuv422'"),
+        ({"encoding": "nv21"}, "unsupported image encoding 'nv21'"),
         ({"step": 10}, "step 10 is smaller than width"),
         ({"data": np.zeros(20, np.uint8)}, "truncated image data"),
         ({"height": 0}, "empty image"),
@@ -122,14 +122,15 @@ def test_camera_info_K_distortion_and_baseline():
     P = np.hstack([K, [[-500 * 0.12], [0], [0]]])
     info = cv.make_camera_info(TYPES, cv.make_header(TYPES, 0, "right"), 640, 480, K, P=P)
     info = _cdr_round_trip(info)
-    np.testing.assert_allclose(cv.camera_info_to_K(info), K)
-    assert cv.camera_info_distortion(info) is None
+    calibration = cv.calibration_from_camera_info(info)
+    np.testing.assert_allclose(calibration.K, K)
+    assert calibration.D is None and calibration.note == ""  # plumb_bob, all zero: no distortion
     assert cv.stereo_baseline(info) == pytest.approx(0.12)
-    info.k = np.zeros(9)
-    assert cv.camera_info_to_K(info) is None
-    assert cv.camera_info_to_K(None) is None
     info.d = np.array([0.1, 0, 0, 0, 0])
-    np.testing.assert_allclose(cv.camera_info_distortion(info), [0.1, 0, 0, 0, 0])
+    np.testing.assert_allclose(cv.calibration_from_camera_info(info).D, [0.1, 0, 0, 0, 0])
+    info.k = np.zeros(9)
+    assert cv.calibration_from_camera_info(info) is None  # K all zero: the ROS "uncalibrated"
+    assert cv.calibration_from_camera_info(None) is None
 
 
 def test_matches_pointcloud_round_trip():

@@ -10,7 +10,9 @@ import pytest
 from featmatch_core.geometry.epipolar import relative_pose_error
 from lightglue_ros import conversions as cv
 from lightglue_ros import synthetic
-from lightglue_ros.frame_matcher import FrameMatcher, FrameWorker, StereoMatcher, sample_depth_nearest
+from featmatch_core.geometry.depth import sample_depth
+from lightglue_ros.frame_matcher import FrameMatcher, FrameWorker, StereoMatcher
+from lightglue_ros.messages import diagnostics_message, frame_messages
 
 TYPES = cv.rosbags_types()
 W, H = 320, 240
@@ -20,6 +22,12 @@ FAST = {"max_keypoints": 512}
 @pytest.fixture(scope="module")
 def frames():
     return synthetic.sequence(6, W, H, step=0.1, seed=1)
+
+
+def _processed(fm, *args, **kwargs):
+    """(plain result, its messages) of one frame."""
+    result = fm.process(*args, **kwargs)
+    return result, frame_messages(TYPES, result)
 
 
 def _msgs(frame, frame_id="camera_optical", encoding="mono8"):
@@ -33,14 +41,15 @@ def _msgs(frame, frame_id="camera_optical", encoding="mono8"):
 
 
 def test_sequence_relative_rotations_and_scale(frames):
-    fm = FrameMatcher(FAST, TYPES)
+    fm = FrameMatcher(FAST)
     results = []
     for i, frame in enumerate(frames):
         image, info, depth = _msgs(frame, encoding="bgr8" if i % 2 else "mono8")
-        results.append(fm.process(image, info, depth))
-    assert results[0].matches is None and results[0].odometry is not None  # first frame: reference
+        results.append(_processed(fm, image, info, depth))
+    assert results[0][1].matches is None and results[0][1].odometry is not None  # first frame: reference
+    msgs = [m for _, m in results]
     for i in range(1, len(frames)):
-        rec = results[i].record
+        rec = results[i][0].record
         assert rec["success"], rec
         T_gt = frames[i].T_cam_world @ np.linalg.inv(frames[i - 1].T_cam_world)
         err_R, err_t = relative_pose_error(T_gt, rec["T_0to1"][:3, :3], rec["T_0to1"][:3, 3])
@@ -48,20 +57,20 @@ def test_sequence_relative_rotations_and_scale(frames):
         assert rec["metric_scale"]  # depth of the reference frame gives the scale
         assert np.linalg.norm(rec["T_0to1"][:3, 3]) == pytest.approx(np.linalg.norm(T_gt[:3, 3]), rel=0.15)
         # the published messages agree with the record
-        pose = cv.pose_from_msg(results[i].relative_pose)
+        pose = cv.pose_from_msg(msgs[i].relative_pose)
         np.testing.assert_allclose(pose, np.linalg.inv(rec["T_0to1"]), atol=1e-9)
-        assert results[i].relative_pose.header.stamp.sec == results[i].matches.header.stamp.sec
-        points = cv.pointcloud2_to_array(results[i].matches)
+        assert msgs[i].relative_pose.header.stamp.sec == msgs[i].matches.header.stamp.sec
+        points = cv.pointcloud2_to_array(msgs[i].matches)
         assert len(points) == rec["matches"] and points["inlier"].sum() == rec["inliers"]
-        info = cv.status_values(results[i].matches_info.status[0])
+        info = cv.status_values(msgs[i].matches_info.status[0])
         ref_ns = frames[i - 1].stamp_ns
         assert info["reference_stamp"] == f"{ref_ns // 10**9}.{ref_ns % 10**9:09d}"
         assert info["model"] == "sift+nn" and int(info["inliers"]) == rec["inliers"]
     # odometry: trajectory shape matches the ground truth (metric thanks to depth)
     T_w0 = np.linalg.inv(frames[0].T_cam_world)
     for i in (2, len(frames) - 1):
-        T_odom_cam = cv.pose_from_msg(results[i].odometry)
-        T_odom_cam0 = cv.pose_from_msg(results[0].odometry)
+        T_odom_cam = cv.pose_from_msg(msgs[i].odometry)
+        T_odom_cam0 = cv.pose_from_msg(msgs[0].odometry)
         est = np.linalg.inv(T_odom_cam0) @ T_odom_cam
         gt = np.linalg.inv(T_w0) @ np.linalg.inv(frames[i].T_cam_world)
         assert np.linalg.norm(est[:3, 3] - gt[:3, 3]) < 0.25 * np.linalg.norm(gt[:3, 3]) + 0.02
@@ -77,17 +86,15 @@ def test_sequence_relative_rotations_and_scale(frames):
         "device",
         "gpu_memory_mb",
     } <= set(diag["values"])
-    msg = fm.diagnostic_array(frames[-1].stamp_ns)
+    msg = diagnostics_message(TYPES, diag, frames[-1].stamp_ns)
     assert cv.status_level(msg.status[0]) == 0
-    debug = results[-1].debug_image()
+    debug = msgs[-1].debug_image()
     assert debug is None  # not asked for
 
 
 def test_keyframe_policy_and_debug_image(frames):
-    fm = FrameMatcher(
-        {**FAST, "keyframe_policy": "keyframe", "keyframe_min_inliers": 5, "keyframe_max_flow": 1000.0}, TYPES
-    )
-    out = [fm.process(*_msgs(f)[:2], want_debug=True) for f in frames[:4]]
+    fm = FrameMatcher({**FAST, "keyframe_policy": "keyframe", "keyframe_min_inliers": 5, "keyframe_max_flow": 1000.0})
+    out = [_processed(fm, *_msgs(f)[:2], want_debug=True)[1] for f in frames[:4]]
     refs = {cv.status_values(r.matches_info.status[0])["reference_stamp"] for r in out[1:]}
     assert len(refs) == 1  # all matched against the first frame, the keyframe
     image = cv.image_to_numpy(out[-1].debug_image())
@@ -95,7 +102,7 @@ def test_keyframe_policy_and_debug_image(frames):
 
 
 def test_bad_input_is_skipped_and_the_node_goes_on(frames, caplog):
-    fm = FrameMatcher(FAST, TYPES)
+    fm = FrameMatcher(FAST)
     image, info, _ = _msgs(frames[0])
     bad = [
         TYPES(
@@ -109,41 +116,42 @@ def test_bad_input_is_skipped_and_the_node_goes_on(frames, caplog):
             data=data,
         )
         for enc, step, data in (
-            ("yuv422", 2 * W, np.zeros(2 * W * H, np.uint8)),  # unknown encoding
+            ("nv21", 2 * W, np.zeros(2 * W * H, np.uint8)),  # unknown encoding
             ("mono8", W, np.zeros(W * H // 2, np.uint8)),  # truncated
             ("rgb8", W, np.zeros(3 * W * H, np.uint8)),
         )
     ]  # width/step mismatch
     for msg in bad:
-        result = fm.process(msg, info)
-        assert result.skipped and result.matches is None
-    assert fm.counts["skipped"] == 3
+        result, msgs = _processed(fm, msg, info)
+        assert result.skipped and result.reason == "bad_encoding" and not msgs.topics()
+    assert fm.counts["skipped"] == 3 and fm.diagnostics()["values"]["warnings_bad_encoding"] == 3
     # missing camera_info: uncalibrated, warned once, matches but no pose
-    out = [fm.process(_msgs(f)[0], None) for f in frames[:3]]
-    assert out[1].matches is not None and out[1].relative_pose is None
-    assert "fundamental" in out[1].record["message"]
+    out = [_processed(fm, _msgs(f)[0], None) for f in frames[:3]]
+    assert out[1][1].matches is not None and out[1][1].relative_pose is None
+    assert "fundamental" in out[1][0].record["message"]
     assert sum("uncalibrated" in r.message for r in caplog.records) == 1
     # a blank frame: zero matches, empty cloud, no pose, WARN
     header = cv.make_header(TYPES, frames[3].stamp_ns, "camera_optical")
-    blank = fm.process(cv.numpy_to_image(TYPES, np.full((H, W), 128, np.uint8), "mono8", header), info)
+    _, blank = _processed(fm, cv.numpy_to_image(TYPES, np.full((H, W), 128, np.uint8), "mono8", header), info)
     assert blank.matches.width == 0 and blank.relative_pose is None
     # a few matches, fewer than min_matches: still an empty cloud, counted in matches_info
     fm.set_params({"min_matches": 100000})
-    few = fm.process(*_msgs(frames[4])[:2])
-    assert few.matches.width == 0 and few.relative_pose is None and few.record["matches"] > 0
-    assert int(cv.status_values(few.matches_info.status[0])["matches"]) == few.record["matches"]
-    assert fm.diagnostics()["level"] == "WARN"
+    few, few_msgs = _processed(fm, *_msgs(frames[4])[:2])
+    assert few_msgs.matches.width == 0 and few_msgs.relative_pose is None and few.record["matches"] > 0
+    assert int(cv.status_values(few_msgs.matches_info.status[0])["matches"]) == few.record["matches"]
+    diag = fm.diagnostics()
+    assert diag["level"] == "WARN" and diag["values"]["warnings_too_few_matches"] == 2  # the blank and this one
 
 
 def test_time_going_back_resets_the_state(frames):
-    fm = FrameMatcher(FAST, TYPES)
+    fm = FrameMatcher(FAST)
     for f in frames[:3]:
         fm.process(*_msgs(f))
     assert fm.reference.stamp_ns == frames[2].stamp_ns
-    result = fm.process(*_msgs(frames[0]))  # a bag loop
+    result, msgs = _processed(fm, *_msgs(frames[0]))  # a bag loop
     assert result.record.get("reset") and result.record.get("first")
-    assert fm.counts["resets"] == 1
-    np.testing.assert_allclose(cv.pose_from_msg(result.odometry)[:3, 3], 0, atol=1e-12)
+    assert fm.counts["resets"] == 1 and fm.problems.counts["time_jump"] == 1
+    np.testing.assert_allclose(cv.pose_from_msg(msgs.odometry)[:3, 3], 0, atol=1e-12)
     assert fm.process(*_msgs(frames[1])).record["success"]
 
 
@@ -154,14 +162,14 @@ def test_free_heap_is_returned_every_n_frames(frames, monkeypatch):
     calls = []
     monkeypatch.setattr(frame_matcher, "TRIM_HEAP_EVERY", 2)
     monkeypatch.setattr(frame_matcher, "trim_heap", lambda: calls.append(1) or True)
-    fm = FrameMatcher(FAST, TYPES)
+    fm = FrameMatcher(FAST)
     for f in frames[:5]:
         fm.process(*_msgs(f))
     assert len(calls) == 2
 
 
 def test_runtime_parameters_thresholds_yes_model_no(frames):
-    fm = FrameMatcher(FAST, TYPES)
+    fm = FrameMatcher(FAST)
     ok, reason = fm.set_params({"ransac_threshold": 2.5, "nn_ratio_threshold": 0.7})
     assert ok, reason
     fm.process(*_msgs(frames[0]))
@@ -227,8 +235,9 @@ def test_stereo_recovers_the_calibrated_baseline():
     right_info = cv.make_camera_info(
         TYPES, header, W, H, K, P=np.hstack([K, [[-K[0, 0] * baseline], [0], [0]]])
     )
-    sm = StereoMatcher(FAST, TYPES)
-    result = sm.process(
+    sm = StereoMatcher(FAST)
+    result, msgs = _processed(
+        sm,
         cv.numpy_to_image(TYPES, left, "mono8", header),
         cv.numpy_to_image(TYPES, right, "mono8", header),
         left_info,
@@ -237,26 +246,27 @@ def test_stereo_recovers_the_calibrated_baseline():
     rec = result.record
     assert rec["level"] == "OK" and rec["points"] > 100 and rec["baseline_m"] == pytest.approx(baseline)
     assert rec["rotation_check_deg"] < 0.5 and rec["baseline_direction_error_deg"] < 2.0
-    points = cv.pointcloud2_to_array(result.matches)
+    points = cv.pointcloud2_to_array(msgs.matches)
     keep = points["inlier"].astype(bool)
-    z_true = sample_depth_nearest(depth, np.stack([points["u0"], points["v0"]], 1))[keep]
+    z_true = sample_depth(np.stack([points["u0"], points["v0"]], 1), depth, mode="nearest")[0][keep]
     disparity = (points["u0"] - points["u1"])[keep]
     # the baseline the matches imply, given the true depth, reproduces the calibration
     assert np.median(disparity * z_true / K[0, 0]) == pytest.approx(baseline, rel=0.02)
     assert np.median(np.abs(points["z"][keep] / z_true - 1)) < 0.02
-    cloud = cv.pointcloud2_to_array(result.cloud)
+    cloud = cv.pointcloud2_to_array(msgs.points)
     assert len(cloud) == rec["points"] and np.isfinite(cloud["z"]).all()
-    # without calibration: matches but no 3D, WARN
-    bare = sm.process(
-        cv.numpy_to_image(TYPES, left, "mono8", header), cv.numpy_to_image(TYPES, right, "mono8", header)
+    # without calibration: matches but no 3D, WARN, counted as a calibration problem
+    bare, bare_msgs = _processed(
+        sm, cv.numpy_to_image(TYPES, left, "mono8", header), cv.numpy_to_image(TYPES, right, "mono8", header)
     )
-    assert bare.record["level"] == "WARN" and bare.cloud.width == 0 and bare.matches.width > 0
+    assert bare.record["level"] == "WARN" and bare_msgs.points.width == 0 and bare_msgs.matches.width > 0
+    assert sm.problems.counts["bad_calibration"] == 1
 
 
 def test_line_matches_are_published_when_the_matcher_has_lines(frames):
     """A matcher with lines (GlueStick) gets a second cloud, a count in matches_info and the
     segments in the debug image; a point-only matcher publishes no line cloud."""
-    fm = FrameMatcher(FAST, TYPES)
+    fm = FrameMatcher(FAST)
     match_points = fm.stream.match
     lines0 = np.array([[[10, 10], [60, 10]], [[20, 30], [20, 90]]], np.float32)
     lines1 = np.array([[[22, 32], [22, 92]], [[12, 11], [62, 11]], [[5, 5], [5, 6]]], np.float32)
@@ -268,13 +278,12 @@ def test_line_matches_are_published_when_the_matcher_has_lines(frames):
         return pred
 
     image, info, _ = _msgs(frames[0])
-    plain = fm.process(image, info)
-    assert plain.line_matches is None  # first frame
+    assert _processed(fm, image, info)[1].line_matches is None  # first frame
     image, info, _ = _msgs(frames[1])
-    assert fm.process(image, info).line_matches is None  # point-only matcher
+    assert _processed(fm, image, info)[1].line_matches is None  # point-only matcher
     fm.stream.match = match_with_lines
     image, info, _ = _msgs(frames[2])
-    result = fm.process(image, info, want_debug=True)
+    _, result = _processed(fm, image, info, want_debug=True)
     pts = cv.pointcloud2_to_array(result.line_matches)
     np.testing.assert_allclose(np.stack([pts["u0_s"], pts["u1_s"]], 1), [[10, 12], [20, 22]])
     np.testing.assert_allclose(pts["score"], [0.9, 0.6])
@@ -297,16 +306,16 @@ def test_gluestick_pipeline_end_to_end_publishes_line_matches():
                                     "max_keypoints": 256, "filter_threshold": 0.0})
     assert P.pipeline_name(values) == "superpoint+lsd+gluestick"
     pipe = Pipeline.from_conf(pipeline_conf(P.pipeline_name(values), P.model_overrides(values)), pretrained=False)
-    fm = FrameMatcher(values, TYPES, pipeline=pipe)
+    fm = FrameMatcher(values, pipeline=pipe)
     assert pipe.matcher.conf.filter_threshold == 0.0  # the node's parameter reached GlueStick
     seq = synthetic.sequence(2, 160, 120, step=0.05, seed=3)
     results = []
     for frame in seq:
         header = cv.make_header(TYPES, frame.stamp_ns, "cam")
-        results.append(fm.process(cv.numpy_to_image(TYPES, frame.image, "mono8", header),
+        results.append(_processed(fm, cv.numpy_to_image(TYPES, frame.image, "mono8", header),
                                   cv.make_camera_info(TYPES, header, 160, 120, frame.K)))
-    rec = results[1].record
+    rec = results[1][0].record
     assert rec["line_matches"] > 0  # threshold 0: random weights still pair up segments
-    pts = cv.pointcloud2_to_array(results[1].line_matches)
+    pts = cv.pointcloud2_to_array(results[1][1].line_matches)
     assert len(pts) == (rec["line_matches"] if rec["matches"] >= values["min_matches"] else 0)
     assert {"u0_s", "v0_e", "u1_s", "v1_e", "score", "idx0", "idx1"} <= set(pts.dtype.names)

@@ -1,0 +1,392 @@
+"""The stages a frame goes through, as small functions over plain data (numpy, dataclasses).
+
+    decode_image / check_stamp / CalibrationCache / decode_depth    (prepare: cheap, in order)
+    -> extract (the matcher's FeatureStream)                          (heavy, no per-stream state)
+    -> match -> undistort -> estimate_relative_pose -> scale_and_structure
+    -> next_reference (keyframe decision) -> Odometry.chain           (track: in order, stateful)
+
+``FrameMatcher`` and ``StereoMatcher`` (``frame_matcher``) are these stages in sequence; the
+ROS messages are built from their result in one place (``messages``). Extraction needs only the
+decoded image, so frame n+1 can be extracted while frame n is matched and estimated: the
+stages before and after it are the only ones that read or change the stream's state.
+
+A stage that finds bad input raises ``Rejected(reason, message)`` (reasons: ``problems``); the
+caller counts it and skips the frame, or the part of it (a depth image), and goes on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from featmatch_core.geometry.depth import image_to_camera, invert_transform, sample_depth
+from featmatch_core.geometry.triangulation import triangulate_dlt
+
+from . import conversions as cv
+from . import problems
+
+# optical frame (x right, y down, z forward) -> REP 103 body (x forward, y left, z up)
+T_BODY_OPTICAL = np.array([[0.0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
+
+
+class Rejected(Exception):
+    """Input a stage cannot use; ``reason`` is one of ``problems.REASONS``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+# ---------------------------------------------------------------------------------------
+# prepare: decode, stamps, calibration, depth
+# ---------------------------------------------------------------------------------------
+@dataclass
+class DecodedImage:
+    matcher: np.ndarray  # what the extractor takes: gray or RGB, uint8 / uint16 / float32
+    display: np.ndarray  # uint8 gray or RGB, for the debug image
+
+
+def decode_image(msg: Any) -> DecodedImage:
+    """``sensor_msgs/Image`` -> the matcher's and the display's arrays; ``Rejected`` if unusable."""
+    try:
+        array = cv.image_to_numpy(msg)
+        return DecodedImage(cv.to_matcher_image(array, msg.encoding), cv.to_display(array, msg.encoding))
+    except (cv.ImageConversionError, ValueError, TypeError, AttributeError, cv2.error) as err:
+        raise Rejected(problems.BAD_ENCODING, f"bad image: {err}") from None
+
+
+def decode_depth(msg: Any, image_shape: tuple[int, ...]) -> np.ndarray:
+    """Depth image -> float32 metres of the image's size; ``Rejected`` (bad_depth) otherwise."""
+    try:
+        depth = cv.depth_to_metres(cv.image_to_numpy(msg), msg.encoding)
+    except (cv.ImageConversionError, ValueError, TypeError, AttributeError) as err:
+        raise Rejected(problems.BAD_DEPTH, f"depth image ignored: {err}") from None
+    if depth.shape != tuple(image_shape[:2]):
+        raise Rejected(
+            problems.BAD_DEPTH, f"depth {depth.shape} and image {tuple(image_shape[:2])} differ in size: depth ignored"
+        )
+    return depth
+
+
+@dataclass(frozen=True)
+class StampCheck:
+    """``use`` the frame, ``skip`` it, or ``reset`` the tracking and then use it as a first frame."""
+
+    action: Literal["use", "skip", "reset"]
+    reason: str | None = None
+    message: str = ""
+
+
+def check_stamp(stamp_ns: int, last_ns: int | None, max_gap_s: float) -> StampCheck:
+    """Time checks against the previous frame's stamp.
+
+    A zero stamp (a driver that does not stamp) cannot be put in order: skipped. The same stamp
+    again: skipped. Time going back (a bag loop, a restarted clock) or moving on by more than
+    ``max_gap_s`` (0: no limit): the reference frame and the odometry are restarted, because
+    neither a pose nor a velocity can be chained across the jump.
+    """
+    if stamp_ns == 0:
+        return StampCheck("skip", problems.TIME_JUMP, "zero stamp: the frame cannot be put in time order, skipped")
+    if last_ns is None:
+        return StampCheck("use")
+    if stamp_ns == last_ns:
+        return StampCheck("skip", problems.DUPLICATE_STAMP, "duplicate stamp, skipped")
+    if stamp_ns < last_ns:
+        return StampCheck(
+            "reset",
+            problems.TIME_JUMP,
+            f"time went back ({last_ns / 1e9:.3f} -> {stamp_ns / 1e9:.3f} s): resetting the reference and the odometry",
+        )
+    gap_s = (stamp_ns - last_ns) / 1e9
+    if max_gap_s > 0 and gap_s > max_gap_s:
+        return StampCheck(
+            "reset",
+            problems.TIME_JUMP,
+            f"time jumped {gap_s:.3f} s ahead (max_time_gap {max_gap_s:g} s): resetting the reference and the odometry",
+        )
+    return StampCheck("use")
+
+
+@dataclass
+class CalibrationLookup:
+    calibration: cv.Calibration | None  # None: uncalibrated (no camera_info, K zero, or refused)
+    problem: str = ""  # why it was refused or repaired; empty when fine
+    changed: bool = False  # another camera_info than the previous frame's
+
+
+class CalibrationCache:
+    """Checks a camera_info once per change (drivers resend the same one with every frame)."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._lookup = CalibrationLookup(None)
+
+    @staticmethod
+    def _key_of(msg: Any) -> tuple:
+        if msg is None:
+            return (None,)
+        return (
+            str(msg.distortion_model),
+            np.asarray(msg.d, np.float64).tobytes(),
+            np.asarray(msg.k, np.float64).tobytes(),
+        )
+
+    def lookup(self, msg: Any) -> CalibrationLookup:
+        key = self._key_of(msg)
+        if key == self._key:
+            return CalibrationLookup(self._lookup.calibration, self._lookup.problem, changed=False)
+        self._key = key
+        try:
+            calibration = cv.calibration_from_camera_info(msg)
+            self._lookup = CalibrationLookup(calibration, calibration.note if calibration else "", True)
+        except (cv.CalibrationError, ValueError, TypeError, AttributeError) as err:
+            self._lookup = CalibrationLookup(None, f"camera_info refused ({err}): uncalibrated until a valid one", True)
+        return self._lookup
+
+
+# ---------------------------------------------------------------------------------------
+# geometry: estimate, scale
+# ---------------------------------------------------------------------------------------
+def triangulate(x0: np.ndarray, x1: np.ndarray, T_0to1: np.ndarray) -> np.ndarray:
+    """Points (K, 3) in camera 0 from normalised coordinates (K, 2) of both views; NaN behind a camera."""
+    if not len(x0):
+        return np.zeros((0, 3))
+    P0 = np.hstack([np.eye(3), np.zeros((3, 1))])
+    X = triangulate_dlt(x0.astype(np.float64), x1.astype(np.float64), P0, T_0to1[:3, :4])
+    z1 = X @ T_0to1[:3, :3].T[:, 2] + T_0to1[2, 3]
+    bad = ~np.isfinite(X).all(1) | (X[:, 2] <= 0) | (z1 <= 0)
+    X[bad] = np.nan
+    return X
+
+
+def rotation_angle_deg(R: np.ndarray) -> float:
+    return float(np.rad2deg(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
+
+
+@dataclass
+class PoseEstimate:
+    inliers: np.ndarray  # (n,) bool
+    T_0to1: np.ndarray | None = None  # calibrated and good enough: unit-norm translation
+    model_fit: bool | None = None  # None: not attempted (too few matches)
+    problem: str = ""  # why there is no pose; empty with a pose (or an uncalibrated model fit)
+    too_few: bool = False  # the problem is a count below min_matches
+
+
+def estimate_relative_pose(
+    und0: np.ndarray, und1: np.ndarray, K: np.ndarray | None, estimator: Any, uncalibrated: Any, min_matches: int
+) -> PoseEstimate:
+    """Relative pose (calibrated) or a fundamental matrix / homography (uncalibrated) of
+    undistorted matches; at least ``min_matches`` matches and inliers for a pose."""
+    n = len(und0)
+    if n < min_matches:
+        return PoseEstimate(
+            np.zeros(n, bool), problem=f"too few matches ({n} < min_matches {min_matches})", too_few=True
+        )
+    if K is not None:
+        est = estimator({"m_kpts0": und0, "m_kpts1": und1, "camera0": K, "camera1": K})
+    else:
+        est = uncalibrated({"m_kpts0": und0, "m_kpts1": und1})
+    inliers = np.asarray(est["inliers"], bool).reshape(-1)
+    num_inliers = int(inliers.sum())
+    if not est["success"]:
+        return PoseEstimate(inliers, model_fit=False, problem="estimation failed")
+    if num_inliers < min_matches:
+        problem = f"too few inliers ({num_inliers} < min_matches {min_matches})"
+        return PoseEstimate(inliers, model_fit=True, problem=problem, too_few=True)
+    T_0to1 = np.asarray(est["model"], dtype=np.float64) if K is not None else None
+    return PoseEstimate(inliers, T_0to1, model_fit=True)
+
+
+@dataclass
+class Structure:
+    xyz: np.ndarray  # (n, 3) per match in the current optical frame (triangulated, bearing, or 0)
+    T_0to1: np.ndarray | None  # the pose with the translation scaled
+    scale: float = 1.0
+    metric: bool = False  # the scale comes from the reference frame's depth
+
+
+def scale_and_structure(
+    estimate: PoseEstimate,
+    und0: np.ndarray,
+    und1: np.ndarray,
+    pts0: np.ndarray,
+    K: np.ndarray | None,
+    ref_depth: np.ndarray | None,
+) -> Structure:
+    """Triangulate the matches; with the reference frame's depth, the metric scale (median ratio
+    of measured to triangulated depth over at least 5 inliers). Without a pose: the bearings
+    (x/z, y/z, 1) of the current frame's points with calibration, else zeros."""
+    n = len(und0)
+    if estimate.T_0to1 is None:
+        xyz = np.hstack([image_to_camera(und1, K), np.ones((n, 1))]) if K is not None and n else np.zeros((n, 3))
+        return Structure(xyz, None)
+    T_0to1 = estimate.T_0to1.copy()
+    X0 = triangulate(image_to_camera(und0, K), image_to_camera(und1, K), T_0to1)
+    scale, metric = 1.0, False
+    if ref_depth is not None:
+        measured = sample_depth(pts0, ref_depth.astype(np.float64), mode="nearest")[0]
+        ok = estimate.inliers & np.isfinite(X0[:, 2]) & (measured > 0)
+        if ok.sum() >= 5:
+            scale, metric = float(np.median(measured[ok] / X0[ok, 2])), True
+    T_0to1[:3, 3] *= scale
+    xyz = (X0 * scale) @ T_0to1[:3, :3].T + T_0to1[:3, 3]
+    return Structure(xyz, T_0to1, scale, metric)
+
+
+# ---------------------------------------------------------------------------------------
+# keyframe decision and odometry
+# ---------------------------------------------------------------------------------------
+def median_flow(pts0: np.ndarray, pts1: np.ndarray, inliers: np.ndarray) -> float:
+    """Median displacement of the inliers, pixels (0 without inliers)."""
+    if not inliers.any():
+        return 0.0
+    return float(np.median(np.linalg.norm(pts1[inliers] - pts0[inliers], axis=1)))
+
+
+def keyframe_after_pose(policy: str, num_inliers: int, flow_px: float, min_inliers: int, max_flow_px: float) -> bool:
+    """With a pose: does the current frame become the reference? Always with 'previous'; with
+    'keyframe' when the keyframe is losing its grip (few inliers) or is too far (large flow)."""
+    return policy == "previous" or num_inliers < min_inliers or flow_px > max_flow_px
+
+
+@dataclass(frozen=True)
+class FailureVerdict:
+    failures: int  # consecutive frames without a pose, after this one
+    new_reference: bool
+    tracking_lost: bool  # the reference is replaced because it cannot be tracked any more
+
+
+def keyframe_after_failure(failures: int, max_failures: int, calibrated: bool) -> FailureVerdict:
+    """Without a pose: uncalibrated, each frame becomes the next reference (there is no pose to
+    wait for); calibrated, the reference is kept until ``max_failures`` frames in a row failed."""
+    if not calibrated:
+        return FailureVerdict(0, True, False)
+    failures += 1
+    if failures >= max_failures:
+        return FailureVerdict(0, True, True)
+    return FailureVerdict(failures, False, False)
+
+
+@dataclass
+class Motion:
+    """What a pose between the reference and the current frame says for the messages."""
+
+    T_ref_cur: np.ndarray  # pose of the current optical frame in the reference optical frame
+    covariance: np.ndarray  # (6,) variances: x y z (m^2 or unit baseline^2), then rotation (rad^2)
+    linear: np.ndarray  # twist of the camera in its own (current) frame, per second
+    angular: np.ndarray
+
+
+def motion_from_pose(T_0to1: np.ndarray, dt_s: float, K: np.ndarray, num_inliers: int, scale: float, ransac_px: float):
+    """Pose, a rough isotropic covariance (threshold / focal length over the inlier count) and twist."""
+    T_ref_cur = invert_transform(T_0to1)
+    focal = float(np.mean(np.diag(K)[:2]))
+    var_rot = (ransac_px / focal) ** 2 / max(num_inliers, 1)
+    var_t = var_rot * max(scale, 1e-9) ** 2
+    dt_s = max(dt_s, 1e-9)
+    rvec = cv2.Rodrigues(T_ref_cur[:3, :3])[0].ravel()
+    R_cur_ref = T_0to1[:3, :3]
+    return Motion(
+        T_ref_cur,
+        np.array([var_t] * 3 + [var_rot] * 3),
+        R_cur_ref @ T_ref_cur[:3, 3] / dt_s,
+        R_cur_ref @ rvec / dt_s,
+    )
+
+
+@dataclass
+class Odometry:
+    """The chained relative poses: the camera optical frame in ``odom`` (REP 105: the first
+    camera pose, turned so that x is forward and z up as REP 103 wants)."""
+
+    T_odom_cam: np.ndarray = field(default_factory=lambda: T_BODY_OPTICAL.copy())
+    covariance: np.ndarray = field(default_factory=lambda: np.zeros(6))  # accumulated variances
+
+    def chain(self, T_odom_ref: np.ndarray, motion: Motion) -> None:
+        self.T_odom_cam = T_odom_ref @ motion.T_ref_cur
+        self.covariance = self.covariance + motion.covariance
+
+
+# ---------------------------------------------------------------------------------------
+# stereo
+# ---------------------------------------------------------------------------------------
+@dataclass
+class StereoGeometry:
+    K: np.ndarray  # left rectified camera matrix
+    baseline: float  # metres
+
+
+def stereo_geometry(left_info: Any, right_info: Any, baseline_param: float) -> StereoGeometry:
+    """Left K (the rectified P when given) and the baseline (parameter, else the right P);
+    ``Rejected`` (bad_calibration) when either is missing or unusable."""
+    what = "no calibration (camera_info with K and the right P, or 'baseline'): no 3D"
+    if left_info is None:
+        raise Rejected(problems.BAD_CALIBRATION, what)
+    P_left = np.asarray(left_info.p, dtype=np.float64).reshape(-1)
+    if P_left.size == 12 and np.isfinite(P_left).all() and P_left[0] > 0 and P_left[5] > 0:
+        K = P_left.reshape(3, 4)[:, :3]
+    else:
+        try:
+            calibration = cv.calibration_from_camera_info(left_info)
+        except cv.CalibrationError as err:
+            raise Rejected(problems.BAD_CALIBRATION, f"left camera_info refused ({err}): no 3D") from None
+        if calibration is None:
+            raise Rejected(problems.BAD_CALIBRATION, what)
+        K = calibration.K
+    baseline = baseline_param or (cv.stereo_baseline(right_info) if right_info is not None else None)
+    if not baseline:
+        raise Rejected(problems.BAD_CALIBRATION, what)
+    return StereoGeometry(K, float(baseline))
+
+
+@dataclass
+class StereoPoints:
+    xyz: np.ndarray  # (n, 3) per match in the left optical frame; NaN where not kept
+    keep: np.ndarray  # (n,) bool: on the same row, positive disparity, not too far
+    median_row_error_px: float
+    median_depth_m: float
+
+
+def triangulate_rectified(
+    pts0: np.ndarray,
+    pts1: np.ndarray,
+    geometry: StereoGeometry,
+    max_row_error: float,
+    min_disparity: float,
+    max_depth: float,
+) -> StereoPoints:
+    """Depth from disparity, z = fx B / d, for the matches a rectified pair can explain."""
+    K, n = geometry.K, len(pts0)
+    disparity = pts0[:, 0] - pts1[:, 0]
+    row_err = np.abs(pts0[:, 1] - pts1[:, 1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = K[0, 0] * geometry.baseline / disparity
+    keep = (row_err <= max_row_error) & (disparity >= max(min_disparity, 1e-6)) & (z <= max_depth)
+    xyz = np.full((n, 3), np.nan)
+    xyz[keep, 2] = z[keep]
+    xyz[keep, 0] = (pts0[keep, 0] - K[0, 2]) * z[keep] / K[0, 0]
+    xyz[keep, 1] = (pts0[keep, 1] - K[1, 2]) * z[keep] / K[1, 1]
+    return StereoPoints(
+        xyz,
+        keep,
+        float(np.median(row_err)) if n else float("nan"),
+        float(np.median(z[keep])) if keep.any() else float("nan"),
+    )
+
+
+def stereo_self_check(pts0: np.ndarray, pts1: np.ndarray, K: np.ndarray, estimator: Any) -> dict[str, float]:
+    """The two views' relative pose must be the calibrated pure x translation: its rotation angle
+    and the angle of its translation to -x (degrees); empty when no pose is found."""
+    est = estimator({"m_kpts0": pts0, "m_kpts1": pts1, "camera0": K, "camera1": K})
+    if not est["success"]:
+        return {}
+    T = est["model"]
+    t_dir = T[:3, 3] / np.linalg.norm(T[:3, 3])
+    return {
+        "rotation_check_deg": rotation_angle_deg(T[:3, :3]),
+        "baseline_direction_error_deg": float(np.rad2deg(np.arccos(np.clip(-t_dir[0], -1, 1)))),
+    }
