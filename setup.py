@@ -55,7 +55,10 @@ setup(
         "rosbags",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "ruff", "colcon-core", "colcon-ros"],  # colcon: the install-tree test
+        # colcon: the install-tree test; onnx + onnxruntime: the ONNX export tests (skipped without)
+        "dev": ["pytest", "pytest-timeout", "ruff", "colcon-core", "colcon-ros", "onnx", "onnxruntime"],
+        # ONNX export (python -m featmatch_core.export) and model.matcher.backend=onnx
+        "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
         # point clouds (featmatch_core.sfm.pointcloud); its Linux wheel needs Debian's libusb-1.0-0.
         # 0.19 is the first with numpy 2 wheels; CI pins the tested version (.ci/run)
         "open3d": ["open3d>=0.19"],

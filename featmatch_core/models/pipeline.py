@@ -126,14 +126,16 @@ class Pipeline(nn.Module):
         conf = merge_strict(cls.default_conf, conf, owner="pipeline", open_keys=OPEN_KEYS)
         extractor = build_model("extractor", conf.extractor, pretrained=pretrained, download=download)
         try:
-            matcher = build_model("matcher", conf.matcher, pretrained=pretrained, download=download)
+            matcher = build_matcher(conf.matcher, pretrained=pretrained, download=download)
         except WeightsUnavailableError as err:
             if not _fallback_fits(conf):
                 raise
             fallback = conf.fallback_matcher
             logger.warning("%s\n-> using the fallback matcher (weights %s) instead",
                            str(err).splitlines()[0], fallback.get("weights"))
-            matcher = build_model("matcher", fallback, pretrained=pretrained, download=download)
+            # the fallback runs on the backend the matcher asked for
+            backend = {k: conf.matcher[k] for k in ("backend", "onnx_format", "threads") if k in conf.matcher}
+            matcher = build_matcher({**to_container(fallback), **backend}, pretrained=pretrained, download=download)
         conf.extractor = OmegaConf.create(to_container(extractor.conf))
         conf.matcher = OmegaConf.create(to_container(matcher.conf))
         return cls(extractor, matcher, conf)
@@ -178,6 +180,22 @@ class Pipeline(nn.Module):
         result.timings = {"extract0": t0.ms, "extract1": t1.ms, **result.timings}
         result.timings["total"] = t0.ms + t1.ms + result.timings["match"]
         return result
+
+
+def build_matcher(conf: ConfLike, pretrained: bool = True, download: bool = True) -> nn.Module:
+    """The matcher of a config; ``backend: onnx`` runs a LightGlue through onnxruntime
+    (``matchers/onnx_runtime.py``), ``backend: torch`` (or none) is the PyTorch model."""
+    conf = to_container(conf)
+    backend = conf.pop("backend", "torch")
+    if backend == "torch":
+        return build_model("matcher", conf, pretrained=pretrained, download=download)
+    if backend != "onnx" or conf.get("name") != "lightglue":
+        raise ConfigError(f"matcher backend '{backend}' is not available for matcher '{conf.get('name')}': "
+                          "backend is 'torch' (default) or 'onnx' (LightGlue only)")
+    from .matchers.onnx_runtime import OnnxLightGlue
+
+    conf["backend"] = backend
+    return OnnxLightGlue.from_pretrained(conf, download=download) if pretrained else OnnxLightGlue(conf)
 
 
 def check_compatible(extractor: nn.Module, matcher: nn.Module) -> None:
