@@ -206,6 +206,25 @@ def test_opencv_file_has_the_lg_aliked_layout(models, exports):
     assert delta < SCORE_TOLERANCE
 
 
+def test_opencv_file_runs_in_cv2_lightglue_matcher(models, exports):
+    """OpenCV 5's own client, LG_ALIKED variant, normalising pixels like us (LG_NORM_MAX_SIDE)."""
+    cv2 = pytest.importorskip("cv2")
+    if not hasattr(cv2, "LightGlueMatcher") or not hasattr(cv2, "LG_NORM_MAX_SIDE"):
+        pytest.skip("this OpenCV has no cv2.LightGlueMatcher with LG_NORM_MAX_SIDE (OpenCV >= 5.1)")
+    _, model, data = models["superpoint_random"]
+    matcher = cv2.LightGlueMatcher.create(str(exports["superpoint_random", "opencv"]), 0.0, 0, 0, cv2.LG_ALIKED)
+    matcher.setKeypointNormalization(cv2.LG_NORM_MAX_SIDE)
+    (w, h), inputs = data["image0"]["image_size"][0].int().tolist(), {}
+    for side in (0, 1):
+        inputs[side] = (data[f"image{side}"]["keypoints"][0].numpy(), data[f"image{side}"]["descriptors"][0].numpy())
+    matcher.setPairInfo(inputs[0][0], inputs[1][0], (w, h), (w, h))
+    found = matcher.match(inputs[0][1], inputs[1][1])
+    reference = torch_run(model, data, **FIXED)
+    np.testing.assert_array_equal(np.array([(m.queryIdx, m.trainIdx) for m in found]), reference["matches"][0].numpy())
+    scores = np.array([1 - m.distance for m in found])  # OpenCV's distance is 1 - score
+    assert np.abs(scores - reference["scores"][0].numpy()).max() < SCORE_TOLERANCE
+
+
 def test_opencv_format_refuses_sift(models, tmp_path):
     _, model, _ = models["sift_lightglue_cpu"]
     with pytest.raises(ValueError, match="no scale/orientation inputs.*SIFT"):
