@@ -30,9 +30,10 @@ import itertools
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -53,9 +54,7 @@ class BagFrame:
 
 
 # ---- sources ---------------------------------------------------------------------------------------
-def synthetic_frames(
-    num: int, width: int, height: int, fps: float, seed: int, step: float
-) -> Iterator[BagFrame]:
+def synthetic_frames(num: int, width: int, height: int, fps: float, seed: int, step: float) -> Iterator[BagFrame]:
     from .synthetic import sequence
 
     for f in sequence(num, width, height, step=step, seed=seed, fps=fps):
@@ -191,6 +190,77 @@ def finish_bag(tmp: Path, out: Path, overwrite: bool) -> None:
     shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
+def write_messages(
+    messages: Iterable[tuple[str, str, int, Any]], out: Path, storage: str = "sqlite3", overwrite: bool = False
+) -> dict[str, int]:
+    """Write ``(topic, msgtype, bag time ns, message)`` in order to a new bag; messages per topic.
+
+    The bag is written under a temporary name and renamed when complete: a crash leaves no
+    half-written bag at ``out``."""
+    from rosbags.rosbag2 import Writer
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists (use --overwrite)")
+    typestore = cv.rosbags_types().typestore
+    counts: dict[str, int] = {}
+    tmp = temp_bag_path(out)
+    try:
+        with Writer(tmp, version=BAG_VERSION, storage_plugin=storage_plugin(storage)) as writer:
+            conns: dict[str, Any] = {}
+            for topic, msgtype, stamp_ns, msg in messages:
+                if topic not in conns:
+                    conns[topic] = writer.add_connection(topic, msgtype, typestore=typestore)
+                writer.write(conns[topic], int(stamp_ns), typestore.serialize_cdr(msg, msgtype))
+                counts[topic] = counts.get(topic, 0) + 1
+        if not counts:
+            raise ValueError("no messages to write")
+        finish_bag(tmp, out, overwrite)
+    finally:
+        if tmp.parent.exists():
+            shutil.rmtree(tmp.parent, ignore_errors=True)
+    return counts
+
+
+def frame_messages(
+    frame: BagFrame, types: cv.MessageTypes, topics: dict[str, str], frame_id: str, encoding: str | None
+) -> Iterator[tuple[str, str, int, Any]]:
+    """The bag messages of one frame: camera_info and depth first (a reader sees them before the
+    image of the same stamp), the image, the ground-truth pose."""
+    header = cv.make_header(types, frame.stamp_ns, frame_id)
+    image = frame.image
+    enc = encoding or ("mono8" if image.ndim == 2 else "bgr8")
+    if enc == "mono8" and image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    elif enc in ("bgr8", "rgb8") and image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if enc == "rgb8":
+        image = image[..., ::-1]
+    h, w = image.shape[:2]
+    if frame.K is not None:
+        yield topics["info"], INFO, frame.stamp_ns, cv.make_camera_info(types, header, w, h, frame.K)
+    if frame.depth is not None:
+        depth = cv.numpy_to_image(types, frame.depth.astype(np.float32), "32FC1", header)
+        yield topics["depth"], IMAGE, frame.stamp_ns, depth
+    yield topics["image"], IMAGE, frame.stamp_ns, cv.numpy_to_image(types, image, enc, header)
+    if frame.T_world_cam is not None:
+        pose = cv.pose_stamped(types, cv.make_header(types, frame.stamp_ns, "world"), frame.T_world_cam)
+        yield topics["gt"], POSE, frame.stamp_ns, pose
+
+
+IMAGE, INFO, POSE = "sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo", "geometry_msgs/msg/PoseStamped"
+
+
+def bag_topics(namespace: str) -> dict[str, str]:
+    ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    return {
+        "image": f"{ns}/image_raw",
+        "info": f"{ns}/camera_info",
+        "depth": f"{ns}/depth/image_raw",
+        "gt": "/ground_truth/pose",
+    }
+
+
 def write_bag(
     frames: Iterator[BagFrame],
     out: Path,
@@ -201,63 +271,17 @@ def write_bag(
     total: int | None = None,
     encoding: str | None = None,
 ) -> dict[str, int]:
-    from rosbags.rosbag2 import Writer
-
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists (use --overwrite)")
     types = cv.rosbags_types()
-    ts = types.typestore
-    ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
-    topics = {
-        "image": (f"{ns}/image_raw", "sensor_msgs/msg/Image"),
-        "info": (f"{ns}/camera_info", "sensor_msgs/msg/CameraInfo"),
-        "depth": (f"{ns}/depth/image_raw", "sensor_msgs/msg/Image"),
-        "gt": ("/ground_truth/pose", "geometry_msgs/msg/PoseStamped"),
-    }
-    counts = dict.fromkeys(topics, 0)
-    tmp = temp_bag_path(out)
-    try:
-        with Writer(tmp, version=BAG_VERSION, storage_plugin=storage_plugin(storage)) as writer:
-            conns: dict = {}
-
-            def put(key: str, stamp: int, msg) -> None:
-                if key not in conns:
-                    conns[key] = writer.add_connection(topics[key][0], topics[key][1], typestore=ts)
-                writer.write(conns[key], stamp, ts.serialize_cdr(msg, topics[key][1]))
-                counts[key] += 1
-
-            for frame in tqdm(frames, total=total, desc=f"writing {out.name}", unit="frame"):
-                header = cv.make_header(types, frame.stamp_ns, frame_id)
-                image = frame.image
-                enc = encoding or ("mono8" if image.ndim == 2 else "bgr8")
-                if enc == "mono8" and image.ndim == 3:
-                    image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-                elif enc in ("bgr8", "rgb8") and image.ndim == 2:
-                    image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-                if enc == "rgb8":
-                    image = image[..., ::-1]
-                h, w = image.shape[:2]
-                # camera_info and depth first: a reader sees them before the image of the same stamp
-                if frame.K is not None:
-                    put("info", frame.stamp_ns, cv.make_camera_info(types, header, w, h, frame.K))
-                if frame.depth is not None:
-                    put(
-                        "depth",
-                        frame.stamp_ns,
-                        cv.numpy_to_image(types, frame.depth.astype(np.float32), "32FC1", header),
-                    )
-                put("image", frame.stamp_ns, cv.numpy_to_image(types, image, enc, header))
-                if frame.T_world_cam is not None:
-                    gt_header = cv.make_header(types, frame.stamp_ns, "world")
-                    put("gt", frame.stamp_ns, cv.pose_stamped(types, gt_header, frame.T_world_cam))
-        if counts["image"] == 0:
-            raise ValueError("no frames to write")
-        finish_bag(tmp, out, overwrite)
-    finally:
-        if tmp.parent.exists():
-            shutil.rmtree(tmp.parent, ignore_errors=True)
-    return {topics[k][0]: v for k, v in counts.items() if v}
+    topics = bag_topics(namespace)
+    messages = (
+        message
+        for frame in tqdm(frames, total=total, desc=f"writing {Path(out).name}", unit="frame")
+        for message in frame_messages(frame, types, topics, frame_id, encoding)
+    )
+    counts = write_messages(messages, out, storage, overwrite)
+    if topics["image"] not in counts:
+        raise ValueError("no frames to write")
+    return counts
 
 
 def parse_K(text: str | None) -> np.ndarray | None:
@@ -284,9 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--images", type=Path, help="folder of images (ordered by name)")
     source.add_argument("--video", type=Path, help="video file")
     parser.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3")
-    parser.add_argument(
-        "--fps", type=float, default=None, help="frame rate for stamps (default 10; video: its own)"
-    )
+    parser.add_argument("--fps", type=float, default=None, help="frame rate for stamps (default 10; video: its own)")
     parser.add_argument(
         "--K",
         default=None,
@@ -320,9 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.sequence is not None:
             frames = sequence_frames(args.sequence, fps, start_ns, not args.no_depth)
         elif args.tum is not None:
-            frames = tum_frames(
-                args.tum, K if K is not None else parse_K("525,525,319.5,239.5"), not args.no_depth
-            )
+            frames = tum_frames(args.tum, K if K is not None else parse_K("525,525,319.5,239.5"), not args.no_depth)
         elif args.images is not None:
             frames = folder_frames(args.images, K, fps, start_ns)
         else:

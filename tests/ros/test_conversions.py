@@ -1,6 +1,7 @@
 """Image / camera info / point cloud / pose conversions against rosbags' ROS 2 Humble messages."""
 
 import array
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -207,3 +208,116 @@ def test_diagnostics_serialise():
     msg = _cdr_round_trip(cv.diagnostic_array(TYPES, cv.make_header(TYPES, 1, ""), [status]))
     assert cv.status_level(msg.status[0]) == 1
     assert cv.status_values(msg.status[0]) == {"matches": "3", "p50": "1.23456"}
+
+
+# ---- camera drivers' raw encodings: Bayer mosaics and packed YUV 4:2:2 -----------------------------
+def _mosaic(rgb, pattern):
+    """A Bayer mosaic of an RGB image, written by hand: ``pattern`` names the 2x2 cell row by row."""
+    raw = np.zeros(rgb.shape[:2], rgb.dtype)
+    for k, colour in enumerate(pattern):
+        dy, dx = divmod(k, 2)
+        raw[dy::2, dx::2] = rgb[dy::2, dx::2, "rgb".index(colour)]
+    return raw
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_bayer_images_are_demosaiced_to_rgb(pattern, bits):
+    dtype = np.uint8 if bits == 8 else np.uint16
+    colour = np.array([200, 100, 30]) * (1 if bits == 8 else 256)
+    rgb = np.broadcast_to(colour.astype(dtype), (6, 8, 3)).copy()
+    encoding = f"bayer_{pattern}{bits}"
+    msg = _cdr_round_trip(cv.numpy_to_image(TYPES, _mosaic(rgb, pattern), encoding, bigendian=bits == 16))
+    out = cv.to_matcher_image(cv.image_to_numpy(msg), msg.encoding)
+    assert out.shape == (6, 8, 3) and out.dtype == dtype
+    np.testing.assert_array_equal(out[2:4, 2:6], rgb[2:4, 2:6])  # a flat colour comes back exactly inside
+    assert cv.to_display(cv.image_to_numpy(msg), msg.encoding)[3, 3].tolist() == [200, 100, 30]
+
+
+@pytest.mark.parametrize(
+    "encoding, pair",
+    [("yuv422", [128, 50, 128, 200]), ("uyvy", [128, 50, 128, 200]), ("yuyv", [50, 128, 200, 128]),
+     ("yuv422_yuy2", [50, 128, 200, 128])],
+)
+def test_packed_yuv422_byte_orders(encoding, pair):
+    """Two pixels with neutral chroma (U = V = 128) and luma 50 then 200, in each byte order."""
+    data = np.array(pair * 3, np.uint8)  # a 6x1 image: three pixel pairs
+    msg = TYPES("sensor_msgs/msg/Image", header=cv.make_header(TYPES, 0, ""), height=1, width=6,
+                encoding=encoding, is_bigendian=0, step=12, data=data)
+    rgb = cv.to_matcher_image(cv.image_to_numpy(msg), encoding)
+    assert rgb.shape == (1, 6, 3)
+    assert np.ptp(rgb.astype(int), axis=-1).max() <= 1  # gray: the chroma bytes were read as chroma
+    assert rgb[0, 1, 0] - rgb[0, 0, 0] > 120 and rgb[0, 2, 0] == rgb[0, 0, 0]
+
+
+def test_yuv422_with_an_odd_width_is_refused():
+    msg = TYPES("sensor_msgs/msg/Image", header=cv.make_header(TYPES, 0, ""), height=1, width=3,
+                encoding="uyvy", is_bigendian=0, step=6, data=np.zeros(6, np.uint8))
+    with pytest.raises(ImageConversionError, match="even width"):
+        cv.to_matcher_image(cv.image_to_numpy(msg), "uyvy")
+
+
+# ---- camera_info checks -----------------------------------------------------------------------------
+K_GOOD = np.array([[500.0, 0, 320], [0, 505, 240], [0, 0, 1]])
+
+
+def _info(model="plumb_bob", d=(), k=K_GOOD):
+    info = cv.make_camera_info(TYPES, cv.make_header(TYPES, 0, "cam"), 640, 480, np.asarray(k, np.float64))
+    info.distortion_model, info.d = model, np.asarray(d, np.float64)
+    return _cdr_round_trip(info)
+
+
+@pytest.mark.parametrize(
+    "model, d, expected, note",
+    [
+        ("plumb_bob", [0.1, -0.05, 0.001], [0.1, -0.05, 0.001, 0, 0], "3 distortion coefficient(s), expected 5"),
+        ("plumb_bob", [], None, "0 distortion coefficient(s), expected 5: padded"),
+        ("rational_polynomial", [0.1] * 8, [0.1] * 8, ""),
+        ("rational_polynomial", [0.1] * 5, [0.1] * 5 + [0, 0, 0], "5 distortion coefficient(s), expected 8"),
+        ("equidistant", [0.1, 0.01, 0, 0], [0.1, 0.01, 0, 0], ""),
+        ("plumb_bob", [0.1, 0, 0, 0, 0, 0, 0, 0], [0.1, 0, 0, 0, 0], "zero extras dropped"),
+        ("", [], None, ""),
+        ("fisheye_unknown", [0, 0], None, ""),  # an unknown model without distortion: K alone is fine
+    ],
+)
+def test_distortion_vectors_are_fitted_to_their_model(model, d, expected, note):
+    calibration = cv.calibration_from_camera_info(_info(model, d))
+    np.testing.assert_allclose(calibration.K, K_GOOD)
+    if expected is None:
+        assert calibration.D is None
+    else:
+        np.testing.assert_allclose(calibration.D, expected)
+        assert len(calibration.D) == cv.DISTORTION_LENGTHS[model]
+    assert note in calibration.note and bool(calibration.note) == bool(note)
+
+
+@pytest.mark.parametrize(
+    "model, d, k, message",
+    [
+        ("plumb_bob", [0.1] * 6, K_GOOD, "6 distortion coefficients, expected 5, and the extra ones are not zero"),
+        ("kannala_brandt", [0.1, 0, 0, 0], K_GOOD, "'kannala_brandt' is not supported"),
+        ("plumb_bob", [np.nan, 0, 0, 0, 0], K_GOOD, "not finite"),
+        ("plumb_bob", [], [[np.nan, 0, 320], [0, 500, 240], [0, 0, 1]], "K is not finite"),
+        ("plumb_bob", [], [[-500, 0, 320], [0, 500, 240], [0, 0, 1]], "fx=-500, fy=500: both must be positive"),
+        ("plumb_bob", [], [[500, 0, 320], [0, 500, 240], [0, 0, 0]], "last row 0 0 1"),
+    ],
+)
+def test_unusable_camera_info_is_refused_with_the_reason(model, d, k, message):
+    with pytest.raises(cv.CalibrationError, match=re.escape(message)):
+        cv.calibration_from_camera_info(_info(model, d, k))
+
+
+@pytest.mark.parametrize("model, d", [("plumb_bob", [-0.2, 0.05, 0.001, -0.002, 0]),
+                                      ("equidistant", [0.05, -0.01, 0.002, 0])])
+def test_undistort_points_inverts_the_model(model, d):
+    """Ideal pixels distorted by OpenCV's forward model come back through undistort_points."""
+    import cv2
+
+    calibration = cv.calibration_from_camera_info(_info(model, d))
+    ideal = np.array([[100.0, 80], [320, 240], [600, 400], [50, 450]])
+    rays = np.hstack([(ideal - K_GOOD[:2, 2]) / np.diag(K_GOOD)[:2], np.ones((4, 1))]).reshape(-1, 1, 3)
+    if model == "equidistant":
+        distorted = cv2.fisheye.distortPoints(rays[:, :, :2], K_GOOD, calibration.D)
+    else:
+        distorted, _ = cv2.projectPoints(rays, np.zeros(3), np.zeros(3), K_GOOD, calibration.D)
+    np.testing.assert_allclose(cv.undistort_points(distorted.reshape(-1, 2), calibration), ideal, atol=0.01)  # OpenCV iterates 5 times

@@ -319,3 +319,53 @@ def test_gluestick_pipeline_end_to_end_publishes_line_matches():
     pts = cv.pointcloud2_to_array(results[1][1].line_matches)
     assert len(pts) == (rec["line_matches"] if rec["matches"] >= values["min_matches"] else 0)
     assert {"u0_s", "v0_e", "u1_s", "v1_e", "score", "idx0", "idx1"} <= set(pts.dtype.names)
+
+
+def _with_calibration(info, model, d, k=None):
+    info.distortion_model, info.d = model, np.asarray(d, np.float64)
+    if k is not None:
+        info.k = np.asarray(k, np.float64).reshape(-1)
+    return info
+
+
+def test_camera_info_that_opencv_refuses_never_stops_the_processing(frames):
+    """Defect: a plumb_bob camera_info with 3 coefficients (or an empty d) made cv2.undistortPoints
+    raise inside process(). Now: checked once per change, padded (pose found) or refused
+    (uncalibrated: matches, no pose), counted as bad_calibration, and the next good one is used."""
+    fm = FrameMatcher(FAST)
+    k_nan = np.array([[np.nan, 0, 160], [0, 256, 120], [0, 0, 1]])
+    plan = [
+        ("plumb_bob", [1e-4, 0, 0, 0, 0], None, True),  # valid: pose
+        ("plumb_bob", [1e-4, 0, 0], None, True),  # 3 coefficients: padded, pose
+        ("plumb_bob", [1e-4, 0, 0], None, True),  # the same again: not checked (nor counted) twice
+        ("plumb_bob", [], None, True),  # empty d with a model: padded, no distortion
+        ("plumb_bob", [], k_nan, False),  # K not finite: refused, uncalibrated
+        ("plumb_bob", [0.0] * 5, None, True),  # valid again
+    ]
+    results = []
+    for frame, (model, d, k, _) in zip(frames, plan, strict=True):
+        image, info, _ = _msgs(frame)
+        results.append(fm.process(image, _with_calibration(info, model, d, k)))
+    assert all(r.skipped is None for r in results)
+    for result, (_, _, _, calibrated) in zip(results[1:], plan[1:], strict=True):
+        assert result.record["calibrated"] == calibrated and result.record["success"] == calibrated
+    assert "camera_info refused (K is not finite" in results[4].info.message and results[4].cloud.matches.size
+    assert fm.problems.counts["bad_calibration"] == 3  # padded 3, padded empty, refused NaN
+
+
+@pytest.mark.parametrize("encoding", ["bayer_rggb8", "bayer_gbrg16", "uyvy", "yuyv"])
+def test_raw_camera_encodings_are_matched(frames, encoding):
+    """Bayer and packed YUV frames, as real drivers publish them, give a pose like mono8 ones."""
+    fm = FrameMatcher(FAST)
+    results = []
+    for frame in frames[:3]:
+        gray = frame.image
+        if encoding.startswith("bayer_"):
+            raw = gray if encoding.endswith("8") else gray.astype(np.uint16) * 257  # a gray scene's mosaic is itself
+        else:
+            luma, chroma = gray[..., None], np.full(gray.shape + (1,), 128, np.uint8)
+            raw = np.concatenate([chroma, luma] if encoding == "uyvy" else [luma, chroma], axis=-1)
+        header = cv.make_header(TYPES, frame.stamp_ns, "camera_optical")
+        results.append(fm.process(cv.numpy_to_image(TYPES, raw, encoding, header), _msgs(frame)[1]))
+    assert fm.counts["skipped"] == 0
+    assert all(r.record["success"] and r.record["inliers"] > 50 for r in results[1:])
