@@ -1,0 +1,189 @@
+"""The frame path's stages one by one (plain data in, plain data out), the warning counts, and the
+stages run out of order as a pipelined worker would (extraction of frame n+1 before frame n is
+tracked)."""
+
+import numpy as np
+import pytest
+
+from featmatch_core.estimators import get_estimator
+from lightglue_ros import conversions as cv
+from lightglue_ros import stages as S
+from lightglue_ros import synthetic
+from lightglue_ros.frame_matcher import FrameMatcher
+from lightglue_ros.problems import Problems, Throttle
+
+TYPES = cv.rosbags_types()
+SEC = 10**9
+
+
+# ---- prepare ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "stamp, last, gap, action, reason",
+    [
+        (5 * SEC, None, 5.0, "use", None),  # the first frame
+        (0, 4 * SEC, 5.0, "skip", "time_jump"),  # zero stamp
+        (0, None, 5.0, "skip", "time_jump"),  # zero stamp, even first
+        (4 * SEC, 4 * SEC, 5.0, "skip", "duplicate_stamp"),
+        (4 * SEC - 1, 4 * SEC, 5.0, "reset", "time_jump"),  # back by 1 ns: a loop
+        (10 * SEC, 4 * SEC, 5.0, "reset", "time_jump"),  # 6 s ahead, max 5
+        (9 * SEC, 4 * SEC, 5.0, "use", None),  # exactly the gap
+        (1000 * SEC, 4 * SEC, 0.0, "use", None),  # 0: no limit
+    ],
+)
+def test_check_stamp(stamp, last, gap, action, reason):
+    check = S.check_stamp(stamp, last, gap)
+    assert (check.action, check.reason) == (action, reason)
+    assert bool(check.message) == (reason is not None)
+
+
+def _info(d=(0.0,) * 5, k=(300.0, 0, 160, 0, 300, 120, 0, 0, 1)):
+    info = cv.make_camera_info(TYPES, cv.make_header(TYPES, 0, "c"), 320, 240, np.reshape(k, (3, 3)))
+    info.d = np.asarray(d, np.float64)
+    return info
+
+
+def test_calibration_is_checked_once_per_change():
+    cache = S.CalibrationCache()
+    first = cache.lookup(_info(d=(0.01, 0, 0)))
+    assert first.changed and "padded" in first.problem and first.calibration.D.tolist() == [0.01, 0, 0, 0, 0]
+    again = cache.lookup(_info(d=(0.01, 0, 0)))  # a new message with the same content
+    assert not again.changed and again.calibration is first.calibration
+    refused = cache.lookup(_info(k=(np.inf, 0, 160, 0, 300, 120, 0, 0, 1)))
+    assert refused.changed and refused.calibration is None and "K is not finite" in refused.problem
+    good = cache.lookup(_info())
+    assert good.changed and good.problem == "" and good.calibration.D is None
+    none = cache.lookup(None)
+    assert none.changed and none.calibration is None and none.problem == ""
+
+
+def test_decode_image_and_depth_reject_with_a_reason():
+    header = cv.make_header(TYPES, 1, "c")
+    msg = cv.numpy_to_image(TYPES, np.zeros((4, 6), np.uint8), "mono8", header)
+    msg.encoding = "weird"
+    with pytest.raises(S.Rejected) as err:
+        S.decode_image(msg)
+    assert err.value.reason == "bad_encoding" and "unsupported image encoding 'weird'" in err.value.message
+    depth = cv.numpy_to_image(TYPES, np.ones((4, 6), np.float32), "32FC1", header)
+    assert S.decode_depth(depth, (4, 6)).shape == (4, 6)
+    with pytest.raises(S.Rejected, match=r"depth \(4, 6\) and image \(8, 6\) differ in size") as err:
+        S.decode_depth(depth, (8, 6))
+    assert err.value.reason == "bad_depth"
+
+
+# ---- geometry -----------------------------------------------------------------------------------
+def test_estimate_scale_and_keyframe_stages_on_exact_matches():
+    """Exact projections of known points: the pose, the metric scale from depth, the decisions."""
+    rng = np.random.default_rng(0)
+    K = np.array([[300.0, 0, 160], [0, 300, 120], [0, 0, 1]])
+    X0 = np.column_stack([rng.uniform(-1, 1, 200), rng.uniform(-0.8, 0.8, 200), rng.uniform(2, 4, 200)])
+    T = np.eye(4)
+    T[:3, 3] = [-0.2, 0.0, 0.05]  # camera 0 -> camera 1
+    X1 = X0 + T[:3, 3]
+    pts0 = (X0 @ K.T)[:, :2] / X0[:, 2:]
+    pts1 = (X1 @ K.T)[:, :2] / X1[:, 2:]
+    estimator = get_estimator("relative_pose", {"name": "poselib", "ransac_th": 1.0})
+    uncalibrated = get_estimator("fundamental", {"ransac_th": 1.0})
+    too_few = S.estimate_relative_pose(pts0[:10], pts1[:10], K, estimator, uncalibrated, min_matches=15)
+    assert too_few.too_few and too_few.T_0to1 is None and too_few.problem == "too few matches (10 < min_matches 15)"
+    estimate = S.estimate_relative_pose(pts0, pts1, K, estimator, uncalibrated, min_matches=15)
+    assert estimate.model_fit and estimate.inliers.sum() == 200
+    np.testing.assert_allclose(estimate.T_0to1[:3, 3], T[:3, 3] / np.linalg.norm(T[:3, 3]), atol=1e-4)
+    # the reference frame's depth gives the metric scale
+    depth = np.zeros((240, 320), np.float32)
+    u, v = np.round(pts0).astype(int).T
+    depth[v, u] = X0[:, 2]
+    structure = S.scale_and_structure(estimate, pts0, pts1, pts0, K, depth)
+    assert structure.metric and structure.scale == pytest.approx(np.linalg.norm(T[:3, 3]), rel=0.02)
+    np.testing.assert_allclose(structure.xyz, X1, rtol=0.03, atol=0.03)  # in the current frame
+    bearings = S.scale_and_structure(S.PoseEstimate(estimate.inliers), pts0, pts1, pts0, K, None)
+    np.testing.assert_allclose(bearings.xyz[:, :2], X1[:, :2] / X1[:, 2:], atol=1e-9)
+    # keyframe decisions
+    flow = S.median_flow(pts0, pts1, estimate.inliers)
+    assert flow > 5
+    assert S.keyframe_after_pose("previous", 200, flow, 80, 1000.0)
+    assert not S.keyframe_after_pose("keyframe", 200, flow, 80, 1000.0)
+    assert S.keyframe_after_pose("keyframe", 50, flow, 80, 1000.0)  # few inliers
+    assert S.keyframe_after_pose("keyframe", 200, flow, 80, flow / 2)  # too far
+    assert S.keyframe_after_failure(0, 3, calibrated=True) == S.FailureVerdict(1, False, False)
+    assert S.keyframe_after_failure(2, 3, calibrated=True) == S.FailureVerdict(0, True, True)
+    assert S.keyframe_after_failure(2, 3, calibrated=False) == S.FailureVerdict(0, True, False)
+    # odometry: the motion chains onto the reference pose, covariances add up
+    motion = S.motion_from_pose(structure.T_0to1, 0.1, K, 200, structure.scale, 1.0)
+    np.testing.assert_allclose(motion.T_ref_cur[:3, 3], -T[:3, 3], atol=0.01)
+    np.testing.assert_allclose(motion.linear, -T[:3, 3] / 0.1, atol=0.1)  # camera frame, per second
+    odometry = S.Odometry()
+    odometry.chain(odometry.T_odom_cam, motion)
+    odometry.chain(odometry.T_odom_cam, motion)
+    np.testing.assert_allclose(odometry.T_odom_cam[:3, 3], S.T_BODY_OPTICAL[:3, :3] @ (-2 * T[:3, 3]), atol=0.02)
+    np.testing.assert_allclose(odometry.covariance, 2 * motion.covariance)
+
+
+def test_rectified_triangulation():
+    geometry = S.StereoGeometry(np.array([[400.0, 0, 200], [0, 400, 150], [0, 0, 1]]), baseline=0.1)
+    pts0 = np.array([[240.0, 150], [210, 190], [300, 100], [250, 150], [260, 150]])
+    pts1 = np.array([[220.0, 150], [200, 190], [301, 100], [230, 154], [259.99, 150]])
+    points = S.triangulate_rectified(pts0, pts1, geometry, max_row_error=2, min_disparity=0.5, max_depth=10)
+    assert points.keep.tolist() == [True, True, False, False, False]  # negative disparity, row error, 0.01 px
+    np.testing.assert_allclose(points.xyz[0], [0.2, 0.0, 2.0])  # z = 400 * 0.1 / 20, x = 40 z / 400
+    np.testing.assert_allclose(points.xyz[1], [0.1, 0.4, 4.0])  # disparity 10
+    assert np.isnan(points.xyz[2:]).all() and points.median_depth_m == pytest.approx(3.0)
+    with pytest.raises(S.Rejected, match="no calibration") as err:
+        S.stereo_geometry(None, None, 0.0)
+    assert err.value.reason == "bad_calibration"
+
+
+# ---- warnings --------------------------------------------------------------------------------------
+class _Log:
+    def __init__(self):
+        self.lines = []
+
+    def warning(self, text):
+        self.lines.append(text)
+
+
+def test_problems_are_counted_each_time_and_logged_rate_limited():
+    now = [0.0]
+    log = _Log()
+    problems = Problems(log, throttle_s=5.0, clock=lambda: now[0])
+    for i in range(4):
+        problems.warn("bad_encoding", f"frame {i}: unsupported image encoding")
+        now[0] += 1.0
+    problems.warn("time_jump", "zero stamp")  # another reason is not held back
+    now[0] = 10.0
+    problems.warn("bad_encoding", "frame 9: unsupported image encoding")
+    assert log.lines == [
+        "[bad_encoding] frame 0: unsupported image encoding",
+        "[time_jump] zero stamp",
+        "[bad_encoding] frame 9: unsupported image encoding (3 similar warning(s) not shown since the last one)",
+    ]
+    values = problems.values()
+    assert values["warnings_bad_encoding"] == 5 and values["warnings_time_jump"] == 1
+    assert values["warnings_too_few_matches"] == 0 and values["warnings_bad_calibration"] == 0
+    with pytest.raises(ValueError, match="unknown problem reason 'oops'"):
+        problems.warn("oops", "?")
+    assert Throttle.key_of("frame at 1.25 s, 3 px") == Throttle.key_of("frame at 9.5 s, 12 px")
+
+
+# ---- the stages out of order, as a pipelined worker would run them --------------------------------
+def test_extraction_of_the_next_frame_may_run_before_the_current_one_is_tracked():
+    frames = synthetic.sequence(4, 320, 240, step=0.1, seed=1)
+    msgs = []
+    for f in frames:
+        header = cv.make_header(TYPES, f.stamp_ns, "cam")
+        msgs.append(
+            (cv.numpy_to_image(TYPES, f.image, "mono8", header), cv.make_camera_info(TYPES, header, 320, 240, f.K))
+        )
+    sequential = FrameMatcher({"max_keypoints": 512})
+    expected = [sequential.process(*m).record for m in msgs]
+    pipelined = FrameMatcher({"max_keypoints": 512})
+    prepared = [pipelined.prepare(*m) for m in msgs[:2]]
+    features = [pipelined.extract(p) for p in prepared]
+    results = []
+    for i in range(len(msgs)):
+        results.append(pipelined.track(prepared[i], features[i]).record)
+        if i + 2 < len(msgs):  # two frames ahead: prepared and extracted before this one was tracked
+            prepared.append(pipelined.prepare(*msgs[i + 2]))
+            features.append(pipelined.extract(prepared[-1]))
+    for got, want in zip(results[1:], expected[1:], strict=True):
+        assert got["ref_stamp_ns"] == want["ref_stamp_ns"] and got["matches"] == want["matches"]
+        np.testing.assert_allclose(got["T_0to1"], want["T_0to1"], atol=1e-9)
