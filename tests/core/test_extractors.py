@@ -521,6 +521,33 @@ def test_sift_top_k_keeps_the_strongest():
     torch.testing.assert_close(torch.sort(top["keypoint_scores"][0], descending=True).values, best)
 
 
+@pytest.mark.parametrize("nms_radius", [0, 3])
+def test_sift_one_pass_selection_does_not_depend_on_the_candidate_budget(nms_radius):
+    """Describing only OpenCV's strongest candidates gives exactly the selection from all of them,
+    in the same order, whatever budget the previous image left (too small: a second pass)."""
+    image = batch(texture(240, 320, seed=4))
+    every = SIFT({"resize": None, "max_num_keypoints": None, "nms_radius": nms_radius})
+    reference = run(every, image)
+    for k in (40, 300):
+        best = torch.sort(reference["keypoint_scores"][0], descending=True).values[:k]
+        outputs = []
+        for ratio in (1.0, 1.5, 4.0):
+            sift = SIFT({"resize": None, "max_num_keypoints": k, "nms_radius": nms_radius})
+            sift._budget.ratio = ratio
+            outputs.append(run(sift, image))
+        for out in outputs:
+            assert out["keypoints"].shape[1] == k
+            for key in ("keypoints", "keypoint_scores", "scales", "oris", "descriptors"):
+                assert torch.equal(out[key], outputs[0][key]), (k, key)
+        torch.testing.assert_close(outputs[0]["keypoint_scores"][0], best)  # strongest first
+        # the same points and descriptors as selecting from the full detection
+        full = {tuple(p): d for p, d in zip(reference["keypoints"][0].tolist(), reference["descriptors"][0],
+                                            strict=True)}
+        for point, descriptor in zip(outputs[0]["keypoints"][0].tolist(), outputs[0]["descriptors"][0],
+                                     strict=True):
+            assert torch.equal(full[tuple(point)], descriptor)
+
+
 def test_filter_colocated():
     kpts = np.array([[5.0, 5.0], [5.2, 4.9], [5.1, 5.1], [9.0, 5.0], [20.0, 20.0]])
     scores = np.array([1.0, 2.0, 2.0, 1.5, 0.5])
