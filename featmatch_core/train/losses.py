@@ -8,7 +8,6 @@ Ground truth labels: ``gt_matches0`` (B, M) with the index of the true match in 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -44,6 +43,18 @@ def predicted_matches(log_assignment: Tensor) -> Tensor:
     return log_assignment[:, :-1, :].argmax(-1)
 
 
+def binary_cross_entropy(probability: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """Element-wise BCE of probabilities, in float32 whatever the autocast region.
+
+    Written out because CUDA autocast refuses ``F.binary_cross_entropy`` on any input ("unsafe
+    to autocast"); CPU autocast allows it, which hid the crash from CPU-only runs. The clamp
+    bounds each term by -log(eps) ~ 13.8 like the logits would.
+    """
+    p = probability.float().clamp(eps, 1 - eps)
+    target = target.float()
+    return -(target * torch.log(p) + (1 - target) * torch.log1p(-p))
+
+
 def confidence_loss(token_confidences0: list[Tensor], token_confidences1: list[Tensor],
                     log_assignments: list[Tensor], valid0: Tensor, valid1: Tensor) -> Tensor:
     """Train the early-exit classifier: is a point's prediction at layer l already final?
@@ -61,8 +72,7 @@ def confidence_loss(token_confidences0: list[Tensor], token_confidences1: list[T
         la = log_assignments[layer].detach()
         same0 = (predicted_matches(la) == final0).float()
         same1 = (predicted_matches(la.transpose(1, 2)) == final1).float()
-        bce0 = F.binary_cross_entropy(c0.float().clamp(1e-6, 1 - 1e-6), same0, reduction="none")
-        bce1 = F.binary_cross_entropy(c1.float().clamp(1e-6, 1 - 1e-6), same1, reduction="none")
+        bce0, bce1 = binary_cross_entropy(c0, same0), binary_cross_entropy(c1, same1)
         denom = (valid0.sum(1) + valid1.sum(1)).clamp(min=1)
         losses.append(((bce0 * valid0).sum(1) + (bce1 * valid1).sum(1)) / denom)
     return torch.stack(losses, 0).mean(0)

@@ -173,7 +173,8 @@ def test_offline_falls_back_to_bundled_matcher(tmp_path, monkeypatch, synthetic_
         pipe = featmatch_core.load("sift+lightglue", conf, download=False)
     assert "fallback" in caplog.text and "sift_lightglue" in caplog.text
     assert pipe.matcher.conf.descriptor_dim == 128
-    torch.testing.assert_close(pipe.matcher.state_dict()["posenc.Wr.weight"], model.state_dict()["posenc.Wr.weight"])
+    loaded = pipe.matcher.state_dict()["posenc.Wr.weight"].cpu()  # the pipeline may sit on CUDA
+    torch.testing.assert_close(loaded, model.state_dict()["posenc.Wr.weight"])
     assert pipe.match(*synthetic_pair[:2]).keypoints0.shape == (128, 2)
 
 

@@ -9,7 +9,7 @@ from featmatch_core.config import ConfigError
 from featmatch_core.datasets.homographies import build_homography_datasets, make_pair
 from featmatch_core.datasets.synthetic import random_texture
 from featmatch_core.geometry.homography import warp_points
-from featmatch_core.train.losses import assignment_nll
+from featmatch_core.train.losses import assignment_nll, binary_cross_entropy, confidence_loss
 from featmatch_core.train.two_view import TwoViewModel
 
 MATCHER = {"name": "lightglue", "features": None, "input_dim": 128, "add_scale_ori": True, "weights": None,
@@ -86,6 +86,34 @@ def test_nll_hand_computed():
     out = assignment_nll(la, torch.tensor([[0, -1]]), torch.tensor([[0, -2]]), balancing=0.5)
     expected = 0.5 * -np.log(0.5) + 0.5 * -np.log(0.3)  # point 1 of image 0 -> dustbin
     assert out["total"].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_confidence_loss_hand_computed():
+    # two layers of a 2x2 pair: at layer 0 point 0 of image 0 already has its final match, point 1 not
+    final = torch.log(torch.tensor([[[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]]]))
+    early = torch.log(torch.tensor([[[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]]))
+    c0, c1 = torch.tensor([[0.9, 0.3]]), torch.tensor([[0.6, 0.2]])
+    valid = torch.ones(1, 2)
+    loss = confidence_loss([c0], [c1], [early, final], valid, valid)
+    # targets (arg-max at layer 0 == arg-max at the last layer): image 0 rows 0 -> 0 both times,
+    # 1 -> 0 then 1 (not final); image 1 columns 0 -> 0 and 1 -> 1 both times
+    t0, t1 = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]])
+    expected = (torch.nn.functional.binary_cross_entropy(c0, t0, reduction="sum")
+                + torch.nn.functional.binary_cross_entropy(c1, t1, reduction="sum")) / 4
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_confidence_bce_runs_in_float32_under_autocast(device):
+    """CUDA autocast refuses F.binary_cross_entropy; ours is plain float32 arithmetic there too."""
+    p = torch.tensor([1e-9, 0.25, 0.5, 1.0], device=device, dtype=torch.bfloat16)
+    y = torch.tensor([0.0, 1.0, 1.0, 0.0], device=device)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        bce = binary_cross_entropy(p, y)
+    assert bce.dtype == torch.float32 and torch.isfinite(bce).all()
+    expected = torch.nn.functional.binary_cross_entropy(p.float().clamp(1e-6, 1 - 1e-6), y, reduction="none")
+    torch.testing.assert_close(bce, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_zero_keypoints_loss_is_finite_with_zero_gradients():
