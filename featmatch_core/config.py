@@ -119,3 +119,12 @@ def load_named_config(name_or_path: str | Path) -> DictConfig:
     if not isinstance(conf, DictConfig):
         raise ConfigError(f"{path} does not contain a mapping")
     return conf
+
+
+def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """A named config or YAML file with ``key=value`` overrides (full paths, ``model.matcher.x=1``)
+    applied: what the command lines take."""
+    conf = load_named_config(name_or_path)
+    if overrides:
+        conf = OmegaConf.merge(conf, parse_dotlist(overrides))
+    return conf

@@ -16,9 +16,8 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
-from .config import ConfigError, list_named_configs, load_named_config, parse_dotlist
+from .config import ConfigError, list_named_configs, load_config
 from .estimators.homography import opencv_homography
 from .files import save_image
 from .geometry.homography import corner_error
@@ -83,9 +82,7 @@ def report(pred: TwoViewMatches, H_gt: np.ndarray | None, size0: tuple[int, int]
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        conf = load_named_config(args.conf)
-        if args.overrides:
-            conf = OmegaConf.merge(conf, parse_dotlist(args.overrides))
+        conf = load_config(args.conf, args.overrides)
         pipe = Pipeline.from_conf(conf.model, download=not args.offline)
     except (ConfigError, WeightsUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)

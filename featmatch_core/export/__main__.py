@@ -19,9 +19,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import OmegaConf
 
-from ..config import ConfigError, list_named_configs, load_named_config, parse_dotlist
+from ..config import ConfigError, list_named_configs, load_config
 from ..weights import WeightsUnavailableError
 from .lightglue_export import FORMATS, export_lightglue
 from .onnx_files import OnnxFileError
@@ -49,9 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     try:
-        conf = load_named_config(args.conf)
-        if args.overrides:
-            conf = OmegaConf.merge(conf, parse_dotlist(args.overrides))
+        conf = load_config(args.conf, args.overrides)
         if "backend" in conf.model.matcher:  # export the PyTorch model, whatever runs it later
             conf.model.matcher.backend = "torch"
         # the pipeline resolves the weights exactly as matching would (fallbacks included)
