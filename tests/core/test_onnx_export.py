@@ -347,7 +347,8 @@ def test_cli_writes_a_complete_file_and_reports_errors(tmp_path, capsys):
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["featmatch.format"] == "colmap"
     assert json.loads(meta["featmatch.config"])["filter_threshold"] == 0.2
-    assert "wrote" in capsys.readouterr().out
+
+    assert "extractor sift: no ONNX export" in capsys.readouterr().out
 
     assert export_main(["onnx", "--conf", "sift+nn", "--out", str(tmp_path / "nn.onnx")]) == 2
     assert "supports LightGlue only, got NearestNeighborMatcher" in capsys.readouterr().err
@@ -355,3 +356,50 @@ def test_cli_writes_a_complete_file_and_reports_errors(tmp_path, capsys):
                         "--format", "opencv"]) == 2
     assert "no scale/orientation inputs" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sift_lg.onnx"]
+
+    # SuperPoint is exported beside its matcher (random weights: no download in tests)
+    assert export_main(["onnx", "--conf", "superpoint+lightglue", "--out", str(tmp_path / "sp.onnx"),
+                        "model.extractor.weights=null", "model.matcher.weights=null"]) == 0
+    assert {"sp.onnx", "sp.superpoint.onnx"} <= {p.name for p in tmp_path.iterdir()}
+    assert [o.name for o in onnx.load(str(tmp_path / "sp.superpoint.onnx")).graph.output] == [
+        "keypoints", "scores", "descriptors"]
+
+
+# ---- extractors ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["superpoint", "disk"])
+def test_extractor_export_detects_and_describes_like_torch(name, synthetic_pair, tmp_path):
+    """Random weights, two image sizes (H, W dynamic). Without a keypoint limit the keypoints are
+    identical; with one, random weights give near-tied scores, so only the kept scores are compared
+    exactly and the points mostly (ties at the cut may differ by float rounding)."""
+    from featmatch_core.export.extractor_export import export_extractor
+    from featmatch_core.models import build_model
+
+    image = torch.from_numpy(synthetic_pair[0][:240, :320].copy()).float()[None, None] / 255
+    for limit in (None, 300):
+        torch.manual_seed(0)
+        extractor = build_model("extractor", {"name": name, "weights": None, "resize": None,
+                                              "max_num_keypoints": limit}, pretrained=False).eval()
+        session = ort.InferenceSession(str(export_extractor(extractor, tmp_path / f"{name}.onnx")),
+                                       providers=["CPUExecutionProvider"])
+        for crop in (image, image[..., :224, :304]):
+            batch = extractor.preprocess(crop)
+            with torch.inference_mode():
+                expected = extractor._extract(batch)[0]
+            keypoints, scores, descriptors = session.run(None, {"image": batch.numpy()})
+            assert len(keypoints) == len(expected["keypoints"]) > 50
+            if limit is None:
+                np.testing.assert_array_equal(keypoints, expected["keypoints"].numpy())
+                assert np.abs(scores - expected["keypoint_scores"].numpy()).max() < 1e-5
+                assert np.abs(descriptors - expected["descriptors"].numpy()).max() < 1e-4
+            else:
+                assert np.abs(np.sort(scores) - np.sort(expected["keypoint_scores"].numpy())).max() < 1e-5
+                common = set(map(tuple, keypoints)) & set(map(tuple, expected["keypoints"].numpy()))
+                assert len(common) >= 0.8 * limit
+
+
+def test_extractor_without_export_is_named(tmp_path):
+    from featmatch_core.export.extractor_export import export_extractor
+    from featmatch_core.models import build_model
+
+    with pytest.raises(ValueError, match="no ONNX export for the sift extractor"):
+        export_extractor(build_model("extractor", {"name": "sift"}, pretrained=False), tmp_path / "sift.onnx")

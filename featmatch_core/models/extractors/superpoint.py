@@ -73,12 +73,17 @@ def nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
         maps = scores.detach().numpy()
         keep = torch.from_numpy(np.stack([_local_maxima(np.ascontiguousarray(m), radius) for m in maps]))
         return scores.masked_fill(~keep, 0.0)  # applied in torch: gradients flow as in the reference
+    return nms_torch(scores, radius)
+
+
+def nms_torch(scores: torch.Tensor, radius: int) -> torch.Tensor:
+    """:func:`nms` in torch operations only (other devices, and ONNX export), ``radius`` >= 1."""
     x = scores[:, None]
     is_max = x == max_filter(x, radius)
     for _ in range(2):
         suppressed = max_filter(is_max.to(x.dtype), radius) > 0
         remaining = x.masked_fill(suppressed, 0.0)
-        is_max |= (remaining == max_filter(remaining, radius)) & ~suppressed
+        is_max = is_max | ((remaining == max_filter(remaining, radius)) & ~suppressed)  # ONNX: no in-place |=
     return x.masked_fill(~is_max, 0.0)[:, 0]
 
 
