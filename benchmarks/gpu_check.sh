@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# One prepared device check (at most ~5 minutes on one GPU): the CUDA tests, LightGlue against the
+# reference, extraction, a short training throughput run per recipe and the streaming replay.
+# Prints every table and writes them, with date and hardware, to docs/benchmarks/gpu.md.
+# Weights are random (nothing can be downloaded there): speed, not accuracy.
+#
+#   LIGHTGLUE_REF=/path/to/cvg-LightGlue-checkout PHOTOS=/path/to/photos bash benchmarks/gpu_check.sh
+#
+# Without CUDA it runs the same steps on the CPU with smaller sizes (to try the script before
+# spending device time); the report then says "cpu". Each step has its own time limit and a
+# failing step is reported and skipped, so that one run always yields a whole report.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1  # a step cut by its time limit still leaves what it printed
+
+REPORT=${REPORT:-docs/benchmarks/gpu.md}
+REF=${LIGHTGLUE_REF:-}
+PHOTOS=${PHOTOS:-../shared/data/train_photos}
+DEVICE=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+if [ "$DEVICE" = cuda ]; then
+    KPTS="512 1024 2048 4096"; STEPS=40; FRAMES=300; LG_S=60
+    HARDWARE=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
+else
+    KPTS="512"; STEPS=2; FRAMES=20; LG_S=120
+    HARDWARE="cpu: $(python3 -c 'import os; print(os.cpu_count())') cores"
+fi
+mkdir -p "$(dirname "$REPORT")" outputs/gpu_check
+BODY=outputs/gpu_check/report.md.tmp
+{
+    echo "# Device check ($DEVICE)"
+    echo
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $HARDWARE, torch $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda)'),"
+    echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown). Produced by benchmarks/gpu_check.sh."
+} > "$BODY"
+
+step() {  # step TITLE SECONDS COMMAND...: run, show, append its output to the report
+    local title=$1 limit=$2
+    shift 2
+    echo "== $title"
+    local log=outputs/gpu_check/step.log
+    timeout "$limit" "$@" > "$log" 2>&1
+    local rc=$?
+    tail -n 40 "$log"
+    {
+        echo
+        echo "## $title"
+        echo
+        echo '```'
+        echo "\$ $*"
+        tr '\r' '\n' < "$log" | grep -v -e '^\s*$' -e '%|' | tail -n 40  # without progress bars
+        echo '```'
+        [ $rc -eq 0 ] || echo "exit status $rc$( [ $rc -eq 124 ] && echo ' (time limit)')"
+    } >> "$BODY"
+}
+
+step "CUDA tests (skip without CUDA)" 120 python3 -m pytest -q -p no:cacheprovider tests -k "cuda or CUDA"
+ref_args=()
+[ -n "$REF" ] && ref_args=(--reference "$REF")
+# shellcheck disable=SC2086
+step "LightGlue, full depth" "$LG_S" python3 benchmarks/time_lightglue.py --device "$DEVICE" --num-keypoints $KPTS "${ref_args[@]}"
+# shellcheck disable=SC2086
+step "LightGlue, adaptive" "$LG_S" python3 benchmarks/time_lightglue.py --device "$DEVICE" --num-keypoints $KPTS --adaptive "${ref_args[@]}"
+step "SIFT extraction (CPU, OpenCV) against plain OpenCV" 40 python3 benchmarks/time_sift.py --repeat 3
+# pairs/s over STEPS steps of the full-size recipe (batch 32, bf16 on CUDA), frozen extractor
+# with random weights (no downloads on the device machine); the trainer prints the figure
+for recipe in sift+lightglue superpoint+lightglue; do
+    step "training throughput: $recipe homography, $STEPS steps" 150 \
+        python3 -m featmatch_core.train "gpu_check_$recipe" --conf "training/$recipe-homography.yaml" \
+        "data.root=$PHOTOS" data.val_pairs=32 train.max_steps=$STEPS train.log_every_iter=10 \
+        train.eval_every_iter=null train.save_every_iter=null "train.device=$DEVICE" data.features.weights=null \
+        "train.num_workers=$(( $(nproc) > 8 ? 8 : $(nproc) ))" \
+        $( [ "$DEVICE" = cpu ] && echo train.batch_size=4 train.mixed_precision=null )
+    rm -rf "outputs/training/gpu_check_$recipe"
+done
+step "streaming replay, superpoint+lightglue (random weights), --rate max" 120 \
+    python3 -m lightglue_ros.replay --demo "$FRAMES" --conf superpoint+lightglue -p "device=$DEVICE" --no-plots \
+    --overwrite --out-dir outputs/gpu_check/replay extractor.weights=null matcher.weights=null
+
+# trained weights (bundled, SIFT on the CPU) so that matches are real and estimation is timed too
+step "streaming replay, sift+lightglue-cpu (bundled weights), --rate max" 120 \
+    python3 -m lightglue_ros.replay --demo "$FRAMES" --conf sift+lightglue-cpu -p "device=$DEVICE" --no-plots \
+    --overwrite --out-dir outputs/gpu_check/replay_sift
+
+mv "$BODY" "$REPORT"
+echo "report: $REPORT"
