@@ -335,6 +335,37 @@ def test_matcher_node_wiring(node_modules):
     assert node.destroyed
 
 
+def test_matcher_node_uses_its_clock_and_counts_bad_input(node_modules):
+    """Latency and frame age on the node's clock (sim time with use_sim_time), and bad input
+    (an unknown encoding, a camera_info OpenCV refuses) counted by reason on /diagnostics."""
+    mono, _ = node_modules
+    _Node.overrides = {"max_keypoints": 384}
+    node = mono.MatcherNode(types=TYPES)
+    sim_ns = [0]
+    node.get_clock = lambda: types.SimpleNamespace(now=lambda: types.SimpleNamespace(nanoseconds=sim_ns[0]))
+    _, on_image, _ = node.subscriptions["image"]
+    _, on_info, _ = node.subscriptions["camera_info"]
+    frames = synthetic.sequence(3, W, H, step=0.1, seed=4)
+    for i, f in enumerate(frames):
+        sim_ns[0] = f.stamp_ns + 250_000_000  # the sim clock stands still while the frame is processed
+        header = cv.make_header(TYPES, f.stamp_ns, "cam")
+        info = cv.make_camera_info(TYPES, header, W, H, f.K)
+        info.d = np.array([1e-4, 0.0, 0.0])  # plumb_bob with 3 coefficients: padded, counted once
+        on_info(info)
+        image = cv.numpy_to_image(TYPES, f.image, "mono8", header)
+        if i == 1:
+            image.encoding = "nv12_unknown"
+        on_image(image)
+        _wait(node, i + 1)
+    node.timers[0][1]()
+    values = cv.status_values(node.publishers["/diagnostics"].messages[-1].status[0])
+    assert values["warnings_bad_encoding"] == "1" and values["warnings_bad_calibration"] == "1"
+    assert values["frames_skipped"] == "1" and values["worker_errors"] == "0"
+    assert float(values["age_p50_ms"]) == pytest.approx(250.0) and float(values["latency_p50_ms"]) == 0.0
+    assert len(node.publishers["relative_pose"].messages) == 1  # frame 2 against frame 0
+    node.destroy_node()
+
+
 def test_matcher_node_depth_sync_and_bad_parameters(node_modules):
     mono, _ = node_modules
     _Node.overrides = {"use_depth": True, "sync_slop": 0.05, "qos": "reliable"}
