@@ -161,6 +161,15 @@ def counted(summary: dict[str, Any]) -> dict[str, int]:
     }
 
 
+def replay_arguments(bag: Path, rate: str, storage: str, out_dir: Path) -> list[str]:
+    """``python -m lightglue_ros.replay`` arguments for the fault bag: with a queue long enough
+    that the realtime worker drops nothing, so that every injected frame is seen."""
+    return [
+        str(bag), "--rate", rate, "--speed", "4", "--storage", storage, "--out-dir", str(out_dir),
+        "--no-plots", "--quiet", "-p", "max_keypoints=512", "-p", "queue_size=100",
+    ]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import replay
 
@@ -174,28 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     bag = args.out_dir / f"fault_bag_{args.storage}"
     write_fault_bag(bag, args.storage, overwrite=True)
     # a queue long enough that the realtime worker drops nothing: every injected frame is seen
-    result = replay.run(
-        replay.parse_args(
-            [
-                str(bag),
-                "--rate",
-                args.rate,
-                "--speed",
-                "4",
-                "--storage",
-                args.storage,
-                "--out-dir",
-                str(args.out_dir / f"replay_{args.storage}_{args.rate}"),
-                "--overwrite",
-                "--no-plots",
-                "--quiet",
-                "-p",
-                "max_keypoints=512",
-                "-p",
-                "queue_size=100",
-            ]
-        )
-    )
+    out_dir = args.out_dir / f"replay_{args.storage}_{args.rate}"
+    result = replay.run(replay.parse_args([*replay_arguments(bag, args.rate, args.storage, out_dir), "--overwrite"]))
     expected, got = expected_counts(), counted(result.summary)
     print(f"{'count':<18} {'injected':>8} {'counted':>8}")
     for key in expected:

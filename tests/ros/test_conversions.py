@@ -320,4 +320,5 @@ def test_undistort_points_inverts_the_model(model, d):
         distorted = cv2.fisheye.distortPoints(rays[:, :, :2], K_GOOD, calibration.D)
     else:
         distorted, _ = cv2.projectPoints(rays, np.zeros(3), np.zeros(3), K_GOOD, calibration.D)
-    np.testing.assert_allclose(cv.undistort_points(distorted.reshape(-1, 2), calibration), ideal, atol=0.01)  # OpenCV iterates 5 times
+    undistorted = cv.undistort_points(distorted.reshape(-1, 2), calibration)
+    np.testing.assert_allclose(undistorted, ideal, atol=0.01)  # OpenCV iterates 5 times

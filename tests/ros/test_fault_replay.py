@@ -22,26 +22,7 @@ def fault_bag(tmp_path_factory):
 @pytest.mark.parametrize("rate", ["max", "realtime"])
 def test_every_injected_fault_is_counted_and_the_replay_goes_on(fault_bag, tmp_path, storage, rate, capsys):
     out_dir = tmp_path / "out"
-    # realtime: a queue long enough that the worker drops nothing, so every injected frame is seen
-    code = replay.main(
-        [
-            str(fault_bag),
-            "--rate",
-            rate,
-            "--speed",
-            "4",
-            "--storage",
-            storage,
-            "--out-dir",
-            str(out_dir),
-            "--no-plots",
-            "--quiet",
-            "-p",
-            "max_keypoints=512",
-            "-p",
-            "queue_size=100",
-        ]
-    )
+    code = replay.main(faults.replay_arguments(fault_bag, rate, storage, out_dir))
     captured = capsys.readouterr()
     assert code == 0 and "Traceback" not in captured.err + captured.out
     summary = json.loads((out_dir / "summary.json").read_text())
