@@ -7,11 +7,17 @@ Layout (only the two ``*_node`` modules import rclpy; everything else runs witho
   same code builds rclpy and rosbags messages by their ROS field names;
 - ``params``: the one parameter schema (descriptors, ranges, runtime vs start-up) behind
   ``declare_parameter``, ``config/*.yaml`` and the replay's ``--params``;
-- ``frame_matcher``: the streaming core (``FrameMatcher``, ``StereoMatcher``) and the
-  ``FrameWorker`` (newest frame wins, drops counted), driving ``featmatch_core.FeatureStream``;
+- ``stages``: the frame path as small functions over plain data (decode, time checks,
+  calibration, depth, estimate, scale, keyframe decision, odometry, stereo triangulation);
+- ``frame_matcher``: the streaming core (``FrameMatcher``: prepare -> extract -> track,
+  ``StereoMatcher``), plain ``FrameResult``s, and the ``FrameWorker`` (newest frame wins,
+  drops counted), driving ``featmatch_core.FeatureStream``;
+- ``messages``: the one place where results become ROS messages (nodes and replay);
+- ``problems``: warnings counted per reason for /diagnostics, rate-limited in the log;
 - ``matcher_node``, ``stereo_matcher_node``: thin rclpy shells (subscriptions, publishers,
   parameters, timers, tf);
-- ``make_bag``, ``replay``: rosbags-based tools (``python -m lightglue_ros.<tool>``);
+- ``make_bag``, ``replay``, ``faults`` (a bag with bad frames injected): rosbags-based tools
+  (``python -m lightglue_ros.<tool>``);
 - ``synthetic``: a generated scene with exact poses and depth (the demo and the tests).
 
 Design notes:
