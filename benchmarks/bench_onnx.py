@@ -74,8 +74,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--adaptive", action="store_true", help="keep depth/width adaptivity on")
+    parser.add_argument("--threads", type=int, default=0, help="torch and onnxruntime threads (0: torch's default)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     # filter_threshold 0: random weights give low probabilities; compare every mutual neighbour
     conf = {"filter_threshold": 0.0, **({} if args.adaptive else {"depth_confidence": -1, "width_confidence": -1})}
     with tempfile.TemporaryDirectory() as folder:

@@ -36,6 +36,8 @@ from torch import Tensor, nn
 
 from ..models.matchers.lightglue import LightGlue, mutual_matches, normalize_keypoints, sigmoid_log_double_softmax
 
+GRAPH_VERSION = 1  # part of the export cache key: bump when the traced graphs change
+
 
 class RealRotary(NamedTuple):
     """The rotary encoding of :class:`~featmatch_core.models.matchers.lightglue.Rotary` with real
@@ -162,4 +164,3 @@ class AssignStage(nn.Module):
     def forward(self, x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         m0, m1, s0, s1 = final_matches(self.model, torch.cat([x0, x1], 1), x0.shape[1], self.layer, -1.0)
         return m0[0], m1[0], s0[0], s1[0]
-GRAPH_VERSION = 1  # part of the export cache key: bump when the traced graphs change

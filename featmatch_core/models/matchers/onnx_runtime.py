@@ -225,6 +225,7 @@ class OnnxLightGlue(BaseModel):
             source = weights if weights is not None else model.conf.weights
             if source is not None:
                 model.load_weights(source, download=download)
+            model.prepare()  # export now, at load time, not in the first frame's match
         return model
 
     def load_checkpoint_state_dict(self, state_dict: Mapping[str, torch.Tensor], origin: str = "") -> None:
