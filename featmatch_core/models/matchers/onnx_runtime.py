@@ -296,15 +296,14 @@ def pair_feeds(data: Mapping[str, Mapping[str, torch.Tensor]], pair: int, valid:
 
 
 # ---- files ---------------------------------------------------------------------------------------
-def session_options(threads: int, spinning: bool) -> Any:
+def session_options(threads: int) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    if not spinning:
-        # Idle intra-op threads spin for a while after each run; with one session per stage the
-        # spinning threads of the stage just run steal the cores of the next (full: 1070 -> 720 ms
-        # at 1024 keypoints on 2 cores). One session keeps spinning: there it saves ~10%.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Idle intra-op threads spin for a while after each run, stealing the cores of whatever runs
+    # next: the next stage session (full: 1070 -> 720 ms at 1024 keypoints on 2 cores), and the
+    # PyTorch extractor of the pipeline (2-thread torch ran ~3x slower right after a spinning run).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.intra_op_num_threads = threads if threads > 0 else torch.get_num_threads()
     options.inter_op_num_threads = 1  # the graphs are sequential: more threads only contend
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -313,7 +312,7 @@ def session_options(threads: int, spinning: bool) -> Any:
     return options
 
 
-def create_session(model: Any, path: Path, threads: int, spinning: bool = True) -> Any:
+def create_session(model: Any, path: Path, threads: int) -> Any:
     try:
         import onnxruntime as ort
     except ImportError as err:
@@ -321,7 +320,7 @@ def create_session(model: Any, path: Path, threads: int, spinning: bool = True) 
     from ...export.onnx_files import OnnxFileError
 
     try:
-        return ort.InferenceSession(model.SerializeToString(), session_options(threads, spinning),
+        return ort.InferenceSession(model.SerializeToString(), session_options(threads),
                                     providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime's Fail / InvalidGraph errors
         raise OnnxFileError(f"onnxruntime cannot load {path}: {str(err).splitlines()[0]}") from err
@@ -349,8 +348,7 @@ def open_runner(path: Path, conf: DictConfig) -> FixedDepthRunner | AdaptiveRunn
         expected = ["encode"] + [f"{kind}{i}" for i in range(n_layers) for kind in ("layer", "assign")]
         if sorted(stages) != sorted(expected):
             raise OnnxFileError(f"{path} has stages {stages}, a {n_layers}-layer full export has {expected}")
-        sessions = {stage: create_session(lx.split_stage(model, stage), path, threads, spinning=False)
-                    for stage in stages}
+        sessions = {stage: create_session(lx.split_stage(model, stage), path, threads) for stage in stages}
         return AdaptiveRunner(sessions, n_layers, conf)
     scale_ori = bool(conf.add_scale_ori)
     inputs = lx.pixel_inputs(scale_ori) if fmt == "colmap" else list(lx.POINT_INPUTS)
