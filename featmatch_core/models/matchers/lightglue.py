@@ -20,7 +20,6 @@ every linear layer then runs once for the pair, and attention works on views.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import re
 from collections.abc import Mapping
@@ -35,7 +34,6 @@ from torch.utils.checkpoint import checkpoint
 from ..base import BaseModel, strict_load
 from .common import check_point_features, compact_matches, no_matches, padding_mask
 
-logger = logging.getLogger(__name__)
 
 Tensor = torch.Tensor
 MaskPair = tuple[Tensor | None, Tensor | None]
