@@ -3,19 +3,24 @@
 Used by ``python -m lightglue_ros.make_bag --synthetic N`` (the README demo) and by the tests:
 every frame comes with its depth (z along the optical axis, metres) and its pose
 ``T_cam_world`` (``X_cam = R X_world + t``), so matches, relative poses, triangulation and
-stereo baselines can be checked exactly. Rendering is ray casting: each pixel's ray hits the
-nearest plane, whose texture (``featmatch_core.datasets.synthetic.random_texture``) is sampled
-with ``cv2.remap``. Nothing is downloaded.
+stereo baselines can be checked exactly. Rendering is the ray casting of
+``featmatch_core.datasets.render`` (each pixel's ray hits the nearest plane, whose texture,
+``featmatch_core.datasets.synthetic.random_texture``, is sampled with ``cv2.remap``).
+Nothing is downloaded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
+from featmatch_core.datasets.render import Plane, render_planes
 from featmatch_core.datasets.synthetic import random_texture
+
+# Plane is re-exported: it was defined here before the ray casting moved to featmatch_core
+__all__ = ["Plane", "RoomScene", "SyntheticFrame", "default_K", "rotation", "sequence", "stereo_pair",
+           "trajectory"]
 
 
 def rotation(axis: str, degrees: float) -> np.ndarray:
@@ -31,17 +36,6 @@ def rotation(axis: str, degrees: float) -> np.ndarray:
 def default_K(width: int = 640, height: int = 480) -> np.ndarray:
     f = 0.8 * width
     return np.array([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1.0]])
-
-
-@dataclass
-class Plane:
-    normal: np.ndarray  # unit normal n: the plane is n . X = offset (world frame)
-    offset: float
-    origin: np.ndarray  # a point of the plane, texture pixel (0, 0)
-    axis_u: np.ndarray  # in-plane unit vectors along texture x and y
-    axis_v: np.ndarray
-    texture: np.ndarray  # uint8 gray
-    texel: float  # metres per texture pixel
 
 
 class RoomScene:
@@ -63,34 +57,7 @@ class RoomScene:
         self, K: np.ndarray, T_cam_world: np.ndarray, width: int, height: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """(gray uint8 image, float32 z-depth in metres) seen by a pinhole camera."""
-        R, t = T_cam_world[:3, :3], T_cam_world[:3, 3]
-        centre = -R.T @ t
-        u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
-        rays_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
-        rays = rays_cam @ R  # world directions (R^T d), with z_cam = 1: the hit distance is the z-depth
-        depth = np.full((height, width), np.inf)
-        which = np.full((height, width), -1, np.int64)
-        for i, plane in enumerate(self.planes):
-            denom = rays @ plane.normal
-            with np.errstate(divide="ignore", invalid="ignore"):
-                s = (plane.offset - plane.normal @ centre) / denom
-            hit = (s > 1e-6) & (s < depth) & np.isfinite(s)
-            depth[hit], which[hit] = s[hit], i
-        image = np.zeros((height, width), np.float32)
-        for i, plane in enumerate(self.planes):
-            mask = which == i
-            if not mask.any():
-                continue
-            X = centre + rays * np.where(mask, depth, 0)[..., None]
-            rel = X - plane.origin
-            map_x = (rel @ plane.axis_u / plane.texel).astype(np.float32)
-            map_y = (rel @ plane.axis_v / plane.texel).astype(np.float32)
-            sampled = cv2.remap(
-                plane.texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
-            )
-            image[mask] = sampled[mask]
-        depth[which < 0] = 0.0
-        return np.clip(image, 0, 255).astype(np.uint8), depth.astype(np.float32)
+        return render_planes(self.planes, K, T_cam_world, width, height)
 
 
 def trajectory(num_frames: int, step: float = 0.04, seed: int = 0) -> list[np.ndarray]:
