@@ -197,26 +197,33 @@ def seeded_pair(seed: int, num_photos: int, photo: Callable[[int], np.ndarray], 
 
 
 # ---- the dataset ---------------------------------------------------------------------
-class HomographyPairs(torch.utils.data.Dataset):
-    """``len`` pairs; pair i comes from ``seed + i`` (deterministic, so its features cache)."""
+class FeaturePairs(torch.utils.data.Dataset):
+    """Generated pairs with frozen-extractor features: ``len`` pairs, pair i from ``seed + i``
+    (deterministic, so its features cache on disk). Subclasses implement ``make_item(index)``
+    (geometry + :meth:`view_features`) and may extend ``cache_fields``."""
 
-    def __init__(self, conf: DictConfig, images: Sequence[Path], num_pairs: int, split: str) -> None:
+    # conf keys that shape a pair, hence its cached features (besides the extractor)
+    cache_fields: tuple[str, ...] = ("image_size", "seed", "photometric", "features")
+    cache_prefix = ""
+
+    def __init__(self, conf: DictConfig, images: Sequence[Path], num_pairs: int, split: str,
+                 seed_offset: int) -> None:
         self.conf = conf
         self.images = list(images)
         self.num_pairs = int(num_pairs)
         self.split = split
-        self.seed = int(conf.seed) + SEED_OFFSETS[split]
+        self.seed = int(conf.seed) + seed_offset
         self._extractor = None
         self._photos: dict[int, np.ndarray] = {}
         self.cache_dir = Path(conf.cache_dir) / self._cache_key() if conf.cache_dir else None
 
     def _cache_key(self) -> str:
         """Cached features depend on everything that shapes a pair and on the extractor."""
-        relevant = {k: to_container(self.conf)[k] for k in ("image_size", "seed", "homography", "photometric",
-                                                             "features")}
+        plain = to_container(self.conf)
+        relevant = {k: plain[k] for k in self.cache_fields}
         relevant["images"] = [str(p) for p in self.images]
         digest = hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
-        return f"{self.split}-{digest}"
+        return f"{self.cache_prefix}{self.split}-{digest}"
 
     def __len__(self) -> int:
         return self.num_pairs
@@ -234,16 +241,23 @@ class HomographyPairs(torch.utils.data.Dataset):
             self._photos[index] = read_image(self.images[index], grayscale=True)
         return self._photos[index]
 
+    def make_item(self, index: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         cached = self._load_cached(index)
         if cached is not None:
             return cached
-        view0, view1, H = seeded_pair(self.seed + index, len(self.images), self.photo, self.conf)
-        item = {"H_0to1": torch.from_numpy(H).float()}
-        for i, view in enumerate((view0, view1)):
+        item = self.make_item(index)
+        self._save_cached(index, item)
+        return item
+
+    def view_features(self, views: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        """``{key}{i}`` features of each view i."""
+        item = {}
+        for i, view in enumerate(views):
             for key, value in self._features(view).items():
                 item[f"{key}{i}"] = value
-        self._save_cached(index, item)
         return item
 
     @torch.no_grad()
@@ -287,6 +301,19 @@ class HomographyPairs(torch.utils.data.Dataset):
             buf = io.BytesIO()
             torch.save(item, buf)
             atomic_write_bytes(path, buf.getvalue())
+
+
+class HomographyPairs(FeaturePairs):
+    """Homography pairs of photos (see the module docstring)."""
+
+    cache_fields = ("image_size", "seed", "homography", "photometric", "features")
+
+    def __init__(self, conf: DictConfig, images: Sequence[Path], num_pairs: int, split: str) -> None:
+        super().__init__(conf, images, num_pairs, split, SEED_OFFSETS[split])
+
+    def make_item(self, index: int) -> dict[str, torch.Tensor]:
+        view0, view1, H = seeded_pair(self.seed + index, len(self.images), self.photo, self.conf)
+        return {"H_0to1": torch.from_numpy(H).float(), **self.view_features((view0, view1))}
 
 
 def build_homography_datasets(conf: ConfLike) -> tuple[HomographyPairs, HomographyPairs]:

@@ -37,6 +37,8 @@ MODELS: dict[str, str] = {
 DATASETS: dict[str, str] = {
     "homographies": "featmatch_core.datasets.homographies:build_homography_datasets",
     "megadepth": "featmatch_core.datasets.megadepth_train:build_megadepth_datasets",
+    "scenes": "featmatch_core.datasets.scenes:build_scene_datasets",
+    "mixed": "featmatch_core.datasets.scenes:build_mixed_datasets",
     "toy": "featmatch_core.train.toy:build_toy_datasets",
 }
 

@@ -10,7 +10,8 @@ Batch keys: ``keypoints{0,1}`` (B, N, 2), ``descriptors{0,1}``, ``keypoint_mask{
 (``lines{0,1}``, ``line_scores{0,1}``, ``line_mask{0,1}``, ``lines_junc_idx{0,1}``: GlueStick;
 they get line labels and a line loss when the matcher predicts line assignments), and either ``H_0to1`` (B, 3, 3)
 or ``depth{0,1}`` (B, H, W; 0 = no depth, may be padded beyond ``image_size``), ``K{0,1}``
-(B, 3, 3) and ``T_0to1`` (B, 4, 4).
+(B, 3, 3) and ``T_0to1`` (B, 4, 4). Mixed batches (``featmatch_core.datasets.scenes.MixedPairs``)
+carry both and a per-pair ``gt_from_depth`` (B,) bool choosing which geometry labels each pair.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class TwoViewModel(nn.Module):
 
     def ground_truth(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Labels from ``H_0to1``, else from depth maps and poses (see the module docstring)."""
+        if "gt_from_depth" in batch:
+            return self.mixed_ground_truth(batch)
         gt = self.conf.ground_truth
         masks = {"mask0": batch.get("keypoint_mask0"), "mask1": batch.get("keypoint_mask1")}
         if "H_0to1" in batch:
@@ -87,8 +90,26 @@ class TwoViewModel(nn.Module):
             out[f"gt_matches{i}"] = label_outside_unmatched(out[f"gt_matches{i}"], batch, i)
         return out
 
+    def mixed_ground_truth(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``gt_matches0/1`` of a batch mixing homography and depth pairs: each subset is labelled
+        by its own geometry (the other geometry of a pair is a placeholder)."""
+        from_depth = batch["gt_from_depth"].bool()
+        out = {f"gt_matches{i}": torch.full(batch[f"keypoints{i}"].shape[:2], IGNORE, dtype=torch.long,
+                                            device=from_depth.device) for i in (0, 1)}
+        for selected, drop in ((from_depth, "H_0to1"), (~from_depth, None)):
+            if not selected.any():
+                continue
+            subset = {k: v[selected] for k, v in batch.items()
+                      if isinstance(v, Tensor) and v.dim() > 0 and k not in ("gt_from_depth", drop)}
+            labels = self.ground_truth(subset)
+            for i in (0, 1):
+                out[f"gt_matches{i}"][selected] = labels[f"gt_matches{i}"].long()
+        return out
+
     def line_ground_truth(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Line labels (``gt_line_matches0/1``) from ``H_0to1``, else from depth maps and poses."""
+        if "gt_from_depth" in batch:
+            raise NotImplementedError("TwoViewModel: line labels of mixed homography/depth batches")
         masks = {"mask0": batch.get("line_mask0"), "mask1": batch.get("line_mask1")}
         if "H_0to1" in batch:
             return gt_line_matches_from_homography(batch["lines0"], batch["lines1"], batch["H_0to1"],
