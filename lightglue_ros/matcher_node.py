@@ -47,7 +47,15 @@ from tf2_ros import TransformBroadcaster
 
 from . import params as P
 from .conversions import RclpyTypes
-from .frame_matcher import FrameMatcher, FrameResult, FrameWorker
+from .frame_matcher import (
+    FrameMatcher,
+    FramePipeline,
+    FrameResult,
+    FrameWorker,
+    PreparedFrame,
+    cpu_threads,
+    set_cpu_threads,
+)
 from .messages import diagnostics_message, frame_messages
 from .problems import Throttle, with_held_count
 
@@ -147,7 +155,7 @@ class MatcherNodeBase(Node):
         self.core.clock_ns = self.now_ns
         self.outputs: dict[str, Any] = {}  # output topic -> publisher, filled by wire()
         self.log.info(f"model {self.core.model_name} on {self.core.pipeline.device} ({self.values['precision']})")
-        self.worker = FrameWorker(self._process, queue_size=self.values["queue_size"], log=self.log)
+        self.worker = self.make_worker(self.values)
         self.core.worker = self.worker
         self.pub_debug = self.create_publisher(Image, "debug_image", 1)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -158,6 +166,9 @@ class MatcherNodeBase(Node):
 
     def make_core(self, values: dict[str, Any]) -> Any:
         raise NotImplementedError
+
+    def make_worker(self, values: dict[str, Any]) -> FrameWorker | FramePipeline:
+        return FrameWorker(self._process, queue_size=values["queue_size"], log=self.log)
 
     def now_ns(self) -> int:
         return int(self.get_clock().now().nanoseconds)
@@ -220,6 +231,16 @@ class MatcherNode(MatcherNodeBase):
     def make_core(self, values: dict[str, Any]) -> FrameMatcher:
         return FrameMatcher(values, log=self.log)
 
+    def make_worker(self, values: dict[str, Any]) -> FrameWorker | FramePipeline:
+        """Pipelined: extraction on one thread, tracking and publishing on another (``FramePipeline``)."""
+        # this process is the node's: the thread counts are set once, for good
+        if set_cpu_threads(values["pipelined"], self.core.pipeline.device) is not None:
+            torch_threads, cv_threads = cpu_threads(values["pipelined"])
+            self.log.info(f"CPU threads: torch {torch_threads}, OpenCV {cv_threads}")
+        if not values["pipelined"]:
+            return super().make_worker(values)
+        return FramePipeline(self._front, self._back, queue_size=values["queue_size"], log=self.log)
+
     def wire(self, values: dict[str, Any], qos: QoSProfile) -> None:
         self.pub_matches = self.create_publisher(PointCloud2, "matches", 10)
         self.outputs = {
@@ -252,7 +273,14 @@ class MatcherNode(MatcherNodeBase):
     def _on_image(self, msg: Image, depth: Image | None = None) -> None:
         self.worker.submit(Item(msg, self.camera_info, depth, self.now_ns()))
 
-    # ---- the worker thread ----------------------------------------------------------------------
+    # ---- the worker threads ---------------------------------------------------------------------
+    def _front(self, item: Item) -> PreparedFrame:
+        return self.core.prepare_and_extract(item.image, item.info, item.depth, received_ns=item.received_ns)
+
+    def _back(self, frame: PreparedFrame) -> None:
+        want_debug = self._want_debug()
+        self._publish_frame(self.core.finish(frame, want_debug), want_debug)
+
     def _process(self, item: Item) -> None:
         want_debug = self._want_debug()
         result = self.core.process(

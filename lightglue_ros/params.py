@@ -287,6 +287,14 @@ SCHEMA: tuple[Param, ...] = (
         max=100,
     ),
     Param(
+        "pipelined",
+        False,
+        "two stages on two threads: frame n+1 is decoded and its features extracted while frame n "
+        "is matched and its pose estimated; on a CPU each stage gets half of the cores "
+        "(experimental: not yet faster in the measured replays)",
+        nodes=MONO,
+    ),
+    Param(
         "sync_slop",
         0.02,
         "ApproximateTimeSynchronizer slop, seconds (stereo pairs, image + depth)",

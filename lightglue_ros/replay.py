@@ -49,7 +49,7 @@ from featmatch_core.geometry.epipolar import relative_pose_error
 
 from . import conversions as cv
 from . import params as P
-from .frame_matcher import FrameMatcher, FrameResult, FrameWorker
+from .frame_matcher import FrameMatcher, FramePipeline, FrameResult, FrameWorker, PreparedFrame, thread_budget
 from .make_bag import BAG_VERSION, finish_bag, storage_plugin, temp_bag_path
 from .messages import diagnostics_message, frame_messages
 
@@ -563,7 +563,8 @@ def run(args: argparse.Namespace) -> ReplayResult:
             def items() -> Iterator[Item]:  # one pass over the bag
                 return checked(frames(reader, inputs.topics, inputs.infos, slop_ns), bag, reader)
 
-            played = play(items, matcher, sink, args, values["queue_size"], inputs.num_images * args.loop)
+            with thread_budget(values["pipelined"], matcher.pipeline.device):
+                played = play(items, matcher, sink, args, values["queue_size"], inputs.num_images * args.loop)
             if out_bag is not None:
                 sink.finish(inputs.gt)
                 out_bag.close()
@@ -642,6 +643,14 @@ class ResultSink:
         """The worker thread's handler: process, and leave the writing to the bag's thread."""
         self._handed_over.put((item, self.process(item)))
 
+    # the two stages of a ``FramePipeline`` (extract on one thread, track on the other)
+    def front(self, item: Item) -> tuple[Item, PreparedFrame]:
+        return item, self.matcher.prepare_and_extract(item.image, item.info, item.depth, item.received_ns)
+
+    def back(self, prepared: tuple[Item, PreparedFrame]) -> None:
+        item, frame = prepared
+        self._handed_over.put((item, self.matcher.finish(frame, self.want_debug)))
+
     def drain(self) -> None:
         while True:
             try:
@@ -653,9 +662,11 @@ class ResultSink:
     def add(self, item: Item, result: FrameResult) -> None:
         if result.skipped:
             return  # counted by the matcher, published nowhere (as the node)
-        self.records.append({**result.record, "loop": item.loop, "rss_mb": rss_mb()})
+        record = {**result.record, "loop": item.loop, "rss_mb": rss_mb(), "done_ns": time.time_ns()}
+        self.records.append(record)
         if self.out_bag is None:
             return
+        start = time.perf_counter()
         messages = frame_messages(self.out_bag.types, result)
         for topic, msg in messages.topics().items():
             self.out_bag.write(topic, result.stamp_ns, msg)
@@ -663,6 +674,7 @@ class ResultSink:
             self.out_bag.write("debug_image", result.stamp_ns, messages.debug_image())
         if len(self.records) % self.DIAGNOSTICS_EVERY == 1:
             self.write_diagnostics(result.stamp_ns)
+        record["publish_ms"] = (time.perf_counter() - start) * 1e3
 
     def write_diagnostics(self, stamp_ns: int) -> None:
         types = self.out_bag.types
@@ -693,12 +705,19 @@ def play(
     queue_size: int,
     total: int,
 ) -> Played:
-    """Feed the frames: ``max`` one after the other on this thread; ``realtime`` at the bag's pace
-    (``--speed``) to a ``FrameWorker`` as the node does, dropping what it cannot keep up with."""
+    """Feed the frames as the node does: pipelined (``FramePipeline``: extraction one frame ahead
+    of tracking) or not (one ``FrameWorker``). ``max``: as fast as they go, each frame waiting
+    for room (none dropped); ``realtime``: at the bag's pace (``--speed``), dropping what the
+    worker cannot keep up with. Not pipelined, ``max`` runs everything on this thread."""
     if args.max_frames:
         total = min(total, args.max_frames)
     progress = tqdm(total=total, desc="replay", unit="frame", disable=args.quiet or None)
-    worker = FrameWorker(sink.handover, queue_size=queue_size) if args.rate == "realtime" else None
+    pipelined = matcher.params["pipelined"]
+    realtime = args.rate == "realtime"
+    if pipelined:
+        worker: FrameWorker | FramePipeline | None = FramePipeline(sink.front, sink.back, queue_size=queue_size)
+    else:
+        worker = FrameWorker(sink.handover, queue_size=queue_size) if realtime else None
     matcher.worker = worker
     wall_start = time.perf_counter()
     count = 0
@@ -713,9 +732,10 @@ def play(
                     item.received_ns = time.time_ns()
                     sink.add(item, sink.process(item))
                 else:
-                    pace.wait_for(item.bag_ns)
+                    if realtime:
+                        pace.wait_for(item.bag_ns)
                     item.received_ns = time.time_ns()
-                    worker.submit(item)
+                    worker.submit(item, block=not realtime)
                     sink.drain()
                 count += 1
                 progress.update(1)

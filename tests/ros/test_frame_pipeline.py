@@ -1,0 +1,97 @@
+"""FramePipeline: two stages on two threads, in order, dropping only at the entrance."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from lightglue_ros.frame_matcher import FramePipeline, FrameWorker, cpu_threads
+
+
+def test_blocking_submit_keeps_every_item_in_order() -> None:
+    seen: list[int] = []
+    pipe = FramePipeline(lambda i: i * 10, lambda x: (time.sleep(0.002), seen.append(x)))
+    for i in range(30):
+        assert pipe.submit(i, block=True)
+    pipe.stop(drain=True, timeout=10)
+    assert seen == [i * 10 for i in range(30)]
+    counters = pipe.counters()
+    assert counters["frames_in"] == 30 and counters["frames_processed"] == 30
+    assert counters["frames_dropped"] == 0 and counters["worker_errors"] == 0
+
+
+def test_stages_overlap_on_two_threads() -> None:
+    """The front works on item n+1 while the back still holds item n."""
+    back_busy = threading.Event()
+    overlapped = []
+
+    def front(i: int) -> int:
+        overlapped.append(back_busy.is_set())
+        return i
+
+    def back(i: int) -> None:
+        back_busy.set()
+        time.sleep(0.05)
+        back_busy.clear()
+
+    pipe = FramePipeline(front, back)
+    for i in range(4):
+        pipe.submit(i, block=True)
+    pipe.stop(drain=True, timeout=10)
+    assert any(overlapped[1:])
+
+
+def test_live_submit_drops_oldest_at_the_entrance_only() -> None:
+    release = threading.Event()
+    tracked: list[int] = []
+    pipe = FramePipeline(lambda i: (release.wait(5), i)[1], tracked.append, queue_size=1)
+    pipe.submit(0)
+    time.sleep(0.05)  # the front holds item 0 now
+    for i in range(1, 6):
+        pipe.submit(i)  # the front is stuck on item 0: the waiting slot keeps the newest
+    release.set()
+    pipe.stop(drain=True, timeout=10)
+    counters = pipe.counters()
+    assert tracked[0] == 0 and tracked[-1] == 5
+    assert counters["frames_dropped"] == 6 - len(tracked)
+    assert tracked == sorted(tracked)
+
+
+def test_a_failing_stage_is_counted_and_the_pipeline_goes_on() -> None:
+    tracked: list[int] = []
+
+    def back(i: int) -> None:
+        if i == 2:
+            raise ValueError("bad frame")
+        tracked.append(i)
+
+    pipe = FramePipeline(lambda i: i, back)
+    for i in range(5):
+        pipe.submit(i, block=True)
+    pipe.stop(drain=True, timeout=10)
+    assert tracked == [0, 1, 3, 4]
+    assert pipe.counters()["worker_errors"] == 1
+
+
+def test_blocked_submit_returns_false_when_stopped_without_draining() -> None:
+    release = threading.Event()
+    worker = FrameWorker(lambda i: release.wait(5), queue_size=1)
+    worker.submit(0)
+    time.sleep(0.05)
+    worker.submit(1)  # fills the queue while item 0 is in hand
+    result: list[bool] = []
+    t = threading.Thread(target=lambda: result.append(worker.submit(2, block=True)))
+    t.start()
+    time.sleep(0.05)
+    worker.stop(drain=False, timeout=0.1)
+    t.join(5)
+    release.set()
+    assert result == [False]
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, (1, 1)), (2, (1, 1)), (8, (4, 4)), (3, (1, 2))])
+def test_pipelined_cpu_threads_split_the_cores(cores: int, expected: tuple[int, int]) -> None:
+    assert cpu_threads(True, cores) == expected
+    assert cpu_threads(False, cores) == (cores, cores)
