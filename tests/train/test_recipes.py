@@ -40,13 +40,15 @@ def data_roots(tmp_path_factory):
         cv2.imwrite(str(photos / f"p{i}.jpg"), random_texture(150, 200, seed=40 + i))
     megadepth = tmp_path_factory.mktemp("megadepth_root")
     write_synthetic_megadepth(megadepth, MEGADEPTH_SCENES)
-    return {"homographies": photos, "megadepth": megadepth}
+    return {"homographies": photos, "mixed": photos, "megadepth": megadepth}
 
 
 # per data.name: the fixture root and small sizes (never the model, the features' kind or the loss)
 DATA_OVERRIDES = {
     "homographies": lambda root, tmp: {"root": str(root), "image_size": [64, 80], "train_pairs": 2,
                                        "val_pairs": 1, "cache_dir": str(tmp / "cache")},
+    "mixed": lambda root, tmp: {"root": str(root), "image_size": [64, 80], "train_pairs": 2,
+                                "val_pairs": 1, "cache_dir": str(tmp / "cache_mixed")},
     "megadepth": lambda root, tmp: {"root": str(root), "resize": 96, "train_split": ["0001", "0002"],
                                "val_split": ["0003"], "train_num_per_scene": 1, "val_num_per_scene": 1,
                                "load_features": {"do": False}},
