@@ -432,6 +432,9 @@ class SceneEvalPairs(PairDataset):
         **{k: DEFAULT_CONF[k] for k in ("val_fraction", "val_images", "seed", *GENERATION_KEYS)},
         "image_size": [480, 640],
         "num_pairs": 200,
+        # index of the first pair: a set starting past the evaluation pairs (e.g. 1000) is a disjoint
+        # calibration set for choosing thresholds
+        "first_pair": 0,
     }
     dirname = "photos"
 
@@ -442,6 +445,8 @@ class SceneEvalPairs(PairDataset):
         if self.conf.download:
             raise ConfigError("SceneEvalPairs: generated scenes cannot be downloaded (download=false)")
         _check_ranges(self.conf)
+        if int(self.conf.first_pair) < 0:
+            raise ConfigError(f"SceneEvalPairs: data.first_pair must be >= 0, got {self.conf.first_pair}")
 
     def _init(self) -> None:
         self.images: list[Path] = []
@@ -457,7 +462,7 @@ class SceneEvalPairs(PairDataset):
         return int(self.conf.num_pairs)
 
     def pair_name(self, index: int) -> str:
-        return f"scene_{index:05d}"
+        return f"scene_{int(self.conf.first_pair) + index:05d}"
 
     def _photo(self, index: int) -> np.ndarray:
         if index not in self._photos:
@@ -465,7 +470,7 @@ class SceneEvalPairs(PairDataset):
         return self._photos[index]
 
     def _get(self, index: int) -> dict[str, Any]:
-        seed = int(self.conf.seed) + SEED_OFFSETS["benchmark"] + index
+        seed = int(self.conf.seed) + SEED_OFFSETS["benchmark"] + int(self.conf.first_pair) + index
         pair = render_scene_pair(seed, self.conf, len(self.images), self._photo)
         size = (pair.images[0].shape[1], pair.images[0].shape[0])
         item: dict[str, Any] = {"name": self.pair_name(index), "scene": "scenes", "T_0to1": pair.T_0to1,

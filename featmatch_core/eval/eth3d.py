@@ -67,6 +67,7 @@ def ranked_matches(gt_matches0: np.ndarray, matches0: np.ndarray, scores0: np.nd
         f"_{prefix}_scores": scores0[predicted],
         f"_{prefix}_correct": matches0[predicted] == gt_matches0[predicted],
         f"_{prefix}_positives": int((gt_matches0[known] > -1).sum()),
+        f"{prefix}_correct": float(np.sum(matches0[predicted] == gt_matches0[predicted])),  # within pos_th
         f"{prefix}_precision": float(matches_precision(gt_matches0, matches0)),
         f"{prefix}_recall": float(matches_recall(gt_matches0, matches0)),
     }

@@ -37,6 +37,13 @@ from ..models.pipeline import Pipeline
 from .metrics import summarize
 
 RESULTS_ROOT = Path("outputs/results")
+# ``eval`` keys that every benchmark understands, besides its own
+COMMON_EVAL_CONF: dict[str, Any] = {
+    # keep only matches scored above this before evaluation: one export at a low matcher threshold
+    # (e.g. model.matcher.filter_threshold=0.01) then evaluates every higher threshold exactly, as
+    # LightGlue's filter is "mutual best and score > threshold"
+    "min_score": 0.0,
+}
 PairEvaluator = Callable[[Mapping[str, Any], Mapping[str, np.ndarray], DictConfig, float], dict[str, Any]]
 
 
@@ -76,7 +83,7 @@ def build_conf(bench: Benchmark, conf_name: str, overrides: Sequence[str]) -> Di
     if unknown:
         raise ConfigError(f"unknown config section(s) {sorted(unknown)}; expected model, data or eval")
     merged = OmegaConf.merge(base, user)
-    merged.eval = merge_strict(bench.eval_conf, merged.eval, owner=f"{bench.name} eval")
+    merged.eval = merge_strict({**COMMON_EVAL_CONF, **bench.eval_conf}, merged.eval, owner=f"{bench.name} eval")
     return merged
 
 
@@ -209,6 +216,15 @@ def read_prediction(f: h5py.File, pair_name: str) -> tuple[dict[str, Any], dict[
 
 
 # ---- stage 2: evaluate ---------------------------------------------------------------
+def keep_scores_above(pred: dict[str, Any], min_score: float) -> dict[str, Any]:
+    """The prediction with only the matches whose score exceeds ``min_score`` (0: unchanged)."""
+    if min_score <= 0 or "matches" not in pred:
+        return pred
+    keep = np.asarray(pred["scores"]).reshape(-1) > min_score
+    return {**pred, "matches": np.asarray(pred["matches"]).reshape(-1, 2)[keep],
+            "scores": np.asarray(pred["scores"]).reshape(-1)[keep]}
+
+
 def evaluate_predictions(bench: Benchmark, dataset: Sequence[Mapping[str, Any]], path: Path,
                          conf: DictConfig, ransac_th: float) -> tuple[dict[str, float], list[dict[str, Any]]]:
     per_pair: list[dict[str, Any]] = []
@@ -216,6 +232,7 @@ def evaluate_predictions(bench: Benchmark, dataset: Sequence[Mapping[str, Any]],
     with h5py.File(path, "r") as f:
         for name in pair_names(dataset):
             gt, pred = read_prediction(f, name)
+            pred = keep_scores_above(pred, float(conf.eval.min_score))
             if "load_error" in pred:
                 load_errors += 1
             result = bench.evaluate_pair(gt, pred, conf.eval, ransac_th)
@@ -295,6 +312,8 @@ def main(bench: Benchmark, argv: Sequence[str] | None = None) -> dict[str, float
     # the estimator(s) actually used, when the evaluation says (predictions with lines may use another)
     used = sorted({str(p["estimator"]) for p in per_pair if "estimator" in p}) or [str(conf.eval.estimator)]
     tag = f"{'+'.join(used)}_th{'sweep' if float(conf.eval.ransac_th) < 0 else conf.eval.ransac_th}"
+    if float(conf.eval.min_score) > 0:
+        tag += f"_score{float(conf.eval.min_score):g}"
     summary.update({"export_s": stats["export_s"], "eval_s": eval_s,
                     "pairs_matched": float(stats["exported"]), "pairs_from_cache": float(stats["cached"])})
     save_json(out_dir / f"summary_{tag}.json", summary)
