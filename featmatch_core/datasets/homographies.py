@@ -5,7 +5,10 @@ homography (a perturbed, rotated, scaled quadrilateral mapped onto the output fr
 independent photometric augmentation (brightness, contrast, gamma, blur, noise, JPEG).
 ``H_0to1`` maps pixels of view 0 to view 1. Features of a frozen extractor are computed in
 the dataset (so DataLoader workers parallelise them) and, because pair ``i`` of a split is
-always drawn from the same seed, cached on disk and reused in later epochs.
+always drawn from the same seed, cached on disk and reused in later epochs. With
+``features_in: model`` the dataset yields the views instead (``image0/1``, (1, H, W) float in
+[0, 1]) and the model runs the extractor on the training device (``TwoViewModel``'s
+``extractor``, padded by the same :func:`padded_features`): nothing is cached.
 
     train, val = build_homography_datasets({"root": "photos/", "features": {"name": "sift"}})
 """
@@ -63,8 +66,44 @@ DEFAULT_CONF: dict[str, Any] = {
         "jpeg_quality": [40, 90],
     },
     "features": {"name": "sift", "max_num_keypoints": 512, "resize": None},  # frozen extractor conf
-    "cache_dir": None,  # where per-pair features are cached (None: no cache)
+    # where that extractor runs: "dataset" (features in the items, cacheable) or "model" (the
+    # items hold the views image0/1; the model extracts on its device, see FEATURES_IN)
+    "features_in": "dataset",
+    "cache_dir": None,  # where per-pair features are cached (None: no cache; features_in=dataset only)
 }
+# data.features_in: "dataset" computes data.features in the DataLoader workers; "model" gives
+# images, for a model that runs the frozen extractor itself (TwoViewModel with model.extractor).
+FEATURES_IN = ("dataset", "model")
+
+
+def features_in_model(value: Any) -> bool:
+    """Whether ``data.features_in`` asks for images (the model extracts); a bad value raises."""
+    if value not in FEATURES_IN:
+        raise ConfigError(f"data.features_in must be one of {list(FEATURES_IN)} ('dataset': features computed "
+                          f"by the dataset; 'model': images, features computed by the model), got {value!r}")
+    return value == "model"
+
+
+@torch.no_grad()
+def padded_features(extractor: torch.nn.Module, images: torch.Tensor, max_num_keypoints: int
+                    ) -> dict[str, torch.Tensor]:
+    """Features of a (B, C, H, W) batch, every keypoint tensor padded with zeros (``keypoint_mask``
+    False) or cut to ``max_num_keypoints`` so that views of different pairs batch together; the
+    line tensors of a wireframe extractor (GlueStick) to its own ``max_num_lines``. The one padding
+    of both the dataset (B = 1, per view) and the model (the batch of a view)."""
+    feats = extractor({"image": images})
+    n_lines = getattr(extractor, "max_num_lines", None)
+    out = {}
+    for key, value in feats.items():
+        if key in ("image_size",):
+            out[key] = value.float()
+            continue
+        length = int(n_lines) if key.startswith("line") and n_lines is not None else int(max_num_keypoints)
+        pad = length - value.shape[1]
+        if pad > 0:
+            value = torch.cat([value, value.new_zeros((value.shape[0], pad, *value.shape[2:]))], 1)
+        out[key] = value[:, :length]
+    return out
 
 
 def list_images(root: Path) -> list[Path]:
@@ -200,7 +239,8 @@ def seeded_pair(seed: int, num_photos: int, photo: Callable[[int], np.ndarray], 
 class FeaturePairs(torch.utils.data.Dataset):
     """Generated pairs with frozen-extractor features: ``len`` pairs, pair i from ``seed + i``
     (deterministic, so its features cache on disk). Subclasses implement ``make_item(index)``
-    (geometry + :meth:`view_features`) and may extend ``cache_fields``."""
+    (geometry + :meth:`view_features`) and may extend ``cache_fields``. With
+    ``features_in: model`` :meth:`view_features` gives the views themselves, uncached."""
 
     # conf keys that shape a pair, hence its cached features (besides the extractor)
     cache_fields: tuple[str, ...] = ("image_size", "seed", "photometric", "features")
@@ -215,6 +255,10 @@ class FeaturePairs(torch.utils.data.Dataset):
         self.seed = int(conf.seed) + seed_offset
         self._extractor = None
         self._photos: dict[int, np.ndarray] = {}
+        self.images_only = features_in_model(conf.features_in)
+        if self.images_only and conf.cache_dir:
+            raise ConfigError("data.cache_dir caches features, and with data.features_in=model the model computes "
+                              "them: set data.cache_dir=null")
         self.cache_dir = Path(conf.cache_dir) / self._cache_key() if conf.cache_dir else None
 
     def _cache_key(self) -> str:
@@ -253,34 +297,21 @@ class FeaturePairs(torch.utils.data.Dataset):
         return item
 
     def view_features(self, views: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
-        """``{key}{i}`` features of each view i."""
-        item = {}
-        for i, view in enumerate(views):
-            for key, value in self._features(view).items():
-                item[f"{key}{i}"] = value
-        return item
-
-    @torch.no_grad()
-    def _features(self, view: np.ndarray) -> dict[str, torch.Tensor]:
-        """Features padded to ``max_num_keypoints`` with a mask, so that pairs batch together."""
+        """``{key}{i}`` features of each view i; with ``features_in: model`` its image instead:
+        ``image{i}`` (1, H, W) float in [0, 1] and ``image_size{i}`` (W, H)."""
         from ..image import to_tensor_image
 
-        feats = self.extractor({"image": to_tensor_image(view)})
-        n_max = int(self.conf.features.max_num_keypoints)
-        # a wireframe extractor (GlueStick) also gives line segments: padded to its own line budget
-        n_lines = getattr(self.extractor, "max_num_lines", None)
-        out = {}
-        for key, value in feats.items():
-            value = value[0]
-            if key in ("image_size",):
-                out[key] = value.float()
+        item = {}
+        for i, view in enumerate(views):
+            image = to_tensor_image(view)
+            if self.images_only:
+                item[f"image{i}"] = image[0]
+                item[f"image_size{i}"] = torch.tensor([view.shape[1], view.shape[0]], dtype=torch.float32)
                 continue
-            length = int(n_lines) if key.startswith("line") and n_lines is not None else n_max
-            pad = length - value.shape[0]
-            if pad > 0:
-                value = torch.cat([value, value.new_zeros((pad, *value.shape[1:]))], 0)
-            out[key] = value[:length]
-        return out
+            feats = padded_features(self.extractor, image, int(self.conf.features.max_num_keypoints))
+            for key, value in feats.items():
+                item[f"{key}{i}"] = value[0]
+        return item
 
     def _cache_path(self, index: int) -> Path | None:
         return self.cache_dir / f"{index:07d}.pt" if self.cache_dir is not None else None

@@ -12,7 +12,8 @@ illumination gradient, motion blur, and the photometric augmentation of the homo
 (brightness, contrast, gamma, blur, noise, JPEG).
 
 - ``build_scene_datasets`` (``data.name: scenes``): batches with the depth ground truth of
-  MegaDepth training (``depth0/1``, ``K0/1``, ``T_0to1``, features, ``image_size0/1``).
+  MegaDepth training (``depth0/1``, ``K0/1``, ``T_0to1``, features, ``image_size0/1``); with
+  ``features_in: model`` the views ``image0/1`` instead of features (see :mod:`.homographies`).
 - ``build_mixed_datasets`` (``data.name: mixed``): each pair index draws scene or homography
   from a seeded coin (``scene_fraction``), so a pair depends only on its index and resuming by
   skipping sampler indices stays exact; both kinds carry both geometries (the one not used is a
@@ -85,6 +86,7 @@ DEFAULT_CONF: dict[str, Any] = {
     "degrade": DEGRADE_CONF,
     "photometric": homographies.DEFAULT_CONF["photometric"],
     "features": {"name": "sift", "max_num_keypoints": 512, "resize": None},
+    "features_in": homographies.DEFAULT_CONF["features_in"],  # "dataset" | "model" (images: the model extracts)
     "cache_dir": None,
 }
 GENERATION_KEYS = ("image_size", "scene", "camera", "degrade", "photometric")
@@ -305,7 +307,8 @@ def render_scene_pair(seed: int, conf: DictConfig, num_photos: int = 0, photo: A
 # ---- training datasets ---------------------------------------------------------------------------
 class ScenePairs(FeaturePairs):
     """Batches for the two-view model with depth ground truth (as MegaDepth training):
-    features of both views, ``image_size0/1``, ``depth0/1``, ``K0/1``, ``T_0to1``."""
+    features (or, ``features_in: model``, images) of both views, ``image_size0/1``, ``depth0/1``,
+    ``K0/1``, ``T_0to1``."""
 
     cache_fields = ("seed", "features", *GENERATION_KEYS)
     cache_prefix = "scenes-"

@@ -16,6 +16,9 @@ import-time registration.
   (it runs before any training step). Optional: ``train_dataset.set_epoch(epoch)``, called
   at the start of each epoch (e.g. to resample pairs). A ``features`` mapping in the ``data``
   section is taken to be the config of a frozen extractor and checked with the config.
+- Where that extractor runs (:func:`place_extractor`): ``data.features_in: dataset`` (default)
+  in the dataset, i.e. in the DataLoader workers; ``model``: the dataset yields images and the
+  model runs ``model.extractor`` on the training device, which is ``data.features`` unless set.
 """
 
 from __future__ import annotations
@@ -83,14 +86,39 @@ def check_names(conf: ConfLike) -> None:
     """Fail fast (before any folder is created) on unknown model or data names, on a model
     section its class's ``check_conf`` rejects, and on a bad ``data.features`` extractor."""
     plain = to_container(conf)
+    data = plain.get("data") or {}
+    _entry(DATASETS, "data", data)
+    if isinstance(data.get("features"), Mapping):  # before the model, whose extractor may be a copy of it
+        check_component("extractor", data["features"], "data.features")
     model = plain.get("model") or {}
     checker = getattr(resolve_callable(_entry(MODELS, "model", model), "model"), "check_conf", None)
     if callable(checker):
         checker(model)
-    data = plain.get("data") or {}
-    _entry(DATASETS, "data", data)
-    if isinstance(data.get("features"), Mapping):
-        check_component("extractor", data["features"], "data.features")
+
+
+def place_extractor(conf: DictConfig) -> None:
+    """``data.features_in`` (a bad value raises): with ``model``, ``model.extractor`` defaults to
+    ``data.features`` (written into ``conf``, hence into the experiment's config.yaml) and must
+    equal it when both are given (the benchmarks and the recipe's signature use
+    ``data.features``); without it, ``model.extractor`` would never run and is refused."""
+    from ..datasets.homographies import features_in_model
+
+    data, model = conf.data, conf.model
+    extractor, features = model.get("extractor"), data.get("features")
+    if "features_in" in data and features_in_model(data.features_in):
+        if extractor is None:
+            if not isinstance(features, Mapping):
+                raise ConfigError("data.features_in=model: the batches hold images and the model extracts the "
+                                  "features: set data.features (or model.extractor) to the frozen extractor")
+            model.extractor = OmegaConf.create(to_container(features))
+        elif isinstance(features, Mapping) and to_container(extractor) != to_container(features):
+            raise ConfigError(f"data.features_in=model: model.extractor {to_container(extractor)} differs from "
+                              f"data.features {to_container(features)}; leave model.extractor unset (it is "
+                              "data.features) or make them equal")
+    elif extractor is not None:
+        raise ConfigError("model.extractor is set but the batches hold features (data.features_in is not "
+                          "'model'): set data.features_in=model (homographies, scenes, mixed data) or drop "
+                          "model.extractor")
 
 
 def _section(conf: ConfLike, key: str) -> DictConfig:

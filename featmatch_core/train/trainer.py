@@ -45,7 +45,7 @@ from ..device import autocast, resolve_device
 from ..files import atomic_write_bytes
 from . import checkpoints as ckpt
 from . import distributed
-from .registry import build_train_datasets, build_train_model, check_names, resolve_callable
+from .registry import build_train_datasets, build_train_model, check_names, place_extractor, resolve_callable
 from .schedule import SCHEDULE_DEFAULTS, LRSchedule, check_schedule_conf
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ def validate_config(conf: ConfLike) -> DictConfig:
     train = to_container(merged.train)
     _check_train_values(train)
     _check_precision(train)
+    place_extractor(merged)
     check_names(merged)
     for spec in train["run_benchmarks"]:
         resolve_callable(spec, "train.run_benchmarks entry")

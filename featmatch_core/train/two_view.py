@@ -12,16 +12,25 @@ they get line labels and a line loss when the matcher predicts line assignments)
 or ``depth{0,1}`` (B, H, W; 0 = no depth, may be padded beyond ``image_size``), ``K{0,1}``
 (B, 3, 3) and ``T_0to1`` (B, 4, 4). Mixed batches (``featmatch_core.datasets.scenes.MixedPairs``)
 carry both and a per-pair ``gt_from_depth`` (B,) bool choosing which geometry labels each pair.
+
+With ``extractor`` (a frozen extractor config; the trainer sets it from ``data.features`` when
+``data.features_in: model``) batches may hold images ``image{0,1}`` (B, C, H, W) in [0, 1]
+instead of features: the extractor runs here, on the batch's device, padded exactly as the
+dataset pads (``featmatch_core.datasets.homographies.padded_features``). It is held outside the
+module tree: not in ``state_dict()`` (checkpoints and exports hold the matcher only), not in
+``parameters()`` (no optimizer group, nothing for DDP), never switched to training mode.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfLike, merge_strict, to_container
+from ..config import ConfigError, ConfLike, merge_strict, to_container
+from ..datasets.homographies import padded_features
 from ..geometry.depth import invert_transform, reproject
 from ..geometry.gt_matches import IGNORE, UNMATCHED, gt_matches_from_depth, gt_matches_from_homography
 from ..geometry.lines import gt_line_matches_from_depth, gt_line_matches_from_homography
@@ -42,15 +51,23 @@ class TwoViewModel(nn.Module):
         "loss": {"nll_balancing": 0.5, "gamma": 1.0, "confidence_weight": 1.0,
                  "line_weight": 1.0},  # weight of the line assignment NLL (matchers with lines)
         "pretrained": True,  # load the matcher's conf.weights (False: random initialisation)
+        # frozen extractor run on batches of images (image0/1 without keypoints0/1), with its
+        # weights; None: the batches carry features (computed by the dataset)
+        "extractor": None,
     }
 
     def __init__(self, conf: ConfLike = None) -> None:
         super().__init__()
         self.conf = merge_strict(self.default_conf, conf, owner="model (two_view)", open_keys=("matcher",))
+        check_extractor_conf(self.conf.extractor)
         # Every layer is supervised, in validation too: the wrapper always asks for all of them
         # (adaptive depth/width are inference features and stay configurable in the pipeline).
         matcher_conf = {**to_container(self.conf.matcher), "return_all_layers": True}
         self.matcher = build_model("matcher", matcher_conf, pretrained=bool(self.conf.pretrained))
+        self.extractor: nn.Module | None = None
+        if self.conf.extractor is not None:
+            extractor = build_model("extractor", self.conf.extractor).eval().requires_grad_(False)
+            object.__setattr__(self, "extractor", extractor)  # not a child module: see the module docstring
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         if hasattr(self.matcher, "set_gradient_checkpointing"):
@@ -68,6 +85,29 @@ class TwoViewModel(nn.Module):
 
         merged = merge_strict(cls.default_conf, conf, owner="model (two_view)", open_keys=("matcher",))
         check_component("matcher", merged.matcher, "model.matcher")
+        check_extractor_conf(merged.extractor)
+        if merged.extractor is not None:
+            check_component("extractor", merged.extractor, "model.extractor")
+
+    @torch.no_grad()
+    def extract(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``{key}{i}`` features of ``image0/1`` by the frozen extractor, padded to its
+        ``max_num_keypoints``; nothing when the batch already holds ``keypoints0/1``."""
+        if "keypoints0" in batch and "keypoints1" in batch:
+            return {}
+        if self.extractor is None or "image0" not in batch or "image1" not in batch:
+            raise KeyError("TwoViewModel: the batch has no keypoints0/1"
+                           + (" and no image0/1" if self.extractor is not None else
+                              ": for batches of images (data.features_in=model) set model.extractor"))
+        out = {}
+        for i in (0, 1):
+            images = batch[f"image{i}"]
+            self.extractor.to(images.device)  # a no-op once there
+            # full precision, as in the dataset: the same features whatever train.mixed_precision
+            with torch.autocast(device_type=images.device.type, enabled=False):
+                feats = padded_features(self.extractor, images.float(), int(self.conf.extractor.max_num_keypoints))
+            out.update({f"{key}{i}": value for key, value in feats.items()})
+        return out
 
     def ground_truth(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Labels from ``H_0to1``, else from depth maps and poses (see the module docstring)."""
@@ -120,6 +160,8 @@ class TwoViewModel(nn.Module):
                                           depth_consistency=self.conf.ground_truth.depth_consistency, **masks)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        features = self.extract(batch)
+        batch = {**batch, **features}
         view0, view1 = self.split_views(batch)
         pred = self.matcher({"image0": view0, "image1": view1})
         with torch.no_grad():
@@ -129,11 +171,14 @@ class TwoViewModel(nn.Module):
                 pred["gt_line_matches0"], pred["gt_line_matches1"] = (line_gt["gt_line_matches0"],
                                                                       line_gt["gt_line_matches1"])
         pred["gt_matches0"], pred["gt_matches1"] = gt["gt_matches0"], gt["gt_matches1"]
+        if features:  # for loss(), which gets the batch as the trainer has it (images)
+            pred["features"] = features
         return pred
 
     def loss(self, pred: dict[str, Any], batch: dict[str, Tensor]
              ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         gt0, gt1 = pred["gt_matches0"], pred["gt_matches1"]
+        batch = {**batch, **pred.get("features", {})}
         valid0 = batch.get("keypoint_mask0", torch.ones_like(gt0, dtype=torch.bool))
         valid1 = batch.get("keypoint_mask1", torch.ones_like(gt1, dtype=torch.bool))
         conf = self.conf.loss
@@ -153,6 +198,19 @@ class TwoViewModel(nn.Module):
             anchor = sum(p.sum() for p in self.matcher.parameters() if p.requires_grad) * 0.0
             losses["total"] = losses["total"] + anchor
         return losses, metrics
+
+
+def check_extractor_conf(conf: Any) -> None:
+    """``model.extractor``: None, or an extractor config with the ``max_num_keypoints`` the
+    views are padded to."""
+    if conf is None:
+        return
+    if not isinstance(conf, Mapping):
+        raise ConfigError(f"model.extractor must be null or an extractor config, got {conf!r}")
+    k = conf.get("max_num_keypoints")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError("model.extractor.max_num_keypoints must be a positive integer (the features of "
+                          f"every view are padded to it), got {k!r}")
 
 
 def label_outside_unmatched(labels: Tensor, batch: dict[str, Tensor], i: int) -> Tensor:

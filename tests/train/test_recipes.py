@@ -86,6 +86,22 @@ def test_recipe_trains_one_step(recipe, data_roots, tmp_path):
     assert state["step"] == 1 and any(k.startswith("matcher.") for k in state["model"])
 
 
+IN_MODEL = [r for r in RECIPES if "data.features_in=model" in r.read_text()]
+
+
+@pytest.mark.parametrize("recipe", IN_MODEL, ids=[r.stem for r in IN_MODEL])
+def test_recipe_trains_with_the_extractor_in_the_model(recipe, data_roots, tmp_path):
+    """The override the GPU recipes document: images in the batches, features extracted by the model."""
+    conf = small_conf(recipe, data_roots, tmp_path)
+    conf["data"].update(features_in="model", cache_dir=None)
+    summary = train(tmp_path / "exp", conf)
+    assert summary["steps"] == 1
+    assert all(math.isfinite(v) for v in metric_values(tmp_path / "exp" / "metrics.csv", "loss/total"))
+    state = load_checkpoint(tmp_path / "exp" / "checkpoint_last.tar")
+    assert all(k.startswith("matcher.") for k in state["model"])
+    assert OmegaConf.load(tmp_path / "exp" / "config.yaml").model.extractor == conf["data"]["features"]
+
+
 def test_megadepth_stage_starts_from_the_homography_stage(data_roots, tmp_path):
     """Stage 1 then stage 2 with train.load_experiment: stage 2 starts from stage 1's weights."""
     training = Path(__file__).parents[2] / "training"

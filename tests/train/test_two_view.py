@@ -7,21 +7,12 @@ import torch
 
 from featmatch_core.config import ConfigError
 from featmatch_core.datasets.homographies import build_homography_datasets, make_pair
-from featmatch_core.datasets.synthetic import random_texture
 from featmatch_core.geometry.homography import warp_points
 from featmatch_core.train.losses import assignment_nll, binary_cross_entropy, confidence_loss
 from featmatch_core.train.two_view import TwoViewModel
 
 MATCHER = {"name": "lightglue", "features": None, "input_dim": 128, "add_scale_ori": True, "weights": None,
            "descriptor_dim": 64, "num_heads": 2, "n_layers": 3}
-
-
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("photos")
-    for i in range(4):
-        cv2.imwrite(str(root / f"p{i}.jpg"), random_texture(300, 400, seed=20 + i))
-    return root
 
 
 def data_conf(root, **kw):
