@@ -46,7 +46,7 @@ def inference_pipeline(model: nn.Module, conf: DictConfig) -> Pipeline:
 
 def evaluate(bench: runner.Benchmark, dataset, pipeline: Pipeline) -> dict[str, float]:
     """Match every pair, score with the benchmark's default estimator, return its table keys."""
-    eval_conf = OmegaConf.create({"eval": dict(bench.eval_conf)})
+    eval_conf = OmegaConf.create({"eval": {**runner.COMMON_EVAL_CONF, **bench.eval_conf}})  # as runner.build_conf
     with tempfile.TemporaryDirectory(prefix="featmatch-bench-") as tmp:
         path, _ = runner.export_predictions(lambda: pipeline, dataset, Path(tmp) / "predictions.h5",
                                             fingerprint="training benchmark", overwrite=True)
