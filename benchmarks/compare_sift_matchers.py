@@ -3,14 +3,17 @@
     python benchmarks/compare_sift_matchers.py --data ../shared/data \
         [--weights old=sift_lightglue_cpu new=outputs/v2_best.pth] [--min_scores 0.1 0.2 0.3] \
         [--benchmarks sequence hpatches homographies scenes scenes_calib] [--out outputs/compare]
+        [--modes adaptive= full=model.matcher.depth_confidence=-1,model.matcher.width_confidence=-1]
 
 Same keypoints for every matcher: OpenCV SIFT, at most 2048 per image, native resolution.
 Each LightGlue variant (weights x adaptive/full depth) is exported once at filter_threshold
 0.01 and evaluated at every ``--min_scores`` value (``eval.min_score``: exactly the matcher's
 filter_threshold, see featmatch_core/eval/runner.py), so the threshold can be chosen on the
 calibration scenes (``scenes_calib``: pairs 1000-1099, disjoint from the 200 evaluation scenes)
-and read off elsewhere. Predictions are cached under outputs/results by the benchmark runner:
-rerunning only re-evaluates. Prints one markdown table per benchmark and writes JSON.
+and read off elsewhere. ``--modes`` names the LightGlue settings compared (default: the config's
+adaptive depth/width and full depth), e.g. a sweep of ``model.matcher.depth_confidence``.
+Predictions are cached under outputs/results by the benchmark runner: rerunning only re-evaluates.
+Prints one markdown table per benchmark and writes JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from featmatch_core.files import save_json  # noqa: E402
 SAME_KEYPOINTS = ["model.extractor.resize=null", "model.extractor.max_num_keypoints=2048"]
 BUNDLED = "sift_lightglue_cpu"  # the weights of the sift+lightglue-cpu config
 FULL_DEPTH = ["model.matcher.depth_confidence=-1", "model.matcher.width_confidence=-1"]
+DEFAULT_MODES = ["adaptive=", "full=" + ",".join(FULL_DEPTH)]
 
 # name: (module, data folder under --data, extra data overrides, columns)
 BENCHMARKS = {
@@ -50,16 +54,27 @@ BENCHMARKS = {
 }
 
 
-def variants(weights: dict[str, str]) -> list[tuple[str, str, list[str]]]:
+def variants(weights: dict[str, str], modes: dict[str, list[str]]) -> list[tuple[str, str, list[str]]]:
     """(label, named config, overrides) of every matcher compared."""
     out = [("sift+nn", "sift+nn", [])]
     for name, path in weights.items():
         base = ["model.matcher.filter_threshold=0.01"]
         if path != BUNDLED:  # the config's own weights: no override, so its cached predictions are reused
             base.append(f"model.matcher.weights={path}")
-        out.append((f"lightglue {name} adaptive", "sift+lightglue-cpu", base))
-        out.append((f"lightglue {name} full", "sift+lightglue-cpu", base + FULL_DEPTH))
+        for mode, overrides in modes.items():
+            out.append((f"lightglue {name} {mode}", "sift+lightglue-cpu", base + overrides))
     return out
+
+
+def parse_modes(items: list[str]) -> dict[str, list[str]]:
+    """``name=key=value,key=value`` (or ``name=``) -> {name: [overrides]}."""
+    modes = {}
+    for item in items:
+        name, sep, overrides = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--modes: expected name=override,override (or name=), got {item!r}")
+        modes[name] = [o for o in overrides.split(",") if o]
+    return modes
 
 
 def evaluate(bench_name: str, data_root: Path, conf: str, overrides: list[str], min_score: float) -> dict:
@@ -81,26 +96,31 @@ def main() -> int:
                         help="name=weights (an id of the registry or a path)")
     parser.add_argument("--min_scores", nargs="+", type=float, default=[0.1])
     parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), choices=list(BENCHMARKS))
+    parser.add_argument("--modes", nargs="+", default=DEFAULT_MODES,
+                        help="name=override,override: LightGlue settings (default: adaptive and full depth)")
     parser.add_argument("--out", type=Path, default=Path("outputs/compare"))
     args = parser.parse_args()
     weights = dict(item.split("=", 1) for item in args.weights)
+    modes = parse_modes(args.modes)
     results: dict[str, list[dict]] = {}
     for bench_name in args.benchmarks:
         columns = BENCHMARKS[bench_name][3]
         rows = []
-        for label, conf, overrides in variants(weights):
+        for label, conf, overrides in variants(weights, modes):
             scores = [0.0] if conf == "sift+nn" else args.min_scores
             for min_score in scores:
                 summary = evaluate(bench_name, args.data, conf, overrides, min_score)
                 rows.append({"matcher": label, "min_score": min_score, "time_ms": summary.get("time_ms"),
+                             "match_ms": summary.get("match_ms"), "layers": summary.get("stop_layer"),
                              **{k: summary.get(k) for k in columns}})
         results[bench_name] = rows
         print(f"\n### {bench_name}\n")
-        print("| matcher | min score | " + " | ".join(columns) + " | time ms |")
-        print("|---|---|" + "---|" * (len(columns) + 1))
+        extra = ("layers", "match_ms", "time_ms")
+        print("| matcher | min score | " + " | ".join(columns + extra) + " |")
+        print("|---|---|" + "---|" * (len(columns) + len(extra)))
         for row in rows:
-            cells = [fmt(row[k]) if row[k] is not None else "-" for k in columns]
-            print(f"| {row['matcher']} | {row['min_score']:g} | " + " | ".join(cells) + f" | {row['time_ms']:.0f} |")
+            cells = [fmt(row[k]) if row[k] is not None else "-" for k in columns + extra]
+            print(f"| {row['matcher']} | {row['min_score']:g} | " + " | ".join(cells) + " |")
         sys.stdout.flush()
     args.out.mkdir(parents=True, exist_ok=True)
     save_json(args.out / "compare_sift_matchers.json", results)

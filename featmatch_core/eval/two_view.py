@@ -26,8 +26,11 @@ def _matched_points(pred: Mapping[str, Any]):
 
 
 def _counts(pred: Mapping[str, Any], kp0: np.ndarray, kp1: np.ndarray, m0: np.ndarray) -> dict[str, Any]:
-    return {"num_keypoints": (len(kp0) + len(kp1)) / 2, "num_matches": float(len(m0)),
-            "time_ms": float(pred.get("time_ms", np.nan))}
+    counts = {"num_keypoints": (len(kp0) + len(kp1)) / 2, "num_matches": float(len(m0)),
+              "time_ms": float(pred.get("time_ms", np.nan)), "match_ms": float(pred.get("match_ms", np.nan))}
+    if "stop_layer" in pred:  # layers LightGlue ran (adaptive depth)
+        counts["stop_layer"] = float(pred["stop_layer"])
+    return counts
 
 
 def _failed_load(keys: dict[str, float]) -> dict[str, Any]:

@@ -67,6 +67,10 @@ def test_min_score_filter_equals_a_higher_matcher_threshold(tmp_path):
     assert any("score0.5" in name for name in written)  # the filtered summary does not overwrite the other
     with pytest.raises(ConfigError, match="min_scor"):
         runner.build_conf(hpatches.BENCHMARK, "sift+nn", ["eval.min_scor=0.5"])
+    # the layers LightGlue ran and its own time reach the summary
+    full = runner.main(hpatches.BENCHMARK, common + ["model.matcher.depth_confidence=-1"])
+    assert full["stop_layer"] == 6 and 1 <= unfiltered["stop_layer"] <= 6
+    assert 0 < unfiltered["match_ms"] < unfiltered["time_ms"]
 
 
 def test_keep_scores_above_keeps_pairs_aligned():
