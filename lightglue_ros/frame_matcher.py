@@ -598,6 +598,7 @@ class FrameMatcher(_MatcherCore):
             "name": params["estimator"],
             "ransac_th": params["ransac_threshold"],
             "confidence": params["ransac_confidence"],
+            "min_iters": params["ransac_min_iterations"],
         }
         self.estimator = get_estimator("relative_pose", conf)
         self.uncalibrated = get_estimator(params["uncalibrated_model"], conf)

@@ -171,6 +171,16 @@ SCHEMA: tuple[Param, ...] = (
         nodes=MONO,
     ),
     Param(
+        "ransac_min_iterations",
+        100,
+        "RANSAC iterations run before the stopping rule may end the search (poselib, pycolmap); "
+        "the offline evaluation uses 1000",
+        min=0,
+        max=100000,
+        runtime=True,
+        nodes=MONO,
+    ),
+    Param(
         "min_matches",
         15,
         "fewer matches (or inliers): no pose, diagnostics WARN",

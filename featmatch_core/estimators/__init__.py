@@ -26,9 +26,11 @@ reprojection error in image 1, and for epipolar models a point-to-epipolar-line 
 Sampson distance. Back ends that work on normalised coordinates get it converted
 (OpenCV essential matrix: ``ransac_th / mean(fx0, fy0, fx1, fy1)``); poselib and pycolmap take
 pixel thresholds together with the cameras. ``confidence`` is the RANSAC success probability,
-``max_iters`` the maximum number of iterations (poselib and pycolmap also run at least
-``min(1000, max_iters)``), ``seed`` fixes the random sampling of poselib and pycolmap (OpenCV
-uses its global RNG, ``cv2.setRNGSeed``). Configs are validated with ``merge_strict``: a
+``max_iters`` the maximum number of iterations; poselib and pycolmap also run at least
+``min(min_iters, max_iters)`` (default 1000: stable evaluation figures; the live node runs 100,
+poselib's own default, since the stopping rule ends well-conditioned frames much earlier).
+``seed`` fixes the random sampling of poselib and pycolmap (OpenCV uses its global RNG,
+``cv2.setRNGSeed``). Configs are validated with ``merge_strict``: a
 misspelt key raises ``ConfigError``.
 
 Input: ``m_kpts0`` / ``m_kpts1`` (K, 2) pixels, numpy or torch. Matches with non-finite
@@ -115,7 +117,7 @@ class BaseEstimator:
     min_points = 4
     model_shape: tuple[int, int] = (3, 3)
     default_conf: ClassVar[dict[str, Any]] = {
-        "name": "", "ransac_th": 1.0, "confidence": 0.9999, "max_iters": 10000, "seed": 0,
+        "name": "", "ransac_th": 1.0, "confidence": 0.9999, "max_iters": 10000, "min_iters": 1000, "seed": 0,
     }
     backend_errors: tuple[type[BaseException], ...] = (RuntimeError, ValueError, np.linalg.LinAlgError)
 
@@ -130,6 +132,8 @@ class BaseEstimator:
             raise ConfigError(f"{owner}: confidence must be in (0, 1), got {self.conf.confidence}")
         if self.conf.max_iters < 1:
             raise ConfigError(f"{owner}: max_iters must be >= 1, got {self.conf.max_iters}")
+        if self.conf.min_iters < 0:
+            raise ConfigError(f"{owner}: min_iters must be >= 0, got {self.conf.min_iters}")
 
     def failure(self, num: int) -> dict[str, Any]:
         return {"model": np.eye(self.model_shape[0]), "inliers": np.zeros(num, dtype=bool), "success": False}

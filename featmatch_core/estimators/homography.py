@@ -115,7 +115,7 @@ def poselib_ransac_options(conf, threshold_key: str) -> dict[str, Any]:
         threshold_key: float(conf.ransac_th),
         "success_prob": float(conf.confidence),
         "max_iterations": int(conf.max_iters),
-        "min_iterations": min(1000, int(conf.max_iters)),
+        "min_iterations": min(int(conf.min_iters), int(conf.max_iters)),
         "seed": int(conf.seed),
     }
 
@@ -128,7 +128,7 @@ def pycolmap_ransac_options(conf):
         max_error=float(conf.ransac_th),
         confidence=float(conf.confidence),
         max_num_trials=int(conf.max_iters),
-        min_num_trials=min(1000, int(conf.max_iters)),
+        min_num_trials=min(int(conf.min_iters), int(conf.max_iters)),
         random_seed=int(conf.seed),
     )
 

@@ -173,9 +173,8 @@ class PointLineHomography(HomographyEstimator):
 
     def __init__(self, conf=None):
         super().__init__(conf)
-        if self.conf.lo_iters < 0 or self.conf.min_iters < 0:
-            raise ConfigError(f"point_line homography estimator: lo_iters and min_iters must be >= 0, "
-                              f"got {self.conf.lo_iters}, {self.conf.min_iters}")
+        if self.conf.lo_iters < 0:
+            raise ConfigError(f"point_line homography estimator: lo_iters must be >= 0, got {self.conf.lo_iters}")
 
     def failure(self, num: int, num_lines: int = 0) -> dict[str, Any]:
         return {**super().failure(num), "line_inliers": np.zeros(num_lines, dtype=bool)}

@@ -205,3 +205,28 @@ def test_opencv_homography_shorthand_keeps_its_contract():
     assert opencv_homography(points0[:3], points1[:3])["success"] is False
     with pytest.raises(ValueError, match="method"):
         opencv_homography(points0, points1, method="nope")
+
+
+def test_min_iters_is_the_floor_of_poselib_iterations(monkeypatch):
+    """``min_iters`` (1000 for evaluation, 100 in the live node) reaches poselib, capped by max_iters."""
+    import poselib
+
+    data, _, _ = pose_scene()
+    seen = []
+    real = poselib.estimate_relative_pose
+
+    def spy(points0, points1, cam0, cam1, ransac, bundle):
+        pose, info = real(points0, points1, cam0, cam1, ransac, bundle)
+        seen.append((ransac["min_iterations"], info["iterations"]))
+        return pose, info
+
+    monkeypatch.setattr(poselib, "estimate_relative_pose", spy)
+    assert get_estimator("relative_pose", {"name": "poselib"})(data)["success"]
+    assert get_estimator("relative_pose", {"name": "poselib", "min_iters": 20})(data)["success"]
+    assert get_estimator("relative_pose", {"name": "poselib", "min_iters": 500, "max_iters": 50})(data)["success"]
+    (floor0, iters0), (floor1, iters1), (floor2, iters2) = seen
+    assert floor0 == 1000 and iters0 >= 1000
+    assert floor1 == 20 and iters1 < 1000  # a 70 %-inlier scene stops long before 1000
+    assert floor2 == 50 and iters2 <= 50
+    with pytest.raises(ConfigError, match="min_iters"):
+        get_estimator("relative_pose", {"name": "poselib", "min_iters": -1})

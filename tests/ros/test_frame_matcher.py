@@ -170,10 +170,13 @@ def test_free_heap_is_returned_every_n_frames(frames, monkeypatch):
 
 def test_runtime_parameters_thresholds_yes_model_no(frames):
     fm = FrameMatcher(FAST)
-    ok, reason = fm.set_params({"ransac_threshold": 2.5, "nn_ratio_threshold": 0.7})
-    assert ok, reason
     fm.process(*_msgs(frames[0]))
+    assert fm.estimator.conf.min_iters == 100  # the node's RANSAC floor, below the evaluation's 1000
+    ok, reason = fm.set_params({"ransac_threshold": 2.5, "nn_ratio_threshold": 0.7, "ransac_min_iterations": 40})
+    assert ok, reason
+    fm.process(*_msgs(frames[1]))
     assert fm.estimator.conf.ransac_th == 2.5 and fm.pipeline.matcher.conf.ratio_thresh == 0.7
+    assert fm.estimator.conf.min_iters == 40
     for change in ({"matcher": "lightglue"}, {"max_keypoints": 100}, {"device": "cpu"}):
         ok, reason = fm.set_params(change)
         assert not ok and "start-up" in reason
