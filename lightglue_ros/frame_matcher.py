@@ -417,6 +417,10 @@ class _MatcherCore:
         self.pipeline = pipeline or featmatch_core.load(P.pipeline_name(self.params), P.model_overrides(self.params))
         self.model_name = P.pipeline_name(self.params) if pipeline is None else _describe_pipeline(self.pipeline)
         self.stream = FeatureStream(self.pipeline)
+        # what a threshold parameter at P.MODEL_VALUE restores: the value the matcher was loaded with
+        matcher_conf = self.pipeline.matcher.conf
+        self._model_thresholds = {key: matcher_conf[key] for keys in P.MATCHER_CONF_KEYS.values()
+                                  for key in keys.values() if key in matcher_conf}
         self.latency = LatencyStats(self.params["latency_window"])
         self.processing = LatencyStats(self.params["latency_window"])
         self.age = LatencyStats(self.params["latency_window"])  # header stamp -> result
@@ -449,7 +453,8 @@ class _MatcherCore:
         matcher_conf = self.pipeline.matcher.conf
         for param, key in P.MATCHER_CONF_KEYS.get(params["matcher"], {}).items():
             if key in matcher_conf:
-                matcher_conf[key] = params[param]
+                value = params[param]
+                matcher_conf[key] = self._model_thresholds[key] if value == P.MODEL_VALUE else value
         self._configure(params)
 
     def _configure(self, params: dict[str, Any]) -> None:

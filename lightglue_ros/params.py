@@ -74,6 +74,10 @@ class Param:
         return text + (" (runtime)" if self.runtime else " (start-up only)")
 
 
+# A matcher threshold parameter at this value leaves the model config's own value in place
+# (e.g. the adaptive-depth thresholds calibrated for the bundled SIFT LightGlue weights).
+MODEL_VALUE = -2.0
+
 SCHEMA: tuple[Param, ...] = (
     # ---- model: read once at start-up --------------------------------------------------
     Param(
@@ -108,24 +112,31 @@ SCHEMA: tuple[Param, ...] = (
     Param("device", "auto", "compute device; auto picks CUDA when present", choices=("auto", "cuda", "cpu")),
     Param("precision", "fp32", "network precision (fp16 on CUDA only)", choices=("fp32", "fp16", "bf16")),
     # ---- matcher thresholds: runtime ------------------------------------------------------
+    # MODEL_VALUE (-2) keeps the model config's own value: thresholds calibrated for its weights
     Param(
         "depth_confidence",
-        0.95,
-        "LightGlue early stopping confidence; -1 disables",
-        min=-1.0,
+        MODEL_VALUE,
+        "LightGlue early stopping confidence; -1 disables, -2 keeps the model config's value",
+        min=-2.0,
         max=1.0,
         runtime=True,
     ),
     Param(
         "width_confidence",
-        0.99,
-        "LightGlue point pruning confidence; -1 disables",
-        min=-1.0,
+        MODEL_VALUE,
+        "LightGlue point pruning confidence; -1 disables, -2 keeps the model config's value",
+        min=-2.0,
         max=1.0,
         runtime=True,
     ),
-    Param("filter_threshold", 0.1, "LightGlue / GlueStick minimum match probability", min=0.0, max=1.0,
-          runtime=True),
+    Param(
+        "filter_threshold",
+        MODEL_VALUE,
+        "LightGlue / GlueStick minimum match probability; -2 keeps the model config's value",
+        min=-2.0,
+        max=1.0,
+        runtime=True,
+    ),
     Param(
         "nn_ratio_threshold",
         0.8,
@@ -405,7 +416,8 @@ def model_overrides(values: Mapping[str, Any]) -> list[str]:
         f"precision={values['precision']}",
     ]
     for param, key in MATCHER_CONF_KEYS[values["matcher"]].items():
-        overrides.append(f"matcher.{key}={values[param]}")
+        if values[param] != MODEL_VALUE:
+            overrides.append(f"matcher.{key}={values[param]}")
     return overrides + str(values.get("model_overrides", "")).split()
 
 

@@ -372,3 +372,26 @@ def test_raw_camera_encodings_are_matched(frames, encoding):
         results.append(fm.process(cv.numpy_to_image(TYPES, raw, encoding, header), _msgs(frame)[1]))
     assert fm.counts["skipped"] == 0
     assert all(r.record["success"] and r.record["inliers"] > 50 for r in results[1:])
+
+
+def test_threshold_parameters_default_to_the_models_own_values(frames):
+    """depth/width_confidence and filter_threshold at -2 (the default) keep what the matcher config
+    says (calibrated for its weights); an explicit value replaces it, -2 at run time restores it."""
+    from featmatch_core.models.pipeline import Pipeline, pipeline_conf
+    from lightglue_ros import params as P
+
+    values = P.validate("matcher", {"matcher": "lightglue", "max_keypoints": 256, "resize": 0})
+    assert values["depth_confidence"] == values["filter_threshold"] == P.MODEL_VALUE
+    conf = pipeline_conf("sift+lightglue-cpu", P.model_overrides(values) + [
+        "matcher.depth_confidence=0.97", "matcher.filter_threshold=0.3"])
+    pipe = Pipeline.from_conf(conf, pretrained=False)
+    fm = FrameMatcher(values, pipeline=pipe)
+    fm.process(*_msgs(frames[0]))
+    matcher = pipe.matcher.conf
+    assert (matcher.depth_confidence, matcher.filter_threshold) == (0.97, 0.3)
+    assert fm.set_params({"depth_confidence": 0.9, "filter_threshold": 0.5})[0]
+    fm.process(*_msgs(frames[1]))
+    assert (matcher.depth_confidence, matcher.filter_threshold) == (0.9, 0.5)
+    assert fm.set_params({"depth_confidence": P.MODEL_VALUE})[0]
+    fm.process(*_msgs(frames[2]))
+    assert (matcher.depth_confidence, matcher.filter_threshold) == (0.97, 0.5)

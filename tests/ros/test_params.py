@@ -69,8 +69,12 @@ def test_model_overrides_build_the_pipeline():
     assert P.pipeline_name(values) == "sift+lightglue"
     assert P.pipeline_name({**values, "extractor": "superpoint", "matcher": "gluestick"}) == "superpoint+lsd+gluestick"
     overrides = P.model_overrides(values)
-    assert "extractor.resize=null" in overrides and "matcher.filter_threshold=0.1" in overrides
-    assert overrides[-1] == "matcher.weights=null"
+    assert "extractor.resize=null" in overrides and overrides[-1] == "matcher.weights=null"
+    # thresholds at MODEL_VALUE (the default) leave the model config's calibrated values alone
+    assert not any("confidence" in o or "filter_threshold" in o for o in overrides)
+    explicit = P.model_overrides({**values, "filter_threshold": 0.3, "depth_confidence": -1.0})
+    assert "matcher.filter_threshold=0.3" in explicit and "matcher.depth_confidence=-1.0" in explicit
+    assert not any("width_confidence" in o for o in explicit)
 
 
 # ---- packaging: package.xml, setup.py data_files and entry points --------------------------------
