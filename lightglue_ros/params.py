@@ -100,7 +100,7 @@ SCHEMA: tuple[Param, ...] = (
         "extra featmatch_core model overrides, space-separated key=value "
         "relative to the model section, e.g. 'matcher.weights=/path/to/w.pth'",
     ),
-    Param("max_keypoints", 2048, "maximum keypoints per frame", min=16, max=16384),
+    Param("max_keypoints", 1024, "maximum keypoints per frame (1024: real time on a 2-core CPU)", min=16, max=16384),
     Param(
         "resize",
         1024,
