@@ -320,7 +320,7 @@ def test_file_for_another_model_or_setting_is_refused(models, exports):
         onnx_matcher(superpoint, exports["sift_lightglue_cpu", "full"])
     with pytest.raises(OnnxFileError, match="every layer on every point.*export --format full"):
         onnx_matcher(bundled_conf(), exports["sift_lightglue_cpu", "colmap"])  # adaptivity on by default
-    with pytest.raises(OnnxFileError, match="filter_threshold 0.1 \\(config: 0.3\\)"):
+    with pytest.raises(OnnxFileError, match="filter_threshold 0.2 \\(config: 0.3\\)"):
         onnx_matcher(bundled_conf(), exports["sift_lightglue_cpu", "colmap"], filter_threshold=0.3, **FIXED)
     with pytest.raises(OnnxFileError, match="is a 'colmap' export, the config asks for onnx_format=full"):
         onnx_matcher(bundled_conf(), exports["sift_lightglue_cpu", "colmap"], onnx_format="full", **FIXED)
