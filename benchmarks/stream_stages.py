@@ -122,6 +122,8 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from featmatch_core.files import save_figure
+
     fig, ax = plt.subplots(figsize=(8, 4))
     for row in rows:
         ax.plot([v if v is not None else float("nan") for v in row["latency_ms"]], lw=0.8, label=row["case"])
@@ -130,8 +132,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.set_title("per-frame latency (arrival at the node -> result)")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(path, fig)
 
 
 def main() -> int:

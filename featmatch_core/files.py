@@ -42,3 +42,22 @@ def save_image(path: PathLike, image_bgr: np.ndarray) -> Path:
 
 def save_json(path: PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def figure_png(fig: Any, dpi: int = 110) -> bytes:
+    """A matplotlib figure as PNG bytes (tight bounding box); the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
+
+
+def save_figure(path: PathLike, fig: Any, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    return atomic_write_bytes(path, figure_png(fig, dpi))

@@ -110,7 +110,8 @@ SCHEMA: tuple[Param, ...] = (
         max=8192,
     ),
     Param("device", "auto", "compute device; auto picks CUDA when present", choices=("auto", "cuda", "cpu")),
-    Param("precision", "fp32", "network precision (fp16 on CUDA only)", choices=("fp32", "fp16", "bf16")),
+    Param("precision", "fp32", "network precision (fp16 on CUDA only; auto: fp16 on CUDA, bf16 on CPUs with "
+          "native bf16, else fp32)", choices=("fp32", "fp16", "bf16", "auto")),
     # ---- matcher thresholds: runtime ------------------------------------------------------
     # MODEL_VALUE (-2) keeps the model config's own value: thresholds calibrated for its weights
     Param(

@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 from omegaconf import OmegaConf
 
-from ..files import save_image
+from ..files import save_figure, save_image
 from ..geometry.homography import sym_transfer_error
 from ..viz import draw_matches
 from . import runner
@@ -127,7 +127,7 @@ def plot_curves(runs: Sequence[RunResults], path: Path) -> None:
     ax.set(xlim=(0, limit), ylim=(0, 1), xlabel=runs[0].error_key, ylabel="fraction of pairs",
            title=f"{runs[0].bench.name}: cumulative error")
     ax.legend(fontsize=8)
-    _save_figure(fig, path)
+    save_figure(path, fig, dpi=120)
 
 
 def plot_histograms(runs: Sequence[RunResults], path: Path) -> None:
@@ -140,20 +140,7 @@ def plot_histograms(runs: Sequence[RunResults], path: Path) -> None:
         ax.hist(np.minimum(run.errors(), cap), bins=bins, alpha=0.5, label=f"{run.label} (failures at {cap:g})")
     ax.set(xlabel=runs[0].error_key, ylabel="pairs", title=f"{runs[0].bench.name}: per-pair error")
     ax.legend(fontsize=8)
-    _save_figure(fig, path)
-
-
-def _save_figure(fig, path: Path) -> None:
-    import io
-
-    import cv2
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    picture = cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_COLOR)
-    save_image(path, picture)
+    save_figure(path, fig, dpi=120)
 
 
 def save_all(runs: Sequence[RunResults], out: Path, num_pairs: int, px: float) -> list[Path]:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..config import ConfigError, ConfLike, load_named_config, merge_strict, parse_dotlist, to_container
-from ..device import autocast, resolve_device, resolve_precision
+from ..device import autocast, precision_for, resolve_device
 from ..image import ImageLike, to_tensor_image
 from ..weights import WeightsUnavailableError
 from . import build_model
@@ -97,7 +97,7 @@ class Pipeline(nn.Module):
         "extractor": {"name": None},
         "matcher": {"name": None},
         "device": "auto",  # auto | cpu | cuda | cuda:N
-        "precision": "fp32",  # fp32 | bf16 | fp16 (fp16 on CUDA only)
+        "precision": "fp32",  # fp32 | bf16 | fp16 (CUDA only) | auto (native reduced precision, else fp32)
         # matcher config used when the matcher's weights cannot be had (e.g. offline):
         # the named LightGlue configs fall back to the weights bundled with the package
         "fallback_matcher": None,
@@ -106,11 +106,12 @@ class Pipeline(nn.Module):
     def __init__(self, extractor: Extractor, matcher: nn.Module, conf: ConfLike = None) -> None:
         super().__init__()
         self.conf = merge_strict(self.default_conf, conf, owner="pipeline", open_keys=OPEN_KEYS)
-        resolve_precision(self.conf.precision)
         check_compatible(extractor, matcher)
         self.extractor = extractor
         self.matcher = matcher
         self.device = resolve_device(self.conf.device)
+        # ``auto`` is decided once, here: the conf then says what runs (diagnostics, exports)
+        self.conf.precision = precision_for(self.device, self.conf.precision)
         self.to(self.device).eval()
 
     @classmethod

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, figure_png
 from .trainer import TRAINING_ROOT
 
 Series = dict[tuple[str, str], list[tuple[int, float]]]
@@ -78,10 +77,7 @@ def plot_curves(series: Series, title: str) -> bytes:
         if ax.get_lines():
             ax.legend(fontsize=8)
     fig.suptitle(title)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=100)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

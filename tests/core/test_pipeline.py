@@ -122,6 +122,19 @@ def test_bf16_cpu_path_runs(synthetic_pair):
     assert pred.scores.dtype == np.float32 and np.isfinite(pred.scores).all()
 
 
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_auto_precision_is_decided_once_by_the_hardware(monkeypatch, native_bf16):
+    from featmatch_core import device as device_module
+
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native_bf16)
+    pipe = featmatch_core.load("sift+nn", {"precision": "auto", "device": "cpu"})
+    assert pipe.conf.precision == ("bf16" if native_bf16 else "fp32")
+    assert device_module.precision_for(torch.device("cuda"), "auto") == "fp16"
+    assert device_module.precision_for(torch.device("cpu"), "fp32") == "fp32"  # explicit names stay
+    with pytest.raises(ValueError, match="unknown precision 'fp8'.*'auto'"):
+        featmatch_core.load("sift+nn", {"precision": "fp8", "device": "cpu"})
+
+
 def test_fp16_on_cpu_is_refused(synthetic_pair):
     pipe = featmatch_core.load("sift+nn", {"precision": "fp16", "device": "cpu"})
     with pytest.raises(ValueError, match="fp16"):

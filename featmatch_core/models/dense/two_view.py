@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ...config import ConfigError, ConfLike, merge_strict, to_container
-from ...device import autocast, resolve_device, resolve_precision
+from ...device import autocast, precision_for, resolve_device
 from ...image import ImageLike, to_tensor_image
 from .. import build_model
 from ..pipeline import TwoViewMatches, _timer, to_two_view_matches
@@ -40,16 +40,16 @@ class DenseTwoView(nn.Module):
     default_conf: ClassVar[dict[str, Any]] = {
         "dense": {"name": None},
         "device": "auto",  # auto | cpu | cuda | cuda:N
-        "precision": "fp32",  # fp32 | bf16 | fp16 (fp16 on CUDA only)
+        "precision": "fp32",  # fp32 | bf16 | fp16 (CUDA only) | auto (see Pipeline)
     }
     per_image_features: ClassVar[bool] = False  # FeatureStream refuses models without them
 
     def __init__(self, model: nn.Module, conf: ConfLike = None) -> None:
         super().__init__()
         self.conf = merge_strict(self.default_conf, conf, owner="pipeline (dense)", open_keys=("dense",))
-        resolve_precision(self.conf.precision)
         self.model = model
         self.device = resolve_device(self.conf.device)
+        self.conf.precision = precision_for(self.device, self.conf.precision)
         self.to(self.device).eval()
 
     @classmethod
