@@ -4,6 +4,7 @@
         [--weights old=sift_lightglue_cpu new=outputs/v2_best.pth] [--min_scores 0.1 0.2 0.3] \
         [--benchmarks sequence hpatches homographies scenes scenes_calib] [--out outputs/compare]
         [--modes adaptive= full=model.matcher.depth_confidence=-1,model.matcher.width_confidence=-1]
+        [--no-baseline]
 
 Same keypoints for every matcher: OpenCV SIFT, at most 2048 per image, native resolution.
 Each LightGlue variant (weights x adaptive/full depth) is exported once at filter_threshold
@@ -54,9 +55,10 @@ BENCHMARKS = {
 }
 
 
-def variants(weights: dict[str, str], modes: dict[str, list[str]]) -> list[tuple[str, str, list[str]]]:
+def variants(weights: dict[str, str], modes: dict[str, list[str]],
+             baseline: bool = True) -> list[tuple[str, str, list[str]]]:
     """(label, named config, overrides) of every matcher compared."""
-    out = [("sift+nn", "sift+nn", [])]
+    out = [("sift+nn", "sift+nn", [])] if baseline else []
     for name, path in weights.items():
         base = ["model.matcher.filter_threshold=0.01"]
         if path != BUNDLED:  # the config's own weights: no override, so its cached predictions are reused
@@ -98,6 +100,8 @@ def main() -> int:
     parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), choices=list(BENCHMARKS))
     parser.add_argument("--modes", nargs="+", default=DEFAULT_MODES,
                         help="name=override,override: LightGlue settings (default: adaptive and full depth)")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="include sift+nn (--no-baseline: only the LightGlue variants)")
     parser.add_argument("--out", type=Path, default=Path("outputs/compare"))
     args = parser.parse_args()
     weights = dict(item.split("=", 1) for item in args.weights)
@@ -106,7 +110,7 @@ def main() -> int:
     for bench_name in args.benchmarks:
         columns = BENCHMARKS[bench_name][3]
         rows = []
-        for label, conf, overrides in variants(weights, modes):
+        for label, conf, overrides in variants(weights, modes, args.baseline):
             scores = [0.0] if conf == "sift+nn" else args.min_scores
             for min_score in scores:
                 summary = evaluate(bench_name, args.data, conf, overrides, min_score)

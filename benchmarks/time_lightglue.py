@@ -3,7 +3,8 @@
     python benchmarks/time_lightglue.py --reference /tmp/lightglue_ref --num-keypoints 512 1024 2048
 
 Batch 1, random weights (identical in both models), all layers (adaptivity off unless
-``--adaptive``), 256-d descriptors, random keypoints. Runs of the models are interleaved so
+``--adaptive``), random keypoints; the size of the reference's models by default (256-d, 9 layers),
+``--dim 128 --layers 6`` for the size of the bundled ``sift_lightglue_cpu``. Runs of the models are interleaved so
 that load from other processes affects them alike; the table gives the median and the
 minimum over ``--repeat`` runs after ``--warmup`` runs. Uses torch's default thread count.
 """
@@ -51,17 +52,20 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--adaptive", action="store_true", help="keep depth/width adaptivity on")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dim", type=int, default=256, help="descriptor and transformer width")
+    parser.add_argument("--layers", type=int, default=9)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     device = torch.device(args.device)
     amp = torch.bfloat16 if device.type == "cpu" else torch.float16
 
     conf = {} if args.adaptive else {"depth_confidence": -1, "width_confidence": -1}
+    size = {"input_dim": args.dim, "descriptor_dim": args.dim, "n_layers": args.layers}
     torch.manual_seed(0)
-    ours = LightGlue(conf).eval().to(device)
+    ours = LightGlue({**conf, **size}).eval().to(device)
     runners: dict[str, Callable[[dict], object]] = {}
     if args.reference is not None:
-        reference = import_reference(args.reference).LightGlue(features=None, **conf).eval().to(device)
+        reference = import_reference(args.reference).LightGlue(features=None, **conf, **size).eval().to(device)
         ours.load_checkpoint_state_dict(to_release_layout(reference.state_dict()))
         runners["reference fp32"] = reference
     runners["ours fp32"] = ours
@@ -73,11 +77,12 @@ def main() -> int:
     runners[f"ours {str(amp).removeprefix('torch.')} autocast"] = ours_autocast
 
     adaptivity = "on" if args.adaptive else "off"
-    print(f"threads: {torch.get_num_threads()}, device: {device}, adaptivity: {adaptivity}")
+    print(f"threads: {torch.get_num_threads()}, device: {device}, adaptivity: {adaptivity}, "
+          f"{args.dim}-d, {args.layers} layers")
     print("| keypoints | " + " | ".join(f"{name} median (min) ms" for name in runners) + " |")
     print("|---|" + "---|" * len(runners))
     for n in args.num_keypoints:
-        data = random_pair(n, 256, seed=n)
+        data = random_pair(n, args.dim, seed=n)
         data = {k: {kk: vv.to(device) for kk, vv in v.items()} for k, v in data.items()}
         times: dict[str, list[float]] = {name: [] for name in runners}
         for i in range(args.warmup + args.repeat):
