@@ -5,10 +5,11 @@
 
 Each LightGlue mode of the sweep (full depth, and the adaptive settings tried) is one point at
 its mean number of layers run; panels: correct matches, precision, pose AUC@10, and correct
-matches against matching time (width pruning saves time without leaving layers out).
-``sift+nn`` is drawn as a horizontal line where it has the metric. Also prints the rows as a markdown table with each mode's share of the full-depth figures (the mode named
-``full``), which is how the adaptive thresholds are chosen. Several JSON files (sweeps run one
-after another) are read as one; a matcher in more than one keeps its first row.
+matches against matching time (width pruning saves time without leaving layers out). ``sift+nn``
+is drawn as a horizontal line where it has the metric. Also prints the rows as a markdown table
+with each mode's share of the full-depth figures (the mode named ``full``), which is how the
+adaptive thresholds are chosen. Several JSON files (sweeps run one after another) are read as
+one; a matcher in more than one keeps its first row.
 """
 
 from __future__ import annotations
