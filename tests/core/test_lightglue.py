@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from featmatch_core.models import get_model
-from featmatch_core.models.matchers.lightglue import LightGlue, from_release_layout, to_release_layout
+from featmatch_core.models.matchers.lightglue import (
+    LightGlue,
+    from_release_layout,
+    mutual_matches,
+    mutual_matches_from_similarity,
+    sigmoid_log_double_softmax,
+    to_release_layout,
+)
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "lightglue_official_keys.json"
 SMALL = {"descriptor_dim": 64, "input_dim": 64, "num_heads": 4, "n_layers": 4, "filter_threshold": 0.0}
@@ -301,6 +308,33 @@ def test_invalid_inputs_raise():
         run(model, {"image0": data["image0"], "image1": nan})
     with pytest.raises(ValueError, match="scales"):
         run(small_model(add_scale_ori=True), data)
+
+
+# ---- match extraction ------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(1, 300, 200), (2, 64, 97), (1, 1, 5)])
+@pytest.mark.parametrize("threshold", [0.0, 0.1, 0.5])
+@pytest.mark.parametrize("spread", [4.0, 0.05])  # a flat similarity: the matchability decides
+def test_mutual_matches_from_similarity_equals_the_log_assignment_route(shape, threshold, spread):
+    g = torch.Generator().manual_seed(sum(shape))
+    sim = torch.randn(shape, generator=g) * spread
+    z0, z1 = torch.randn(shape[:2], generator=g) * 2, torch.randn(shape[0], shape[2], generator=g) * 2
+    expected = mutual_matches(sigmoid_log_double_softmax(sim, z0, z1), threshold)
+    got = mutual_matches_from_similarity(sim, z0, z1, threshold)
+    for e, o in zip(expected[:2], got[:2], strict=True):
+        assert torch.equal(e, o)
+    for e, o in zip(expected[2:], got[2:], strict=True):
+        torch.testing.assert_close(o, e, rtol=1e-5, atol=1e-6)
+    assert (expected[0] >= 0).any() or threshold > 0  # the case is not vacuous
+
+
+def test_mutual_matches_from_similarity_keeps_one_to_one_on_exact_ties():
+    """Two identical rows tie for the same column: only one of them may be matched to it."""
+    sim = torch.tensor([[[5.0, 0.0, 0.0], [5.0, 0.0, 0.0], [0.0, 0.0, 5.0]]])
+    z = torch.full((1, 3), 4.0)
+    m0, m1, s0, s1 = mutual_matches_from_similarity(sim, z, z, 0.0)
+    assert int((m0[0] == 0).sum()) == 1 and m0[0, 2] == 2
+    assert m1[0, 0] in (0, 1) and m0[0, m1[0, 0]] == 0 and m1[0, 1] == -1
+    assert s1[0, 0] == s0[0, m1[0, 0]] and s0[0, 1 - m1[0, 0]] == 0
 
 
 # ---- precision & training ---------------------------------------------------------------------
