@@ -223,6 +223,46 @@ def test_pruning_respects_min_keypoints_and_may_prune_everything():
     assert out["matches"][0].shape == (0, 2)
 
 
+@pytest.mark.parametrize("bucket", [16, 32])
+def test_pruning_bucket_prunes_a_subset_and_keeps_bucketed_sizes(bucket):
+    feats = random_features(100, seed=5)
+    feats["descriptors"][..., 0] = torch.where(torch.arange(100) % 3 == 0, -0.3, 0.3)  # 34 prunable
+    data = permuted_copy(feats)
+    exact = run(pruning_model(pruning_bucket=1), data)
+    bucketed = run(pruning_model(pruning_bucket=bucket), data)
+    kept = 100 - bucketed["num_pruned0"].item()
+    assert kept == min(100, -(-(100 - exact["num_pruned0"].item()) // bucket) * bucket)
+    pruned_exact, pruned_bucketed = exact["prune0"][0] < 4, bucketed["prune0"][0] < 4
+    assert not (pruned_bucketed & ~pruned_exact).any()  # only points the exact rule prunes
+    m0 = bucketed["matches0"][0]  # the retained points still find their true partners
+    correct = m0[m0 >= 0] == torch.argsort(data["perm"])[m0 >= 0]
+    assert (m0 >= 0).sum() > 30 and correct.float().mean() > 0.9
+
+
+def test_pruning_bucket_that_retains_everything_equals_no_pruning():
+    feats = random_features(100, seed=5)
+    feats["descriptors"][..., 0] = torch.where(torch.arange(100) % 3 == 0, -0.3, 0.3)
+    data = permuted_copy(feats)
+    bucketed = run(pruning_model(pruning_bucket=64), data)  # 66 kept -> 128 > 100: all retained
+    unpruned = run(pruning_model(width_confidence=-1), data)
+    assert bucketed["num_pruned0"].item() == 0
+    for key in ("matches0", "matches1", "matching_scores0"):
+        assert torch.equal(bucketed[key], unpruned[key])
+
+
+def test_pruning_bucket_is_automatic_only_for_cpu_bf16_inference():
+    feats = random_features(200, seed=5)
+    feats["descriptors"][..., 0] = torch.where(torch.arange(200) % 3 == 0, -0.3, 0.3)  # 67 prunable
+    data = permuted_copy(feats)
+    fp32 = run(pruning_model(), data)
+    assert fp32["num_pruned0"].item() == 67
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = run(pruning_model(), data)
+    assert bf16["num_pruned0"].item() == 200 - 192  # 133 kept, rounded up to 3 buckets of 64
+    with pytest.raises(ValueError, match="pruning_bucket"):
+        small_model(pruning_bucket=0)
+
+
 def test_batched_pruning_matches_single_pairs():
     """Unpadded batch of 2 whose items keep different numbers of points."""
     model = pruning_model()

@@ -20,6 +20,7 @@ every linear layer then runs once for the pair, and attention works on views.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import re
 from collections.abc import Mapping
@@ -398,7 +399,10 @@ class LightGlue(BaseModel):
     only confident points are ever pruned. Both are off in training mode and with
     ``return_all_layers``; pruning is also off for padded batches (``keypoint_mask`` with
     False entries), which the reference does not support either. An unpadded batch with B > 1
-    is pruned per pair, padding the pairs to the largest kept set.
+    is pruned per pair, padding the pairs to the largest kept set. With ``pruning_bucket`` k > 1
+    the kept sets are rounded up to a multiple of k by keeping some prunable points (pruning
+    less, never more): under CPU bf16 every new point-set size costs oneDNN/flash-attention
+    kernel creation (+2-5 ms per attention call), which made pruning slower than none.
     """
 
     # The released *_lightglue.pth files carry one scalar `r` per assignment head, a leftover of
@@ -417,6 +421,7 @@ class LightGlue(BaseModel):
         "depth_confidence": 0.95,  # early exit, -1 disables
         "width_confidence": 0.99,  # point pruning, -1 disables
         "pruning_min_keypoints": None,  # prune only images with more points; None = device default
+        "pruning_bucket": None,  # kept sets rounded up to a multiple of this; None = 64 on bf16 CPU, else 1
         "filter_threshold": 0.1,  # minimum match probability
         "return_all_layers": False,  # also return every layer's log assignment (training)
         "weights": None,
@@ -446,6 +451,8 @@ class LightGlue(BaseModel):
         # Derived from n_layers, not learned; kept in the state dict like the reference does.
         self.register_buffer("confidence_thresholds", torch.tensor(thresholds, dtype=torch.float32))
         self.gradient_checkpointing = False
+        # (key, layers): bf16 copies of the transformer layers for CPU inference, see inference_layers
+        self._reduced_layers: tuple[tuple, nn.ModuleList] | None = None
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute each transformer layer in the backward pass instead of storing its
@@ -470,6 +477,9 @@ class LightGlue(BaseModel):
         is_int = isinstance(minimum, int) and not isinstance(minimum, bool)
         if minimum is not None and not (is_int and minimum >= -1):
             fail(f"pruning_min_keypoints must be None (device default) or an int >= -1, got {minimum!r}")
+        bucket = conf.pruning_bucket
+        if bucket is not None and not (isinstance(bucket, int) and not isinstance(bucket, bool) and bucket >= 1):
+            fail(f"pruning_bucket must be None (automatic) or an int >= 1, got {bucket!r}")
 
     # ---- weights ---------------------------------------------------------------------------
     def load_checkpoint_state_dict(self, state_dict: Mapping[str, Tensor], origin: str = "") -> None:
@@ -509,6 +519,32 @@ class LightGlue(BaseModel):
                 f"checkpoint{where} has descriptor_dim {ckpt_dim} and {ckpt_layers} layers, the model is "
                 f"configured with descriptor_dim {self.conf.descriptor_dim} and {self.conf.n_layers} layers"
             )
+
+    def inference_layers(self, device: torch.device) -> nn.ModuleList | None:
+        """bf16 copies of the transformer layers when inference runs under CPU bf16 autocast.
+
+        Autocast keeps the weights, the residual stream, LayerNorm and GELU in fp32 and casts
+        around every linear layer; on a CPU with AMX those casts and the fp32 element-wise work
+        cost as much as the bf16 matrix products (~10 % of a 9-layer pass at 1024 points). A
+        layer run wholly in bf16 (its input cast once, its output cast back, so the stream between
+        layers stays in the base dtype) avoids them. Not used with gradients (training keeps
+        plain autocast) nor on CUDA. The copies follow the weights: a changed parameter (new
+        tensor or in-place update) rebuilds them.
+        """
+        if (device.type != "cpu" or torch.is_grad_enabled() or not torch.is_autocast_enabled("cpu")
+                or torch.get_autocast_dtype("cpu") != torch.bfloat16 or self.base_dtype == torch.bfloat16):
+            return None
+        params = list(self.transformers.parameters())
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if self._reduced_layers is None or self._reduced_layers[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                layers = copy.deepcopy(self.transformers).to(torch.bfloat16).requires_grad_(False)
+            self._reduced_layers = (key, layers)
+        return self._reduced_layers[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        return {**state, "_reduced_layers": None}  # a derived cache: never pickled or deep-copied
 
     # ---- inputs ----------------------------------------------------------------------------
     @property
@@ -607,6 +643,10 @@ class _Run:
         self.early_exit = conf.depth_confidence > 0 and not collect
         self.prune = conf.width_confidence > 0 and not collect and not padded
         self.min_keypoints = model._pruning_min_keypoints(device)
+        self.compacted = False  # index0/index1 no longer the identity
+        self.reduced_layers = model.inference_layers(device)
+        bucket = conf.pruning_bucket
+        self.bucket = int(bucket) if bucket is not None else (64 if self.reduced_layers is not None else 1)
         self.valid0, self.valid1 = mask0, mask1
         self.index0 = torch.arange(m, device=device).expand(b, m)
         self.index1 = torch.arange(n, device=device).expand(b, n)
@@ -630,10 +670,14 @@ class _Run:
         confidences: list[tuple[Tensor, Tensor]] = []
         layer = 0
         checkpointing = model.gradient_checkpointing and torch.is_grad_enabled()
+        reduced = self.reduced_layers
         for layer in range(self.n_layers):
             block = model.transformers[layer]
             if checkpointing:
                 x = checkpoint(block, x, self.num0, rotary, self.key_masks(), use_reentrant=False)
+            elif reduced is not None:
+                with torch.autocast(x.device.type, enabled=False):
+                    x = reduced[layer](x.to(torch.bfloat16), self.num0, rotary, self.key_masks()).to(x.dtype)
             else:
                 x = block(x, self.num0, rotary, self.key_masks())
             if self.collect:
@@ -734,22 +778,32 @@ class _Run:
         joint = torch.cat([positions[0], positions[1] + num0], 1)
         return torch.take_along_dim(x, joint[:, :, None], dim=1), rotary.select(joint)
 
-    def compact_side(self, side: int, keep: Tensor, layer: int) -> Tensor:
-        """Record pruned points of one image, update its index/mask; return kept positions (B, K)."""
+    def compact_side(self, side: int, keep: Tensor, layer: int) -> Tensor | None:
+        """Record pruned points of one image, update its index/mask; return kept positions (B, K),
+        None if all are retained."""
         valid = self.valid0 if side == 0 else self.valid1
         index = self.index0 if side == 0 else self.index1
         record = self.prune0 if side == 0 else self.prune1
         if valid is not None:
             keep = keep & valid
-        removed = ~keep if valid is None else valid & ~keep
-        record.scatter_(1, index, torch.where(removed, layer + 1, record.gather(1, index)))
-        counts = keep.sum(1)
+        # each item keeps its kept count rounded up to the bucket: the first positions of a
+        # stable sort, which puts kept points first, then the others, in their original order
+        counts = (-(-keep.sum(1) // self.bucket) * self.bucket).clamp(max=keep.shape[1])
+        if valid is None and bool((counts == keep.shape[1]).all()):
+            return None  # every point retained: nothing to compact
         width = int(counts.max())
-        # stable sort puts kept positions first, in their original order
         positions = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :width]
-        new_valid = torch.arange(width, device=keep.device)[None] < counts[:, None]
+        retained = torch.zeros_like(keep).scatter(
+            1, positions, torch.arange(width, device=keep.device)[None] < counts[:, None])
+        if valid is not None:
+            retained &= valid
+        positions = positions.sort(dim=1).values  # the points stay in their input order
+        new_valid = retained.gather(1, positions)
+        removed = ~retained if valid is None else valid & ~retained
+        record.scatter_(1, index, torch.where(removed, layer + 1, record.gather(1, index)))
         new_valid = None if bool(new_valid.all()) else new_valid
         new_index = index.gather(1, positions)
+        self.compacted = True
         if side == 0:
             self.index0, self.valid0 = new_index, new_valid
         else:
@@ -762,7 +816,7 @@ class _Run:
         # back to the input indexing (identity unless points were pruned)
         m0 = torch.where(m0 >= 0, self.index1.gather(1, m0.clamp(min=0)), m0)
         m1 = torch.where(m1 >= 0, self.index0.gather(1, m1.clamp(min=0)), m1)
-        if self.index0.shape[1] != self.m or self.index1.shape[1] != self.n:
+        if self.compacted:
             m0 = m0.new_full((self.b, self.m), -1).scatter(1, self.index0, m0)
             m1 = m1.new_full((self.b, self.n), -1).scatter(1, self.index1, m1)
             s0 = s0.new_zeros((self.b, self.m)).scatter(1, self.index0, s0)
