@@ -6,7 +6,7 @@
 
 Replays the generated 640x480 room sequence (``lightglue_ros.replay --demo``: known poses and
 depth) through ``FrameMatcher`` exactly as the node runs it, one case per fresh subprocess so
-that peak memory and CPU time are the case's own. A case is ``CONF[:pipelined][:random]``:
+that peak memory and CPU time are the case's own. A case is ``CONF[:pipelined][:random][:PARAM=VALUE ...]``:
 ``pipelined`` extracts frame n+1 on a second thread while frame n is matched, ``random`` runs
 the matcher with random weights (``matcher.weights=null``, e.g. superpoint+lightglue offline).
 ``sift+lightglue`` runs the bundled ``sift_lightglue_cpu`` when the official weights are absent
@@ -62,24 +62,30 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def parse_case(case: str) -> tuple[str, bool, bool]:
+def parse_case(case: str) -> tuple[str, bool, bool, list[str]]:
+    """``CONF[:pipelined][:random][:PARAM=VALUE ...]`` -> conf, pipelined, random, node parameters."""
     conf, *flags = case.split(":")
+    params = [f for f in flags if "=" in f]
+    flags = [f for f in flags if "=" not in f]
     unknown = set(flags) - {"pipelined", "random"}
     if unknown:
-        raise SystemExit(f"case {case!r}: unknown flag(s) {sorted(unknown)}; flags are pipelined, random")
-    return conf, "pipelined" in flags, "random" in flags
+        raise SystemExit(f"case {case!r}: unknown flag(s) {sorted(unknown)}; flags are pipelined, random "
+                         "and node parameters as name=value")
+    return conf, "pipelined" in flags, "random" in flags, params
 
 
 def run_case(case: str, args: argparse.Namespace) -> dict:
     """One replay in this process (the child): its summary, per-stage percentiles, CPU and memory."""
     from lightglue_ros import replay
 
-    conf, pipelined, random_weights = parse_case(case)
-    out_dir = args.out / case.replace(":", "_").replace("+", "_")
+    conf, pipelined, random_weights, params = parse_case(case)
+    out_dir = args.out / case.replace(":", "_").replace("+", "_").replace("=", "-")
     # the output bag is written, as the node publishes: "publish" times building the messages
     argv = [str(args.bag), "--conf", conf, "--rate", args.rate, "--loop", str(args.loop), "--overwrite",
             "--no-plots", "--quiet", "--out-dir", str(out_dir), "-p", f"max_keypoints={args.keypoints}",
             "-p", f"pipelined={'true' if pipelined else 'false'}", "-p", "resize=0"]
+    for param in [*args.param, *params]:  # the case's own last: they win
+        argv += ["-p", param]
     if random_weights:
         argv.append("matcher.weights=null")
     replay_args = replay.parse_args(argv)
@@ -142,7 +148,10 @@ def main() -> int:
     parser.add_argument("--rate", choices=("max", "realtime"), default="max")
     parser.add_argument("--loop", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=5, help="frames left out of the percentiles")
-    parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES))
+    parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES),
+                        help="CONF[:pipelined][:random][:PARAM=VALUE ...], e.g. sift+lightglue:pipelined:precision=bf16")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="node parameter for every case (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/stream"))
     parser.add_argument("--bag", type=Path, default=None, help="replay this bag instead of the demo sequence")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # one case, JSON on stdout
@@ -164,6 +173,7 @@ def main() -> int:
     for case in args.cases:
         cmd = [sys.executable, __file__, "--child", case, "--bag", str(args.bag), "--keypoints", str(args.keypoints),
                "--rate", args.rate, "--loop", str(args.loop), "--warmup", str(args.warmup), "--out", str(args.out)]
+        cmd += [f"--param={param}" for param in args.param]
         print(f"-- {case}", flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)

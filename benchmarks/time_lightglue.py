@@ -2,7 +2,7 @@
 
     python benchmarks/time_lightglue.py --reference /tmp/lightglue_ref --num-keypoints 512 1024 2048
 
-Batch 1, random weights (identical in both models), all layers (adaptivity off unless
+Batch 1, random weights (identical in all models; ``--kornia`` adds kornia's port), all layers (adaptivity off unless
 ``--adaptive``), random keypoints; the size of the reference's models by default (256-d, 9 layers),
 ``--dim 128 --layers 6`` for the size of the bundled ``sift_lightglue_cpu``. Runs of the models are interleaved so
 that load from other processes affects them alike; the table gives the median and the
@@ -51,6 +51,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--adaptive", action="store_true", help="keep depth/width adaptivity on")
+    parser.add_argument("--kornia", action="store_true", help="also time kornia.feature.LightGlue (fp32)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dim", type=int, default=256, help="descriptor and transformer width")
     parser.add_argument("--layers", type=int, default=9)
@@ -68,6 +69,13 @@ def main() -> int:
         reference = import_reference(args.reference).LightGlue(features=None, **conf, **size).eval().to(device)
         ours.load_checkpoint_state_dict(to_release_layout(reference.state_dict()))
         runners["reference fp32"] = reference
+    if args.kornia:
+        from kornia.feature import LightGlue as KorniaLightGlue
+
+        kornia_model = KorniaLightGlue(features=None, **conf, **size).eval().to(device)
+        if args.reference is not None:  # same weights for all (kornia keeps the reference's layout)
+            kornia_model.load_state_dict(reference.state_dict())
+        runners["kornia fp32"] = kornia_model
     runners["ours fp32"] = ours
 
     def ours_autocast(data: dict) -> object:

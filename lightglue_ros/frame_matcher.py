@@ -188,6 +188,10 @@ class FrameWorker:
         with self._cond:
             return self._cond.wait_for(lambda: not self._items and not self._busy, timeout)
 
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Until a new item would start at once (nothing queued or running)."""
+        return self.wait_idle(timeout)
+
     def stop(self, drain: bool = True, timeout: float | None = 10.0) -> None:
         with self._cond:
             if not drain:
@@ -215,9 +219,11 @@ class FramePipeline:
     slower stage, not by their sum.
 
     Frames are dropped only at the entrance (``submit`` without ``block`` keeps the newest, as
-    ``FrameWorker``). The hand-over between the stages waits for room instead (a queue of
-    one), so every extracted frame is tracked, in order: the tracking state sees the frames
-    in the order they came, and the latency is bounded by the two stages and two slots.
+    ``FrameWorker``). The hand-over between the stages is a rendezvous: an extracted frame
+    waits until the tracking stage is idle, so every extracted frame is tracked, in order, and
+    the extraction never runs more than one frame ahead. A frame's latency is then at most
+    about two tracking times (plus its wait at the entrance); a queue between the stages
+    would add one more stage time without adding throughput.
     """
 
     def __init__(
@@ -229,12 +235,19 @@ class FramePipeline:
         log: logging.Logger | None = None,
     ) -> None:
         self.back = FrameWorker(back, queue_size=1, name=f"{name}_track", log=log)
-        self.front = FrameWorker(
-            lambda item: self.back.submit(front(item), block=True), queue_size, name=f"{name}_extract", log=log
-        )
+        self.front = FrameWorker(lambda item: self._hand_over(front(item)), queue_size,
+                                 name=f"{name}_extract", log=log)
+
+    def _hand_over(self, extracted: Any) -> None:
+        self.back.wait_idle()
+        self.back.submit(extracted, block=True)
 
     def submit(self, item: Any, block: bool = False) -> bool:
         return self.front.submit(item, block)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Until a new frame would start at once (the extraction stage is idle)."""
+        return self.front.wait_idle(timeout)
 
     @property
     def pending(self) -> int:

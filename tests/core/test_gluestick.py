@@ -144,6 +144,19 @@ def test_matches_are_equivariant_to_permuting_points_and_lines(pairing):
     assert torch.equal(permuted["line_matches0"][0], expected)
 
 
+@torch.no_grad()
+def test_bf16_autocast_runs_and_mostly_agrees_with_fp32():
+    """precision=bf16 (the node's auto precision on CPUs with AMX): the line updates mix dtypes."""
+    model, pair = small_gluestick(), matching_pair()
+    ref = model(pair)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(pair)
+    assert torch.isfinite(out["log_assignment"]).all()
+    agree = (out["matches0"] == ref["matches0"]).float().mean()
+    assert agree > 0.8, agree
+    assert int((out["line_matches0"] >= 0).sum()) >= 1
+
+
 def pad_view(view: dict, points: int, lines: int) -> dict:
     n, num = view["keypoints"].shape[1], view["lines"].shape[1]
     out = {"image_size": view["image_size"]}

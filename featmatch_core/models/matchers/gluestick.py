@@ -194,8 +194,9 @@ class LineLayer(nn.Module):
         """``target_idx`` = ``junc_idx`` with the endpoints of padded lines sent to an extra column."""
         messages = self.endpoint_messages(desc, line_enc, junc_idx)
         b, d, n = desc.shape
+        # under autocast the MLP's messages come in reduced precision; the features stay in theirs
         update = desc.new_zeros((b, d, n + 1)).scatter_reduce_(
-            2, target_idx[:, None].expand(-1, d, -1), messages, reduce="mean", include_self=False)
+            2, target_idx[:, None].expand(-1, d, -1), messages.to(desc.dtype), reduce="mean", include_self=False)
         return desc + update[:, :, :n]
 
     def forward(self, desc0: Tensor, desc1: Tensor, lines: LineInputs) -> tuple[Tensor, Tensor]:
