@@ -149,7 +149,8 @@ def main() -> int:
     parser.add_argument("--loop", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=5, help="frames left out of the percentiles")
     parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES),
-                        help="CONF[:pipelined][:random][:PARAM=VALUE ...], e.g. sift+lightglue:pipelined:precision=bf16")
+                        help="CONF[:pipelined][:random][:PARAM=VALUE ...], e.g."
+                             " sift+lightglue:pipelined:precision=bf16")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                         help="node parameter for every case (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/stream"))
