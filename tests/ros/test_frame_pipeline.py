@@ -43,6 +43,42 @@ def test_stages_overlap_on_two_threads() -> None:
     assert any(overlapped[1:])
 
 
+def test_extraction_runs_at_most_one_frame_ahead_of_tracking() -> None:
+    """Rendezvous hand-over: when item n starts extracting, item n-2 has finished tracking
+    (with a queue between the stages the front would run two items ahead)."""
+    extract_started: dict[int, float] = {}
+    track_finished: dict[int, float] = {}
+
+    def front(i: int) -> int:
+        extract_started[i] = time.monotonic()
+        return i
+
+    def back(i: int) -> None:
+        time.sleep(0.03)  # tracking is the slow stage
+        track_finished[i] = time.monotonic()
+
+    pipe = FramePipeline(front, back)
+    for i in range(8):
+        pipe.submit(i, block=True)
+    pipe.stop(drain=True, timeout=10)
+    assert sorted(track_finished) == list(range(8))
+    for i in range(2, 8):
+        assert extract_started[i] >= track_finished[i - 2], i
+
+
+def test_wait_ready_returns_when_a_new_frame_would_start_at_once() -> None:
+    release = threading.Event()
+    pipe = FramePipeline(lambda i: (release.wait(5), i)[1], lambda x: None)
+    pipe.submit(0)
+    assert not pipe.wait_ready(timeout=0.05)  # extracting item 0
+    release.set()
+    assert pipe.wait_ready(timeout=5)
+    pipe.stop(drain=True, timeout=10)
+    worker = FrameWorker(lambda x: None)
+    assert worker.wait_ready(timeout=5)
+    worker.stop()
+
+
 def test_live_submit_drops_oldest_at_the_entrance_only() -> None:
     release = threading.Event()
     tracked: list[int] = []
