@@ -28,6 +28,7 @@ def test_stages_overlap_on_two_threads() -> None:
     overlapped = []
 
     def front(i: int) -> int:
+        time.sleep(0.01)  # extraction takes time: the back has taken the previous item meanwhile
         overlapped.append(back_busy.is_set())
         return i
 
