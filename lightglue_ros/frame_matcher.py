@@ -430,6 +430,8 @@ class _MatcherCore:
         self.pipeline = pipeline or featmatch_core.load(P.pipeline_name(self.params), P.model_overrides(self.params))
         self.model_name = P.pipeline_name(self.params) if pipeline is None else _describe_pipeline(self.pipeline)
         self.stream = FeatureStream(self.pipeline)
+        # kernels for every point-set size now, not during the first minutes of frames (CPU bf16)
+        self.pipeline.warm_up()
         # what a threshold parameter at P.MODEL_VALUE restores: the value the matcher was loaded with
         matcher_conf = self.pipeline.matcher.conf
         self._model_thresholds = {key: matcher_conf[key] for keys in P.MATCHER_CONF_KEYS.values()

@@ -799,6 +799,9 @@ def summarise(
             "wall_s": played.wall_s,
             "throughput_fps": len(records) / played.wall_s if played.wall_s > 0 else float("nan"),
             "rss_after_first_loop_mb": next((r["rss_mb"] for r in records if r["loop"] == 1), None),
+            # the largest RSS seen in each pass over the bag: a leak grows it loop after loop
+            "rss_by_loop_mb": [max(r["rss_mb"] for r in records if r["loop"] == loop)
+                               for loop in sorted({r["loop"] for r in records})],
             "min_baseline_m": args.min_baseline,
             "device": diag["device"],
             "image_size": _image_size(records, matcher),
@@ -884,7 +887,9 @@ def report(summary: dict[str, Any]) -> str:
         f"trajectory: ATE {f('ate_rmse_m', '{:.3f}')} m after Sim(3) alignment ({summary['trajectory_scale']})",
         f"memory (RSS): {f('rss_start_mb', '{:.0f}')} MB at start (model loaded), "
         f"{f('rss_after_first_loop_mb', '{:.0f}')} MB after the first loop, "
-        f"{f('rss_end_mb', '{:.0f}')} MB at end",
+        f"{f('rss_end_mb', '{:.0f}')} MB at end"
+        + (f"; largest per loop: {' '.join(f'{v:.0f}' for v in summary['rss_by_loop_mb'])} MB"
+           if len(summary.get("rss_by_loop_mb") or []) > 1 else ""),
     ]
     return "\n".join(lines)
 

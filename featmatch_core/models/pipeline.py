@@ -158,6 +158,19 @@ class Pipeline(nn.Module):
         with autocast(self.device, self.conf.precision):
             return self.matcher({"image0": feats0, "image1": feats1})
 
+    @torch.inference_mode()
+    def warm_up(self) -> int:
+        """Prepare the matcher for every point-set size it can meet (LightGlue under CPU bf16:
+        its kernels are created per shape), up to the extractor's ``max_num_keypoints``; a
+        long-running user (a node) calls it once at start-up. Returns the number of shapes run
+        (0 when nothing needs it)."""
+        warm = getattr(self.matcher, "warm_up", None)
+        max_keypoints = self.conf.extractor.get("max_num_keypoints")
+        if warm is None or not max_keypoints:
+            return 0
+        with autocast(self.device, self.conf.precision):
+            return int(warm(int(max_keypoints)))
+
     # ---- single pair API -----------------------------------------------------------
     @torch.inference_mode()
     def extract(self, image: ImageLike) -> Features:

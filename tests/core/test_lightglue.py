@@ -250,6 +250,23 @@ def test_pruning_bucket_that_retains_everything_equals_no_pruning():
         assert torch.equal(bucketed[key], unpruned[key])
 
 
+def test_cpu_bf16_pads_point_sets_to_the_bucket_and_crops_the_outputs():
+    """Odd sizes run padded to 64 (masked) under CPU bf16; outputs keep the input sizes and agree
+    with the unpadded bf16 run."""
+    model = small_model(depth_confidence=-1, width_confidence=-1)
+    feats = random_features(100, seed=8)
+    shuffled = permuted_copy(feats)["image1"]  # image1: 77 of image0's points, shuffled
+    data = {"image0": feats, "image1": {k: v[:, :77] if k != "image_size" else v for k, v in shuffled.items()}}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        padded = run(model, data)
+        model.conf.pruning_bucket = 1  # no padding
+        plain = run(model, data)
+    assert padded["matches0"].shape == (1, 100) and padded["matches1"].shape == (1, 77)
+    assert padded["prune0"].shape == (1, 100) and int(padded["matches0"].max()) < 77
+    assert (padded["matches0"] >= 0).sum() > 30
+    assert (padded["matches0"] == plain["matches0"]).float().mean() > 0.95
+
+
 def test_pruning_bucket_is_automatic_only_for_cpu_bf16_inference():
     feats = random_features(200, seed=5)
     feats["descriptors"][..., 0] = torch.where(torch.arange(200) % 3 == 0, -0.3, 0.3)  # 67 prunable
@@ -365,6 +382,20 @@ def test_mutual_matches_from_similarity_equals_the_log_assignment_route(shape, t
     for e, o in zip(expected[2:], got[2:], strict=True):
         torch.testing.assert_close(o, e, rtol=1e-5, atol=1e-6)
     assert (expected[0] >= 0).any() or threshold > 0  # the case is not vacuous
+
+
+@pytest.mark.parametrize("spread", [4.0, 0.05])
+def test_mutual_matches_from_similarity_with_padding_equals_the_log_assignment_route(spread):
+    g = torch.Generator().manual_seed(3)
+    sim = torch.randn((2, 40, 30), generator=g) * spread
+    z0, z1 = torch.randn((2, 40), generator=g), torch.randn((2, 30), generator=g)
+    valid0 = torch.arange(40)[None] < torch.tensor([[40], [25]])
+    valid1 = torch.arange(30)[None] < torch.tensor([[17], [30]])
+    expected = mutual_matches(sigmoid_log_double_softmax(sim, z0, z1, valid0, valid1), 0.0, valid0, valid1)
+    got = mutual_matches_from_similarity(sim, z0, z1, 0.0, valid0, valid1)
+    assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+    torch.testing.assert_close(got[2], expected[2], rtol=1e-5, atol=1e-6)
+    assert (got[0][~valid0] == -1).all() and (got[1][~valid1] == -1).all()
 
 
 def test_mutual_matches_from_similarity_keeps_one_to_one_on_exact_ties():

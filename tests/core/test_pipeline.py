@@ -220,3 +220,14 @@ def test_missing_bundled_weights_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(weights, "bundled_dir", lambda: tmp_path)
     with pytest.raises(weights.WeightsUnavailableError, match="reinstall"):
         weights.resolve_weights("sift_lightglue_cpu")
+
+
+def test_warm_up_runs_every_bucketed_size_only_for_cpu_bf16():
+    pipe = featmatch_core.load("sift+lightglue-cpu", ["precision=bf16", "device=cpu",
+                                                      "extractor.max_num_keypoints=130"])
+    assert pipe.warm_up() == 6  # sizes 64, 128, 192: pairs (a <= b)
+    assert pipe.matcher.warm_up(64) == 0  # outside the bf16 autocast the matching runs in: nothing to do
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert pipe.matcher.warm_up(64) == 1
+    fp32 = featmatch_core.load("sift+lightglue-cpu", ["precision=fp32", "device=cpu"])
+    assert fp32.warm_up() == 0 and featmatch_core.load("sift+nn", ["device=cpu"]).warm_up() == 0

@@ -299,8 +299,9 @@ def mutual_matches(scores: Tensor, threshold: float, valid0: Tensor | None = Non
     return matches0, matches1, scores0, scores1
 
 
-def mutual_matches_from_similarity(sim: Tensor, z0: Tensor, z1: Tensor,
-                                   threshold: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def mutual_matches_from_similarity(sim: Tensor, z0: Tensor, z1: Tensor, threshold: float,
+                                   valid0: Tensor | None = None, valid1: Tensor | None = None,
+                                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``mutual_matches(sigmoid_log_double_softmax(sim, z0, z1), threshold)`` for unpadded
     inference, without building the (B, M, N) log assignment.
 
@@ -311,15 +312,23 @@ def mutual_matches_from_similarity(sim: Tensor, z0: Tensor, z1: Tensor,
     row-wise arg-max and plain column maxima. (On CPU a column-wise arg-max costs ~10x a row-wise
     one; the two log-softmax tensors, their sum and both arg-maxes were ~20 % of a 6-layer
     forward pass at 1024 points.) The result equals the reference's up to the float rounding
-    of near-ties.
+    of near-ties. ``valid0`` / ``valid1`` exclude padded points (they match nothing).
     """
     b, m, n = sim.shape
+    masked = valid0 is not None or valid1 is not None
+    if masked:
+        v0 = valid0 if valid0 is not None else torch.ones((b, m), dtype=torch.bool, device=sim.device)
+        v1 = valid1 if valid1 is not None else torch.ones((b, n), dtype=torch.bool, device=sim.device)
+        sim = sim.masked_fill(~(v0[:, :, None] & v1[:, None, :]), float("-inf"))
     row = (F.logsigmoid(z0) - torch.logsumexp(sim, 2)) / 2  # (B, M)
     col = (F.logsigmoid(z1) - torch.logsumexp(sim, 1)) / 2  # (B, N)
+    if masked:  # a point without valid partners gets -inf, not +inf
+        row = row.masked_fill(~v0 | ~torch.isfinite(row), float("-inf"))
+        col = col.masked_fill(~v1 | ~torch.isfinite(col), float("-inf"))
     best_in_row, nn0 = (sim + col[:, None, :]).max(2)
     column_max = (sim + row[:, :, None]).amax(1)  # (B, N)
     own = sim.gather(2, nn0[:, :, None]).squeeze(2) + row  # the same float as in column_max
-    mutual0 = own == column_max.gather(1, nn0)
+    mutual0 = (own == column_max.gather(1, nn0)) & torch.isfinite(own)
     # an exact tie in a column makes several rows mutual with it: the scatter keeps one of them
     rows = torch.arange(m, device=sim.device).expand(b, m)
     partner1 = torch.full((b, n + 1), -1, dtype=torch.long, device=sim.device)
@@ -542,6 +551,40 @@ class LightGlue(BaseModel):
             self._reduced_layers = (key, layers)
         return self._reduced_layers[1]
 
+    def size_bucket(self, reduced_precision: bool) -> int:
+        """Point-set sizes are rounded up to multiples of this (``pruning_bucket``; automatic: 64
+        for CPU bf16 inference, where every new shape costs kernel creation, else 1)."""
+        bucket = self.conf.pruning_bucket
+        return int(bucket) if bucket is not None else (64 if reduced_precision else 1)
+
+    @torch.inference_mode()
+    def warm_up(self, max_keypoints: int) -> int:
+        """Run one transformer layer on every pair of point-set sizes that pruning can produce
+        for up to ``max_keypoints`` points per image; returns how many pairs ran (0 when not
+        needed).
+
+        Only CPU bf16 inference needs it (call it under the autocast the matching runs in):
+        oneDNN and the flash-attention kernel are created, and cached, per shape. Doing that at
+        start-up keeps new shapes from costing milliseconds in the frame path, and the memory
+        of the caches from growing for hundreds of frames after start (~150 MB at 1024 points).
+        """
+        device = self.posenc.Wr.weight.device
+        layers = self.inference_layers(device)
+        if layers is None or max_keypoints <= 0:
+            return 0
+        bucket = self.size_bucket(True)
+        sizes = list(range(bucket, max_keypoints + bucket, bucket))  # inputs are padded to the bucket too
+        dim, heads = int(self.conf.descriptor_dim), int(self.conf.num_heads)
+        count = 0
+        with torch.autocast(device.type, enabled=False):
+            for i, m in enumerate(sizes):
+                for n in sizes[i:]:  # one layer covers self (m, m), (n, n) and cross (m, n), (n, m)
+                    x = torch.zeros(1, m + n, dim, dtype=torch.bfloat16, device=device)
+                    rotary = Rotary.from_angles(torch.zeros(1, 1, m + n, dim // heads // 2, device=device))
+                    layers[0](x, m, rotary, (None, None))
+                    count += 1
+        return count
+
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         return {**state, "_reduced_layers": None}  # a derived cache: never pickled or deep-copied
@@ -598,11 +641,19 @@ class LightGlue(BaseModel):
                 or (mask1 is not None and not bool(mask1.any())):
             return self._unmatched_output(b, m, n, desc0.device, stop=0, collect=collect)
         run = _Run(self, desc0.device, b, m, n, mask0, mask1, collect)
+        if run.reduced_layers is not None and run.bucket > 1 and mask0 is None and mask1 is None:
+            # CPU bf16: pad both point sets to the bucket (masked), so that a camera whose keypoint
+            # count changes every frame does not create new kernels every frame
+            (geometry0, desc0, mask0), (geometry1, desc1, mask1) = (
+                pad_points(geometry0, desc0, run.bucket), pad_points(geometry1, desc1, run.bucket))
+            if mask0 is not None or mask1 is not None:
+                run = _Run(self, desc0.device, b, desc0.shape[1], desc1.shape[1], mask0, mask1, collect,
+                           bucket_padded=True)
         with full_precision(desc0.device):
             rotary = Rotary.from_angles(self.posenc(torch.cat([geometry0, geometry1], 1)))
         # the residual stream keeps the base dtype under autocast; the layers cast their inputs
         x = self.input_proj(torch.cat([desc0, desc1], 1).detach().to(self.base_dtype)).to(self.base_dtype)
-        return run.execute(x, rotary)
+        return crop_points(run.execute(x, rotary), m, n)
 
     def _unmatched_output(self, b: int, m: int, n: int, device: torch.device, stop: int,
                           collect: bool) -> dict[str, Any]:
@@ -617,6 +668,26 @@ class LightGlue(BaseModel):
         if collect:  # nothing to supervise: no layer ran
             out.update(log_assignment=[], token_confidence0=[], token_confidence1=[])
         return out
+
+
+def pad_points(geometry: Tensor, descriptors: Tensor, bucket: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Zero-pad one image's (B, N, .) geometry and descriptors to a multiple of ``bucket`` points;
+    the mask (B, N') marks the real ones (None when nothing was added)."""
+    b, n = descriptors.shape[:2]
+    extra = -n % bucket
+    if extra == 0:
+        return geometry, descriptors, None
+    mask = (torch.arange(n + extra, device=descriptors.device) < n).expand(b, n + extra)
+    return F.pad(geometry, (0, 0, 0, extra)), F.pad(descriptors, (0, 0, 0, extra)), mask
+
+
+def crop_points(out: dict[str, Any], m: int, n: int) -> dict[str, Any]:
+    """Per-point outputs back to the (unpadded) input sizes; padded points never match."""
+    for key, size in (("matches0", m), ("matching_scores0", m), ("prune0", m),
+                      ("matches1", n), ("matching_scores1", n), ("prune1", n)):
+        if key in out and out[key].shape[1] != size:
+            out[key] = out[key][:, :size]
+    return out
 
 
 def full_precision(device: torch.device) -> contextlib.AbstractContextManager[None]:
@@ -634,19 +705,20 @@ class _Run:
     """
 
     def __init__(self, model: LightGlue, device: torch.device, b: int, m: int, n: int,
-                 mask0: Tensor | None, mask1: Tensor | None, collect: bool) -> None:
+                 mask0: Tensor | None, mask1: Tensor | None, collect: bool,
+                 bucket_padded: bool = False) -> None:
         conf = model.conf
         self.model, self.device, self.b, self.m, self.n = model, device, b, m, n
         self.n_layers = int(conf.n_layers)
         self.collect = collect
         padded = mask0 is not None or mask1 is not None
         self.early_exit = conf.depth_confidence > 0 and not collect
-        self.prune = conf.width_confidence > 0 and not collect and not padded
+        # the padding that rounds sizes up to the bucket is the model's own: pruning handles it
+        self.prune = conf.width_confidence > 0 and not collect and (bucket_padded or not padded)
         self.min_keypoints = model._pruning_min_keypoints(device)
         self.compacted = False  # index0/index1 no longer the identity
         self.reduced_layers = model.inference_layers(device)
-        bucket = conf.pruning_bucket
-        self.bucket = int(bucket) if bucket is not None else (64 if self.reduced_layers is not None else 1)
+        self.bucket = model.size_bucket(self.reduced_layers is not None)
         self.valid0, self.valid1 = mask0, mask1
         self.index0 = torch.arange(m, device=device).expand(b, m)
         self.index1 = torch.arange(n, device=device).expand(b, n)
@@ -729,15 +801,12 @@ class _Run:
     def final_matches(self, x: Tensor, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Mutual matches of layer ``layer`` (inference): matches0/1 and scores0/1, current indexing."""
         threshold = float(self.model.conf.filter_threshold)
-        if self.valid0 is not None or self.valid1 is not None:
-            return mutual_matches(self.log_assignment(x, layer, dustbins=False), threshold,
-                                  self.valid0, self.valid1)
         head = self.model.log_assignment[layer]
         with full_precision(x.device):
             x = x.to(self.model.base_dtype)
             z = head.matchability_logits(x)
             return mutual_matches_from_similarity(head.similarity(x, self.num0), z[:, :self.num0],
-                                                  z[:, self.num0:], threshold)
+                                                  z[:, self.num0:], threshold, self.valid0, self.valid1)
 
     def confident_enough(self, confidence: Tensor, layer: int) -> bool:
         threshold = self.model.confidence_thresholds[layer]
