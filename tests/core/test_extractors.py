@@ -523,18 +523,22 @@ def test_sift_top_k_keeps_the_strongest():
 
 @pytest.mark.parametrize("nms_radius", [0, 3])
 def test_sift_one_pass_selection_does_not_depend_on_the_candidate_budget(nms_radius):
-    """Describing only OpenCV's strongest candidates gives exactly the selection from all of them,
-    in the same order, whatever budget the previous image left (too small: a second pass)."""
+    """Describing only OpenCV's strongest candidates, found with a raised contrast threshold,
+    gives exactly the selection from all of them, in the same order, whatever budget the
+    previous image left (too small a ratio or too high a threshold: another pass)."""
     image = batch(texture(240, 320, seed=4))
     every = SIFT({"resize": None, "max_num_keypoints": None, "nms_radius": nms_radius})
     reference = run(every, image)
     for k in (40, 300):
         best = torch.sort(reference["keypoint_scores"][0], descending=True).values[:k]
+        kth = float(best[-1])
         outputs = []
-        for ratio in (1.0, 1.5, 4.0):
+        for ratio, floor in ((1.0, 0.0), (1.5, 0.0), (4.0, 0.0), (1.5, 0.9 * kth), (1.0, 0.99 * kth),
+                             (1.5, 1.5 * kth)):
             sift = SIFT({"resize": None, "max_num_keypoints": k, "nms_radius": nms_radius})
-            sift._budget.ratio = ratio
+            sift._budget.ratio, sift._budget.response_floor = ratio, floor
             outputs.append(run(sift, image))
+            assert sift._budget.response_floor == pytest.approx(0.8 * kth)  # learned for the next image
         for out in outputs:
             assert out["keypoints"].shape[1] == k
             for key in ("keypoints", "keypoint_scores", "scales", "oris", "descriptors"):
