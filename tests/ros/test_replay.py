@@ -127,6 +127,8 @@ def test_realtime_loop_drops_and_resets(bags, tmp_path):
         s["frames_processed"] + s["frames_dropped"] == 8 and s["frames_dropped"] > 0
     )  # 1 ms per frame: too fast
     assert s["rss_end_mb"] > 0
+    # one largest-RSS figure per pass that processed frames (at most the two loops)
+    assert 1 <= len(s["rss_by_loop_mb"]) <= 2 and all(v > 0 for v in s["rss_by_loop_mb"])
 
 
 def test_lightglue_random_weights_and_gt_tum(bags, tmp_path):
