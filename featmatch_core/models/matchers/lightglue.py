@@ -302,8 +302,8 @@ def mutual_matches(scores: Tensor, threshold: float, valid0: Tensor | None = Non
 def mutual_matches_from_similarity(sim: Tensor, z0: Tensor, z1: Tensor, threshold: float,
                                    valid0: Tensor | None = None, valid1: Tensor | None = None,
                                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``mutual_matches(sigmoid_log_double_softmax(sim, z0, z1), threshold)`` for unpadded
-    inference, without building the (B, M, N) log assignment.
+    """``mutual_matches(sigmoid_log_double_softmax(sim, z0, z1, valid0, valid1), threshold, valid0,
+    valid1)`` for inference, without building the (B, M, N) log assignment.
 
     Entry (i, j) of the log assignment is ``2 (sim_ij + row_i + col_j)`` with the per-point terms
     ``row = (logsigmoid(z0) - logsumexp_j sim) / 2`` and ``col = (logsigmoid(z1) - logsumexp_i sim) / 2``
@@ -430,7 +430,7 @@ class LightGlue(BaseModel):
         "depth_confidence": 0.95,  # early exit, -1 disables
         "width_confidence": 0.99,  # point pruning, -1 disables
         "pruning_min_keypoints": None,  # prune only images with more points; None = device default
-        "pruning_bucket": None,  # kept sets rounded up to a multiple of this; None = 64 on bf16 CPU, else 1
+        "pruning_bucket": None,  # point-set sizes rounded up to a multiple of this; None = 64 on bf16 CPU, else 1
         "filter_threshold": 0.1,  # minimum match probability
         "return_all_layers": False,  # also return every layer's log assignment (training)
         "weights": None,
@@ -640,15 +640,17 @@ class LightGlue(BaseModel):
         if m == 0 or n == 0 or (mask0 is not None and not bool(mask0.any())) \
                 or (mask1 is not None and not bool(mask1.any())):
             return self._unmatched_output(b, m, n, desc0.device, stop=0, collect=collect)
-        run = _Run(self, desc0.device, b, m, n, mask0, mask1, collect)
-        if run.reduced_layers is not None and run.bucket > 1 and mask0 is None and mask1 is None:
+        reduced = self.inference_layers(desc0.device)
+        bucket = self.size_bucket(reduced is not None)
+        bucket_padded = False
+        if reduced is not None and bucket > 1 and mask0 is None and mask1 is None:
             # CPU bf16: pad both point sets to the bucket (masked), so that a camera whose keypoint
             # count changes every frame does not create new kernels every frame
             (geometry0, desc0, mask0), (geometry1, desc1, mask1) = (
-                pad_points(geometry0, desc0, run.bucket), pad_points(geometry1, desc1, run.bucket))
-            if mask0 is not None or mask1 is not None:
-                run = _Run(self, desc0.device, b, desc0.shape[1], desc1.shape[1], mask0, mask1, collect,
-                           bucket_padded=True)
+                pad_points(geometry0, desc0, bucket), pad_points(geometry1, desc1, bucket))
+            bucket_padded = mask0 is not None or mask1 is not None
+        run = _Run(self, desc0.device, b, desc0.shape[1], desc1.shape[1], mask0, mask1, collect,
+                   reduced, bucket, bucket_padded)
         with full_precision(desc0.device):
             rotary = Rotary.from_angles(self.posenc(torch.cat([geometry0, geometry1], 1)))
         # the residual stream keeps the base dtype under autocast; the layers cast their inputs
@@ -702,11 +704,13 @@ class _Run:
 
     ``index0``/``index1`` (B, M')/(B, N') map current positions to the input indexing;
     ``valid0``/``valid1`` mark real points among the current ones (None = all real).
+    ``reduced_layers`` (bf16 copies of the layers, or None) and ``bucket`` are decided by the
+    model for the whole pass; ``bucket_padded``: the masks only mark the model's bucket padding.
     """
 
     def __init__(self, model: LightGlue, device: torch.device, b: int, m: int, n: int,
                  mask0: Tensor | None, mask1: Tensor | None, collect: bool,
-                 bucket_padded: bool = False) -> None:
+                 reduced_layers: nn.ModuleList | None, bucket: int, bucket_padded: bool) -> None:
         conf = model.conf
         self.model, self.device, self.b, self.m, self.n = model, device, b, m, n
         self.n_layers = int(conf.n_layers)
@@ -717,8 +721,7 @@ class _Run:
         self.prune = conf.width_confidence > 0 and not collect and (bucket_padded or not padded)
         self.min_keypoints = model._pruning_min_keypoints(device)
         self.compacted = False  # index0/index1 no longer the identity
-        self.reduced_layers = model.inference_layers(device)
-        self.bucket = model.size_bucket(self.reduced_layers is not None)
+        self.reduced_layers, self.bucket = reduced_layers, bucket  # see LightGlue.inference_layers
         self.valid0, self.valid1 = mask0, mask1
         self.index0 = torch.arange(m, device=device).expand(b, m)
         self.index1 = torch.arange(n, device=device).expand(b, n)
