@@ -2,7 +2,7 @@
 
     python benchmarks/compare_sift_matchers.py --data ../shared/data \
         [--weights old=sift_lightglue_cpu new=outputs/v2_best.pth] [--min_scores 0.1 0.2 0.3] \
-        [--benchmarks sequence hpatches homographies scenes scenes_calib] [--out outputs/compare]
+        [--benchmarks sequence hpatches homographies scenes scenes_calib video video_calib] [--out outputs/compare]
         [--modes adaptive= full=model.matcher.depth_confidence=-1,model.matcher.width_confidence=-1]
         [--no-baseline]
 
@@ -11,7 +11,8 @@ Each LightGlue variant (weights x adaptive/full depth) is exported once at filte
 0.01 and evaluated at every ``--min_scores`` value (``eval.min_score``: exactly the matcher's
 filter_threshold, see featmatch_core/eval/runner.py), so the threshold can be chosen on the
 calibration scenes (``scenes_calib``: pairs 1000-1099, disjoint from the 200 evaluation scenes)
-and read off elsewhere. ``--modes`` names the LightGlue settings compared (default: the config's
+and read off elsewhere. ``video`` / ``video_calib``: consecutive frames of generated room
+sequences (``eval.video``, 1024 keypoints; evaluation seeds 10-12, calibration seeds 1-3). ``--modes`` names the LightGlue settings compared (default: the config's
 adaptive depth/width and full depth), e.g. a sweep of ``model.matcher.depth_confidence``.
 Predictions are cached under outputs/results by the benchmark runner: rerunning only re-evaluates.
 Prints one markdown table per benchmark and writes JSON.
@@ -22,12 +23,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from featmatch_core.eval import hpatches, homographies, runner, scenes, sequence  # noqa: E402
+from featmatch_core.eval import hpatches, homographies, runner, scenes, sequence, video  # noqa: E402
 from featmatch_core.files import save_json  # noqa: E402
 
 SAME_KEYPOINTS = ["model.extractor.resize=null", "model.extractor.max_num_keypoints=2048"]
@@ -52,6 +54,13 @@ BENCHMARKS = {
     "scenes_calib": (scenes, "train_photos", ["data.first_pair=1000", "data.num_pairs=100"],
                      ("point_correct", "point_precision", "point_recall", "num_matches", "pose_error_auc@5",
                       "pose_error_auc@10", "pose_error_auc@20")),
+    # consecutive video frames (generated, no data folder), at a robot camera's 1024 keypoints
+    "video": (video, None, ["model.extractor.max_num_keypoints=1024"],
+              ("point_correct", "point_precision", "point_recall", "num_matches", "pose_error_auc@5",
+               "pose_error_auc@10", "pose_error_auc@20")),
+    "video_calib": (video, None, ["model.extractor.max_num_keypoints=1024", "data.seeds=[1,2,3]"],
+                    ("point_correct", "point_precision", "point_recall", "num_matches", "pose_error_auc@5",
+                     "pose_error_auc@10", "pose_error_auc@20")),
 }
 
 
@@ -69,19 +78,21 @@ def variants(weights: dict[str, str], modes: dict[str, list[str]],
 
 
 def parse_modes(items: list[str]) -> dict[str, list[str]]:
-    """``name=key=value,key=value`` (or ``name=``) -> {name: [overrides]}."""
+    """``name=key=value,key=value`` (or ``name=``) -> {name: [overrides]}; a value may be a list
+    ``[a,b,c]``."""
     modes = {}
     for item in items:
         name, sep, overrides = item.partition("=")
         if not sep or not name:
             raise SystemExit(f"--modes: expected name=override,override (or name=), got {item!r}")
-        modes[name] = [o for o in overrides.split(",") if o]
+        modes[name] = [o for o in re.split(r",(?![^\[]*\])", overrides) if o]  # no split inside [...]
     return modes
 
 
 def evaluate(bench_name: str, data_root: Path, conf: str, overrides: list[str], min_score: float) -> dict:
     module, folder, extra, _ = BENCHMARKS[bench_name]
-    args = ["--conf", conf, f"data.root={data_root / folder}", *SAME_KEYPOINTS, *extra, *overrides,
+    data = [] if folder is None else [f"data.root={data_root / folder}"]
+    args = ["--conf", conf, *data, *SAME_KEYPOINTS, *extra, *overrides,
             f"eval.min_score={min_score}"]
     with contextlib.redirect_stdout(io.StringIO()):  # the runner prints a table per call
         return runner.main(module.BENCHMARK, args)

@@ -55,7 +55,7 @@ class BagFrame:
 
 # ---- sources ---------------------------------------------------------------------------------------
 def synthetic_frames(num: int, width: int, height: int, fps: float, seed: int, step: float) -> Iterator[BagFrame]:
-    from .synthetic import sequence
+    from featmatch_core.datasets.room import sequence
 
     for f in sequence(num, width, height, step=step, seed=seed, fps=fps):
         yield BagFrame(f.stamp_ns, f.image, f.K, f.depth, np.linalg.inv(f.T_cam_world))

@@ -1,7 +1,7 @@
 """Ray casting of textured planes: exact images and depth maps of generated 3D scenes.
 
 Shared by the training scenes (:mod:`.scenes`) and the ROS demo scene
-(``lightglue_ros.synthetic``). Each pixel's ray hits the nearest plane (or bounded rectangle),
+(``featmatch_core.datasets.room``). Each pixel's ray hits the nearest plane (or bounded rectangle),
 whose texture is sampled with ``cv2.remap``; the depth is z along the optical axis.
 Conventions: ``T_cam_world`` maps world points to the camera (``X_cam = R X_world + t``),
 OpenCV pixels (centre of the top-left pixel at (0, 0)).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,38 @@ def test_confident_pair_exits_early_and_unsure_pair_does_not():
 
     set_head(model.token_confidence[2].token[0], bias=20.0)
     assert run(model, data)["stop"] == 3
+
+
+def paper_thresholds(n_layers: int) -> list[float]:
+    return pytest.approx([0.8 + 0.1 * math.exp(-4 * i / n_layers) for i in range(n_layers)])
+
+
+def test_min_layers_and_threshold_schedule_set_where_the_pass_may_stop():
+    data = permuted_copy(random_features(64))
+    model = small_model(width_confidence=-1, min_layers=3)
+    for head in model.token_confidence:
+        set_head(head.token[0], bias=20.0)  # every point confident after every layer
+    assert run(model, data)["stop"] == 3  # not 1: exits are only considered from layer 3 on
+
+    # confidence sigmoid(1) ~ 0.73: below the paper's schedule (>= 0.8) but above 0.7
+    schedule = small_model(width_confidence=-1, confidence_thresholds=[0.99, 0.7, 0.99])
+    for head in schedule.token_confidence:
+        set_head(head.token[0], bias=1.0)
+    assert run(schedule, data)["stop"] == 2
+    schedule.conf.confidence_thresholds = [0.99, 0.99, 0.7]  # read at every call, like depth_confidence
+    assert run(schedule, data)["stop"] == 3
+    assert schedule.confidence_thresholds.tolist() == paper_thresholds(4)  # the state dict keeps the paper's
+    paper = small_model(width_confidence=-1)
+    for head in paper.token_confidence:
+        set_head(head.token[0], bias=1.0)
+    assert run(paper, data)["stop"] == 4
+
+    with pytest.raises(ValueError, match=r"confidence_thresholds must be None or 3 numbers"):
+        small_model(confidence_thresholds=[0.9, 0.9])
+    with pytest.raises(ValueError, match=r"confidence_thresholds must be None or 3 numbers"):
+        small_model(confidence_thresholds=[0.9, 0.9, 1.2])
+    with pytest.raises(ValueError, match=r"min_layers must be an int in \[1, n_layers=4\]"):
+        small_model(min_layers=5)
 
 
 def test_exit_ratio_ignores_padding():

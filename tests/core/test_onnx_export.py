@@ -183,6 +183,20 @@ def test_full_file_keeps_adaptivity_and_gives_torchs_matches(name, setting, mode
         assert reference["stop"] == n_layers and pruned == 0
 
 
+def test_full_file_follows_min_layers_and_the_threshold_schedule(models, exports):
+    conf, model, data = models["sift_lightglue_cpu"]
+    stops = set()
+    for schedule in ({"min_layers": 3, "confidence_thresholds": [0.0] * 5},
+                     {"min_layers": 1, "confidence_thresholds": [1.0, 1.0, 1.0, 0.0, 1.0]}):
+        setting = {"depth_confidence": 0.5, "width_confidence": 0.99, **schedule}
+        reference = torch_run(model, data, **setting)
+        actual = onnx_matcher(conf, exports["sift_lightglue_cpu", "full"], **setting)(data)
+        assert_same_matches(reference, actual)
+        assert actual["stop"] == reference["stop"]
+        stops.add(reference["stop"])
+    assert stops == {3, 4}  # every point is sure after layer 3 in the first, after 4 in the second
+
+
 def test_full_runner_reads_thresholds_at_run_time(models, exports):
     """The ROS node changes matcher.conf at run time: the runner follows, without a new export."""
     conf, model, data = models["sift_lightglue_cpu"]

@@ -9,7 +9,7 @@ import pytest
 
 from featmatch_core.geometry.epipolar import relative_pose_error
 from lightglue_ros import conversions as cv
-from lightglue_ros import synthetic
+from featmatch_core.datasets import room as synthetic
 from featmatch_core.geometry.depth import sample_depth
 from lightglue_ros.frame_matcher import FrameMatcher, FrameWorker, StereoMatcher
 from lightglue_ros.messages import diagnostics_message, frame_messages

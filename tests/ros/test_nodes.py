@@ -21,7 +21,7 @@ import pytest
 
 from lightglue_ros import conversions as cv
 from lightglue_ros import params as P
-from lightglue_ros import synthetic
+from featmatch_core.datasets import room as synthetic
 
 ROOT = Path(__file__).resolve().parents[2]
 TYPES = cv.rosbags_types()

@@ -226,7 +226,7 @@ def test_ros1_bag_is_read(bags, tmp_path):
 def test_make_bag_from_folders_video_and_tum(tmp_path):
     import cv2
 
-    from lightglue_ros import synthetic
+    from featmatch_core.datasets import room as synthetic
 
     frames = synthetic.sequence(3, 160, 120, seed=6)
     # a TUM RGB-D folder: rgb/ depth/ (16-bit PNG, 5000 per metre), rgb.txt depth.txt groundtruth.txt

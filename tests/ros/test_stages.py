@@ -8,7 +8,7 @@ import pytest
 from featmatch_core.estimators import get_estimator
 from lightglue_ros import conversions as cv
 from lightglue_ros import stages as S
-from lightglue_ros import synthetic
+from featmatch_core.datasets import room as synthetic
 from lightglue_ros.frame_matcher import FrameMatcher
 from lightglue_ros.problems import Problems, Throttle
 

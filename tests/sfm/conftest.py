@@ -7,7 +7,7 @@ import pytest
 from sfm_scene import HEIGHT, MAPPING, WIDTH, Scene, pinhole
 
 import featmatch_core
-from lightglue_ros.synthetic import RoomScene, default_K, trajectory
+from featmatch_core.datasets.room import RoomScene, default_K, trajectory
 
 
 @pytest.fixture(scope="session")

@@ -23,12 +23,12 @@ import contextlib
 import copy
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -239,6 +239,13 @@ def confidence_threshold(layer_index: int, n_layers: int) -> float:
     return min(max(0.8 + 0.1 * math.exp(-4.0 * layer_index / n_layers), 0.0), 1.0)
 
 
+def confidence_schedule(thresholds: Sequence[float] | None, n_layers: int) -> list[float]:
+    """Per-layer confidence thresholds (n_layers values): the config's ``confidence_thresholds``
+    (one per layer but the last, whose value is never used: it always ends the pass) or the paper's."""
+    paper = [confidence_threshold(i, n_layers) for i in range(n_layers)]
+    return paper if thresholds is None else [float(t) for t in thresholds] + paper[-1:]
+
+
 def sigmoid_log_double_softmax(sim: Tensor, z0: Tensor, z1: Tensor, valid0: Tensor | None = None,
                                valid1: Tensor | None = None) -> Tensor:
     """Log-probabilities (B, M, N) that point i matches j: row softmax + column softmax + matchability.
@@ -398,9 +405,10 @@ class LightGlue(BaseModel):
     ``.double()``. Under autocast the heads, keypoint normalisation and the residual stream
     stay in that dtype; only the transformer's matrix products run in reduced precision.
 
-    Adaptive depth stops after layer i < n_layers - 1 when more than ``depth_confidence`` of the
-    valid points of the whole batch (pruned points count as confident) have a confidence of at
-    least ``confidence_thresholds[i]``; ``stop`` is therefore shared by the batch. Adaptive width
+    Adaptive depth stops after layer i < n_layers - 1 (i + 1 >= ``min_layers``) when more than
+    ``depth_confidence`` of the valid points of the whole batch (pruned points count as
+    confident) have a confidence of at least threshold i (``exit_thresholds``: the config's
+    ``confidence_thresholds`` or the paper's schedule); ``stop`` is therefore shared by the batch. Adaptive width
     then removes points whose matchability is at most ``1 - width_confidence`` and whose
     confidence is above the threshold, in images with more than ``pruning_min_keypoints`` points
     (None: 1024 on CUDA, always elsewhere); pruned points come back unmatched. Unlike the
@@ -429,6 +437,10 @@ class LightGlue(BaseModel):
         "num_heads": 4,
         "depth_confidence": 0.95,  # early exit, -1 disables
         "width_confidence": 0.99,  # point pruning, -1 disables
+        # confidence a point needs after layer i (n_layers - 1 values) to count as settled, for the
+        # exit and for pruning; None = the paper's 0.8 + 0.1 exp(-4 i / n_layers)
+        "confidence_thresholds": None,
+        "min_layers": 1,  # layers run before an early exit is considered (pruning is not affected)
         "pruning_min_keypoints": None,  # prune only images with more points; None = device default
         "pruning_bucket": None,  # point-set sizes rounded up to a multiple of this; None = 64 on bf16 CPU, else 1
         "filter_threshold": 0.1,  # minimum match probability
@@ -456,8 +468,9 @@ class LightGlue(BaseModel):
         self.transformers = nn.ModuleList([TransformerLayer(dim, heads) for _ in range(n_layers)])
         self.log_assignment = nn.ModuleList([MatchAssignmentHead(dim) for _ in range(n_layers)])
         self.token_confidence = nn.ModuleList([TokenConfidenceHead(dim) for _ in range(n_layers - 1)])
-        thresholds = [confidence_threshold(i, n_layers) for i in range(n_layers)]
-        # Derived from n_layers, not learned; kept in the state dict like the reference does.
+        thresholds = confidence_schedule(None, n_layers)
+        # The paper's schedule, derived from n_layers, not learned; kept in the state dict like the
+        # reference does. The schedule in force is the config's, read at every call (exit_thresholds).
         self.register_buffer("confidence_thresholds", torch.tensor(thresholds, dtype=torch.float32))
         self.gradient_checkpointing = False
         # (key, layers): bf16 copies of the transformer layers for CPU inference, see inference_layers
@@ -482,6 +495,16 @@ class LightGlue(BaseModel):
             value = conf[key]
             if not (value == -1 or 0 < value <= 1):
                 fail(f"{key} must be -1 (disabled) or in (0, 1], got {value}")
+        thresholds = conf.confidence_thresholds
+        if thresholds is not None:
+            values = list(thresholds) if isinstance(thresholds, Sequence | ListConfig) else None
+            if values is None or len(values) != conf.n_layers - 1 \
+                    or not all(isinstance(t, int | float) and 0 <= t <= 1 for t in values):
+                fail(f"confidence_thresholds must be None or {conf.n_layers - 1} numbers in [0, 1] "
+                     f"(one per layer but the last), got {thresholds!r}")
+        min_layers = conf.min_layers
+        if not (isinstance(min_layers, int) and not isinstance(min_layers, bool) and 1 <= min_layers <= conf.n_layers):
+            fail(f"min_layers must be an int in [1, n_layers={conf.n_layers}], got {min_layers!r}")
         minimum = conf.pruning_min_keypoints
         is_int = isinstance(minimum, int) and not isinstance(minimum, bool)
         if minimum is not None and not (is_int and minimum >= -1):
@@ -550,6 +573,14 @@ class LightGlue(BaseModel):
                 layers = copy.deepcopy(self.transformers).to(torch.bfloat16).requires_grad_(False)
             self._reduced_layers = (key, layers)
         return self._reduced_layers[1]
+
+    def exit_thresholds(self) -> Tensor:
+        """The per-layer confidence thresholds in force: the config's ``confidence_thresholds``,
+        read at every call (a node may change it at run time), else the paper's schedule."""
+        if self.conf.confidence_thresholds is None:
+            return self.confidence_thresholds
+        schedule = confidence_schedule(self.conf.confidence_thresholds, int(self.conf.n_layers))
+        return torch.tensor(schedule, dtype=torch.float32, device=self.confidence_thresholds.device)
 
     def size_bucket(self, reduced_precision: bool) -> int:
         """Point-set sizes are rounded up to multiples of this (``pruning_bucket``; automatic: 64
@@ -717,6 +748,8 @@ class _Run:
         self.collect = collect
         padded = mask0 is not None or mask1 is not None
         self.early_exit = conf.depth_confidence > 0 and not collect
+        self.min_layers = int(conf.min_layers)
+        self.thresholds = model.exit_thresholds()
         # the padding that rounds sizes up to the bucket is the model's own: pruning handles it
         self.prune = conf.width_confidence > 0 and not collect and (bucket_padded or not padded)
         self.min_keypoints = model._pruning_min_keypoints(device)
@@ -765,7 +798,7 @@ class _Run:
                 confidence = model.token_confidence[layer](x.to(model.base_dtype))
             if self.collect:
                 confidences.append((confidence[:, :self.num0], confidence[:, self.num0:]))
-            if self.early_exit and self.confident_enough(confidence, layer):
+            if self.early_exit and layer + 1 >= self.min_layers and self.confident_enough(confidence, layer):
                 break
             if self.prune:
                 x, rotary = self.prune_points(x, rotary, confidence, layer)
@@ -812,7 +845,7 @@ class _Run:
                                                   z[:, self.num0:], threshold, self.valid0, self.valid1)
 
     def confident_enough(self, confidence: Tensor, layer: int) -> bool:
-        threshold = self.model.confidence_thresholds[layer]
+        threshold = self.thresholds[layer]
         unsure = confidence < threshold
         valid = self.current_valid()
         if valid is not None:
@@ -833,7 +866,7 @@ class _Run:
         model, num0 = self.model, self.num0
         with full_precision(x.device):
             matchable = torch.sigmoid(model.log_assignment[layer].matchability_logits(x.to(model.base_dtype)))
-        unsure = confidence <= model.confidence_thresholds[layer]
+        unsure = confidence <= self.thresholds[layer]
         keep = (matchable > 1 - model.conf.width_confidence) | unsure
         selections = []
         sides = ((keep[:, :num0], num0), (keep[:, num0:], x.shape[1] - num0))

@@ -38,7 +38,7 @@ from omegaconf import DictConfig
 from ...config import ConfLike, to_container
 from ..base import BaseModel
 from .common import compact_matches, no_matches
-from .lightglue import AUTO_PRUNING_MIN_KEYPOINTS, LightGlue, confidence_threshold
+from .lightglue import AUTO_PRUNING_MIN_KEYPOINTS, LightGlue, confidence_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -123,10 +123,11 @@ class AdaptiveRunner:
     def __init__(self, sessions: dict[str, Any], n_layers: int, conf: DictConfig) -> None:
         self.sessions, self.n_layers = sessions, n_layers
         self.conf = conf  # read at every call: the ROS node changes thresholds at run time
-        self.thresholds = np.array([confidence_threshold(i, n_layers) for i in range(n_layers)], np.float32)
 
     def settings(self) -> None:
         conf = self.conf
+        self.thresholds = np.array(confidence_schedule(conf.confidence_thresholds, self.n_layers), np.float32)
+        self.min_layers = int(conf.min_layers)
         self.early_exit = conf.depth_confidence > 0
         self.prune = conf.width_confidence > 0
         self.depth_confidence = np.float32(conf.depth_confidence)
@@ -155,7 +156,7 @@ class AdaptiveRunner:
             if layer == self.n_layers - 1 or not (self.early_exit or self.prune):
                 continue
             confidence, matchability = outputs[2], outputs[3]
-            if self.early_exit and self.confident_enough(confidence, layer, m + n):
+            if self.early_exit and layer + 1 >= self.min_layers and self.confident_enough(confidence, layer, m + n):
                 break
             if self.prune:
                 self.prune_points(state, index, prune, confidence, matchability, layer)

@@ -1,6 +1,7 @@
 """A generated scene with exact geometry: textured planes (a room corner) seen by a moving camera.
 
-Used by ``python -m lightglue_ros.make_bag --synthetic N`` (the README demo) and by the tests:
+Used by ``python -m lightglue_ros.make_bag --synthetic N`` (the README demo), by the video
+evaluation (``python -m featmatch_core.eval.video``: consecutive frames) and by the tests:
 every frame comes with its depth (z along the optical axis, metres) and its pose
 ``T_cam_world`` (``X_cam = R X_world + t``), so matches, relative poses, triangulation and
 stereo baselines can be checked exactly. Rendering is the ray casting of
@@ -12,15 +13,14 @@ Nothing is downloaded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-from featmatch_core.datasets.render import Plane, render_planes
-from featmatch_core.datasets.synthetic import random_texture
-
-# Plane is re-exported: it was defined here before the ray casting moved to featmatch_core
-__all__ = ["Plane", "RoomScene", "SyntheticFrame", "default_K", "rotation", "sequence", "stereo_pair",
-           "trajectory"]
+from ..config import ConfigError
+from .base import BASE_CONF, PairDataset
+from .render import Plane, render_planes
+from .synthetic import random_texture
 
 
 def rotation(axis: str, degrees: float) -> np.ndarray:
@@ -129,3 +129,67 @@ def stereo_pair(
     left, depth = scene.render(K, T_left, width, height)
     right, _ = scene.render(K, T_right_left @ T_left, width, height)
     return left, right, depth, K
+
+
+class RoomVideoPairs(PairDataset):
+    """Consecutive frames of generated room sequences: video-like pairs with exact ground truth.
+
+    Sequence ``seed`` is :func:`sequence` (``num_frames`` frames, ``step`` of motion each); pair
+    i of a sequence is frame i with frame i + ``gap``. Items carry what the depth-based
+    evaluations read (``K0/1``, ``T_0to1``, ``depth0/1``), as ``SceneEvalPairs``. Nothing is
+    read from disk: ``root`` is unused. Seeds 1-3 were used to choose the adaptivity of the
+    bundled SIFT LightGlue; the default evaluation seeds are other ones.
+    """
+
+    default_conf: ClassVar[dict[str, Any]] = {
+        **BASE_CONF,
+        "download": False,
+        "seeds": [10, 11, 12],
+        "num_frames": 40,
+        "step": 0.06,  # the README demo's motion per frame
+        "gap": 1,
+        "image_size": [480, 640],  # (H, W)
+    }
+    dirname = "room_video"
+
+    def _check_conf(self) -> None:
+        super()._check_conf()
+        if self.conf.resize is not None:
+            raise ConfigError("RoomVideoPairs: frames are rendered at data.image_size; set that instead of data.resize")
+        if self.conf.download:
+            raise ConfigError("RoomVideoPairs: generated frames cannot be downloaded (download=false)")
+        if not list(self.conf.seeds):
+            raise ConfigError("RoomVideoPairs: data.seeds is empty")
+        if not 1 <= int(self.conf.gap) < int(self.conf.num_frames):
+            raise ConfigError(f"RoomVideoPairs: data.gap must be in [1, num_frames), got {self.conf.gap}")
+
+    def _init(self) -> None:
+        frames, gap = int(self.conf.num_frames), int(self.conf.gap)
+        self.pairs = [(int(seed), i) for seed in self.conf.seeds for i in range(frames - gap)]
+        self._scenes: dict[int, tuple[RoomScene, list[np.ndarray]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def pair_name(self, index: int) -> str:
+        seed, i = self.pairs[index]
+        return f"room{seed}_{i:04d}_{i + int(self.conf.gap):04d}"
+
+    def _scene(self, seed: int) -> tuple[RoomScene, list[np.ndarray]]:
+        if seed not in self._scenes:
+            self._scenes = {seed: (RoomScene(seed), trajectory(int(self.conf.num_frames), float(self.conf.step), seed))}
+        return self._scenes[seed]
+
+    def _get(self, index: int) -> dict[str, Any]:
+        seed, i = self.pairs[index]
+        scene, poses = self._scene(seed)
+        height, width = (int(v) for v in self.conf.image_size)
+        K = default_K(width, height)
+        T0, T1 = poses[i], poses[i + int(self.conf.gap)]
+        item: dict[str, Any] = {"name": self.pair_name(index), "scene": f"room{seed}",
+                                "T_0to1": T1 @ np.linalg.inv(T0), "load_error": None, "depth_error": None}
+        for side, T in enumerate((T0, T1)):
+            image, depth = scene.render(K, T, width, height)
+            item.update({f"image{side}": image, f"image_size{side}": (width, height),
+                         f"original_image_size{side}": (width, height), f"K{side}": K, f"depth{side}": depth})
+        return item
