@@ -42,6 +42,7 @@ class Param:
     choices: tuple[str, ...] = ()
     runtime: bool = False  # may change while the node runs
     nodes: tuple[str, ...] = BOTH
+    special: tuple[float, ...] = ()  # values accepted outside [min, max] (MODEL_VALUE)
 
     @property
     def type(self) -> type:
@@ -61,6 +62,8 @@ class Param:
             return f"'{self.name}' must be a {expected.__name__}, got {value!r}"
         if self.choices and value not in self.choices:
             return f"'{self.name}' must be one of {', '.join(self.choices)}, got {value!r}"
+        if value in self.special:
+            return None
         if self.min is not None and value < self.min or self.max is not None and value > self.max:
             return f"'{self.name}' must be in [{self.min:g}, {self.max:g}], got {value!r}"
         return None
@@ -71,6 +74,8 @@ class Param:
             text += f" ({' | '.join(self.choices)})"
         if self.min is not None:
             text += f" [{self.min:g}, {self.max:g}]"
+        if self.special:
+            text += " or " + ", ".join(f"{v:g}" for v in self.special)
         return text + (" (runtime)" if self.runtime else " (start-up only)")
 
 
@@ -129,6 +134,15 @@ SCHEMA: tuple[Param, ...] = (
         "LightGlue point pruning confidence; -1 disables, -2 keeps the model config's value",
         min=-2.0,
         max=1.0,
+        runtime=True,
+    ),
+    Param(
+        "min_layers",
+        int(MODEL_VALUE),
+        "LightGlue layers run before an early exit may stop; -2 keeps the model config's value",
+        min=1,
+        max=64,
+        special=(MODEL_VALUE,),
         runtime=True,
     ),
     Param(
@@ -393,6 +407,7 @@ MATCHER_CONF_KEYS = {
     "lightglue": {
         "depth_confidence": "depth_confidence",
         "width_confidence": "width_confidence",
+        "min_layers": "min_layers",
         "filter_threshold": "filter_threshold",
     },
     "nn": {"nn_ratio_threshold": "ratio_thresh"},

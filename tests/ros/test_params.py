@@ -60,6 +60,12 @@ def test_validation_and_runtime_rules():
         "keyframe_policy",
     } <= runtime
     assert P.parse_assignments(["a=2", "b=x", "c=true"]) == {"a": 2, "b": "x", "c": True}
+    # min_layers: >= 1, or MODEL_VALUE (-2) outside the range
+    assert P.validate("matcher", {"min_layers": -2})["min_layers"] == -2
+    assert P.validate("matcher", {"min_layers": 1})["min_layers"] == 1
+    for bad in (0, -1):
+        with pytest.raises(P.ParamError, match=r"'min_layers' must be in \[1, 64\]"):
+            P.validate("matcher", {"min_layers": bad})
 
 
 def test_model_overrides_build_the_pipeline():
@@ -74,7 +80,8 @@ def test_model_overrides_build_the_pipeline():
     assert not any("confidence" in o or "filter_threshold" in o for o in overrides)
     explicit = P.model_overrides({**values, "filter_threshold": 0.3, "depth_confidence": -1.0})
     assert "matcher.filter_threshold=0.3" in explicit and "matcher.depth_confidence=-1.0" in explicit
-    assert not any("width_confidence" in o for o in explicit)
+    assert not any("width_confidence" in o or "min_layers" in o for o in explicit)
+    assert "matcher.min_layers=1" in P.model_overrides({**values, "min_layers": 1})
 
 
 # ---- packaging: package.xml, setup.py data_files and entry points --------------------------------
