@@ -12,7 +12,8 @@ Each LightGlue variant (weights x adaptive/full depth) is exported once at filte
 filter_threshold, see featmatch_core/eval/runner.py), so the threshold can be chosen on the
 calibration scenes (``scenes_calib``: pairs 1000-1099, disjoint from the 200 evaluation scenes)
 and read off elsewhere. ``video`` / ``video_calib``: consecutive frames of generated room
-sequences (``eval.video``, 1024 keypoints; evaluation seeds 10-12, calibration seeds 1-3). ``--modes`` names the LightGlue settings compared (default: the config's
+sequences (``eval.video``, 1024 keypoints; evaluation seeds 10-12, calibration seeds 1-3).
+``--modes`` names the LightGlue settings compared (default: the config's
 adaptive depth/width and full depth), e.g. a sweep of ``model.matcher.depth_confidence``.
 Predictions are cached under outputs/results by the benchmark runner: rerunning only re-evaluates.
 Prints one markdown table per benchmark and writes JSON.
