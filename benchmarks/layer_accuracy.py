@@ -107,8 +107,10 @@ def plot(rows: list[dict], path: Path) -> None:
         axes[1].plot(layers[:-1], row["sure_median"], marker="o", label=row["set"])
     axes[0].axhline(0.98, color="grey", linestyle="--", linewidth=1)
     axes[0].set(xlabel="exit after layer", ylabel="share of full depth's correct matches", ylim=(0, 1.02))
-    axes[1].set(xlabel="layer", ylabel="median share of sure points", ylim=(0, 1.02))
+    axes[1].set(xlabel="after layer (threshold of the schedule in force)", ylabel="median share of sure points",
+                ylim=(0, 1.02))
     for ax in axes:
+        ax.set_xticks(np.arange(1, len(rows[0]["share_of_full"]) + 1))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
