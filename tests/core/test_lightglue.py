@@ -178,8 +178,9 @@ def test_min_layers_and_threshold_schedule_set_where_the_pass_may_stop():
         small_model(confidence_thresholds=[0.9, 0.9])
     with pytest.raises(ValueError, match=r"confidence_thresholds must be None or 3 numbers"):
         small_model(confidence_thresholds=[0.9, 0.9, 1.2])
-    with pytest.raises(ValueError, match=r"min_layers must be an int in \[1, n_layers=4\]"):
-        small_model(min_layers=5)
+    with pytest.raises(ValueError, match=r"min_layers must be an int >= 1"):
+        small_model(min_layers=0)
+    assert run(small_model(width_confidence=-1, min_layers=9), data)["stop"] == 4  # never exits early
 
 
 def test_exit_ratio_ignores_padding():

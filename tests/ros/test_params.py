@@ -80,8 +80,10 @@ def test_model_overrides_build_the_pipeline():
     assert not any("confidence" in o or "filter_threshold" in o for o in overrides)
     explicit = P.model_overrides({**values, "filter_threshold": 0.3, "depth_confidence": -1.0})
     assert "matcher.filter_threshold=0.3" in explicit and "matcher.depth_confidence=-1.0" in explicit
-    assert not any("width_confidence" in o or "min_layers" in o for o in explicit)
-    assert "matcher.min_layers=1" in P.model_overrides({**values, "min_layers": 1})
+    assert not any("width_confidence" in o for o in explicit)
+    # min_layers defaults to the real-time 3; -2 keeps the config's schedule
+    assert "matcher.min_layers=3" in overrides
+    assert not any("min_layers" in o for o in P.model_overrides({**values, "min_layers": -2}))
 
 
 # ---- packaging: package.xml, setup.py data_files and entry points --------------------------------

@@ -503,8 +503,8 @@ class LightGlue(BaseModel):
                 fail(f"confidence_thresholds must be None or {conf.n_layers - 1} numbers in [0, 1] "
                      f"(one per layer but the last), got {thresholds!r}")
         min_layers = conf.min_layers
-        if not (isinstance(min_layers, int) and not isinstance(min_layers, bool) and 1 <= min_layers <= conf.n_layers):
-            fail(f"min_layers must be an int in [1, n_layers={conf.n_layers}], got {min_layers!r}")
+        if not (isinstance(min_layers, int) and not isinstance(min_layers, bool) and min_layers >= 1):
+            fail(f"min_layers must be an int >= 1 (n_layers or more: no early exit), got {min_layers!r}")
         minimum = conf.pruning_min_keypoints
         is_int = isinstance(minimum, int) and not isinstance(minimum, bool)
         if minimum is not None and not (is_int and minimum >= -1):
