@@ -166,9 +166,11 @@ def main() -> int:
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.bag is None:
-        from lightglue_ros.replay import make_demo_bag
-
-        args.bag = make_demo_bag(args.frames)
+        # in a subprocess: Linux keeps a process's peak RSS across fork and exec, so rendering the
+        # bag here would become every case's "peak RSS"
+        code = f"from lightglue_ros.replay import make_demo_bag; print(make_demo_bag({args.frames}))"
+        made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+        args.bag = ROOT / made.stdout.strip().splitlines()[-1]  # relative to the child's cwd, ROOT
     args.bag = args.bag.resolve()
     rows: list[dict] = []
     failed: list[str] = []
