@@ -94,12 +94,12 @@ class RosLog:
 def descriptor(param: P.Param) -> ParameterDescriptor:
     """ROS parameter descriptor of a schema entry: description, range, read-only for start-up values."""
     desc = ParameterDescriptor(description=param.help(), read_only=not param.runtime)
-    if param.min is not None and param.type is float:
-        desc.floating_point_range = [
-            FloatingPointRange(from_value=float(param.min), to_value=float(param.max), step=0.0)
-        ]
-    elif param.min is not None and param.type is int:
-        desc.integer_range = [IntegerRange(from_value=int(param.min), to_value=int(param.max), step=1)]
+    bounds = param.declared_range()
+    if bounds is not None and param.type is float:
+        low, high = float(bounds[0]), float(bounds[1])
+        desc.floating_point_range = [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
+    elif bounds is not None and param.type is int:
+        desc.integer_range = [IntegerRange(from_value=int(bounds[0]), to_value=int(bounds[1]), step=1)]
     if param.choices:
         desc.additional_constraints = "one of: " + ", ".join(param.choices)
     return desc

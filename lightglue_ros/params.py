@@ -68,6 +68,13 @@ class Param:
             return f"'{self.name}' must be in [{self.min:g}, {self.max:g}], got {value!r}"
         return None
 
+    def declared_range(self) -> tuple[float, float] | None:
+        """The range to declare to ROS: [min, max] widened to the special values (ROS would refuse
+        MODEL_VALUE otherwise; ``check`` still refuses what lies between)."""
+        if self.min is None or self.max is None:
+            return None
+        return min((self.min, *self.special)), max((self.max, *self.special))
+
     def help(self) -> str:
         text = self.description
         if self.choices:

@@ -60,7 +60,11 @@ def test_validation_and_runtime_rules():
         "keyframe_policy",
     } <= runtime
     assert P.parse_assignments(["a=2", "b=x", "c=true"]) == {"a": 2, "b": "x", "c": True}
-    # min_layers: >= 1, or MODEL_VALUE (-2) outside the range
+    # min_layers: >= 1, or MODEL_VALUE (-2) outside the range; ROS is told a range that admits -2
+    schema = {p.name: p for p in P.SCHEMA}
+    assert schema["min_layers"].declared_range() == (-2, 64)
+    assert schema["depth_confidence"].declared_range() == (-2.0, 1.0)
+    assert schema["device"].declared_range() is None
     assert P.validate("matcher", {"min_layers": -2})["min_layers"] == -2
     assert P.validate("matcher", {"min_layers": 1})["min_layers"] == 1
     for bad in (0, -1):
