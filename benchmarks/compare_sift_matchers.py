@@ -38,30 +38,24 @@ BUNDLED = "sift_lightglue_cpu"  # the weights of the sift+lightglue-cpu config
 FULL_DEPTH = ["model.matcher.depth_confidence=-1", "model.matcher.width_confidence=-1"]
 DEFAULT_MODES = ["adaptive=", "full=" + ",".join(FULL_DEPTH)]
 
-# name: (module, data folder under --data, extra data overrides, columns)
+# columns of the benchmarks that score against a homography / against depth and poses
+HOMOGRAPHY_COLUMNS = ("correct@3px", "precision@3px", "num_matches", "corner_error_auc@1", "corner_error_auc@3",
+                      "corner_error_auc@5")
+DEPTH_COLUMNS = ("point_correct", "point_precision", "point_recall", "num_matches", "pose_error_auc@5",
+                 "pose_error_auc@10", "pose_error_auc@20")
+VIDEO_KEYPOINTS = "model.extractor.max_num_keypoints=1024"  # a robot camera's budget
+
+# name: (module, data folder under --data (None: generated), extra data overrides, columns)
 BENCHMARKS = {
     "sequence": (sequence, "castle_simu", [],
                  ("pose_error_auc@5", "pose_error_auc@10", "pose_error_auc@20", "epipolar_precision@1e-4",
                   "num_matches", "num_inliers")),
-    "hpatches": (hpatches, "hpatches_format", [],
-                 ("correct@3px", "precision@3px", "num_matches", "corner_error_auc@1", "corner_error_auc@3",
-                  "corner_error_auc@5")),
-    "homographies": (homographies, "train_photos", [],
-                     ("correct@3px", "precision@3px", "num_matches", "corner_error_auc@1", "corner_error_auc@3",
-                      "corner_error_auc@5")),
-    "scenes": (scenes, "train_photos", [],
-               ("point_correct", "point_precision", "point_recall", "num_matches", "pose_error_auc@5",
-                "pose_error_auc@10", "pose_error_auc@20")),
-    "scenes_calib": (scenes, "train_photos", ["data.first_pair=1000", "data.num_pairs=100"],
-                     ("point_correct", "point_precision", "point_recall", "num_matches", "pose_error_auc@5",
-                      "pose_error_auc@10", "pose_error_auc@20")),
-    # consecutive video frames (generated, no data folder), at a robot camera's 1024 keypoints
-    "video": (video, None, ["model.extractor.max_num_keypoints=1024"],
-              ("point_correct", "point_precision", "point_recall", "num_matches", "pose_error_auc@5",
-               "pose_error_auc@10", "pose_error_auc@20")),
-    "video_calib": (video, None, ["model.extractor.max_num_keypoints=1024", "data.seeds=[1,2,3]"],
-                    ("point_correct", "point_precision", "point_recall", "num_matches", "pose_error_auc@5",
-                     "pose_error_auc@10", "pose_error_auc@20")),
+    "hpatches": (hpatches, "hpatches_format", [], HOMOGRAPHY_COLUMNS),
+    "homographies": (homographies, "train_photos", [], HOMOGRAPHY_COLUMNS),
+    "scenes": (scenes, "train_photos", [], DEPTH_COLUMNS),
+    "scenes_calib": (scenes, "train_photos", ["data.first_pair=1000", "data.num_pairs=100"], DEPTH_COLUMNS),
+    "video": (video, None, [VIDEO_KEYPOINTS], DEPTH_COLUMNS),
+    "video_calib": (video, None, [VIDEO_KEYPOINTS, "data.seeds=[1,2,3]"], DEPTH_COLUMNS),
 }
 
 

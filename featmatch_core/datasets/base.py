@@ -245,6 +245,15 @@ class PairDataset:
         return f"{type(self).__name__}({len(self)} pairs, root={self.root})"
 
 
+def check_rendered(dataset: PairDataset) -> None:
+    """A dataset that renders its images: no resize (set ``image_size``) and nothing to download."""
+    name = type(dataset).__name__
+    if dataset.conf.resize is not None:
+        raise ConfigError(f"{name}: images are rendered at data.image_size; set that instead of data.resize")
+    if dataset.conf.download:
+        raise ConfigError(f"{name}: generated images cannot be downloaded (download=false)")
+
+
 def check_choice(dataset: PairDataset, key: str, choices: tuple) -> None:
     value = dataset.conf[key]
     if value not in choices:

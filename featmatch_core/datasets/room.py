@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..config import ConfigError
-from .base import BASE_CONF, PairDataset
+from .base import BASE_CONF, PairDataset, check_rendered
 from .render import Plane, render_planes
 from .synthetic import random_texture
 
@@ -154,10 +154,7 @@ class RoomVideoPairs(PairDataset):
 
     def _check_conf(self) -> None:
         super()._check_conf()
-        if self.conf.resize is not None:
-            raise ConfigError("RoomVideoPairs: frames are rendered at data.image_size; set that instead of data.resize")
-        if self.conf.download:
-            raise ConfigError("RoomVideoPairs: generated frames cannot be downloaded (download=false)")
+        check_rendered(self)
         if not list(self.conf.seeds):
             raise ConfigError("RoomVideoPairs: data.seeds is empty")
         if not 1 <= int(self.conf.gap) < int(self.conf.num_frames):
@@ -166,7 +163,7 @@ class RoomVideoPairs(PairDataset):
     def _init(self) -> None:
         frames, gap = int(self.conf.num_frames), int(self.conf.gap)
         self.pairs = [(int(seed), i) for seed in self.conf.seeds for i in range(frames - gap)]
-        self._scenes: dict[int, tuple[RoomScene, list[np.ndarray]]] = {}
+        self._cached: tuple[int, RoomScene, list[np.ndarray]] | None = None  # the last sequence used
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -176,9 +173,10 @@ class RoomVideoPairs(PairDataset):
         return f"room{seed}_{i:04d}_{i + int(self.conf.gap):04d}"
 
     def _scene(self, seed: int) -> tuple[RoomScene, list[np.ndarray]]:
-        if seed not in self._scenes:
-            self._scenes = {seed: (RoomScene(seed), trajectory(int(self.conf.num_frames), float(self.conf.step), seed))}
-        return self._scenes[seed]
+        """Sequence ``seed``'s scene and poses; pairs come in seed order, so one is kept."""
+        if self._cached is None or self._cached[0] != seed:
+            self._cached = (seed, RoomScene(seed), trajectory(int(self.conf.num_frames), float(self.conf.step), seed))
+        return self._cached[1], self._cached[2]
 
     def _get(self, index: int) -> dict[str, Any]:
         seed, i = self.pairs[index]

@@ -38,7 +38,7 @@ from ..config import ConfigError, ConfLike, merge_strict
 from ..geometry.depth import invert_transform
 from ..image import read_image
 from . import homographies
-from .base import BASE_CONF, PairDataset
+from .base import BASE_CONF, PairDataset, check_rendered
 from .download import DatasetUnavailableError
 from .homographies import FeaturePairs, list_images, photometric, split_images
 from .render import Plane, render_planes
@@ -443,10 +443,7 @@ class SceneEvalPairs(PairDataset):
 
     def _check_conf(self) -> None:
         super()._check_conf()
-        if self.conf.resize is not None:
-            raise ConfigError("SceneEvalPairs: views are rendered at data.image_size; set that instead of data.resize")
-        if self.conf.download:
-            raise ConfigError("SceneEvalPairs: generated scenes cannot be downloaded (download=false)")
+        check_rendered(self)
         _check_ranges(self.conf)
         if int(self.conf.first_pair) < 0:
             raise ConfigError(f"SceneEvalPairs: data.first_pair must be >= 0, got {self.conf.first_pair}")
