@@ -89,6 +89,7 @@ class Param:
 # A matcher threshold parameter at this value leaves the model config's own value in place
 # (e.g. the adaptive-depth thresholds calibrated for the bundled SIFT LightGlue weights).
 MODEL_VALUE = -2.0
+MODEL_VALUE_INT = -2  # the same for integer parameters
 
 SCHEMA: tuple[Param, ...] = (
     # ---- model: read once at start-up --------------------------------------------------
@@ -148,6 +149,16 @@ SCHEMA: tuple[Param, ...] = (
         3,
         "LightGlue layers run before an early exit may stop (3: real time on consecutive frames, "
         "~97 % of full depth's matches with the bundled weights); -2 keeps the model config's value",
+        min=1,
+        max=64,
+        special=(MODEL_VALUE,),
+        runtime=True,
+    ),
+    Param(
+        "max_layers",
+        MODEL_VALUE_INT,
+        "LightGlue layers run at most (a latency bound: the matches of that layer are returned; "
+        "the model's layer count or more: no bound); -2 keeps the model config's value",
         min=1,
         max=64,
         special=(MODEL_VALUE,),
@@ -416,6 +427,7 @@ MATCHER_CONF_KEYS = {
         "depth_confidence": "depth_confidence",
         "width_confidence": "width_confidence",
         "min_layers": "min_layers",
+        "max_layers": "max_layers",
         "filter_threshold": "filter_threshold",
     },
     "nn": {"nn_ratio_threshold": "ratio_thresh"},

@@ -66,6 +66,11 @@ CAMERA_CONF: dict[str, Any] = {
     "max_orbit": 30.0,  # degrees camera 1 moves about the looked-at point (yaw; pitch a third)
     "max_roll": 30.0,  # in-plane rotation between the views (degrees)
     "max_scale_ratio": 2.0,  # distance-to-target ratio between the views: scale change
+    # Video-like pairs: with this probability camera 1 is camera 0 moved by a small step and turned
+    # a little (consecutive frames of a moving robot) instead of orbiting the target.
+    "narrow_baseline_prob": 0.0,
+    "narrow_step": [0.02, 0.15],  # metres camera 1 moves, in a random direction
+    "narrow_rotation": 3.0,  # max degrees camera 1 turns (pan, tilt and roll each)
 }
 DEGRADE_CONF: dict[str, Any] = {
     "shading": 0.3,  # max relative illumination change across a view (linear gradient)
@@ -145,7 +150,10 @@ def sample_room(rng: np.random.Generator, conf: DictConfig) -> Room:
 
 def sample_cameras(rng: np.random.Generator, room: Room, conf: DictConfig
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(T0, T1 as T_cam_world, target point): camera 1 orbits, approaches and rolls about the target."""
+    """(T0, T1 as T_cam_world, target point): camera 1 orbits, approaches and rolls about the target,
+    or, with probability ``narrow_baseline_prob``, takes a small step from camera 0 (video-like)."""
+    # Drawn only when enabled, so that recipes without narrow pairs keep their exact pairs.
+    narrow = float(conf.narrow_baseline_prob) > 0 and rng.random() < float(conf.narrow_baseline_prob)
     centre0 = np.zeros(3)
     for _ in range(50):
         direction = rotation_about(np.array([0.0, 1.0, 0.0]), rng.uniform(-25, 25)) @ \
@@ -153,6 +161,8 @@ def sample_cameras(rng: np.random.Generator, room: Room, conf: DictConfig
         target = centre0 + uniform(rng, conf.target_distance) * direction
         if not room.contains(target, 0.3):
             continue
+        if narrow:
+            return (*narrow_step_cameras(rng, room, centre0, target, conf), target)
         orbit = rotation_about(np.array([0.0, 1.0, 0.0]), rng.uniform(-1, 1) * conf.max_orbit) @ \
             rotation_about(np.array([1.0, 0.0, 0.0]), rng.uniform(-1, 1) * conf.max_orbit / 3)
         ratio = float(np.exp(rng.uniform(-1, 1) * np.log(conf.max_scale_ratio)))
@@ -164,6 +174,30 @@ def sample_cameras(rng: np.random.Generator, room: Room, conf: DictConfig
             return look_at(centre0, target, roll0), look_at(centre1, aim1, roll1), target
     target = np.array([0.0, 0.0, 3.0])  # a room too small for the ranges: a plain short baseline
     return look_at(centre0, target, 0.0), look_at(np.array([0.2, 0.0, 0.0]), target, 0.0), target
+
+
+def narrow_step_cameras(rng: np.random.Generator, room: Room, centre0: np.ndarray, target: np.ndarray,
+                        conf: DictConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(T0, T1): camera 1 is camera 0 moved ``narrow_step`` metres and turned up to ``narrow_rotation``
+    degrees about each axis (a random direction, kept inside the room)."""
+    roll0 = rng.uniform(-10, 10)
+    T0 = look_at(centre0, target, roll0)
+    for _ in range(20):
+        direction = rng.normal(size=3)
+        centre1 = centre0 + uniform(rng, conf.narrow_step) * direction / np.linalg.norm(direction)
+        if room.contains(centre1, 0.3):
+            break
+    else:
+        centre1 = centre0
+    turn = float(conf.narrow_rotation)
+    R_wc1 = look_at(centre1, target, roll0)[:3, :3].T @ \
+        rotation_about(np.array([0.0, 1.0, 0.0]), rng.uniform(-turn, turn)) @ \
+        rotation_about(np.array([1.0, 0.0, 0.0]), rng.uniform(-turn, turn)) @ \
+        rotation_about(np.array([0.0, 0.0, 1.0]), rng.uniform(-turn, turn))
+    T1 = np.eye(4)
+    T1[:3, :3] = R_wc1.T
+    T1[:3, 3] = -R_wc1.T @ centre1
+    return T0, T1
 
 
 # ---- textures ---------------------------------------------------------------------------------
@@ -335,6 +369,8 @@ def training_photos(conf: DictConfig) -> tuple[list[Path], list[Path]]:
 
 
 def _check_ranges(conf: DictConfig) -> None:
+    if not 0.0 <= float(conf.camera.narrow_baseline_prob) <= 1.0:
+        raise ConfigError(f"data.camera.narrow_baseline_prob must be in [0, 1], got {conf.camera.narrow_baseline_prob}")
     if float(conf.camera.max_scale_ratio) < 1.0:
         raise ConfigError(f"data.camera.max_scale_ratio must be >= 1, got {conf.camera.max_scale_ratio}")
     if int(conf.scene.num_boxes[0]) > int(conf.scene.num_boxes[1]):

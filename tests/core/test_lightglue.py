@@ -183,6 +183,32 @@ def test_min_layers_and_threshold_schedule_set_where_the_pass_may_stop():
     assert run(small_model(width_confidence=-1, min_layers=9), data)["stop"] == 4  # never exits early
 
 
+def test_max_layers_bounds_the_depth_and_returns_that_layers_matches():
+    data = permuted_copy(random_features(64))
+    model = small_model(depth_confidence=-1, width_confidence=-1, max_layers=2)
+    out = run(model, data)
+    assert out["stop"] == 2
+    # the matches are those of layer 2's head: a 2-layer model with the same weights agrees
+    two_layers = small_model(n_layers=2, depth_confidence=-1, width_confidence=-1)
+    first = ("posenc", "transformers.0.", "transformers.1.", "log_assignment.0.", "log_assignment.1.",
+             "token_confidence.0.")
+    two_layers.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith(first)},
+                               strict=False)
+    expected = run(two_layers, data)
+    assert torch.equal(expected["matches0"], out["matches0"])
+    assert torch.equal(expected["matching_scores0"], out["matching_scores0"])
+
+    model.conf.max_layers = None  # read at every call
+    assert run(model, data)["stop"] == 4
+    model.conf.max_layers = 7  # more than the model has: all of them
+    assert run(model, data)["stop"] == 4
+    model.conf.max_layers, model.conf.return_all_layers = 1, True  # collecting runs every layer
+    assert len(run(model, data)["log_assignment"]) == 4
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=r"max_layers must be None or an int >= 1"):
+            small_model(max_layers=bad)
+
+
 def test_exit_ratio_ignores_padding():
     """Valid points are confident, padded ones are not: the ratio must count valid points only."""
     model = small_model(width_confidence=-1)

@@ -197,6 +197,16 @@ def test_full_file_follows_min_layers_and_the_threshold_schedule(models, exports
     assert stops == {3, 4}  # every point is sure after layer 3 in the first, after 4 in the second
 
 
+def test_full_file_follows_max_layers(models, exports):
+    conf, model, data = models["sift_lightglue_cpu"]
+    for setting in ({**FIXED, "max_layers": 2}, {"depth_confidence": 0.5, "width_confidence": 0.99,
+                                                 "min_layers": 1, "max_layers": 3}):
+        reference = torch_run(model, data, **setting)
+        actual = onnx_matcher(conf, exports["sift_lightglue_cpu", "full"], **setting)(data)
+        assert_same_matches(reference, actual)
+        assert actual["stop"] == reference["stop"] <= setting["max_layers"]
+
+
 def test_full_runner_reads_thresholds_at_run_time(models, exports):
     """The ROS node changes matcher.conf at run time: the runner follows, without a new export."""
     conf, model, data = models["sift_lightglue_cpu"]
@@ -334,6 +344,8 @@ def test_file_for_another_model_or_setting_is_refused(models, exports):
         onnx_matcher(superpoint, exports["sift_lightglue_cpu", "full"])
     with pytest.raises(OnnxFileError, match="every layer on every point.*export --format full"):
         onnx_matcher(bundled_conf(), exports["sift_lightglue_cpu", "colmap"])  # adaptivity on by default
+    with pytest.raises(OnnxFileError, match="every layer\\) but the config sets max_layers=3"):
+        onnx_matcher(bundled_conf(), exports["sift_lightglue_cpu", "colmap"], max_layers=3, **FIXED)
     with pytest.raises(OnnxFileError, match="filter_threshold 0.2 \\(config: 0.3\\)"):
         onnx_matcher(bundled_conf(), exports["sift_lightglue_cpu", "colmap"], filter_threshold=0.3, **FIXED)
     with pytest.raises(OnnxFileError, match="is a 'colmap' export, the config asks for onnx_format=full"):

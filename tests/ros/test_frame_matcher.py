@@ -395,3 +395,9 @@ def test_threshold_parameters_default_to_the_models_own_values(frames):
     assert fm.set_params({"depth_confidence": P.MODEL_VALUE})[0]
     fm.process(*_msgs(frames[2]))
     assert (matcher.depth_confidence, matcher.filter_threshold) == (0.97, 0.5)
+    # max_layers bounds the depth of the next frames' passes; -2 restores the config's (no bound)
+    assert matcher.max_layers is None
+    assert fm.set_params({"max_layers": 2, "depth_confidence": -1.0})[0]
+    assert fm.process(*_msgs(frames[3])).record["stop_layer"] == 2
+    assert fm.set_params({"max_layers": P.MODEL_VALUE_INT})[0]
+    assert fm.process(*_msgs(frames[4])).record["stop_layer"] == 6

@@ -70,6 +70,13 @@ def test_validation_and_runtime_rules():
     for bad in (0, -1):
         with pytest.raises(P.ParamError, match=r"'min_layers' must be in \[1, 64\]"):
             P.validate("matcher", {"min_layers": bad})
+    # max_layers: the same shape; its default keeps the config's (no bound)
+    assert schema["max_layers"].declared_range() == (-2, 64)
+    assert P.validate("matcher", {})["max_layers"] == -2
+    with pytest.raises(P.ParamError, match=r"'max_layers' must be in \[1, 64\]"):
+        P.validate("matcher", {"max_layers": 0})
+    with pytest.raises(P.ParamError, match=r"'max_layers' must be a int"):
+        P.validate("matcher", {"max_layers": 4.5})
 
 
 def test_model_overrides_build_the_pipeline():
@@ -88,6 +95,8 @@ def test_model_overrides_build_the_pipeline():
     # min_layers defaults to the real-time 3; -2 keeps the config's schedule
     assert "matcher.min_layers=3" in overrides
     assert not any("min_layers" in o for o in P.model_overrides({**values, "min_layers": -2}))
+    assert not any("max_layers" in o for o in overrides)
+    assert "matcher.max_layers=4" in P.model_overrides({**values, "max_layers": 4})
 
 
 # ---- packaging: package.xml, setup.py data_files and entry points --------------------------------

@@ -246,6 +246,11 @@ def confidence_schedule(thresholds: Sequence[float] | None, n_layers: int) -> li
     return paper if thresholds is None else [float(t) for t in thresholds] + paper[-1:]
 
 
+def last_layer_index(max_layers: int | None, n_layers: int) -> int:
+    """Index of the last layer that may run: ``max_layers - 1`` (None: every layer)."""
+    return n_layers - 1 if max_layers is None else min(int(max_layers), n_layers) - 1
+
+
 def sigmoid_log_double_softmax(sim: Tensor, z0: Tensor, z1: Tensor, valid0: Tensor | None = None,
                                valid1: Tensor | None = None) -> Tensor:
     """Log-probabilities (B, M, N) that point i matches j: row softmax + column softmax + matchability.
@@ -408,7 +413,9 @@ class LightGlue(BaseModel):
     Adaptive depth stops after layer i < n_layers - 1 (i + 1 >= ``min_layers``) when more than
     ``depth_confidence`` of the valid points of the whole batch (pruned points count as
     confident) have a confidence of at least threshold i (``exit_thresholds``: the config's
-    ``confidence_thresholds`` or the paper's schedule); ``stop`` is therefore shared by the batch. Adaptive width
+    ``confidence_thresholds`` or the paper's schedule); ``stop`` is therefore shared by the batch.
+    ``max_layers`` bounds the depth at inference (the last layer's matches are then those of layer
+    ``max_layers``, through its own assignment head), a latency bound for real time. Adaptive width
     then removes points whose matchability is at most ``1 - width_confidence`` and whose
     confidence is above the threshold, in images with more than ``pruning_min_keypoints`` points
     (None: 1024 on CUDA, always elsewhere); pruned points come back unmatched. Unlike the
@@ -441,6 +448,9 @@ class LightGlue(BaseModel):
         # exit and for pruning; None = the paper's 0.8 + 0.1 exp(-4 i / n_layers)
         "confidence_thresholds": None,
         "min_layers": 1,  # layers run before an early exit is considered (pruning is not affected)
+        # at most this many layers run at inference (a latency bound: the matches of layer
+        # max_layers are returned); None or >= n_layers: all. Training and return_all_layers run all.
+        "max_layers": None,
         "pruning_min_keypoints": None,  # prune only images with more points; None = device default
         "pruning_bucket": None,  # point-set sizes rounded up to a multiple of this; None = 64 on bf16 CPU, else 1
         "filter_threshold": 0.1,  # minimum match probability
@@ -505,6 +515,10 @@ class LightGlue(BaseModel):
         min_layers = conf.min_layers
         if not (isinstance(min_layers, int) and not isinstance(min_layers, bool) and min_layers >= 1):
             fail(f"min_layers must be an int >= 1 (n_layers or more: no early exit), got {min_layers!r}")
+        max_layers = conf.max_layers
+        if max_layers is not None and not (isinstance(max_layers, int) and not isinstance(max_layers, bool)
+                                           and max_layers >= 1):
+            fail(f"max_layers must be None or an int >= 1 (n_layers or more: all layers), got {max_layers!r}")
         minimum = conf.pruning_min_keypoints
         is_int = isinstance(minimum, int) and not isinstance(minimum, bool)
         if minimum is not None and not (is_int and minimum >= -1):
@@ -581,6 +595,11 @@ class LightGlue(BaseModel):
             return self.confidence_thresholds
         schedule = confidence_schedule(self.conf.confidence_thresholds, int(self.conf.n_layers))
         return torch.tensor(schedule, dtype=torch.float32, device=self.confidence_thresholds.device)
+
+    def last_layer(self, all_layers: bool = False) -> int:
+        """Index of the last layer an inference pass may run (``max_layers``, read at every call);
+        ``all_layers`` (training, ``return_all_layers``): always the model's last."""
+        return last_layer_index(None if all_layers else self.conf.max_layers, int(self.conf.n_layers))
 
     def size_bucket(self, reduced_precision: bool) -> int:
         """Point-set sizes are rounded up to multiples of this (``pruning_bucket``; automatic: 64
@@ -749,6 +768,7 @@ class _Run:
         padded = mask0 is not None or mask1 is not None
         self.early_exit = conf.depth_confidence > 0 and not collect
         self.min_layers = int(conf.min_layers)
+        self.last_layer = model.last_layer(collect)
         self.thresholds = model.exit_thresholds()
         # the padding that rounds sizes up to the bucket is the model's own: pruning handles it
         self.prune = conf.width_confidence > 0 and not collect and (bucket_padded or not padded)
@@ -779,7 +799,7 @@ class _Run:
         layer = 0
         checkpointing = model.gradient_checkpointing and torch.is_grad_enabled()
         reduced = self.reduced_layers
-        for layer in range(self.n_layers):
+        for layer in range(self.last_layer + 1):
             block = model.transformers[layer]
             if checkpointing:
                 x = checkpoint(block, x, self.num0, rotary, self.key_masks(), use_reentrant=False)
@@ -790,7 +810,7 @@ class _Run:
                 x = block(x, self.num0, rotary, self.key_masks())
             if self.collect:
                 all_scores.append(self.log_assignment(x, layer, dustbins=True))
-            if layer == self.n_layers - 1:
+            if layer == self.last_layer:
                 break
             if not (self.early_exit or self.prune or self.collect):
                 continue

@@ -6,9 +6,9 @@ The matcher takes the LightGlue config unchanged plus four keys:
 * ``onnx_file``: an exported file (``python -m featmatch_core.export onnx``). Without it, the
   PyTorch model of the config (with its weights) is exported once into
   ``$FEATMATCH_CACHE_DIR/onnx/`` on first use, keyed by config and weights;
-* ``onnx_format``: ``auto`` (= ``full``, whose runner reads depth/width/filter thresholds at
-  run time), or the format to export / expect (``colmap``, ``opencv``: fixed depth, threshold
-  baked in);
+* ``onnx_format``: ``auto`` (= ``full``, whose runner reads the exit schedule, ``min_layers``,
+  ``max_layers``, depth/width/filter thresholds at run time), or the format to export / expect
+  (``colmap``, ``opencv``: fixed depth, threshold baked in);
 * ``threads``: onnxruntime intra-op threads, 0 = as many as torch uses.
 
 The outputs are LightGlue's (``matches0/1``, ``matching_scores0/1``, ``matches``, ``scores``,
@@ -38,7 +38,7 @@ from omegaconf import DictConfig
 from ...config import ConfLike, to_container
 from ..base import BaseModel
 from .common import compact_matches, no_matches
-from .lightglue import AUTO_PRUNING_MIN_KEYPOINTS, LightGlue, confidence_schedule
+from .lightglue import AUTO_PRUNING_MIN_KEYPOINTS, LightGlue, confidence_schedule, last_layer_index
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ ONNX_DEFAULTS: dict[str, Any] = {"backend": "onnx", "onnx_file": None, "onnx_for
 ONNX_FORMATS = ("auto", "colmap", "opencv", "full")
 # keys that do not change the exported graph (run-time settings of the `full` runner and ours)
 RUNTIME_KEYS = ("weights", "backend", "onnx_file", "onnx_format", "threads", "depth_confidence",
-                "width_confidence", "pruning_min_keypoints", "filter_threshold", "return_all_layers")
+                "width_confidence", "confidence_thresholds", "min_layers", "max_layers", "pruning_min_keypoints",
+                "pruning_bucket", "filter_threshold", "return_all_layers")
 ARCHITECTURE_KEYS = ("input_dim", "descriptor_dim", "add_scale_ori", "n_layers", "num_heads")
 
 
@@ -128,6 +129,7 @@ class AdaptiveRunner:
         conf = self.conf
         self.thresholds = np.array(confidence_schedule(conf.confidence_thresholds, self.n_layers), np.float32)
         self.min_layers = int(conf.min_layers)
+        self.last_layer = last_layer_index(conf.max_layers, self.n_layers)
         self.early_exit = conf.depth_confidence > 0
         self.prune = conf.width_confidence > 0
         self.depth_confidence = np.float32(conf.depth_confidence)
@@ -150,10 +152,10 @@ class AdaptiveRunner:
         index = [np.arange(m), np.arange(n)]
         prune = [np.full(m, self.n_layers, np.int64), np.full(n, self.n_layers, np.int64)]
         layer = 0
-        for layer in range(self.n_layers):
+        for layer in range(self.last_layer + 1):
             outputs = self.run_stage(f"layer{layer}", state)
             state["x0"], state["x1"] = outputs[:2]
-            if layer == self.n_layers - 1 or not (self.early_exit or self.prune):
+            if layer == self.last_layer or not (self.early_exit or self.prune):
                 continue
             confidence, matchability = outputs[2], outputs[3]
             if self.early_exit and layer + 1 >= self.min_layers and self.confident_enough(confidence, layer, m + n):
@@ -366,6 +368,10 @@ def open_runner(path: Path, conf: DictConfig) -> FixedDepthRunner | AdaptiveRunn
 
     check_signature(path, model, inputs, list(lx.MATCH_OUTPUTS), f"a LightGlue '{fmt}' ONNX file for this config",
                     {"desc0": descriptor_dim, "desc1": descriptor_dim})
+    if conf.max_layers is not None and int(conf.max_layers) < int(conf.n_layers):
+        raise OnnxFileError(
+            f"{path} is a '{fmt}' export (every layer) but the config sets max_layers={conf.max_layers}: "
+            "export --format full, or set max_layers=null")
     if conf.depth_confidence > 0 or conf.width_confidence > 0:
         raise OnnxFileError(
             f"{path} is a '{fmt}' export (every layer on every point) but the config enables adaptive depth/width "
