@@ -43,6 +43,28 @@ def test_scene_depth_and_pose_agree():
     assert visible.mean() > 0.5
 
 
+def test_narrow_baseline_pairs_are_small_steps_and_leave_other_recipes_alone():
+    from featmatch_core.datasets.scenes import render_scene_pair, scene_conf
+
+    small = {"image_size": [96, 128]}
+    narrow = scene_conf({**small, "camera": {"narrow_baseline_prob": 1.0, "narrow_step": [0.05, 0.1]}})
+    for seed in range(4):
+        T = render_scene_pair(seed, narrow).T_0to1
+        # camera 0's centre seen from camera 1: |t| is the distance between the centres
+        assert 0.05 - 1e-9 <= np.linalg.norm(T[:3, 3]) <= 0.1 + 1e-9
+        angle = np.degrees(np.arccos(np.clip((np.trace(T[:3, :3]) - 1) / 2, -1, 1)))
+        assert angle <= 3.0 * np.sqrt(3) + 1e-6
+    # prob 0 (the default) draws nothing more: the pairs of earlier recipes are unchanged
+    default, explicit = scene_conf(small), scene_conf({**small, "camera": {"narrow_baseline_prob": 0.0,
+                                                                             "narrow_step": [1, 2]}})
+    for seed in range(2):
+        np.testing.assert_array_equal(render_scene_pair(seed, default).T_0to1,
+                                      render_scene_pair(seed, explicit).T_0to1)
+    assert np.linalg.norm(render_scene_pair(0, default).T_0to1[:3, 3]) > 0.3  # orbits are wide
+    with pytest.raises(ConfigError, match=r"narrow_baseline_prob must be in \[0, 1\]"):
+        scene_conf({"camera": {"narrow_baseline_prob": 1.5}})
+
+
 def test_scenes_eval_end_to_end(tmp_path):
     args = ["--conf", "sift+nn", "--results_root", str(tmp_path), *(f"data.{k}={v}" for k, v in SMALL.items()),
             "model.extractor.max_num_keypoints=512"]
