@@ -75,6 +75,9 @@ class Frame:
     features: Features
     index: int
     stamp: Any = None
+    # what the matcher computed from this image alone, reused when the frame is matched again
+    # (LightGlue: see its ``image_states``); owned by the frame, dropped with it
+    matcher_state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_keypoints(self) -> int:
@@ -154,9 +157,13 @@ class Pipeline(nn.Module):
             feats = self.extractor({"image": images.to(self.device)})
         return {k: v.float() if v.is_floating_point() else v for k, v in feats.items()}
 
-    def _run_matcher(self, feats0: Features, feats1: Features) -> dict[str, Any]:
+    def _run_matcher(self, feats0: Features, feats1: Features,
+                     image_states: tuple[dict[str, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+        extra = {}
+        if image_states is not None and getattr(self.matcher, "reuses_image_states", False):
+            extra["image_states"] = image_states
         with autocast(self.device, self.conf.precision):
-            return self.matcher({"image0": feats0, "image1": feats1})
+            return self.matcher({"image0": feats0, "image1": feats1}, **extra)
 
     @torch.inference_mode()
     def warm_up(self) -> int:
@@ -178,9 +185,12 @@ class Pipeline(nn.Module):
         return self._run_extractor(to_tensor_image(image))
 
     @torch.inference_mode()
-    def match_features(self, feats0: Features, feats1: Features) -> TwoViewMatches:
+    def match_features(self, feats0: Features, feats1: Features,
+                       image_states: tuple[dict[str, Any], dict[str, Any]] | None = None) -> TwoViewMatches:
+        """Match two images' features; ``image_states`` (one dict per image, kept with its
+        features) lets a matcher reuse per-image work when an image is matched again."""
         with _timer(self.device) as t:
-            pred = self._run_matcher(feats0, feats1)
+            pred = self._run_matcher(feats0, feats1, image_states)
         result = to_two_view_matches(feats0, feats1, pred)
         result.timings["match"] = t.ms
         return result
@@ -308,7 +318,8 @@ class FeatureStream:
         return frame
 
     def match(self, frame0: Frame, frame1: Frame) -> TwoViewMatches:
-        return self.pipeline.match_features(frame0.features, frame1.features)
+        return self.pipeline.match_features(frame0.features, frame1.features,
+                                            (frame0.matcher_state, frame1.matcher_state))
 
     def push(self, image: ImageLike, stamp: Any = None) -> TwoViewMatches | None:
         """Add a frame; returns its matches to the previous frame (None for the first)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -466,6 +467,83 @@ def test_mutual_matches_from_similarity_keeps_one_to_one_on_exact_ties():
     assert int((m0[0] == 0).sum()) == 1 and m0[0, 2] == 2
     assert m1[0, 0] in (0, 1) and m0[0, m1[0, 0]] == 0 and m1[0, 1] == -1
     assert s1[0, 0] == s0[0, m1[0, 0]] and s0[0, 1 - m1[0, 0]] == 0
+
+
+# ---- per-image states: a video frame's own work is done once --------------------------------------
+def frames_of_a_video(n: int = 90, count: int = 3) -> list[Feats]:
+    """Feature sets of consecutive frames: the same points, shuffled and slightly moved."""
+    first = random_features(n, seed=11, scale_ori=True)
+    frames = [first]
+    for i in range(1, count):
+        shuffled = permuted_copy(frames[-1], seed=20 + i)["image1"]
+        shuffled["keypoints"] = shuffled["keypoints"] + 2.0
+        frames.append(shuffled)
+    return frames
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_image_states_reuse_each_frames_encoding_and_change_nothing(precision, adaptive):
+    adaptivity = {} if adaptive else {"depth_confidence": -1, "width_confidence": -1}
+    model = small_model(add_scale_ori=True, **adaptivity)
+    frames = frames_of_a_video()
+    states = [{} for _ in frames]
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    with context, torch.inference_mode():
+        for i in range(len(frames) - 1):
+            data = {"image0": frames[i], "image1": frames[i + 1]}
+            plain = model(data)
+            reused_before = states[i].get("lightglue")
+            out = model(data, image_states=(states[i], states[i + 1]))
+            if i > 0:  # frame i was the second image of the pair before: its encoding is reused
+                assert states[i]["lightglue"] is reused_before
+            assert out["stop"] == plain["stop"]
+            assert torch.equal(out["matches0"], plain["matches0"]) and torch.equal(out["matches1"], plain["matches1"])
+            assert (out["matches0"] >= 0).sum() > 60
+            tolerance = 1e-5 if precision == "fp32" else 2e-2
+            torch.testing.assert_close(out["matching_scores0"], plain["matching_scores0"], atol=tolerance, rtol=0)
+
+
+def test_image_states_are_recomputed_when_features_weights_or_precision_change():
+    model = small_model(add_scale_ori=True, depth_confidence=-1, width_confidence=-1)
+    frame0, frame1 = frames_of_a_video(count=2)
+    data = {"image0": frame0, "image1": frame1}
+    states = ({}, {})
+    with torch.inference_mode():
+        model(data, image_states=states)
+        first = states[0]["lightglue"]
+        model(data, image_states=states)
+        assert states[0]["lightglue"] is first  # unchanged inputs: reused
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(data, image_states=states)
+        assert states[0]["lightglue"] is not first  # another precision
+        in_bf16 = states[0]["lightglue"]
+        model(data, image_states=states)
+        assert states[0]["lightglue"] is not in_bf16
+    frame0["descriptors"].mul_(-1)  # the features changed in place
+    with torch.inference_mode():
+        before = states[0]["lightglue"]
+        out = model(data, image_states=states)
+        assert states[0]["lightglue"] is not before
+        assert torch.equal(out["matches0"], model(data)["matches0"])
+    frame1["keypoints"].add_(3.0)  # moved points: a new rotary encoding
+    with torch.inference_mode():
+        before = states[1]["lightglue"]
+        out = model(data, image_states=states)
+        assert states[1]["lightglue"] is not before
+        assert torch.equal(out["matches0"], model(data)["matches0"])
+    with torch.no_grad():
+        model.transformers[0].self_attn.Wqkv.weight.mul_(0.5)  # new weights
+    with torch.inference_mode():
+        before = states[1]["lightglue"]
+        out = model(data, image_states=states)
+        assert states[1]["lightglue"] is not before
+        assert torch.equal(out["matches0"], model(data)["matches0"])
+    # with gradients (training) nothing is stored or reused
+    model.conf.return_all_layers = True
+    fresh = ({}, {})
+    model(data, image_states=fresh)
+    assert fresh == ({}, {})
 
 
 # ---- precision & training ---------------------------------------------------------------------

@@ -76,6 +76,24 @@ def test_stream_extracts_each_frame_once(sift_nn, synthetic_pair):
     assert "extract" in r1.timings
 
 
+def test_stream_reuses_each_frames_lightglue_encoding(synthetic_pair):
+    """Frames keep LightGlue's per-image work: the middle frame is encoded once for two pairs,
+    and the matches are those of the two-view calls."""
+    pipe = featmatch_core.load("sift+lightglue-cpu", ["extractor.max_num_keypoints=512"])
+    image0, image1, _ = synthetic_pair
+    stream = FeatureStream(pipe)
+    frames = [stream.extract(image) for image in (image0, image1, image0)]
+    first = stream.match(frames[0], frames[1])
+    encoding = frames[1].matcher_state["lightglue"]
+    second = stream.match(frames[1], frames[2])
+    assert frames[1].matcher_state["lightglue"] is encoding
+    for result, (a, b) in ((first, (0, 1)), (second, (1, 2))):
+        direct = pipe.match_features(frames[a].features, frames[b].features)
+        np.testing.assert_array_equal(result.matches, direct.matches)
+        assert result.info["stop_layer"] == direct.info["stop_layer"]
+    assert len(first.matches) > 100
+
+
 def test_random_lightglue_pipeline_runs_offline(synthetic_pair):
     """LightGlue with random weights (weights=None): the pipeline wiring, not match quality."""
     pipe = featmatch_core.load("sift+lightglue", {"extractor": {"max_num_keypoints": 256},

@@ -24,6 +24,7 @@ import copy
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -162,11 +163,19 @@ class SelfAttentionBlock(nn.Module):
         q, k, v = self.project_qkv(x)
         q, k = rotary.apply(q), rotary.apply(k)
         image0, image1 = slice(0, num0), slice(num0, None)
-        message = self.out_proj(merge_heads(
+        return self.update(x, merge_heads(
             attend(q[:, :, image0], k[:, :, image0], v[:, :, image0], key_masks[0]),
             attend(q[:, :, image1], k[:, :, image1], v[:, :, image1], key_masks[1]),
         ))
-        return x + self.ffn(concat_state_message(x, message))
+
+    def within_image(self, x: Tensor, rotary: Rotary, key_mask: Tensor | None) -> Tensor:
+        """The same block for the points of one image alone (B, N, D): it needs nothing of the
+        other image, so a video frame's result serves both pairs the frame is part of."""
+        q, k, v = self.project_qkv(x)
+        return self.update(x, merge_heads(attend(rotary.apply(q), rotary.apply(k), v, key_mask)))
+
+    def update(self, x: Tensor, heads: Tensor) -> Tensor:
+        return x + self.ffn(concat_state_message(x, self.out_proj(heads)))
 
 
 class CrossAttentionBlock(nn.Module):
@@ -433,6 +442,7 @@ class LightGlue(BaseModel):
     # an earlier head that the released architecture does not use (the reference loads them with
     # strict=False; Hugging Face's converter pops them).
     release_extras: ClassVar[tuple[str, ...]] = (r"log_assignment\.\d+\.r",)
+    reuses_image_states: ClassVar[bool] = True  # forward takes ``image_states`` (Pipeline passes them)
 
     default_conf: ClassVar[dict[str, Any]] = {
         "name": "lightglue",
@@ -677,7 +687,13 @@ class LightGlue(BaseModel):
         return AUTO_PRUNING_MIN_KEYPOINTS.get(device.type, 0)
 
     # ---- forward ---------------------------------------------------------------------------
-    def forward(self, data: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Any]:
+    def forward(self, data: Mapping[str, Mapping[str, Tensor]],
+                image_states: tuple[dict[str, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+        """``image_states``: one dict per image, owned by the caller and kept with that image's
+        features (``FeatureStream``'s frames). Inference stores there what depends on that image
+        alone (rotary encoding, input projection, layer 0's self-attention) and reuses it when the
+        same features come again with the same model and precision: a video frame is matched
+        twice, as the second image of one pair and the first of the next."""
         for key in ("image0", "image1"):
             if key not in data:
                 raise ValueError(f"LightGlue expects 'image0' and 'image1', got keys {sorted(data)}")
@@ -701,11 +717,46 @@ class LightGlue(BaseModel):
             bucket_padded = mask0 is not None or mask1 is not None
         run = _Run(self, desc0.device, b, desc0.shape[1], desc1.shape[1], mask0, mask1, collect,
                    reduced, bucket, bucket_padded)
+        if image_states is not None and not collect and not torch.is_grad_enabled():
+            sides = [self.encode_image(data[name]["descriptors"], geometry, desc, key_mask, reduced, state)
+                     for name, geometry, desc, key_mask, state in zip(
+                         ("image0", "image1"), (geometry0, geometry1), (desc0, desc1), run.key_masks(),
+                         image_states, strict=True)]
+            rotary = Rotary(torch.cat([side.phasor for side in sides], 2))
+            x = torch.cat([side.state for side in sides], 1)
+            return crop_points(run.execute(x, rotary, first_self_attention_done=True), m, n)
         with full_precision(desc0.device):
             rotary = Rotary.from_angles(self.posenc(torch.cat([geometry0, geometry1], 1)))
         # the residual stream keeps the base dtype under autocast; the layers cast their inputs
         x = self.input_proj(torch.cat([desc0, desc1], 1).detach().to(self.base_dtype)).to(self.base_dtype)
         return crop_points(run.execute(x, rotary), m, n)
+
+    def encode_image(self, source: Tensor, geometry: Tensor, descriptors: Tensor, key_mask: Tensor | None,
+                     reduced: nn.ModuleList | None, state: dict[str, Any]) -> ImageEncoding:
+        """One image's rotary phasor and its tokens after layer 0's self-attention, from ``state``
+        when they were computed for the same ``source`` descriptors with the same content, model
+        weights, precision and padding, else computed and stored there."""
+        device = descriptors.device
+        autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        # tensors made under inference mode have no version counter: sums stand for the content
+        content = (float(geometry.double().sum()), float(descriptors.double().sum()))
+        key = (id(self), tuple((p.data_ptr(), p._version) for p in self.parameters()), autocast,
+               reduced is not None, tuple(descriptors.shape), None if key_mask is None else int(key_mask.sum()),
+               content)
+        cached = state.get(ImageEncoding.STATE_KEY)
+        if isinstance(cached, ImageEncoding) and cached.source is source and cached.key == key:
+            return cached
+        with full_precision(device):
+            rotary = Rotary.from_angles(self.posenc(geometry))
+        x = self.input_proj(descriptors.detach().to(self.base_dtype)).to(self.base_dtype)
+        if reduced is not None:
+            with torch.autocast(device.type, enabled=False):
+                x = reduced[0].self_attn.within_image(x.to(torch.bfloat16), rotary, key_mask).to(x.dtype)
+        else:
+            x = self.transformers[0].self_attn.within_image(x, rotary, key_mask)
+        encoded = ImageEncoding(rotary.phasor, x, source, key)
+        state[ImageEncoding.STATE_KEY] = encoded
+        return encoded
 
     def _unmatched_output(self, b: int, m: int, n: int, device: torch.device, stop: int,
                           collect: bool) -> dict[str, Any]:
@@ -720,6 +771,18 @@ class LightGlue(BaseModel):
         if collect:  # nothing to supervise: no layer ran
             out.update(log_assignment=[], token_confidence0=[], token_confidence1=[])
         return out
+
+
+@dataclass(frozen=True)
+class ImageEncoding:
+    """What LightGlue's inference computes from one image alone (see ``LightGlue.encode_image``)."""
+
+    STATE_KEY: ClassVar[str] = "lightglue"
+
+    phasor: Tensor  # rotary encoding (B, 1, N, head_dim / 2)
+    state: Tensor  # tokens after layer 0's self-attention (B, N, D), base dtype
+    source: Tensor  # the descriptors it was computed from (kept alive: the identity check is safe)
+    key: tuple  # model, weights, precision, padding, content
 
 
 def pad_points(geometry: Tensor, descriptors: Tensor, bucket: int) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -792,7 +855,9 @@ class _Run:
         (its output is discarded) so that no softmax row is empty."""
         return tuple(None if v is None else v | ~v.any(1, keepdim=True) for v in (self.valid0, self.valid1))
 
-    def execute(self, x: Tensor, rotary: Rotary) -> dict[str, Any]:
+    def execute(self, x: Tensor, rotary: Rotary, first_self_attention_done: bool = False) -> dict[str, Any]:
+        """The layers on the stacked tokens ``x``; with ``first_self_attention_done`` layer 0 starts
+        at its cross-attention (``x`` already holds each image's self-attention result)."""
         model = self.model
         all_scores: list[Tensor] = []
         confidences: list[tuple[Tensor, Tensor]] = []
@@ -801,7 +866,9 @@ class _Run:
         reduced = self.reduced_layers
         for layer in range(self.last_layer + 1):
             block = model.transformers[layer]
-            if checkpointing:
+            if layer == 0 and first_self_attention_done:
+                x = self.cross_attention_only(x)
+            elif checkpointing:
                 x = checkpoint(block, x, self.num0, rotary, self.key_masks(), use_reentrant=False)
             elif reduced is not None:
                 with torch.autocast(x.device.type, enabled=False):
@@ -842,6 +909,13 @@ class _Run:
             out["token_confidence0"] = [c0 for c0, _ in confidences]
             out["token_confidence1"] = [c1 for _, c1 in confidences]
         return out
+
+    def cross_attention_only(self, x: Tensor) -> Tensor:
+        """Layer 0's cross-attention block alone (its self-attention ran per image)."""
+        if self.reduced_layers is None:
+            return self.model.transformers[0].cross_attn(x, self.num0, self.key_masks())
+        with torch.autocast(x.device.type, enabled=False):
+            return self.reduced_layers[0].cross_attn(x.to(torch.bfloat16), self.num0, self.key_masks()).to(x.dtype)
 
     def log_assignment(self, x: Tensor, layer: int, dustbins: bool) -> Tensor:
         """Layer ``layer``'s log assignment in the base dtype, (B, M, N) or (B, M + 1, N + 1)."""
