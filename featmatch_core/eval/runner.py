@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ..config import ConfigError, load_named_config, merge_strict, parse_dotlist, to_container
 from ..files import save_json
+from ..models.matchers.lightglue import exit_filter_threshold
 from ..models.pipeline import Pipeline
 from .metrics import summarize
 
@@ -225,6 +226,18 @@ def keep_scores_above(pred: dict[str, Any], min_score: float) -> dict[str, Any]:
             "scores": np.asarray(pred["scores"]).reshape(-1)[keep]}
 
 
+def matcher_min_score(pred: Mapping[str, Any], conf: DictConfig) -> float:
+    """``eval.min_score`` as the matcher's own ``filter_threshold`` would have applied it: LightGlue
+    scales it by ``exit_filter_factors`` of the layer an early-stopped pass ended at."""
+    min_score = float(conf.eval.min_score)
+    matcher = conf.model.get("matcher") or {}
+    if min_score <= 0 or "stop_layer" not in pred or matcher.get("exit_filter_factors") is None:
+        return min_score
+    settings = {"filter_threshold": min_score, "exit_filter_factors": matcher["exit_filter_factors"],
+                "n_layers": matcher["n_layers"]}
+    return exit_filter_threshold(settings, int(pred["stop_layer"]) - 1)
+
+
 def evaluate_predictions(bench: Benchmark, dataset: Sequence[Mapping[str, Any]], path: Path,
                          conf: DictConfig, ransac_th: float) -> tuple[dict[str, float], list[dict[str, Any]]]:
     per_pair: list[dict[str, Any]] = []
@@ -232,7 +245,7 @@ def evaluate_predictions(bench: Benchmark, dataset: Sequence[Mapping[str, Any]],
     with h5py.File(path, "r") as f:
         for name in pair_names(dataset):
             gt, pred = read_prediction(f, name)
-            pred = keep_scores_above(pred, float(conf.eval.min_score))
+            pred = keep_scores_above(pred, matcher_min_score(pred, conf))
             if "load_error" in pred:
                 load_errors += 1
             result = bench.evaluate_pair(gt, pred, conf.eval, ransac_th)

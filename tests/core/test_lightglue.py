@@ -210,6 +210,26 @@ def test_max_layers_bounds_the_depth_and_returns_that_layers_matches():
             small_model(max_layers=bad)
 
 
+def test_exit_filter_factors_scale_the_threshold_of_the_layer_the_pass_stops_at():
+    data = permuted_copy(random_features(64))
+    fixed = {"depth_confidence": -1, "width_confidence": -1, "max_layers": 2}
+    scores = run(small_model(**fixed, filter_threshold=0.0), data)["matching_scores0"][0]
+    high, low = (float(v) for v in torch.quantile(scores[scores > 0], torch.tensor([0.8, 0.2])))
+    model = small_model(**fixed, filter_threshold=high, exit_filter_factors=[1.0, low / high, 1.0])
+    out = run(model, data)
+    assert out["stop"] == 2
+    assert torch.equal(out["matches0"], run(small_model(**fixed, filter_threshold=low), data)["matches0"])
+    strict = run(small_model(**fixed, filter_threshold=high), data)["matches0"]
+    assert (out["matches0"] >= 0).sum() > (strict >= 0).sum() > 0
+    # a pass that runs to the last layer keeps filter_threshold
+    model.conf.max_layers = None
+    unscaled = small_model(**{**fixed, "max_layers": None}, filter_threshold=high)
+    assert torch.equal(run(model, data)["matches0"], run(unscaled, data)["matches0"])
+    for bad in ([1.0, 1.0], [1.0, 0.0, 1.0], [1.0, -1.0, 1.0], 0.5):
+        with pytest.raises(ValueError, match=r"exit_filter_factors must be None or 3 positive numbers"):
+            small_model(exit_filter_factors=bad)
+
+
 def test_exit_ratio_ignores_padding():
     """Valid points are confident, padded ones are not: the ratio must count valid points only."""
     model = small_model(width_confidence=-1)

@@ -197,10 +197,11 @@ def test_full_file_follows_min_layers_and_the_threshold_schedule(models, exports
     assert stops == {3, 4}  # every point is sure after layer 3 in the first, after 4 in the second
 
 
-def test_full_file_follows_max_layers(models, exports):
+def test_full_file_follows_max_layers_and_exit_filter_factors(models, exports):
     conf, model, data = models["sift_lightglue_cpu"]
     for setting in ({**FIXED, "max_layers": 2}, {"depth_confidence": 0.5, "width_confidence": 0.99,
-                                                 "min_layers": 1, "max_layers": 3}):
+                                                 "min_layers": 1, "max_layers": 3},
+                    {**FIXED, "max_layers": 3, "exit_filter_factors": [1.0, 1.0, 0.25, 1.0, 1.0]}):
         reference = torch_run(model, data, **setting)
         actual = onnx_matcher(conf, exports["sift_lightglue_cpu", "full"], **setting)(data)
         assert_same_matches(reference, actual)

@@ -85,6 +85,14 @@ def test_min_score_filter_equals_a_higher_matcher_threshold(tmp_path):
     unfiltered = runner.main(hpatches.BENCHMARK, common + ["model.matcher.filter_threshold=0.01"])
     assert low["num_matches"] == high["num_matches"] < unfiltered["num_matches"]
     assert low["correct@3px"] == high["correct@3px"] and low["corner_error_auc@5"] == high["corner_error_auc@5"]
+    # a pass stopped at layer 3 with exit_filter_factors: the filter is scaled there, in both ways
+    stopped = ["model.matcher.max_layers=3", "model.matcher.exit_filter_factors=[1,1,0.2,1,1]"]
+    low3 = runner.main(hpatches.BENCHMARK, common + stopped + ["model.matcher.filter_threshold=0.01",
+                                                                "eval.min_score=0.5"])
+    high3 = runner.main(hpatches.BENCHMARK, common + stopped + ["model.matcher.filter_threshold=0.5"])
+    strict3 = runner.main(hpatches.BENCHMARK, common + ["model.matcher.max_layers=3",
+                                                        "model.matcher.filter_threshold=0.5"])
+    assert low3["stop_layer"] == 3 and low3["num_matches"] == high3["num_matches"] > strict3["num_matches"]
     written = sorted(p.name for p in (tmp_path / "r" / "hpatches").rglob("summary_*.json"))
     assert any("score0.5" in name for name in written)  # the filtered summary does not overwrite the other
     with pytest.raises(ConfigError, match="min_scor"):

@@ -255,6 +255,16 @@ def confidence_schedule(thresholds: Sequence[float] | None, n_layers: int) -> li
     return paper if thresholds is None else [float(t) for t in thresholds] + paper[-1:]
 
 
+def exit_filter_threshold(conf: Mapping[str, Any], layer: int) -> float:
+    """Minimum match probability of the matches of layer ``layer`` when the pass ends there:
+    ``filter_threshold``, scaled by ``exit_filter_factors[layer]`` before the last layer."""
+    threshold = float(conf["filter_threshold"])
+    factors = conf["exit_filter_factors"]
+    if factors is None or layer >= int(conf["n_layers"]) - 1:
+        return threshold
+    return threshold * float(factors[layer])
+
+
 def last_layer_index(max_layers: int | None, n_layers: int) -> int:
     """Index of the last layer that may run: ``max_layers - 1`` (None: every layer)."""
     return n_layers - 1 if max_layers is None else min(int(max_layers), n_layers) - 1
@@ -424,7 +434,9 @@ class LightGlue(BaseModel):
     confident) have a confidence of at least threshold i (``exit_thresholds``: the config's
     ``confidence_thresholds`` or the paper's schedule); ``stop`` is therefore shared by the batch.
     ``max_layers`` bounds the depth at inference (the last layer's matches are then those of layer
-    ``max_layers``, through its own assignment head), a latency bound for real time. Adaptive width
+    ``max_layers``, through its own assignment head), a latency bound for real time. Matches of a
+    pass that stops before the last layer need ``filter_threshold * exit_filter_factors[i]``.
+    Adaptive width
     then removes points whose matchability is at most ``1 - width_confidence`` and whose
     confidence is above the threshold, in images with more than ``pruning_min_keypoints`` points
     (None: 1024 on CUDA, always elsewhere); pruned points come back unmatched. Unlike the
@@ -464,6 +476,10 @@ class LightGlue(BaseModel):
         "pruning_min_keypoints": None,  # prune only images with more points; None = device default
         "pruning_bucket": None,  # point-set sizes rounded up to a multiple of this; None = 64 on bf16 CPU, else 1
         "filter_threshold": 0.1,  # minimum match probability
+        # when the pass stops after layer i < n_layers - 1 (early exit, max_layers) its matches need
+        # filter_threshold * exit_filter_factors[i] (n_layers - 1 values): an earlier layer's head
+        # gives softer probabilities to the same correct matches; None = 1 for every layer
+        "exit_filter_factors": None,
         "return_all_layers": False,  # also return every layer's log assignment (training)
         "weights": None,
     }
@@ -522,6 +538,13 @@ class LightGlue(BaseModel):
                     or not all(isinstance(t, int | float) and 0 <= t <= 1 for t in values):
                 fail(f"confidence_thresholds must be None or {conf.n_layers - 1} numbers in [0, 1] "
                      f"(one per layer but the last), got {thresholds!r}")
+        factors = conf.exit_filter_factors
+        if factors is not None:
+            values = list(factors) if isinstance(factors, Sequence | ListConfig) else None
+            if values is None or len(values) != conf.n_layers - 1 \
+                    or not all(isinstance(f, int | float) and not isinstance(f, bool) and f > 0 for f in values):
+                fail(f"exit_filter_factors must be None or {conf.n_layers - 1} positive numbers "
+                     f"(one per layer but the last), got {factors!r}")
         min_layers = conf.min_layers
         if not (isinstance(min_layers, int) and not isinstance(min_layers, bool) and min_layers >= 1):
             fail(f"min_layers must be an int >= 1 (n_layers or more: no early exit), got {min_layers!r}")
@@ -930,7 +953,7 @@ class _Run:
 
     def final_matches(self, x: Tensor, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Mutual matches of layer ``layer`` (inference): matches0/1 and scores0/1, current indexing."""
-        threshold = float(self.model.conf.filter_threshold)
+        threshold = exit_filter_threshold(self.model.conf, layer)
         head = self.model.log_assignment[layer]
         with full_precision(x.device):
             x = x.to(self.model.base_dtype)

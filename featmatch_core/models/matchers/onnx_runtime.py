@@ -38,7 +38,13 @@ from omegaconf import DictConfig
 from ...config import ConfLike, to_container
 from ..base import BaseModel
 from .common import compact_matches, no_matches
-from .lightglue import AUTO_PRUNING_MIN_KEYPOINTS, LightGlue, confidence_schedule, last_layer_index
+from .lightglue import (
+    AUTO_PRUNING_MIN_KEYPOINTS,
+    LightGlue,
+    confidence_schedule,
+    exit_filter_threshold,
+    last_layer_index,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +52,8 @@ ONNX_DEFAULTS: dict[str, Any] = {"backend": "onnx", "onnx_file": None, "onnx_for
 ONNX_FORMATS = ("auto", "colmap", "opencv", "full")
 # keys that do not change the exported graph (run-time settings of the `full` runner and ours)
 RUNTIME_KEYS = ("weights", "backend", "onnx_file", "onnx_format", "threads", "depth_confidence",
-                "width_confidence", "confidence_thresholds", "min_layers", "max_layers", "pruning_min_keypoints",
+                "width_confidence", "confidence_thresholds", "min_layers", "max_layers", "exit_filter_factors",
+                "pruning_min_keypoints",
                 "pruning_bucket", "filter_threshold", "return_all_layers")
 ARCHITECTURE_KEYS = ("input_dim", "descriptor_dim", "add_scale_ori", "n_layers", "num_heads")
 
@@ -134,7 +141,6 @@ class AdaptiveRunner:
         self.prune = conf.width_confidence > 0
         self.depth_confidence = np.float32(conf.depth_confidence)
         self.min_matchability = np.float32(1 - conf.width_confidence)
-        self.threshold = float(conf.filter_threshold)
         minimum = conf.pruning_min_keypoints
         self.min_keypoints = AUTO_PRUNING_MIN_KEYPOINTS["cpu"] if minimum is None else int(minimum)
 
@@ -169,7 +175,7 @@ class AdaptiveRunner:
             return PairMatches(np.full(m, -1, np.int64), np.full(n, -1, np.int64), np.zeros(m, np.float32),
                                np.zeros(n, np.float32), stop, *prune)
         m0, m1, s0, s1 = self.run_stage(f"assign{layer}", state)
-        m0, m1 = thresholded(m0, m1, s0, self.threshold)
+        m0, m1 = thresholded(m0, m1, s0, exit_filter_threshold(self.conf, layer))
         full = [np.full(m, -1, np.int64), np.full(n, -1, np.int64)]
         scores = [np.zeros(m, np.float32), np.zeros(n, np.float32)]
         # back to the input indexing (identity unless points were pruned)
