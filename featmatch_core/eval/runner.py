@@ -230,7 +230,7 @@ def matcher_min_score(pred: Mapping[str, Any], conf: DictConfig) -> float:
     """``eval.min_score`` as the matcher's own ``filter_threshold`` would have applied it: LightGlue
     scales it by ``exit_filter_factors`` of the layer an early-stopped pass ended at."""
     min_score = float(conf.eval.min_score)
-    matcher = conf.model.get("matcher") or {}
+    matcher = (conf.get("model") or {}).get("matcher") or {}  # the trainer's hook has no model section
     if min_score <= 0 or "stop_layer" not in pred or matcher.get("exit_filter_factors") is None:
         return min_score
     settings = {"filter_threshold": min_score, "exit_filter_factors": matcher["exit_filter_factors"],
