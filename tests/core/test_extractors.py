@@ -78,7 +78,7 @@ def image_driven_superpoint(conf: dict) -> SuperPoint:
 def build(kind: str, **conf) -> torch.nn.Module:
     if kind == "superpoint":
         return image_driven_superpoint(conf)
-    if kind in ("sift-opencv", "sift-pycolmap"):
+    if kind in ("sift-opencv", "sift-pycolmap", "sift-kornia"):
         return SIFT({"resize": None, "backend": kind.split("-")[1], **conf}).eval()
     torch.manual_seed(0)
     if kind == "aliked":  # caps the per-keypoint deformable descriptor head, the slow part
@@ -98,7 +98,7 @@ def silence(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-EXTRACTORS = ["superpoint", "sift-opencv", "sift-pycolmap", "aliked", "disk"]
+EXTRACTORS = ["superpoint", "sift-opencv", "sift-pycolmap", "sift-kornia", "aliked", "disk"]
 
 
 def run(model: torch.nn.Module, images: torch.Tensor) -> dict:
@@ -461,7 +461,7 @@ def test_disk_rejects_unpadded_odd_sizes():
 
 # ---- SIFT ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", ["opencv", "pycolmap"])
+@pytest.mark.parametrize("backend", ["opencv", "pycolmap", "kornia"])
 def test_sift_keypoints_are_in_pixel_centre_convention(backend):
     centres = [(40.3, 50.7), (120.0, 45.0), (200.6, 130.2), (70.5, 150.25)]
     pred = run(SIFT({"backend": backend, "resize": None}), batch(blobs(200, 260, centres, sigma=5.0)))
@@ -472,7 +472,7 @@ def test_sift_keypoints_are_in_pixel_centre_convention(backend):
     assert ((sizes > 8.0) & (sizes < 13.0)).all(), sizes
 
 
-@pytest.mark.parametrize("backend", ["opencv", "pycolmap"])
+@pytest.mark.parametrize("backend", ["opencv", "pycolmap", "kornia"])
 def test_sift_orientation_convention(backend):
     """Rotating the image counter-clockwise on screen by 30 degrees decreases oris by 30 degrees
     (angle from +x towards +y, y down), for both back ends."""
@@ -510,6 +510,41 @@ def test_sift_backends_agree():
     similar[near] = (np.abs(ratio - 1) < 0.1) & (dori < 0.2)
     # measured 0.89: the orientation histograms of the two implementations differ slightly
     assert similar.mean() >= 0.8, similar.mean()
+
+
+def test_sift_kornia_backend_agrees_with_opencv_and_checks_its_config():
+    """The torch (GPU-capable) back end: where both detect a point, same scale and orientation."""
+    image = batch(texture(240, 320, seed=0))
+    cv = run(SIFT({"backend": "opencv", "resize": None, "max_num_keypoints": 512}), image)
+    kornia = run(SIFT({"backend": "kornia", "resize": None, "max_num_keypoints": 512}), image)
+    assert kornia["keypoints"].shape == (1, 512, 2) and kornia["descriptors"].shape == (1, 512, 128)
+    kc, kk = cv["keypoints"][0].numpy(), kornia["keypoints"][0].numpy()
+    dist, idx = cKDTree(kk).query(kc)
+    near = dist < 0.5
+    assert near.mean() > 0.3  # measured 0.44 on graffiti: no edge test, its own ranking
+    ratio = kornia["scales"][0].numpy()[idx[near]] / cv["scales"][0].numpy()[near]
+    dori = np.abs(wrap_angle(cv["oris"][0].numpy()[near] - kornia["oris"][0].numpy()[idx[near]]))
+    assert abs(np.median(ratio) - 1) < 0.05 and np.median(dori) < np.deg2rad(3)
+    # RootSIFT in OpenCV's layout: co-located points have nearly the same descriptor
+    same = (cv["descriptors"][0][torch.from_numpy(near)] * kornia["descriptors"][0][idx[near]]).sum(-1)
+    assert same.median() > 0.9 and torch.allclose(kornia["descriptors"].norm(dim=-1), torch.tensor(1.0))
+    # a flat image has no DoG extremum above the threshold: no points (kornia itself pads with zeros)
+    flat_model = SIFT({"backend": "kornia", "resize": None, "max_num_keypoints": 64})
+    flat = run(flat_model, batch(np.full((64, 80), 128, np.uint8)))
+    assert flat["keypoints"].shape == (1, 0, 2)
+    for conf in ({"edge_threshold": 5.0}, {"num_octaves": 3}, {"nms_radius": 2}):
+        with pytest.raises(ValueError, match="kornia backend .* cannot honour"):
+            SIFT({"backend": "kornia", **conf})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sift_kornia_backend_on_cuda_equals_cpu():
+    image = batch(texture(240, 320, seed=2))
+    cpu = run(SIFT({"backend": "kornia", "resize": None, "max_num_keypoints": 256}), image)
+    model = SIFT({"backend": "kornia", "resize": None, "max_num_keypoints": 256}).cuda()
+    gpu = {k: v.cpu() for k, v in run(model, image.cuda()).items()}
+    dist, _ = cKDTree(gpu["keypoints"][0].numpy()).query(cpu["keypoints"][0].numpy())
+    assert (dist < 0.01).mean() > 0.95
 
 
 def test_sift_top_k_keeps_the_strongest():
