@@ -1,6 +1,8 @@
 """Speed benchmark: feature extraction on 640x480 and LightGlue matching at 512/1024/2048 keypoints.
 
     python benchmarks/bench_speed.py [--repeats 5] [--out outputs/benchmarks/speed.json]
+        [--devices cpu cuda] [--precisions fp32 bf16] [--extractors superpoint sift:kornia ...]
+        [--keypoints 512 1024 2048] [--no-matching]
 
 Every case runs in a fresh subprocess so that its peak memory is its own (CPU: peak RSS of
 the process; CUDA: torch's peak allocated memory). Models use random weights (official
@@ -20,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-EXTRACTORS = ["superpoint", "sift:opencv", "sift:pycolmap", "aliked", "disk"]
+EXTRACTORS = ["superpoint", "sift:opencv", "sift:pycolmap", "sift:kornia", "aliked", "disk"]
 KEYPOINTS = [512, 1024, 2048]
 
 
@@ -96,15 +98,16 @@ def run_case(case: dict) -> dict:
     return {**case, "median_ms": statistics.median(times), "min_ms": min(times), "peak_mem_mb": peak_mb}
 
 
-def cases(repeats: int, devices: list[str], precisions: list[str]) -> list[dict]:
+def cases(repeats: int, devices: list[str], precisions: list[str], extractors: list[str],
+          keypoints: list[int]) -> list[dict]:
     out = []
     for device in devices:
         for precision in precisions:
             out += [{"kind": "extract", "model": m, "device": device, "precision": precision,
-                     "repeats": repeats} for m in EXTRACTORS]
+                     "repeats": repeats} for m in extractors]
             out += [{"kind": "match", "keypoints": n, "adaptive": a, "device": device,
                      "precision": precision, "repeats": repeats}
-                    for n in KEYPOINTS for a in (False, True)]
+                    for n in keypoints for a in (False, True)]
     return out
 
 
@@ -128,6 +131,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/speed.json"))
+    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
+    parser.add_argument("--extractors", nargs="+", default=EXTRACTORS, help="NAME or NAME:BACKEND")
+    parser.add_argument("--keypoints", nargs="+", type=int, default=KEYPOINTS, help="LightGlue point counts")
+    parser.add_argument("--no-matching", dest="matching", action="store_false", help="extractors only")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON
     args = parser.parse_args()
     if args.case:
@@ -139,9 +146,11 @@ def main() -> int:
 
     from featmatch_core.files import save_json
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    keypoints = args.keypoints if args.matching else []
     results = []
-    for case in tqdm(cases(args.repeats, devices, args.precisions), desc="benchmark cases"):
+    for case in tqdm(cases(args.repeats, devices, args.precisions, args.extractors, keypoints),
+                     desc="benchmark cases"):
         proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)],
                               capture_output=True, text=True)
         if proc.returncode != 0:

@@ -61,6 +61,11 @@ step "LightGlue, full depth" "$LG_S" python3 benchmarks/time_lightglue.py --devi
 # shellcheck disable=SC2086
 step "LightGlue, adaptive" "$LG_S" python3 benchmarks/time_lightglue.py --device "$DEVICE" --num-keypoints $KPTS --adaptive "${ref_args[@]}"
 step "SIFT extraction (CPU, OpenCV) against plain OpenCV" 40 python3 benchmarks/time_sift.py --repeat 3
+# every extractor on the device, random weights, 2048 points at 640x480; SIFT's torch back end
+# (kornia's scale space) is the GPU path of SIFT
+step "extraction on the device (fp32, fp16)" 90 python3 benchmarks/bench_speed.py --devices "$DEVICE" \
+    --precisions fp32 fp16 --extractors superpoint aliked disk sift:kornia --no-matching --repeats 10 \
+    --out outputs/gpu_check/extract_speed.json
 # pairs/s over STEPS steps of the full-size recipe (batch 32, bf16 on CUDA), frozen extractor
 # with random weights (no downloads on the device machine); the trainer prints the figure
 for recipe in sift+lightglue superpoint+lightglue; do
@@ -77,9 +82,13 @@ step "streaming replay, superpoint+lightglue (random weights), --rate max" 120 \
     --overwrite --out-dir outputs/gpu_check/replay extractor.weights=null matcher.weights=null
 
 # trained weights (bundled, SIFT on the CPU) so that matches are real and estimation is timed too
-step "streaming replay, sift+lightglue-cpu (bundled weights), --rate max" 120 \
-    python3 -m lightglue_ros.replay --demo "$FRAMES" --conf sift+lightglue-cpu -p "device=$DEVICE" --no-plots \
+step "streaming replay, sift+lightglue (bundled fallback weights), --rate max" 120 \
+    python3 -m lightglue_ros.replay --demo "$FRAMES" --conf sift+lightglue -p "device=$DEVICE" --no-plots \
     --overwrite --out-dir outputs/gpu_check/replay_sift
+# the same with SIFT on the device too (kornia back end): the whole frame path on the GPU
+step "streaming replay, sift+lightglue (bundled), SIFT backend kornia, --rate max" 120 \
+    python3 -m lightglue_ros.replay --demo "$FRAMES" --conf sift+lightglue -p "device=$DEVICE" --no-plots \
+    --overwrite --out-dir outputs/gpu_check/replay_sift_kornia extractor.backend=kornia
 
 mv "$BODY" "$REPORT"
 echo "report: $REPORT"

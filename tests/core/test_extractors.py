@@ -528,6 +528,9 @@ def test_sift_kornia_backend_agrees_with_opencv_and_checks_its_config():
     # RootSIFT in OpenCV's layout: co-located points have nearly the same descriptor
     same = (cv["descriptors"][0][torch.from_numpy(near)] * kornia["descriptors"][0][idx[near]]).sum(-1)
     assert same.median() > 0.9 and torch.allclose(kornia["descriptors"].norm(dim=-1), torch.tensor(1.0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the pipeline's precision: auto on a bf16 CPU
+        in_autocast = run(SIFT({"backend": "kornia", "resize": None, "max_num_keypoints": 512}), image)
+    assert torch.equal(in_autocast["keypoints"], kornia["keypoints"])
     # a flat image has no DoG extremum above the threshold: no points (kornia itself pads with zeros)
     flat_model = SIFT({"backend": "kornia", "resize": None, "max_num_keypoints": 64})
     flat = run(flat_model, batch(np.full((64, 80), 128, np.uint8)))

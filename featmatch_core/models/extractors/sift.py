@@ -211,7 +211,10 @@ def _run_kornia(sift: torch.nn.Module, image: torch.Tensor, conf: DictConfig) ->
     from kornia.feature import get_laf_center, get_laf_orientation, get_laf_scale
 
     image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-    lafs, responses, descriptors = sift(image[None])
+    # in fp32 even under the pipeline's autocast: kornia's scale space mixes dtypes otherwise,
+    # and a half-precision DoG would move the sub-pixel extrema
+    with torch.autocast(image.device.type, enabled=False):
+        lafs, responses, descriptors = sift(image[None])
     responses = responses.reshape(-1).float()
     # kornia always returns max_num_keypoints points, padded with zero responses on flat images
     keep = responses > float(conf.detection_threshold)
