@@ -19,9 +19,11 @@ PHOTOS=${PHOTOS:-../shared/data/train_photos}
 DEVICE=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 if [ "$DEVICE" = cuda ]; then
     KPTS="512 1024 2048 4096"; STEPS=40; FRAMES=300; LG_S=60
+    EXTRACT=(--precisions fp32 fp16 --extractors superpoint aliked disk sift:kornia)
     HARDWARE=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
 else
     KPTS="512"; STEPS=2; FRAMES=20; LG_S=120
+    EXTRACT=(--precisions fp32 --extractors superpoint sift:kornia)
     HARDWARE="cpu: $(python3 -c 'import os; print(os.cpu_count())') cores"
 fi
 mkdir -p "$(dirname "$REPORT")" outputs/gpu_check
@@ -63,9 +65,8 @@ step "LightGlue, adaptive" "$LG_S" python3 benchmarks/time_lightglue.py --device
 step "SIFT extraction (CPU, OpenCV) against plain OpenCV" 40 python3 benchmarks/time_sift.py --repeat 3
 # every extractor on the device, random weights, 2048 points at 640x480; SIFT's torch back end
 # (kornia's scale space) is the GPU path of SIFT
-step "extraction on the device (fp32, fp16)" 90 python3 benchmarks/bench_speed.py --devices "$DEVICE" \
-    --precisions fp32 fp16 --extractors superpoint aliked disk sift:kornia --no-matching --repeats 10 \
-    --out outputs/gpu_check/extract_speed.json
+step "extraction on the device" 150 python3 benchmarks/bench_speed.py --devices "$DEVICE" "${EXTRACT[@]}" \
+    --no-matching --repeats 5 --out outputs/gpu_check/extract_speed.json
 # pairs/s over STEPS steps of the full-size recipe (batch 32, bf16 on CUDA), frozen extractor
 # with random weights (no downloads on the device machine); the trainer prints the figure
 for recipe in sift+lightglue superpoint+lightglue; do
