@@ -546,6 +546,12 @@ def test_image_states_are_recomputed_when_features_weights_or_precision_change()
         out = model(data, image_states=states)
         assert states[0]["lightglue"] is not before
         assert torch.equal(out["matches0"], model(data)["matches0"])
+    frame1["descriptors"][0, [0, 1]] = frame1["descriptors"][0, [1, 0]].clone()  # two points swapped in place
+    with torch.inference_mode():
+        before = states[1]["lightglue"]
+        out = model(data, image_states=states)
+        assert states[1]["lightglue"] is not before
+        assert torch.equal(out["matches0"], model(data)["matches0"])
     frame1["keypoints"].add_(3.0)  # moved points: a new rotary encoding
     with torch.inference_mode():
         before = states[1]["lightglue"]

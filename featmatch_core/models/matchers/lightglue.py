@@ -761,8 +761,10 @@ class LightGlue(BaseModel):
         weights, precision and padding, else computed and stored there."""
         device = descriptors.device
         autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        # tensors made under inference mode have no version counter: sums stand for the content
-        content = (float(geometry.double().sum()), float(descriptors.double().sum()))
+        # tensors made under inference mode have no version counter: sums stand for the content,
+        # weighted by the point index so that points swapped in place change them too
+        order = torch.arange(1, descriptors.shape[1] + 1, device=device, dtype=torch.float64)
+        content = tuple(float((part.double().sum(-1) * order).sum()) for part in (geometry, descriptors))
         key = (id(self), tuple((p.data_ptr(), p._version) for p in self.parameters()), autocast,
                reduced is not None, tuple(descriptors.shape), None if key_mask is None else int(key_mask.sum()),
                content)
