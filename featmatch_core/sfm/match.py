@@ -1,8 +1,10 @@
 """Match image pairs from a features h5 file into a matches h5 file (hloc's layout).
 
 Features are read once per image and kept in a small LRU cache on the pipeline's device, so
-that sequential and exhaustive pair lists read each image's features a few times at most;
-matches are written in batches (one flush per batch). Pairs already in the file are skipped.
+that sequential and exhaustive pair lists read each image's features a few times at most; with
+them the matcher's per-image work (LightGlue: input projection, positional encoding, layer 0's
+self-attention) is kept and reused in the image's next pairs. Matches are written in batches
+(one flush per batch). Pairs already in the file are skipped.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import to_container
-from ..models.pipeline import Pipeline
+from ..models.pipeline import Frame, Pipeline
 from . import h5io
 from .pairs import Pair
 
@@ -35,23 +37,24 @@ class MatchingReport:
 
 
 class FeatureCache:
-    """The features of the ``size`` most recently used images, ready for the matcher."""
+    """The ``size`` most recently used images as frames (features ready for the matcher, and
+    the matcher's own per-image state)."""
 
     def __init__(self, features: h5py.File, device: torch.device, size: int = 64) -> None:
         self.features, self.device, self.size = features, device, size
-        self.cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self.cache: OrderedDict[str, Frame] = OrderedDict()
         self.reads = 0
 
-    def __getitem__(self, name: str) -> dict[str, torch.Tensor]:
+    def __getitem__(self, name: str) -> Frame:
         if name in self.cache:
             self.cache.move_to_end(name)
             return self.cache[name]
-        feats = h5io.h5_to_features(h5io.read_features(self.features, name), self.device)
+        frame = Frame(h5io.h5_to_features(h5io.read_features(self.features, name), self.device), index=self.reads)
         self.reads += 1
-        self.cache[name] = feats
+        self.cache[name] = frame
         if len(self.cache) > self.size:
             self.cache.popitem(last=False)
-        return feats
+        return frame
 
 
 def matches_fingerprint(pipeline: Pipeline, features_fingerprint: str) -> str:
@@ -85,12 +88,13 @@ def match_pairs(pipeline: Pipeline, pairs: Sequence[Pair], features_path: str | 
         report.skipped = [p for p in unique if p not in set(todo)]
         cache = FeatureCache(feats_file, pipeline.device, cache_size)
         for i, (name0, name1) in enumerate(tqdm(todo, desc="matching pairs", unit="pair", disable=not todo)):
-            feats0, feats1 = cache[name0], cache[name1]
-            n0, n1 = feats0["keypoints"].shape[1], feats1["keypoints"].shape[1]
+            frame0, frame1 = cache[name0], cache[name1]
+            n0, n1 = frame0.num_keypoints, frame1.num_keypoints
             if min(n0, n1) < MIN_KEYPOINTS_TO_MATCH:
                 matches, scores = np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
             else:
-                pred = pipeline.match_features(feats0, feats1)
+                pred = pipeline.match_features(frame0.features, frame1.features,
+                                               (frame0.matcher_state, frame1.matcher_state))
                 matches, scores = pred.matches, pred.scores
             h5io.write_matches(out, name0, name1, matches, scores, n0)
             report.matched.append((name0, name1))

@@ -42,8 +42,8 @@ class CountingPipeline:
             raise KeyboardInterrupt
         return self.pipeline.extract(image)
 
-    def match_features(self, feats0, feats1):
+    def match_features(self, feats0, feats1, image_states=None):
         self.match_calls += 1
         if self.match_calls == self.fail_match_at:
             raise KeyboardInterrupt
-        return self.pipeline.match_features(feats0, feats1)
+        return self.pipeline.match_features(feats0, feats1, image_states)

@@ -117,3 +117,31 @@ def test_pairs_without_features_are_a_clear_error(room, sift_nn, tmp_path):
     extract_features(sift_nn, room.image_dir, features, room.names[:2])
     with pytest.raises(KeyError, match="no features of 1 image.*004.png"):
         match_pairs(sift_nn, [(room.names[0], room.names[4])], features, tmp_path / "m.h5")
+
+
+def test_matching_reuses_each_images_lightglue_encoding(room, tmp_path):
+    """Exhaustive matching with LightGlue: each image's own part of the matching is computed once
+    for all its pairs (kept with its cached features), and the matches are the pair-wise ones."""
+    import featmatch_core
+    from featmatch_core.sfm.match import FeatureCache
+
+    pipe = featmatch_core.load("sift+lightglue-cpu", ["extractor.resize=null", "extractor.max_num_keypoints=256",
+                                                      "device=cpu"], download=False)
+    names = room.names[:3]
+    features, matches = tmp_path / "features.h5", tmp_path / "matches.h5"
+    extract_features(pipe, room.image_dir, features, names)
+    pairs = exhaustive_pairs(names)
+    match_pairs(pipe, pairs, features, matches)
+    with h5py.File(features, "r") as f, h5py.File(matches, "r") as m:
+        cache = FeatureCache(f, pipe.device)
+        first = cache[names[0]]
+        assert cache[names[0]] is first and cache.reads == 1  # one frame per image, reused
+        encoded = []
+        for name0, name1 in pairs:
+            frame0, frame1 = cache[name0], cache[name1]
+            pipe.match_features(frame0.features, frame1.features, (frame0.matcher_state, frame1.matcher_state))
+            encoded.append(first.matcher_state.get("lightglue"))
+            direct = pipe.match_features(frame0.features, frame1.features)  # no states
+            np.testing.assert_array_equal(h5io.read_matches(m, name0, name1)[0], direct.matches)
+            assert len(direct.matches) > 20
+        assert encoded[0] is not None and encoded[0] is encoded[1]  # image 0's encoding served both its pairs

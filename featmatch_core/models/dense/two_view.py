@@ -82,5 +82,5 @@ class DenseTwoView(nn.Module):
     def extract(self, image: ImageLike) -> Any:
         raise no_per_image_features(self.name)
 
-    def match_features(self, feats0: Any, feats1: Any) -> TwoViewMatches:
+    def match_features(self, feats0: Any, feats1: Any, image_states: Any = None) -> TwoViewMatches:
         raise no_per_image_features(self.name)
