@@ -27,7 +27,7 @@ from ..device import autocast, precision_for, resolve_device
 from ..image import ImageLike, to_tensor_image
 from ..weights import WeightsUnavailableError
 from . import build_model
-from .extractors.base import Extractor, Features
+from .extractors.base import Extractor, Features, pad_and_stack
 
 Overrides = Sequence[str] | Mapping[str, Any] | DictConfig | None
 OPEN_KEYS = ("extractor", "matcher", "fallback_matcher")  # validated by the models themselves
@@ -195,6 +195,30 @@ class Pipeline(nn.Module):
         result.timings["match"] = t.ms
         return result
 
+    @torch.inference_mode()
+    def match_features_batch(self, pairs: Sequence[tuple[Features, Features]]) -> list[TwoViewMatches]:
+        """``match_features`` of every pair, in one padded batch where that gives the same matches:
+        a matcher that takes padded batches (``matches_padded_batches``) at full depth and width
+        (adaptive depth would stop a whole batch at once, and padded batches are not pruned).
+        Otherwise pair by pair. Batching is what pays on a GPU (one launch per layer for B pairs)."""
+        if len(pairs) <= 1 or not self.batches_pairs():
+            return [self.match_features(feats0, feats1) for feats0, feats1 in pairs]
+        sides = [batch_of_pairs([pair[side] for pair in pairs], self.device) for side in (0, 1)]
+        with _timer(self.device) as t:
+            pred = self._run_matcher(*sides)
+        results = []
+        for i, (feats0, feats1) in enumerate(pairs):
+            item = {"matches": [pred["matches"][i]], "scores": [pred["scores"][i]], "stop": pred["stop"]}
+            result = to_two_view_matches(feats0, feats1, item)
+            result.timings["match"] = t.ms / len(pairs)  # the batch's time, shared
+            results.append(result)
+        return results
+
+    def batches_pairs(self) -> bool:
+        conf = getattr(self.matcher, "conf", {})
+        return bool(getattr(self.matcher, "matches_padded_batches", False)) \
+            and conf.get("depth_confidence", -1) <= 0 and conf.get("width_confidence", -1) <= 0
+
     def match(self, image0: ImageLike, image1: ImageLike) -> TwoViewMatches:
         with _timer(self.device) as t0:
             feats0 = self.extract(image0)
@@ -236,6 +260,20 @@ def check_compatible(extractor: nn.Module, matcher: nn.Module) -> None:
         raise ConfigError(
             f"the matcher encodes keypoint scale and orientation but {type(extractor).__name__} has none"
         )
+
+
+POINT_KEYS = ("keypoints", "keypoint_scores", "descriptors", "scales", "oris")
+
+
+def batch_of_pairs(features: Sequence[Features], device: torch.device) -> Features:
+    """Batch-of-one feature sets -> one (B, N_max, ...) batch, padding masked by ``keypoint_mask``."""
+    counts = [int(f["keypoint_mask"][0].sum()) if "keypoint_mask" in f else int(f["keypoints"].shape[1])
+              for f in features]
+    keys = [k for k in POINT_KEYS if all(k in f for f in features)]
+    per_image = [{k: f[k][0, :n] for k in keys} for f, n in zip(features, counts, strict=True)]
+    batch = pad_and_stack(per_image, int(features[0]["descriptors"].shape[-1]), device)
+    batch["image_size"] = torch.cat([f["image_size"].reshape(1, 2) for f in features]).to(device)
+    return batch
 
 
 def to_two_view_matches(feats0: Features, feats1: Features, pred: dict[str, Any]) -> TwoViewMatches:

@@ -57,6 +57,25 @@ class FeatureCache:
         return frame
 
 
+def match_chunk(pipeline: Pipeline, cache: FeatureCache, chunk: Sequence[Pair],
+                batched: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(matches, scores) of each pair of ``chunk``: one batched call, or pair by pair with the
+    images' cached encodings; pairs with too few keypoints get no matches without the matcher."""
+    frames = [(cache[name0], cache[name1]) for name0, name1 in chunk]
+    empty = (np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
+    runnable = [i for i, (f0, f1) in enumerate(frames) if min(f0.num_keypoints, f1.num_keypoints)
+                >= MIN_KEYPOINTS_TO_MATCH]
+    results: list[tuple[np.ndarray, np.ndarray]] = [empty] * len(chunk)
+    if batched:
+        preds = pipeline.match_features_batch([(frames[i][0].features, frames[i][1].features) for i in runnable])
+    else:
+        preds = [pipeline.match_features(f0.features, f1.features, (f0.matcher_state, f1.matcher_state))
+                 for f0, f1 in (frames[i] for i in runnable)]
+    for i, pred in zip(runnable, preds, strict=True):
+        results[i] = (pred.matches, pred.scores)
+    return results
+
+
 def matches_fingerprint(pipeline: Pipeline, features_fingerprint: str) -> str:
     return h5io.fingerprint_of({"features": features_fingerprint, "matcher": to_container(pipeline.matcher.conf)})
 
@@ -70,8 +89,17 @@ def check_pairs_have_features(pairs: Sequence[Pair], features: h5py.File) -> Non
 
 
 def match_pairs(pipeline: Pipeline, pairs: Sequence[Pair], features_path: str | Path, matches_path: str | Path,
-                overwrite: bool = False, cache_size: int = 64, write_every: int = 32) -> MatchingReport:
-    """Match every pair (either order counts once) that is not yet in ``matches_path``."""
+                overwrite: bool = False, cache_size: int = 64, write_every: int = 32,
+                batch_size: int = 1) -> MatchingReport:
+    """Match every pair (either order counts once) that is not yet in ``matches_path``.
+
+    ``batch_size`` > 1 matches that many pairs per call where the matcher gives the same matches
+    in a padded batch (``Pipeline.match_features_batch``: LightGlue at full depth), the way to
+    use a GPU; otherwise, and for single pairs, each pair reuses its images' cached encodings.
+    On a CPU pair by pair is faster (28 pairs, 2048 keypoints, bf16: 202 ms per pair, 245 in
+    batches of 8: padding to the largest set, no reuse)."""
+    if int(batch_size) < 1:
+        raise ValueError(f"match_pairs: batch_size must be >= 1, got {batch_size}")
     start = time.perf_counter()
     matches_path = Path(matches_path)
     if overwrite:
@@ -87,19 +115,20 @@ def match_pairs(pipeline: Pipeline, pairs: Sequence[Pair], features_path: str | 
         todo = h5io.missing_pairs(out, unique)
         report.skipped = [p for p in unique if p not in set(todo)]
         cache = FeatureCache(feats_file, pipeline.device, cache_size)
-        for i, (name0, name1) in enumerate(tqdm(todo, desc="matching pairs", unit="pair", disable=not todo)):
-            frame0, frame1 = cache[name0], cache[name1]
-            n0, n1 = frame0.num_keypoints, frame1.num_keypoints
-            if min(n0, n1) < MIN_KEYPOINTS_TO_MATCH:
-                matches, scores = np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
-            else:
-                pred = pipeline.match_features(frame0.features, frame1.features,
-                                               (frame0.matcher_state, frame1.matcher_state))
-                matches, scores = pred.matches, pred.scores
-            h5io.write_matches(out, name0, name1, matches, scores, n0)
-            report.matched.append((name0, name1))
-            report.num_matches[(name0, name1)] = len(matches)
-            if (i + 1) % write_every == 0:
-                out.flush()
+        batched = int(batch_size) > 1 and pipeline.batches_pairs()
+        step = int(batch_size) if batched else 1
+        done = 0
+        with tqdm(total=len(todo), desc="matching pairs", unit="pair", disable=not todo) as progress:
+            for start_index in range(0, len(todo), step):
+                chunk = todo[start_index:start_index + step]
+                for (name0, name1), (matches, scores) in zip(chunk, match_chunk(pipeline, cache, chunk, batched),
+                                                             strict=True):
+                    h5io.write_matches(out, name0, name1, matches, scores, cache[name0].num_keypoints)
+                    report.matched.append((name0, name1))
+                    report.num_matches[(name0, name1)] = len(matches)
+                    done += 1
+                    if done % write_every == 0:
+                        out.flush()
+                progress.update(len(chunk))
     report.seconds = time.perf_counter() - start
     return report

@@ -73,8 +73,9 @@ def reconstruct(image_dir: str | Path, output_dir: str | Path, conf: str = "sift
                 overrides: Sequence[str] = (), pairs: str = "exhaustive", camera: colmap.CameraSpec | None = None,
                 image_names: Sequence[str] | None = None, min_match_score: float | None = None,
                 export: Sequence[str] = ("bin", "txt", "ply"), overwrite: bool = False, verbose: bool = False,
-                pipeline: Pipeline | None = None, download: bool = True) -> SfmResult:
-    """The whole chain; every stage's output lands in ``output_dir``."""
+                pipeline: Pipeline | None = None, download: bool = True, batch_size: int = 1) -> SfmResult:
+    """The whole chain; every stage's output lands in ``output_dir``. ``batch_size``: pairs per
+    matcher call (``match_pairs``; LightGlue at full depth batches them, for a GPU)."""
     image_dir, output_dir = Path(image_dir), Path(output_dir)
     sections = split_overrides(overrides)
     check_colmap_options(sections["mapping"], sections["verification"])
@@ -92,7 +93,8 @@ def reconstruct(image_dir: str | Path, output_dir: str | Path, conf: str = "sift
     dropped = set(extraction.failed)
     pair_list = [p for p in pair_list if not dropped & set(p)]
     write_pairs(paths["pairs"], pair_list)
-    matching = match_pairs(pipeline, pair_list, paths["features"], paths["matches"], overwrite=overwrite)
+    matching = match_pairs(pipeline, pair_list, paths["features"], paths["matches"], overwrite=overwrite,
+                           batch_size=batch_size)
     timings["match"] = matching.seconds
 
     start = time.perf_counter()
@@ -158,6 +160,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="recompute features and matches")
     parser.add_argument("--offline", action="store_true", help="never download weights")
     parser.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="pairs per matcher call (LightGlue at full depth matches them as one padded batch: "
+                             "the same matches, fewer launches on a GPU; on a CPU pair by pair is faster)")
     return parser.parse_intermixed_args(argv)  # overrides may follow options
 
 
@@ -174,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = read_image_list(args.image_list, args.images) if args.image_list else None
         result = reconstruct(args.images, args.out, args.conf, args.overrides, args.pairs, camera, names,
                              args.min_match_score, args.export.split(","), args.overwrite, args.verbose,
-                             download=not args.offline)
+                             download=not args.offline, batch_size=args.batch_size)
     except (ConfigError, WeightsUnavailableError, FileNotFoundError, NotADirectoryError, ValueError, KeyError,
             OSError, ImportError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes

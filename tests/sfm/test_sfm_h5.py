@@ -145,3 +145,32 @@ def test_matching_reuses_each_images_lightglue_encoding(room, tmp_path):
             np.testing.assert_array_equal(h5io.read_matches(m, name0, name1)[0], direct.matches)
             assert len(direct.matches) > 20
         assert encoded[0] is not None and encoded[0] is encoded[1]  # image 0's encoding served both its pairs
+
+
+def test_batched_matching_writes_the_pairwise_matches(room, tmp_path):
+    """batch_size > 1: LightGlue at full depth matches padded batches of pairs (different keypoint
+    counts) with the matches of one pair at a time; adaptive configs fall back to single pairs."""
+    import featmatch_core
+
+    common = ["extractor.resize=null", "device=cpu", "precision=fp32"]
+    full = featmatch_core.load("sift+lightglue-cpu", common + [
+        "matcher.depth_confidence=-1", "matcher.width_confidence=-1"], download=False)
+    names = room.names[:4]
+    features = tmp_path / "features.h5"
+    extract_features(full, room.image_dir, features, names)
+    with h5py.File(features, "r") as f:  # different keypoint counts: the batches are padded
+        assert len({len(h5io.read_keypoints(f, name)) for name in names}) > 1
+    pairs = exhaustive_pairs(names)
+    assert full.batches_pairs()
+    match_pairs(full, pairs, features, tmp_path / "single.h5")
+    match_pairs(full, pairs, features, tmp_path / "batched.h5", batch_size=4)
+    with h5py.File(tmp_path / "single.h5", "r") as a, h5py.File(tmp_path / "batched.h5", "r") as b:
+        for name0, name1 in pairs:
+            single, batched = h5io.read_matches(a, name0, name1), h5io.read_matches(b, name0, name1)
+            np.testing.assert_array_equal(single[0], batched[0])
+            np.testing.assert_allclose(single[1], batched[1], atol=1e-5)
+            assert len(single[0]) > 10
+    adaptive = featmatch_core.load("sift+lightglue-cpu", common, download=False)
+    assert not adaptive.batches_pairs()  # an exit would stop a whole batch: pairs go one by one
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        match_pairs(full, pairs, features, tmp_path / "x.h5", batch_size=0)

@@ -455,6 +455,7 @@ class LightGlue(BaseModel):
     # strict=False; Hugging Face's converter pops them).
     release_extras: ClassVar[tuple[str, ...]] = (r"log_assignment\.\d+\.r",)
     reuses_image_states: ClassVar[bool] = True  # forward takes ``image_states`` (Pipeline passes them)
+    matches_padded_batches: ClassVar[bool] = True  # a keypoint_mask batch matches like its pairs alone
 
     default_conf: ClassVar[dict[str, Any]] = {
         "name": "lightglue",
