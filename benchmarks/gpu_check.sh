@@ -20,10 +20,12 @@ DEVICE=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() els
 if [ "$DEVICE" = cuda ]; then
     KPTS="512 1024 2048 4096"; STEPS=40; FRAMES=300; LG_S=60
     EXTRACT=(--precisions fp32 fp16 --extractors superpoint aliked disk sift:kornia)
+    BATCHED=(--batches 1 8 32 --keypoints 1024 2048 --pairs 64)
     HARDWARE=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
 else
     KPTS="512"; STEPS=2; FRAMES=20; LG_S=120
     EXTRACT=(--precisions fp32 --extractors superpoint sift:kornia)
+    BATCHED=(--batches 1 4 --keypoints 256 --pairs 8)
     HARDWARE="cpu: $(python3 -c 'import os; print(os.cpu_count())') cores"
 fi
 mkdir -p "$(dirname "$REPORT")" outputs/gpu_check
@@ -62,6 +64,8 @@ ref_args=()
 step "LightGlue, full depth" "$LG_S" python3 benchmarks/time_lightglue.py --device "$DEVICE" --num-keypoints $KPTS "${ref_args[@]}"
 # shellcheck disable=SC2086
 step "LightGlue, adaptive" "$LG_S" python3 benchmarks/time_lightglue.py --device "$DEVICE" --num-keypoints $KPTS --adaptive "${ref_args[@]}"
+step "batched matching (SfM): pairs/s at batch 1 / 8 / 32, full depth" 90 \
+    python3 benchmarks/batched_matching.py --device "$DEVICE" "${BATCHED[@]}" --out outputs/gpu_check/batched.json
 step "SIFT extraction (CPU, OpenCV) against plain OpenCV" 40 python3 benchmarks/time_sift.py --repeat 3
 # every extractor on the device, random weights, 2048 points at 640x480; SIFT's torch back end
 # (kornia's scale space) is the GPU path of SIFT
