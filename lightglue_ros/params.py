@@ -89,7 +89,7 @@ class Param:
 # A matcher threshold parameter at this value leaves the model config's own value in place
 # (e.g. the adaptive-depth thresholds calibrated for the bundled SIFT LightGlue weights).
 MODEL_VALUE = -2.0
-MODEL_VALUE_INT = -2  # the same for integer parameters
+MODEL_VALUE_INT = int(MODEL_VALUE)  # the same for integer parameters
 
 SCHEMA: tuple[Param, ...] = (
     # ---- model: read once at start-up --------------------------------------------------

@@ -29,6 +29,14 @@ class Plane:
     extent: tuple[float, float] | None = None
 
 
+def camera_pose(R_wc: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """T_cam_world of a camera at ``centre`` whose axes in the world are the columns of ``R_wc``."""
+    T = np.eye(4)
+    T[:3, :3] = R_wc.T
+    T[:3, 3] = -R_wc.T @ centre
+    return T
+
+
 def camera_rays(K: np.ndarray, T_cam_world: np.ndarray, width: int, height: int
                 ) -> tuple[np.ndarray, np.ndarray]:
     """(camera centre (3,), world ray directions (H, W, 3) scaled so that z_cam = 1)."""

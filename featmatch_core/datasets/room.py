@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config import ConfigError
 from .base import BASE_CONF, PairDataset, check_rendered
-from .render import Plane, render_planes
+from .render import Plane, camera_pose, render_planes
 from .synthetic import random_texture
 
 
@@ -79,10 +79,7 @@ def trajectory(num_frames: int, step: float = 0.04, seed: int = 0) -> list[np.nd
             @ rotation("x", 4 * np.sin(0.7 * s))
             @ rotation("z", 2 * np.sin(0.9 * s))
         )
-        T = np.eye(4)
-        T[:3, :3] = R_wc.T
-        T[:3, 3] = -R_wc.T @ centre
-        poses.append(T)
+        poses.append(camera_pose(R_wc, centre))
     return poses
 
 

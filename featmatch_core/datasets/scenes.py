@@ -41,7 +41,7 @@ from . import homographies
 from .base import BASE_CONF, PairDataset, check_rendered
 from .download import DatasetUnavailableError
 from .homographies import FeaturePairs, list_images, photometric, split_images
-from .render import Plane, render_planes
+from .render import Plane, camera_pose, render_planes
 from .synthetic import random_texture
 
 # Far from the homography offsets (0, 10_000_019, 20_000_033 + i): no scene shares a seed with them.
@@ -126,11 +126,7 @@ def look_at(centre: np.ndarray, target: np.ndarray, roll_deg: float) -> np.ndarr
     x = np.cross(np.array([0.0, 1.0, 0.0]), z)  # y down: x = down x forward is "right"
     x = x / np.linalg.norm(x)
     y = np.cross(z, x)
-    R_wc = np.stack([x, y, z], 1) @ rotation_about(np.array([0.0, 0.0, 1.0]), roll_deg)
-    T = np.eye(4)
-    T[:3, :3] = R_wc.T
-    T[:3, 3] = -R_wc.T @ centre
-    return T
+    return camera_pose(np.stack([x, y, z], 1) @ rotation_about(np.array([0.0, 0.0, 1.0]), roll_deg), centre)
 
 
 @dataclass
@@ -194,10 +190,7 @@ def narrow_step_cameras(rng: np.random.Generator, room: Room, centre0: np.ndarra
         rotation_about(np.array([0.0, 1.0, 0.0]), rng.uniform(-turn, turn)) @ \
         rotation_about(np.array([1.0, 0.0, 0.0]), rng.uniform(-turn, turn)) @ \
         rotation_about(np.array([0.0, 0.0, 1.0]), rng.uniform(-turn, turn))
-    T1 = np.eye(4)
-    T1[:3, :3] = R_wc1.T
-    T1[:3, 3] = -R_wc1.T @ centre1
-    return T0, T1
+    return T0, camera_pose(R_wc1, centre1)
 
 
 # ---- textures ---------------------------------------------------------------------------------

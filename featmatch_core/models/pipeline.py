@@ -27,7 +27,7 @@ from ..device import autocast, precision_for, resolve_device
 from ..image import ImageLike, to_tensor_image
 from ..weights import WeightsUnavailableError
 from . import build_model
-from .extractors.base import Extractor, Features, pad_and_stack
+from .extractors.base import Extractor, Features, num_valid_keypoints, pad_and_stack
 
 Overrides = Sequence[str] | Mapping[str, Any] | DictConfig | None
 OPEN_KEYS = ("extractor", "matcher", "fallback_matcher")  # validated by the models themselves
@@ -267,9 +267,8 @@ POINT_KEYS = ("keypoints", "keypoint_scores", "descriptors", "scales", "oris")
 
 def batch_of_pairs(features: Sequence[Features], device: torch.device) -> Features:
     """Batch-of-one feature sets -> one (B, N_max, ...) batch, padding masked by ``keypoint_mask``."""
-    counts = [int(f["keypoint_mask"][0].sum()) if "keypoint_mask" in f else int(f["keypoints"].shape[1])
-              for f in features]
     keys = [k for k in POINT_KEYS if all(k in f for f in features)]
+    counts = [num_valid_keypoints(f) for f in features]
     per_image = [{k: f[k][0, :n] for k in keys} for f, n in zip(features, counts, strict=True)]
     batch = pad_and_stack(per_image, int(features[0]["descriptors"].shape[-1]), device)
     batch["image_size"] = torch.cat([f["image_size"].reshape(1, 2) for f in features]).to(device)
@@ -278,8 +277,7 @@ def batch_of_pairs(features: Sequence[Features], device: torch.device) -> Featur
 
 def to_two_view_matches(feats0: Features, feats1: Features, pred: dict[str, Any]) -> TwoViewMatches:
     """Batch of one -> numpy result (padding removed)."""
-    n0 = int(feats0["keypoint_mask"][0].sum()) if "keypoint_mask" in feats0 else feats0["keypoints"].shape[1]
-    n1 = int(feats1["keypoint_mask"][0].sum()) if "keypoint_mask" in feats1 else feats1["keypoints"].shape[1]
+    n0, n1 = num_valid_keypoints(feats0), num_valid_keypoints(feats1)
     info: dict[str, Any] = {}
     if "stop" in pred:
         info["stop_layer"] = int(pred["stop"])

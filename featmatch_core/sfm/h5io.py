@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
+from ..models.extractors.base import num_valid_keypoints
 
 PathLike = str | Path
 TMP_PREFIX = "_partial_"  # groups being written; removed when a file is opened again
@@ -111,7 +112,7 @@ def features_to_h5(feats: Mapping[str, Any]) -> dict[str, np.ndarray]:
         raise ValueError(f"features need keypoints and descriptors, got {sorted(feats)}")
     if feats["keypoints"].shape[0] != 1:
         raise ValueError(f"expected the features of one image (batch of 1), got {feats['keypoints'].shape[0]}")
-    n = _num_valid(feats)
+    n = num_valid_keypoints(feats)
     out = {}
     for ours, theirs in FEATURE_KEYS.items():
         if ours not in feats:
@@ -125,13 +126,6 @@ def features_to_h5(feats: Mapping[str, Any]) -> dict[str, np.ndarray]:
             value = value[:n]
         out[theirs] = np.ascontiguousarray(value, dtype=np.float32)
     return out
-
-
-def _num_valid(feats: Mapping[str, Any]) -> int:
-    mask = feats.get("keypoint_mask")
-    if mask is not None:
-        return int(np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask)[0].sum())
-    return int(feats["keypoints"].shape[-2])
 
 
 def h5_to_features(data: Mapping[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

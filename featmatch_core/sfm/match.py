@@ -117,7 +117,6 @@ def match_pairs(pipeline: Pipeline, pairs: Sequence[Pair], features_path: str | 
         cache = FeatureCache(feats_file, pipeline.device, cache_size)
         batched = int(batch_size) > 1 and pipeline.batches_pairs()
         step = int(batch_size) if batched else 1
-        done = 0
         with tqdm(total=len(todo), desc="matching pairs", unit="pair", disable=not todo) as progress:
             for start_index in range(0, len(todo), step):
                 chunk = todo[start_index:start_index + step]
@@ -126,8 +125,7 @@ def match_pairs(pipeline: Pipeline, pairs: Sequence[Pair], features_path: str | 
                     h5io.write_matches(out, name0, name1, matches, scores, cache[name0].num_keypoints)
                     report.matched.append((name0, name1))
                     report.num_matches[(name0, name1)] = len(matches)
-                    done += 1
-                    if done % write_every == 0:
+                    if len(report.matched) % write_every == 0:
                         out.flush()
                 progress.update(len(chunk))
     report.seconds = time.perf_counter() - start

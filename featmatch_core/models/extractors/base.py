@@ -81,6 +81,14 @@ class Extractor(BaseModel):
         return batch
 
 
+def num_valid_keypoints(feats: Any) -> int:
+    """Real keypoints of batch-of-one features (torch or numpy): ``keypoint_mask``'s count, else all."""
+    mask = feats.get("keypoint_mask")
+    if mask is not None:
+        return int(np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask)[0].sum())
+    return int(feats["keypoints"].shape[-2])
+
+
 def pad_and_stack(per_image: list[Features], descriptor_dim: int, device: torch.device) -> Features:
     """Stack variable-length per-image features into padded (B, N, ...) tensors + mask."""
     n_max = max((int(f["keypoints"].shape[0]) for f in per_image), default=0)

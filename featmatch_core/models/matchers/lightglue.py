@@ -265,6 +265,11 @@ def exit_filter_threshold(conf: Mapping[str, Any], layer: int) -> float:
     return threshold * float(factors[layer])
 
 
+def parameter_versions(module: nn.Module) -> tuple[tuple[int, int], ...]:
+    """Identity and in-place version of every parameter: changes when the weights do."""
+    return tuple((p.data_ptr(), p._version) for p in module.parameters())
+
+
 def last_layer_index(max_layers: int | None, n_layers: int) -> int:
     """Index of the last layer that may run: ``max_layers - 1`` (None: every layer)."""
     return n_layers - 1 if max_layers is None else min(int(max_layers), n_layers) - 1
@@ -614,8 +619,7 @@ class LightGlue(BaseModel):
         if (device.type != "cpu" or torch.is_grad_enabled() or not torch.is_autocast_enabled("cpu")
                 or torch.get_autocast_dtype("cpu") != torch.bfloat16 or self.base_dtype == torch.bfloat16):
             return None
-        params = list(self.transformers.parameters())
-        key = tuple((p.data_ptr(), p._version) for p in params)
+        key = parameter_versions(self.transformers)
         if self._reduced_layers is None or self._reduced_layers[0] != key:
             with torch.inference_mode(False), torch.no_grad():
                 layers = copy.deepcopy(self.transformers).to(torch.bfloat16).requires_grad_(False)
@@ -766,7 +770,7 @@ class LightGlue(BaseModel):
         # weighted by the point index so that points swapped in place change them too
         order = torch.arange(1, descriptors.shape[1] + 1, device=device, dtype=torch.float64)
         content = tuple(float((part.double().sum(-1) * order).sum()) for part in (geometry, descriptors))
-        key = (id(self), tuple((p.data_ptr(), p._version) for p in self.parameters()), autocast,
+        key = (id(self), parameter_versions(self), autocast,
                reduced is not None, tuple(descriptors.shape), None if key_mask is None else int(key_mask.sum()),
                content)
         cached = state.get(ImageEncoding.STATE_KEY)

@@ -53,8 +53,7 @@ ONNX_FORMATS = ("auto", "colmap", "opencv", "full")
 # keys that do not change the exported graph (run-time settings of the `full` runner and ours)
 RUNTIME_KEYS = ("weights", "backend", "onnx_file", "onnx_format", "threads", "depth_confidence",
                 "width_confidence", "confidence_thresholds", "min_layers", "max_layers", "exit_filter_factors",
-                "pruning_min_keypoints",
-                "pruning_bucket", "filter_threshold", "return_all_layers")
+                "pruning_min_keypoints", "pruning_bucket", "filter_threshold", "return_all_layers")
 ARCHITECTURE_KEYS = ("input_dim", "descriptor_dim", "add_scale_ori", "n_layers", "num_heads")
 
 
