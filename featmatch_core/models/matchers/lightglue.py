@@ -243,6 +243,15 @@ class TokenConfidenceHead(nn.Module):
         return self.token(x.detach()).squeeze(-1)
 
 
+def is_integer(value: Any) -> bool:
+    """An int, not a bool (which Python counts as one): what config counts must be."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def confidence_threshold(layer_index: int, n_layers: int) -> float:
     """Confidence a point needs after ``layer_index``; stricter for early layers."""
     return min(max(0.8 + 0.1 * math.exp(-4.0 * layer_index / n_layers), 0.0), 1.0)
@@ -441,8 +450,7 @@ class LightGlue(BaseModel):
     ``max_layers`` bounds the depth at inference (the last layer's matches are then those of layer
     ``max_layers``, through its own assignment head), a latency bound for real time. Matches of a
     pass that stops before the last layer need ``filter_threshold * exit_filter_factors[i]``.
-    Adaptive width
-    then removes points whose matchability is at most ``1 - width_confidence`` and whose
+    Adaptive width then removes points whose matchability is at most ``1 - width_confidence`` and whose
     confidence is above the threshold, in images with more than ``pruning_min_keypoints`` points
     (None: 1024 on CUDA, always elsewhere); pruned points come back unmatched. Unlike the
     reference, confidences are computed for pruning even when adaptive depth is off, so that
@@ -537,33 +545,29 @@ class LightGlue(BaseModel):
             value = conf[key]
             if not (value == -1 or 0 < value <= 1):
                 fail(f"{key} must be -1 (disabled) or in (0, 1], got {value}")
+        def per_layer(values: Any, valid: Any) -> bool:  # one value per layer but the last
+            return isinstance(values, Sequence | ListConfig) and len(values) == conf.n_layers - 1 \
+                and all(valid(v) for v in values)
+
         thresholds = conf.confidence_thresholds
-        if thresholds is not None:
-            values = list(thresholds) if isinstance(thresholds, Sequence | ListConfig) else None
-            if values is None or len(values) != conf.n_layers - 1 \
-                    or not all(isinstance(t, int | float) and 0 <= t <= 1 for t in values):
-                fail(f"confidence_thresholds must be None or {conf.n_layers - 1} numbers in [0, 1] "
-                     f"(one per layer but the last), got {thresholds!r}")
+        if thresholds is not None and not per_layer(thresholds, lambda t: isinstance(t, int | float) and 0 <= t <= 1):
+            fail(f"confidence_thresholds must be None or {conf.n_layers - 1} numbers in [0, 1] "
+                 f"(one per layer but the last), got {thresholds!r}")
         factors = conf.exit_filter_factors
-        if factors is not None:
-            values = list(factors) if isinstance(factors, Sequence | ListConfig) else None
-            if values is None or len(values) != conf.n_layers - 1 \
-                    or not all(isinstance(f, int | float) and not isinstance(f, bool) and f > 0 for f in values):
-                fail(f"exit_filter_factors must be None or {conf.n_layers - 1} positive numbers "
-                     f"(one per layer but the last), got {factors!r}")
+        if factors is not None and not per_layer(factors, lambda f: is_number(f) and f > 0):
+            fail(f"exit_filter_factors must be None or {conf.n_layers - 1} positive numbers "
+                 f"(one per layer but the last), got {factors!r}")
         min_layers = conf.min_layers
-        if not (isinstance(min_layers, int) and not isinstance(min_layers, bool) and min_layers >= 1):
+        if not (is_integer(min_layers) and min_layers >= 1):
             fail(f"min_layers must be an int >= 1 (n_layers or more: no early exit), got {min_layers!r}")
         max_layers = conf.max_layers
-        if max_layers is not None and not (isinstance(max_layers, int) and not isinstance(max_layers, bool)
-                                           and max_layers >= 1):
+        if max_layers is not None and not (is_integer(max_layers) and max_layers >= 1):
             fail(f"max_layers must be None or an int >= 1 (n_layers or more: all layers), got {max_layers!r}")
         minimum = conf.pruning_min_keypoints
-        is_int = isinstance(minimum, int) and not isinstance(minimum, bool)
-        if minimum is not None and not (is_int and minimum >= -1):
+        if minimum is not None and not (is_integer(minimum) and minimum >= -1):
             fail(f"pruning_min_keypoints must be None (device default) or an int >= -1, got {minimum!r}")
         bucket = conf.pruning_bucket
-        if bucket is not None and not (isinstance(bucket, int) and not isinstance(bucket, bool) and bucket >= 1):
+        if bucket is not None and not (is_integer(bucket) and bucket >= 1):
             fail(f"pruning_bucket must be None (automatic) or an int >= 1, got {bucket!r}")
 
     # ---- weights ---------------------------------------------------------------------------
