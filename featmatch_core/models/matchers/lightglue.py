@@ -495,6 +495,11 @@ class LightGlue(BaseModel):
         # gives softer probabilities to the same correct matches; None = 1 for every layer
         "exit_filter_factors": None,
         "return_all_layers": False,  # also return every layer's log assignment (training)
+        # inference with static shapes (lightglue_static): point sets padded to multiples of
+        # static_bucket, pruning by masks, decisions on the device; None = on CUDA only
+        "static_shapes": None,
+        "static_bucket": 256,
+        "cuda_graphs": True,  # replay the static pass as CUDA graphs (on CUDA; eager otherwise)
         "weights": None,
     }
     preset_key: ClassVar[str | None] = "features"
@@ -525,6 +530,7 @@ class LightGlue(BaseModel):
         self.gradient_checkpointing = False
         # (key, layers): bf16 copies of the transformer layers for CPU inference, see inference_layers
         self._reduced_layers: tuple[tuple, nn.ModuleList] | None = None
+        self._static_passes: Any = None  # lightglue_static.StaticPasses, made at the first static pass
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute each transformer layer in the backward pass instead of storing its
@@ -569,6 +575,12 @@ class LightGlue(BaseModel):
         bucket = conf.pruning_bucket
         if bucket is not None and not (is_integer(bucket) and bucket >= 1):
             fail(f"pruning_bucket must be None (automatic) or an int >= 1, got {bucket!r}")
+        if not (is_integer(conf.static_bucket) and conf.static_bucket >= 1):
+            fail(f"static_bucket must be an int >= 1, got {conf.static_bucket!r}")
+        if conf.static_shapes not in (None, True, False):
+            fail(f"static_shapes must be None (on CUDA only), true or false, got {conf.static_shapes!r}")
+        if not isinstance(conf.cuda_graphs, bool):
+            fail(f"cuda_graphs must be true or false, got {conf.cuda_graphs!r}")
 
     # ---- weights ---------------------------------------------------------------------------
     def load_checkpoint_state_dict(self, state_dict: Mapping[str, Tensor], origin: str = "") -> None:
@@ -659,8 +671,11 @@ class LightGlue(BaseModel):
         oneDNN and the flash-attention kernel are created, and cached, per shape. Doing that at
         start-up keeps new shapes from costing milliseconds in the frame path, and the memory
         of the caches from growing for hundreds of frames after start (~150 MB at 1024 points).
+        With the static pass (CUDA) it captures that pass's graphs instead (``warm_up_static``).
         """
         device = self.posenc.Wr.weight.device
+        if max_keypoints > 0 and self.uses_static_pass(device, collect=False):
+            return self.warm_up_static(max_keypoints)
         layers = self.inference_layers(device)
         if layers is None or max_keypoints <= 0:
             return 0
@@ -677,9 +692,26 @@ class LightGlue(BaseModel):
                     count += 1
         return count
 
+    def warm_up_static(self, max_keypoints: int) -> int:
+        """Capture the static passes (batch 1, float32 features) for every pair of padded sizes
+        from half of ``max_keypoints`` up: the sizes a camera's frames normally have. Smaller
+        sets are captured when they first come. Returns how many passes were built."""
+        from .lightglue_static import padded_size
+
+        bucket = int(self.conf.static_bucket)
+        largest = padded_size(max_keypoints, bucket)
+        sizes = [size for size in range(bucket, largest + 1, bucket) if 2 * size >= largest]
+        device = self.posenc.Wr.weight.device
+        features = torch.zeros(1, 1, self.input_dim, device=device)
+        for m in sizes:
+            for n in sizes:
+                self.static_pass(1, m, n, features, caller_padding=False)
+        return len(sizes) ** 2
+
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        return {**state, "_reduced_layers": None}  # a derived cache: never pickled or deep-copied
+        # derived caches (bf16 layers, captured static passes): never pickled or deep-copied
+        return {**state, "_reduced_layers": None, "_static_passes": None}
 
     # ---- inputs ----------------------------------------------------------------------------
     @property
@@ -687,8 +719,10 @@ class LightGlue(BaseModel):
         """Precision of the parameters, used for everything autocast should not touch."""
         return self.posenc.Wr.weight.dtype
 
-    def _check_side(self, feats: Mapping[str, Tensor], name: str) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Validate one image's features; return (geometry (B, N, 2|4), descriptors, mask)."""
+    def _check_side(self, feats: Mapping[str, Tensor], name: str,
+                    check_finite: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Validate one image's features; return (geometry (B, N, 2|4), descriptors, mask).
+        ``check_finite``: also reject NaN/inf here (one host sync per tensor)."""
         b, n = check_point_features("LightGlue", feats, name, ("keypoints", "descriptors", "image_size"))
         keypoints, descriptors, image_size = feats["keypoints"], feats["descriptors"], feats["image_size"]
         if descriptors.ndim != 3 or descriptors.shape[:2] != (b, n):
@@ -709,7 +743,7 @@ class LightGlue(BaseModel):
                 extra.append(feats[key].to(self.base_dtype)[..., None])
             geometry = torch.cat([geometry, *extra], -1)
         for key, value in checked.items():
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            if check_finite and value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise ValueError(f"LightGlue: {name} '{key}' contains NaN or infinite values")
         return geometry, descriptors, padding_mask("LightGlue", feats, name, b, n)
 
@@ -717,6 +751,27 @@ class LightGlue(BaseModel):
         if self.conf.pruning_min_keypoints is not None:
             return int(self.conf.pruning_min_keypoints)
         return AUTO_PRUNING_MIN_KEYPOINTS.get(device.type, 0)
+
+    # ---- static-shape inference (lightglue_static) -----------------------------------------
+    def uses_static_pass(self, device: torch.device, collect: bool) -> bool:
+        """Whether inference takes the static pass: ``static_shapes`` (None: on CUDA), never
+        with gradients or when all layers are collected."""
+        if collect or torch.is_grad_enabled():
+            return False
+        setting = self.conf.static_shapes
+        return device.type == "cuda" if setting is None else bool(setting)
+
+    def static_pass(self, b: int, m: int, n: int, descriptors: Tensor, caller_padding: bool) -> Any:
+        """The static pass (buffers, graphs) for a batch of ``b`` pairs of ``m`` and ``n`` points,
+        captured at its first use under the autocast in force."""
+        from .lightglue_static import StaticPasses, padded_size, static_key
+
+        if self._static_passes is None:
+            self._static_passes = StaticPasses()
+        bucket = int(self.conf.static_bucket)
+        key = static_key(self, b, padded_size(m, bucket), padded_size(n, bucket), descriptors.device,
+                         descriptors.dtype, caller_padding)
+        return self._static_passes.get(self, key)
 
     # ---- forward ---------------------------------------------------------------------------
     def forward(self, data: Mapping[str, Mapping[str, Tensor]],
@@ -729,15 +784,20 @@ class LightGlue(BaseModel):
         for key in ("image0", "image1"):
             if key not in data:
                 raise ValueError(f"LightGlue expects 'image0' and 'image1', got keys {sorted(data)}")
-        geometry0, desc0, mask0 = self._check_side(data["image0"], "image0")
-        geometry1, desc1, mask1 = self._check_side(data["image1"], "image1")
+        collect = self.training or bool(self.conf.return_all_layers)
+        static = self.uses_static_pass(data["image0"]["descriptors"].device, collect)
+        # the static pass checks finiteness on the device, with its results (no sync here)
+        geometry0, desc0, mask0 = self._check_side(data["image0"], "image0", check_finite=not static)
+        geometry1, desc1, mask1 = self._check_side(data["image1"], "image1", check_finite=not static)
         if desc0.shape[0] != desc1.shape[0]:
             raise ValueError(f"LightGlue: batch sizes differ ({desc0.shape[0]} vs {desc1.shape[0]})")
         b, m, n = desc0.shape[0], desc0.shape[1], desc1.shape[1]
-        collect = self.training or bool(self.conf.return_all_layers)
         if m == 0 or n == 0 or (mask0 is not None and not bool(mask0.any())) \
                 or (mask1 is not None and not bool(mask1.any())):
             return self._unmatched_output(b, m, n, desc0.device, stop=0, collect=collect)
+        if static:
+            return self.static_pass(b, m, n, desc0, mask0 is not None or mask1 is not None).run(
+                ((geometry0, desc0, mask0), (geometry1, desc1, mask1)))
         reduced = self.inference_layers(desc0.device)
         bucket = self.size_bucket(reduced is not None)
         bucket_padded = False

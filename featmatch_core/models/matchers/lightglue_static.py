@@ -1,0 +1,304 @@
+"""Static-shape LightGlue inference, replayed as CUDA graphs on a GPU.
+
+At 1024 points a LightGlue pass is a fraction of a millisecond of GPU arithmetic, but the
+dynamic pass (:class:`~.lightglue._Run`) launches hundreds of small kernels and waits for the
+host at every pruning compaction and exit check: it is bound by launches and syncs, not by
+compute. This pass keeps every shape and every decision on the device, so that the encoding,
+each layer and each assignment head can be captured once as a CUDA graph and replayed:
+
+- Point sets are zero-padded (masked) to a multiple of ``static_bucket``: one capture serves a
+  camera whose keypoint count changes every frame.
+- Adaptive width by masks: a pruned point leaves the attention key masks and the final
+  assignment instead of the tensors. The matches are those of removing it (attention over
+  masked keys is attention over the rest); the work does not shrink, which on a GPU costs
+  little (the reference prunes only above 1024 points there).
+- Adaptive depth: every layer computes its exit decision on the device; the host reads it
+  (one sync) only after layers where an exit is allowed. Full depth reads nothing until the
+  matches come back.
+- The finite-input check runs on the device and is read with the results.
+
+Differences from the dynamic pass, both outside the default settings: ``pruning_bucket``
+(keeping some prunable points to round set sizes) is not applied, since sizes are static
+anyway; and an image whose points are all pruned ends the pass at the next exit check
+instead of at once (it matches nothing either way; ``stop`` differs).
+
+Each (batch, padded sizes, input dtype, autocast, settings, weights) gets its own buffers and
+graphs (:class:`StaticPass`), captured at first use or by ``LightGlue.warm_up``; the model
+keeps the most recent few. Without CUDA, or with ``cuda_graphs: false``, the same steps run
+eagerly: that is how the tests compare this pass with the dynamic one on a CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .common import compact_matches
+from .lightglue import (
+    LightGlue,
+    Rotary,
+    confidence_schedule,
+    exit_filter_threshold,
+    full_precision,
+    mutual_matches_from_similarity,
+)
+
+MAX_CACHED_PASSES = 8  # keys kept per model (least recently used dropped first)
+GRAPH_WARMUP_RUNS = 2  # eager runs on a side stream before a capture (lazy cuBLAS/attention set-up)
+
+
+def padded_size(size: int, bucket: int) -> int:
+    """``size`` rounded up to a multiple of ``bucket`` (at least one bucket)."""
+    return max(-(-size // bucket), 1) * bucket
+
+
+@dataclass(frozen=True)
+class StaticKey:
+    """What a captured pass depends on; a new value means new buffers and graphs."""
+
+    batch: int
+    size0: int  # padded point-set sizes
+    size1: int
+    device: torch.device
+    input_dtype: torch.dtype  # of the descriptors
+    autocast: torch.dtype | None  # the autocast dtype in force, None = off
+    prune: bool  # adaptive width on (off for batches padded by the caller, as in the dynamic pass)
+    settings: tuple  # the config values baked into the graphs
+    weights: tuple[int, ...]  # parameter addresses (in-place updates are read by the graphs)
+    use_graphs: bool
+
+
+def static_key(model: LightGlue, batch: int, size0: int, size1: int, device: torch.device,
+               input_dtype: torch.dtype, caller_padding: bool) -> StaticKey:
+    conf = model.conf
+    autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    last = model.last_layer()
+    early_exit = conf.depth_confidence > 0
+    prune = conf.width_confidence > 0 and not caller_padding
+    settings = (
+        float(conf.depth_confidence) if early_exit else None,
+        float(conf.width_confidence) if prune else None,
+        tuple(confidence_schedule(conf.confidence_thresholds, int(conf.n_layers))),  # exit_thresholds, on the host
+        int(conf.min_layers), last,
+        model._pruning_min_keypoints(device),
+        tuple(exit_filter_thresholds(model)),
+    )
+    weights = tuple(p.data_ptr() for p in model.parameters())
+    use_graphs = device.type == "cuda" and bool(conf.cuda_graphs)
+    return StaticKey(batch, size0, size1, device, input_dtype, autocast, prune, settings, weights, use_graphs)
+
+
+def exit_filter_thresholds(model: LightGlue) -> list[float]:
+    return [exit_filter_threshold(model.conf, layer) for layer in range(int(model.conf.n_layers))]
+
+
+class StaticPass:
+    """Buffers and steps (graphs on CUDA) of the static pass for one :class:`StaticKey`.
+
+    State between steps lives in fixed buffers: the tokens ``x`` (B, M' + N', D), the rotary
+    ``phasor``, ``valid`` (B, M' + N') (real and not pruned), ``pruned_at`` (layer index + 1 of
+    the pruning, n_layers if never), the exit flag and the outputs of the head that ran last.
+    """
+
+    def __init__(self, model: LightGlue, key: StaticKey) -> None:
+        self.model, self.key = model, key
+        conf = model.conf
+        self.n_layers = int(conf.n_layers)
+        depth, width, thresholds, min_layers, last, min_keypoints, filters = key.settings
+        self.depth_confidence, self.width_confidence = depth, width
+        self.thresholds, self.filters = thresholds, filters
+        self.min_keypoints, self.last_layer = min_keypoints, last
+        # layers after which the pass may end early: the host reads the exit flag there
+        self.exit_layers = {layer for layer in range(last) if depth is not None and layer + 1 >= min_layers}
+        b, m, n, device = key.batch, key.size0, key.size1, key.device
+        heads, dim = int(conf.num_heads), int(conf.descriptor_dim)
+        points = m + n
+        with torch.inference_mode(False):  # normal tensors: updated in place under any grad mode
+            self.allocate(b, points, heads, dim, device)
+        self.steps: dict[str, Callable[[], None]] = {}
+        self.pool = torch.cuda.graph_pool_handle() if key.use_graphs else None
+        self.build()
+
+    def allocate(self, b: int, points: int, heads: int, dim: int, device: torch.device) -> None:
+        model, base = self.model, self.model.base_dtype
+        self.geometry = torch.zeros(b, points, model.geometry_dim, dtype=base, device=device)
+        self.descriptors = torch.zeros(b, points, model.input_dim, dtype=self.key.input_dtype, device=device)
+        self.input_valid = torch.zeros(b, points, dtype=torch.bool, device=device)
+        self.x = torch.zeros(b, points, dim, dtype=base, device=device)
+        self.phasor = torch.zeros(b, 1, points, dim // heads // 2, dtype=base.to_complex(), device=device)
+        self.valid = torch.zeros(b, points, dtype=torch.bool, device=device)
+        self.pruned_at = torch.full((b, points), self.n_layers, dtype=torch.long, device=device)
+        self.num_valid = torch.zeros((), dtype=torch.long, device=device)
+        self.exit = torch.zeros((), dtype=torch.bool, device=device)
+        self.finite = torch.ones(2, dtype=torch.bool, device=device)  # per image
+        self.matches = torch.full((b, points), -1, dtype=torch.long, device=device)  # matches0 ++ matches1
+        self.scores = torch.zeros(b, points, dtype=base, device=device)
+
+    # ---- steps ---------------------------------------------------------------------------
+    def precision(self) -> contextlib.AbstractContextManager[None]:
+        """The call's autocast, without its weight-cast cache: a capture must not keep pointers
+        to casts that the cache frees when the autocast region ends."""
+        key = self.key
+        if key.autocast is None:
+            return full_precision(key.device)
+        return torch.autocast(key.device.type, dtype=key.autocast, cache_enabled=False)
+
+    def encode(self) -> None:
+        """Inputs -> rotary phasor, projected tokens; reset masks and records; check finiteness."""
+        model, m = self.model, self.key.size0
+        with full_precision(self.key.device):
+            self.phasor.copy_(Rotary.from_angles(model.posenc(self.geometry)).phasor)
+        base = model.base_dtype
+        self.x.copy_(model.input_proj(self.descriptors.to(base)).to(base))
+        self.valid.copy_(self.input_valid)
+        self.pruned_at.fill_(self.n_layers)
+        self.num_valid.copy_(self.input_valid.sum())
+        finite = torch.isfinite(self.geometry).all(-1) & torch.isfinite(self.descriptors).all(-1)  # (B, P)
+        self.finite.copy_(torch.stack([finite[:, :m].all(), finite[:, m:].all()]))
+
+    def layer(self, index: int) -> None:
+        """Transformer layer ``index``, then (before the last layer) its exit flag and pruning."""
+        model, m = self.model, self.key.size0
+        valid0, valid1 = self.valid[:, :m], self.valid[:, m:]
+        key_masks = tuple(v | ~v.any(1, keepdim=True) for v in (valid0, valid1))
+        x = model.transformers[index](self.x, m, Rotary(self.phasor), key_masks)
+        self.x.copy_(x)
+        if index == self.last_layer or (index not in self.exit_layers and self.width_confidence is None):
+            return  # nothing decided after this layer
+        threshold = self.thresholds[index]
+        with full_precision(self.key.device):
+            x = x.to(model.base_dtype)
+            confidence = model.token_confidence[index](x)
+            exits = torch.zeros((), dtype=torch.bool, device=x.device)
+            if index in self.exit_layers:
+                unsure = (confidence < threshold) & self.valid
+                exits = (1.0 - unsure.sum() / self.num_valid) > self.depth_confidence
+            if self.width_confidence is not None:
+                matchable = torch.sigmoid(model.log_assignment[index].matchability_logits(x))
+                keep = (matchable > 1 - self.width_confidence) | (confidence <= threshold)
+                # an image is pruned while its current set (the largest of the batch) is big enough
+                allowed = torch.cat([(v.sum(1).amax() > self.min_keypoints).expand(v.shape[1])
+                                     for v in (valid0, valid1)])
+                removed = self.valid & ~keep & allowed & ~exits  # a pass that ends here prunes nothing
+                self.pruned_at.copy_(torch.where(removed, index + 1, self.pruned_at))
+                self.valid.copy_(self.valid & ~removed)
+                exits = exits | ~self.valid[:, :m].any() | ~self.valid[:, m:].any()
+            self.exit.copy_(exits)
+
+    def head(self, index: int) -> None:
+        """Mutual matches of layer ``index``'s assignment head into ``matches`` / ``scores``."""
+        model, m = self.model, self.key.size0
+        head = model.log_assignment[index]
+        with full_precision(self.key.device):
+            x = self.x.to(model.base_dtype)
+            z = head.matchability_logits(x)
+            m0, m1, s0, s1 = mutual_matches_from_similarity(
+                head.similarity(x, m), z[:, :m], z[:, m:], self.filters[index], self.valid[:, :m], self.valid[:, m:])
+        self.matches.copy_(torch.cat([m0, m1], 1))
+        self.scores.copy_(torch.cat([s0, s1], 1).to(self.scores.dtype))
+
+    def build(self) -> None:
+        """Capture (CUDA graphs) or bind (eager) every step the pass can take."""
+        heads = sorted(self.exit_layers | {self.last_layer})
+        self.add_step("encode", self.encode)
+        for index in range(self.last_layer + 1):
+            self.add_step(f"layer{index}", lambda index=index: self.layer(index))
+        for index in heads:
+            self.add_step(f"head{index}", lambda index=index: self.head(index))
+
+    def add_step(self, name: str, step: Callable[[], None]) -> None:
+        def run() -> None:
+            with self.precision():
+                step()
+
+        if not self.key.use_graphs:
+            self.steps[name] = run
+            return
+        device = self.key.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(GRAPH_WARMUP_RUNS):
+                run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            run()
+        self.steps[name] = graph.replay
+
+    # ---- one call ------------------------------------------------------------------------
+    def load_inputs(self, sides: tuple[tuple[Tensor, Tensor, Tensor | None], ...]) -> None:
+        """Copy (geometry, descriptors, mask) of each image into the padded input buffers."""
+        self.geometry.zero_()
+        self.descriptors.zero_()
+        self.input_valid.zero_()
+        start = 0
+        for (geometry, descriptors, mask), size in zip(sides, (self.key.size0, self.key.size1), strict=True):
+            count = descriptors.shape[1]
+            self.geometry[:, start:start + count].copy_(geometry)
+            self.descriptors[:, start:start + count].copy_(descriptors)
+            if mask is None:
+                self.input_valid[:, start:start + count] = True
+            else:
+                self.input_valid[:, start:start + count].copy_(mask)
+            start += size
+
+    def run(self, sides: tuple[tuple[Tensor, Tensor, Tensor | None], ...]) -> dict[str, Any]:
+        """The pass on one batch; outputs as ``LightGlue.forward`` gives them, cropped to the inputs."""
+        self.load_inputs(sides)
+        self.steps["encode"]()
+        stop = self.last_layer + 1
+        for index in range(self.last_layer + 1):
+            self.steps[f"layer{index}"]()
+            if index in self.exit_layers and bool(self.exit):  # the only syncs before the results
+                stop = index + 1
+                break
+        self.steps[f"head{stop - 1}"]()
+        if not bool(self.finite.all()):
+            names = [name for name, ok in zip(("image0", "image1"), self.finite.tolist(), strict=True) if not ok]
+            raise ValueError(f"LightGlue: {' and '.join(names)} features (keypoints, scales, oris, image_size "
+                             "or descriptors) contain NaN or infinite values")
+        return self.outputs(stop, sides[0][1].shape[1], sides[1][1].shape[1])
+
+    def outputs(self, stop: int, m: int, n: int) -> dict[str, Any]:
+        """Copies of the output buffers (the next call overwrites them), cropped to (m, n) points."""
+        size0 = self.key.size0
+        matches0, matches1 = self.matches[:, :m].clone(), self.matches[:, size0:size0 + n].clone()
+        scores0, scores1 = self.scores[:, :m].clone(), self.scores[:, size0:size0 + n].clone()
+        prune0, prune1 = self.pruned_at[:, :m].clone(), self.pruned_at[:, size0:size0 + n].clone()
+        matches, scores = compact_matches(matches0, scores0)
+        return {"matches0": matches0, "matches1": matches1, "matching_scores0": scores0,
+                "matching_scores1": scores1, "matches": matches, "scores": scores, "stop": stop,
+                "prune0": prune0, "prune1": prune1,
+                "num_pruned0": (prune0 < self.n_layers).sum(1), "num_pruned1": (prune1 < self.n_layers).sum(1)}
+
+
+class StaticPasses:
+    """The passes of one model, most recently used last; a change of weights drops the others."""
+
+    def __init__(self) -> None:
+        self.passes: OrderedDict[StaticKey, StaticPass] = OrderedDict()
+        self.captures = 0  # passes built so far (tests and benchmarks read it)
+
+    def get(self, model: LightGlue, key: StaticKey) -> StaticPass:
+        found = self.passes.get(key)
+        if found is not None:
+            self.passes.move_to_end(key)
+            return found
+        for old in [k for k in self.passes if k.weights != key.weights]:
+            del self.passes[old]  # graphs of replaced weights would read freed memory
+        while len(self.passes) >= MAX_CACHED_PASSES:
+            self.passes.popitem(last=False)
+        created = StaticPass(model, key)
+        self.passes[key] = created
+        self.captures += 1
+        return created
+
+    def clear(self) -> None:
+        self.passes.clear()
