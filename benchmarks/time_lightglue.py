@@ -1,5 +1,9 @@
 """Time our LightGlue (float32 and bf16/fp16 autocast) and optionally the reference, same harness.
 
+On CUDA the columns are the reference (fp32 and its ``mp`` fp16), our dynamic pass (fp32) and our
+default there, the static pass replayed as CUDA graphs (fp32, fp16, bf16); on the CPU our fp32
+and bf16 autocast.
+
     python benchmarks/time_lightglue.py --reference /tmp/lightglue_ref --num-keypoints 512 1024 2048
 
 Batch 1, random weights (identical in all models; ``--kornia`` adds kornia's port), all layers (adaptivity off unless
@@ -44,6 +48,10 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def milliseconds(ms: float) -> str:
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", type=Path, default=None, help="checkout of cvg/LightGlue (optional)")
@@ -58,7 +66,6 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     device = torch.device(args.device)
-    amp = torch.bfloat16 if device.type == "cpu" else torch.float16
 
     conf = {} if args.adaptive else {"depth_confidence": -1, "width_confidence": -1}
     size = {"input_dim": args.dim, "descriptor_dim": args.dim, "n_layers": args.layers}
@@ -69,6 +76,10 @@ def main() -> int:
         reference = import_reference(args.reference).LightGlue(features=None, **conf, **size).eval().to(device)
         ours.load_checkpoint_state_dict(to_release_layout(reference.state_dict()))
         runners["reference fp32"] = reference
+        if device.type == "cuda":  # the reference's own mixed precision (fp16 autocast in its layers)
+            reference_mp = import_reference(args.reference).LightGlue(features=None, mp=True, **conf, **size)
+            reference_mp.load_state_dict(reference.state_dict())
+            runners["reference mp fp16"] = reference_mp.eval().to(device)
     if args.kornia:
         from kornia.feature import LightGlue as KorniaLightGlue
 
@@ -76,13 +87,22 @@ def main() -> int:
         if args.reference is not None:  # same weights for all (kornia keeps the reference's layout)
             kornia_model.load_state_dict(reference.state_dict())
         runners["kornia fp32"] = kornia_model
-    runners["ours fp32"] = ours
+    def autocast(model: LightGlue, dtype: torch.dtype) -> Callable[[dict], object]:
+        def run(data: dict) -> object:
+            with torch.autocast(device.type, dtype=dtype):
+                return model(data)
+        return run
 
-    def ours_autocast(data: dict) -> object:
-        with torch.autocast(device.type, dtype=amp):
-            return ours(data)
-
-    runners[f"ours {str(amp).removeprefix('torch.')} autocast"] = ours_autocast
+    if device.type == "cuda":  # the static pass (CUDA graphs) is the default there; the dynamic one for comparison
+        dynamic = LightGlue({**conf, **size, "static_shapes": False}).eval().to(device)
+        dynamic.load_state_dict(ours.state_dict())
+        runners["ours dynamic fp32"] = dynamic
+        runners["ours graphs fp32"] = ours
+        runners["ours graphs fp16"] = autocast(ours, torch.float16)
+        runners["ours graphs bf16"] = autocast(ours, torch.bfloat16)
+    else:
+        runners["ours fp32"] = ours
+        runners["ours bf16 autocast"] = autocast(ours, torch.bfloat16)
 
     adaptivity = "on" if args.adaptive else "off"
     print(f"threads: {torch.get_num_threads()}, device: {device}, adaptivity: {adaptivity}, "
@@ -98,7 +118,7 @@ def main() -> int:
                 ms = timed(lambda run=run, data=data: run(data), device)
                 if i >= args.warmup:
                     times[name].append(ms)
-        cells = [f"{statistics.median(t):.0f} ({min(t):.0f})" for t in times.values()]
+        cells = [f"{milliseconds(statistics.median(t))} ({milliseconds(min(t))})" for t in times.values()]
         print(f"| {n} | " + " | ".join(cells) + " |", flush=True)
     return 0
 

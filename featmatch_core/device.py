@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import Iterator
 
 import torch
@@ -21,6 +22,17 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device '{name}' requested but CUDA is not available; use device=auto or cpu")
     return device
+
+
+def gpu_busy_percent(device: torch.device) -> float | None:
+    """NVML's share (%) of its last sample period (1/6 s to 1 s) in which a kernel ran on the
+    GPU; None off CUDA or without NVML (the nvidia-ml-py package)."""
+    if device.type != "cuda" or importlib.util.find_spec("pynvml") is None:
+        return None
+    try:
+        return float(torch.cuda.utilization(device))
+    except Exception:  # noqa: BLE001 - a monitoring read (NVMLError and kin) must not end a run
+        return None
 
 
 def cpu_has_native_bf16() -> bool:

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
 from ..config import ConfigError, ConfLike, merge_strict, parse_dotlist, to_container
-from ..device import autocast, resolve_device
+from ..device import autocast, gpu_busy_percent, resolve_device
 from ..files import atomic_write_bytes
 from . import checkpoints as ckpt
 from . import distributed
@@ -306,6 +306,7 @@ class Trainer:
         self.last_saved: tuple[Path | None, int] = (None, 0)
         self.last_step_samples = 0
         self.samples_seen, self.train_time = 0, 0.0
+        self.gpu_busy: list[float] = []  # NVML readings after each step (CUDA only)
         self.writer = None
         self.csv: MetricsCSV | None = None
         self._pending_rng: dict[str, Any] | None = None
@@ -687,6 +688,10 @@ class Trainer:
                 loaded = time.perf_counter()
                 numbers = self.train_step(batch)
                 done = time.perf_counter()
+                busy = gpu_busy_percent(self.device)
+                if busy is not None:  # how much of the time the GPU computes (the data may starve it)
+                    numbers = {**numbers, "gpu_busy_percent": busy}
+                    self.gpu_busy.append(busy)
                 self.epoch_step += 1
                 meter.update(numbers, self.last_step_samples, loaded - tick, done - loaded)
                 self.samples_seen += self.last_step_samples * self.world_size
@@ -719,14 +724,16 @@ class Trainer:
             "samples_this_run": self.samples_seen,
             "train_seconds": self.train_time,
             "samples_per_s": self.samples_seen / self.train_time if self.train_time > 0 else 0.0,
+            "gpu_busy_percent": sum(self.gpu_busy) / len(self.gpu_busy) if self.gpu_busy else None,
             "best_key": self.tconf.best_key,
             "best": self.best,
             "last_checkpoint": str(self.last_saved[0]) if self.last_saved[0] else None,
         }
         if self.is_main:
+            busy = f", GPU busy {summary['gpu_busy_percent']:.0f} % (NVML)" if self.gpu_busy else ""
             print(f"trained {summary['steps_this_run']} steps ({summary['samples_this_run']} samples) in "
                   f"{self.train_time:.1f} s of training: {summary['samples_per_s']:.2f} samples/s "
-                  f"(pairs/s) on {self.world_size} process(es); best {self.tconf.best_key} = "
+                  f"(pairs/s) on {self.world_size} process(es){busy}; best {self.tconf.best_key} = "
                   f"{self.best:.6g}; outputs in {self.exp_dir}")
         return summary
 

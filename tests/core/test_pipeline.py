@@ -153,6 +153,24 @@ def test_auto_precision_is_decided_once_by_the_hardware(monkeypatch, native_bf16
         featmatch_core.load("sift+nn", {"precision": "fp8", "device": "cpu"})
 
 
+def test_gpu_busy_is_read_from_nvml_on_cuda_only(monkeypatch):
+    import importlib.util
+
+    from featmatch_core.device import gpu_busy_percent
+
+    assert gpu_busy_percent(torch.device("cpu")) is None
+    with monkeypatch.context() as patch:  # NVML as on a GPU machine
+        patch.setattr(importlib.util, "find_spec", lambda name, package=None: object())
+        patch.setattr(torch.cuda, "utilization", lambda device=None: 37)
+        assert gpu_busy_percent(torch.device("cuda")) == 37.0
+
+        def broken(device=None):
+            raise RuntimeError("NVML: driver not loaded")
+
+        patch.setattr(torch.cuda, "utilization", broken)
+        assert gpu_busy_percent(torch.device("cuda")) is None  # a failed reading never ends a run
+
+
 def test_fp16_on_cpu_is_refused(synthetic_pair):
     pipe = featmatch_core.load("sift+nn", {"precision": "fp16", "device": "cpu"})
     with pytest.raises(ValueError, match="fp16"):
