@@ -80,7 +80,8 @@ def features_in_model(value: Any) -> bool:
     """Whether ``data.features_in`` asks for images (the model extracts); a bad value raises."""
     if value not in FEATURES_IN:
         raise ConfigError(f"data.features_in must be one of {list(FEATURES_IN)} ('dataset': features computed "
-                          f"by the dataset; 'model': images, features computed by the model), got {value!r}")
+                          f"by the dataset; 'model': images, features computed by the model; the trainer also "
+                          f"takes 'auto': model on CUDA), got {value!r}")
     return value == "model"
 
 

@@ -18,7 +18,8 @@ import-time registration.
   section is taken to be the config of a frozen extractor and checked with the config.
 - Where that extractor runs (:func:`place_extractor`): ``data.features_in: dataset`` (default)
   in the dataset, i.e. in the DataLoader workers; ``model``: the dataset yields images and the
-  model runs ``model.extractor`` on the training device, which is ``data.features`` unless set.
+  model runs ``model.extractor`` on the training device, which is ``data.features`` unless set;
+  ``auto`` (the recipes): ``model`` when training on CUDA, ``dataset`` elsewhere.
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ from collections.abc import Callable, Mapping
 from importlib import import_module
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..config import ConfigError, ConfLike, merge_strict, to_container
+
+AUTO_FEATURES_IN = "auto"  # data.features_in resolved by the training device (place_extractor)
 
 MODELS: dict[str, str] = {
     "two_view": "featmatch_core.train.two_view:TwoViewModel",
@@ -96,15 +100,19 @@ def check_names(conf: ConfLike) -> None:
         checker(model)
 
 
-def place_extractor(conf: DictConfig) -> None:
-    """``data.features_in`` (a bad value raises): with ``model``, ``model.extractor`` defaults to
-    ``data.features`` (written into ``conf``, hence into the experiment's config.yaml) and must
-    equal it when both are given (the benchmarks and the recipe's signature use
-    ``data.features``); without it, ``model.extractor`` would never run and is refused."""
+def place_extractor(conf: DictConfig, device: torch.device) -> None:
+    """``data.features_in`` (a bad value raises): ``auto`` becomes ``model`` when training runs
+    on CUDA (the frozen extractor on the GPU, as Glue Factory does it) and ``dataset`` elsewhere.
+    With ``model``, ``model.extractor`` defaults to ``data.features`` (written into ``conf``,
+    hence into the experiment's config.yaml) and must equal it when both are given (the
+    benchmarks and the recipe's signature use ``data.features``); without it,
+    ``model.extractor`` would never run and is refused."""
     from ..datasets.homographies import features_in_model
 
     data, model = conf.data, conf.model
     extractor, features = model.get("extractor"), data.get("features")
+    if data.get("features_in") == AUTO_FEATURES_IN:
+        data.features_in = "model" if device.type == "cuda" else "dataset"
     if "features_in" in data and features_in_model(data.features_in):
         if extractor is None:
             if not isinstance(features, Mapping):

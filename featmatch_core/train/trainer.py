@@ -148,7 +148,7 @@ def validate_config(conf: ConfLike) -> DictConfig:
     train = to_container(merged.train)
     _check_train_values(train)
     _check_precision(train)
-    place_extractor(merged)
+    place_extractor(merged, resolve_device(train["device"]))
     check_names(merged)
     for spec in train["run_benchmarks"]:
         resolve_callable(spec, "train.run_benchmarks entry")

@@ -550,6 +550,20 @@ def test_sift_kornia_backend_on_cuda_equals_cpu():
     assert (dist < 0.01).mean() > 0.95
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_superpoint_whole_image_path_on_cuda_equals_the_cpu_strips():
+    torch.manual_seed(0)
+    model = SuperPoint({"weights": None, "resize": None, "max_num_keypoints": 512,
+                        "detection_threshold": 0.0}).eval()
+    image = batch(texture(240, 320, seed=4))
+    cpu = run(model, image)
+    gpu = {k: v.cpu() for k, v in run(model.cuda(), image.cuda()).items()}
+    dist, index = cKDTree(gpu["keypoints"][0].numpy()).query(cpu["keypoints"][0].numpy())
+    same = dist == 0
+    assert same.mean() > 0.95
+    torch.testing.assert_close(gpu["descriptors"][0][index[same]], cpu["descriptors"][0][same], atol=1e-3, rtol=1e-3)
+
+
 def test_sift_top_k_keeps_the_strongest():
     image = batch(texture(160, 200, seed=3))
     every = run(SIFT({"resize": None, "max_num_keypoints": None}), image)

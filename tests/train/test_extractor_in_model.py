@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import default_collate
 
 from featmatch_core.config import ConfigError
@@ -17,6 +18,7 @@ from featmatch_core.datasets.scenes import build_mixed_datasets, build_scene_dat
 from featmatch_core.train import export as export_module
 from featmatch_core.train.__main__ import main
 from featmatch_core.train.checkpoints import load_checkpoint
+from featmatch_core.train.registry import place_extractor
 from featmatch_core.train.trainer import Trainer, load_config, validate_config
 from featmatch_core.train.two_view import TwoViewModel
 
@@ -147,6 +149,16 @@ def test_training_steps_with_the_extractor_in_the_model(photo_dir, tmp_path):
     export_module.export("exp", "last", out, root=tmp_path)
     exported = torch.load(out, weights_only=True)
     assert set(exported) == set(trainer.model.matcher.state_dict())
+
+
+def test_features_in_auto_follows_the_training_device(photo_dir):
+    path = TRAINING / "superpoint+lightglue-homography.yaml"
+    assert OmegaConf.load(path).data.features_in == "auto"
+    on_cpu = load_config(path, [f"data.root={photo_dir}", "train.device=cpu"])  # validated: resolved
+    assert on_cpu.data.features_in == "dataset" and on_cpu.model.get("extractor") is None
+    on_gpu = OmegaConf.load(path)
+    place_extractor(on_gpu, torch.device("cuda"))  # decides from the device alone (no GPU needed)
+    assert on_gpu.data.features_in == "model" and on_gpu.model.extractor == on_gpu.data.features
 
 
 def test_features_in_typos_and_contradictions_raise(photo_dir, tmp_path, monkeypatch, capsys):

@@ -43,12 +43,15 @@ def _running_max(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
 
 
 def max_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Maximum over the (2r+1) x (2r+1) window around each pixel of a (..., H, W) float tensor.
+    """Maximum over the (2r+1) x (2r+1) window around each pixel of a (B, C, H, W) float tensor:
+    ``max_pool2d(x, 2r+1, stride=1, padding=r)`` (window clipped at the border).
 
-    The values of ``max_pool2d(x, 2r+1, stride=1, padding=r)`` (window clipped at the border),
-    computed as two 1-D passes of log2(2r+1) shifted elementwise maxima: on a single-channel
-    640x480 map torch's CPU max_pool2d takes ~80 ms for r=4, this ~2 ms (one idle thread).
+    On the CPU it is computed as two 1-D passes of log2(2r+1) shifted elementwise maxima: on a
+    single-channel 640x480 map torch's CPU max_pool2d takes ~80 ms for r=4, this ~2 ms (one
+    idle thread). On a GPU max_pool2d is one kernel instead of ~20 small ones.
     """
+    if x.device.type != "cpu":
+        return F.max_pool2d(x, 2 * radius + 1, stride=1, padding=radius)
     return _running_max(_running_max(x, radius, -1), radius, -2)
 
 
@@ -250,17 +253,24 @@ class SuperPoint(Extractor):
 
     def dense_outputs(self, images: torch.Tensor):
         """(B, 1, H, W) -> score map (B, 8h, 8w) in float32 and descriptor map (B, D, h, w), h = H // 8."""
-        # channels_last: oneDNN's direct NHWC convolutions and a fast vectorised max pooling
-        x = images.contiguous(memory_format=torch.channels_last)
-        for name in ("conv1", "conv2", "conv3"):
-            x = vgg_block(x, getattr(self, name + "a"), getattr(self, name + "b"))
+        if images.device.type == "cpu":
+            # channels_last: oneDNN's direct NHWC convolutions and a fast vectorised max pooling;
+            # strips keep the first blocks' maps in cache (vgg_block)
+            x = images.contiguous(memory_format=torch.channels_last)
+            for name in ("conv1", "conv2", "conv3"):
+                x = vgg_block(x, getattr(self, name + "a"), getattr(self, name + "b"))
+        else:  # GPUs: whole-image convolutions (cuDNN), the fewest kernels
+            x = images
+            for name in ("conv1", "conv2", "conv3"):
+                x = F.relu(getattr(self, name + "a")(x), inplace=True)
+                x = F.max_pool2d(F.relu(getattr(self, name + "b")(x), inplace=True), 2)
         x = F.relu(self.conv4a(x), inplace=True)
         x = F.relu(self.conv4b(x), inplace=True)
 
         logits = self.convPb(F.relu(self.convPa(x), inplace=True)).float()
         # channel 8*i + j of a cell is its pixel (row i, column j): exactly pixel_shuffle's layout
         scores = F.pixel_shuffle(logits.softmax(1)[:, :-1].contiguous(), CELL)[:, 0]
-        # kept channels_last: grid_sample reads it 4x faster than copying it to NCHW first
+        # kept channels_last on the CPU: grid_sample reads it 4x faster than copying it to NCHW first
         descriptors = self.convDb(F.relu(self.convDa(x), inplace=True)).float()
         return scores, F.normalize(descriptors, p=2, dim=1)
 
