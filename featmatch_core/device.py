@@ -79,3 +79,17 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         raise ValueError("precision fp16 is not supported on CPU; use bf16 or fp32")
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+@contextlib.contextmanager
+def own_stream(device: torch.device | None) -> Iterator[torch.cuda.Stream | None]:
+    """Run this thread's GPU work on a stream of its own (None off CUDA): two threads that each
+    have one (the extraction and tracking stages of a frame pipeline) overlap on the GPU,
+    instead of queueing behind each other on the default stream."""
+    if device is None or device.type != "cuda":
+        yield None
+        return
+    stream = torch.cuda.Stream(device)
+    with torch.cuda.stream(stream):
+        yield stream
+

@@ -6,6 +6,7 @@ NaN/Inf values, empty images, float images outside [0, 1].
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cv2
@@ -43,8 +44,8 @@ def _check_finite_and_range(image: torch.Tensor) -> torch.Tensor:
     return image.clamp_(0.0, 1.0)
 
 
-def numpy_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W) or (H, W, C) numpy image -> (1, C, H, W) float32 in [0, 1]."""
+def numpy_channels_last(image: np.ndarray) -> np.ndarray:
+    """A checked (H, W, C) view of an (H, W) or (H, W, C) numpy image, C in {1, 3} (alpha dropped)."""
     if not isinstance(image, np.ndarray):
         raise TypeError(f"expected a numpy array, got {type(image).__name__}")
     if image.ndim == 2:
@@ -54,8 +55,12 @@ def numpy_to_tensor(image: np.ndarray) -> torch.Tensor:
     if image.shape[-1] not in (1, 3, 4):
         layout = " (looks channels-first: numpy images are (H, W, C))" if image.shape[0] in (1, 3) else ""
         raise ValueError(f"numpy image with {image.shape[-1]} channels{layout}; expected 1, 3 or 4")
-    if image.shape[-1] == 4:  # drop alpha
-        image = image[..., :3]
+    return image[..., :3] if image.shape[-1] == 4 else image
+
+
+def numpy_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W) or (H, W, C) numpy image -> (1, C, H, W) float32 in [0, 1]."""
+    image = numpy_channels_last(image)
     if image.dtype in _INT_RANGES:
         scale = _INT_RANGES[image.dtype]
         tensor = torch.from_numpy(np.ascontiguousarray(image)).float() / scale
@@ -64,6 +69,48 @@ def numpy_to_tensor(image: np.ndarray) -> torch.Tensor:
     else:
         raise TypeError(f"unsupported image dtype {image.dtype}; use uint8, uint16 or float in [0, 1]")
     return _check_finite_and_range(tensor.permute(2, 0, 1)[None].contiguous())
+
+
+class PinnedStaging:
+    """A reused page-locked host buffer for copies to a GPU: the copy is asynchronous (the host
+    goes on) and faster than from pageable memory. The buffer is refilled only once the GPU has
+    finished reading it (an event recorded after each copy); one copy at a time (a lock)."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+        self.copied: torch.cuda.Event | None = None
+        self.lock = threading.Lock()
+
+    def __reduce__(self) -> tuple:
+        return (PinnedStaging, ())  # copies (deepcopy, pickle) start empty: a buffer and a lock are per object
+
+    def to_device(self, source: torch.Tensor, device: torch.device) -> torch.Tensor:
+        with self.lock:
+            if self.buffer is None or self.buffer.shape != source.shape or self.buffer.dtype != source.dtype:
+                self.buffer = torch.empty(source.shape, dtype=source.dtype, pin_memory=True)
+            elif self.copied is not None:
+                self.copied.synchronize()  # the previous image is still being read from the buffer
+            self.buffer.copy_(source)
+            on_device = self.buffer.to(device, non_blocking=True)
+            self.copied = torch.cuda.Event()
+            self.copied.record(torch.cuda.current_stream(device))
+            return on_device
+
+
+def upload_image(image: ImageLike, device: torch.device, staging: PinnedStaging | None = None) -> torch.Tensor:
+    """:func:`to_tensor_image` on ``device``. To a GPU, numpy uint8 images travel as they are (a
+    quarter of float32's bytes; through ``staging`` when given) and are scaled there: they are
+    in range by construction, so no check reads them back."""
+    if device.type != "cuda" or not isinstance(image, np.ndarray):
+        return to_tensor_image(image).to(device)
+    array = numpy_channels_last(image)
+    if array.dtype != np.uint8:
+        return numpy_to_tensor(array).to(device)
+    if array.size == 0:
+        raise ValueError(f"empty image of shape {tuple(array.shape)}")
+    source = torch.from_numpy(np.ascontiguousarray(array))
+    on_device = staging.to_device(source, device) if staging is not None else source.to(device)
+    return (on_device.permute(2, 0, 1)[None].float() / 255.0).contiguous()
 
 
 def torch_to_tensor(image: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 import featmatch_core
+from featmatch_core.device import own_stream
 from featmatch_core.estimators import get_estimator
 from featmatch_core.models.pipeline import FeatureStream, Frame, Pipeline, TwoViewMatches
 
@@ -110,6 +111,10 @@ class FrameWorker:
 
     Counters: ``received`` (submitted), ``processed`` (handler returned or raised),
     ``dropped`` (pushed out of a full queue, never processed), ``errors`` (handler raised).
+
+    With a CUDA ``device`` the handler's GPU work goes to a stream of the worker's own, and the
+    worker waits for it after each item (one sync per frame): what the handler returns is
+    complete when another stage's stream reads it, and tensors it frees are never still in use.
     """
 
     def __init__(
@@ -118,10 +123,12 @@ class FrameWorker:
         queue_size: int = 1,
         name: str = "lightglue_worker",
         log: logging.Logger | None = None,
+        device: torch.device | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         self.handler = handler
+        self.device = device
         self.queue_size = int(queue_size)
         self.log = log or logger
         self.received = self.processed = self.dropped = self.errors = 0
@@ -159,25 +166,28 @@ class FrameWorker:
         return not dropped
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._items and not self._stopping:
-                    self._cond.wait()
-                if not self._items:
-                    return
-                item = self._items.popleft()
-                self._busy = True
-                self._cond.notify_all()  # room for a blocked submit
-            try:
-                self.handler(item)
-            except Exception:  # the worker must survive anything a frame does
-                self.errors += 1
-                self.log.exception("frame processing failed")
-            finally:
+        with own_stream(self.device) as stream:
+            while True:
                 with self._cond:
-                    self._busy = False
-                    self.processed += 1
-                    self._cond.notify_all()
+                    while not self._items and not self._stopping:
+                        self._cond.wait()
+                    if not self._items:
+                        return
+                    item = self._items.popleft()
+                    self._busy = True
+                    self._cond.notify_all()  # room for a blocked submit
+                try:
+                    self.handler(item)
+                    if stream is not None:
+                        stream.synchronize()
+                except Exception:  # the worker must survive anything a frame does
+                    self.errors += 1
+                    self.log.exception("frame processing failed")
+                finally:
+                    with self._cond:
+                        self._busy = False
+                        self.processed += 1
+                        self._cond.notify_all()
 
     @property
     def pending(self) -> int:
@@ -233,10 +243,19 @@ class FramePipeline:
         queue_size: int = 1,
         name: str = "lightglue",
         log: logging.Logger | None = None,
+        device: torch.device | None = None,
     ) -> None:
-        self.back = FrameWorker(back, queue_size=1, name=f"{name}_track", log=log)
-        self.front = FrameWorker(lambda item: self._hand_over(front(item)), queue_size,
-                                 name=f"{name}_extract", log=log)
+        self.back = FrameWorker(back, queue_size=1, name=f"{name}_track", log=log, device=device)
+        self.front = FrameWorker(self._front_then_hand_over(front), queue_size, name=f"{name}_extract", log=log,
+                                 device=device)
+
+    def _front_then_hand_over(self, front: Callable[[Any], Any]) -> Callable[[Any], None]:
+        def run(item: Any) -> None:
+            extracted = front(item)
+            if self.front.device is not None and self.front.device.type == "cuda":
+                torch.cuda.current_stream(self.front.device).synchronize()  # complete before the track stage reads it
+            self._hand_over(extracted)
+        return run
 
     def _hand_over(self, extracted: Any) -> None:
         self.back.wait_idle()

@@ -239,7 +239,8 @@ class MatcherNode(MatcherNodeBase):
             self.log.info(f"CPU threads: torch {torch_threads}, OpenCV {cv_threads}")
         if not values["pipelined"]:
             return super().make_worker(values)
-        return FramePipeline(self._front, self._back, queue_size=values["queue_size"], log=self.log)
+        return FramePipeline(self._front, self._back, queue_size=values["queue_size"], log=self.log,
+                             device=self.core.pipeline.device)  # on CUDA: a stream per stage
 
     def wire(self, values: dict[str, Any], qos: QoSProfile) -> None:
         self.pub_matches = self.create_publisher(PointCloud2, "matches", 10)

@@ -719,7 +719,8 @@ def play(
     pipelined = matcher.params["pipelined"]
     realtime = args.rate == "realtime"
     if pipelined:
-        worker: FrameWorker | FramePipeline | None = FramePipeline(sink.front, sink.back, queue_size=queue_size)
+        worker: FrameWorker | FramePipeline | None = FramePipeline(sink.front, sink.back, queue_size=queue_size,
+                                                                   device=matcher.pipeline.device)
     else:
         worker = FrameWorker(sink.handover, queue_size=queue_size) if realtime else None
     matcher.worker = worker

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..config import ConfigError, ConfLike, load_named_config, merge_strict, parse_dotlist, to_container
 from ..device import autocast, precision_for, resolve_device
-from ..image import ImageLike, to_tensor_image
+from ..image import ImageLike, PinnedStaging, upload_image
 from ..weights import WeightsUnavailableError
 from . import build_model
 from .extractors.base import Extractor, Features, num_valid_keypoints, pad_and_stack
@@ -115,6 +115,8 @@ class Pipeline(nn.Module):
         self.device = resolve_device(self.conf.device)
         # ``auto`` is decided once, here: the conf then says what runs (diagnostics, exports)
         self.conf.precision = precision_for(self.device, self.conf.precision)
+        # camera frames reach a GPU through one reused page-locked buffer (upload_image)
+        self._staging = PinnedStaging() if self.device.type == "cuda" else None
         self.to(self.device).eval()
 
     @classmethod
@@ -182,7 +184,7 @@ class Pipeline(nn.Module):
     @torch.inference_mode()
     def extract(self, image: ImageLike) -> Features:
         """Features of one image (numpy HxW[xC] or tensor [B]xCxHxW, uint8 or float in [0, 1])."""
-        return self._run_extractor(to_tensor_image(image))
+        return self._run_extractor(upload_image(image, self.device, self._staging))
 
     @torch.inference_mode()
     def match_features(self, feats0: Features, feats1: Features,

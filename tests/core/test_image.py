@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from featmatch_core.image import read_image, to_grayscale, to_tensor_image
+from featmatch_core.image import PinnedStaging, read_image, to_grayscale, to_tensor_image, upload_image
 
 
 def test_numpy_uint8_rgb_and_gray():
@@ -66,3 +66,43 @@ def test_read_image_errors(tmp_path):
     corrupt.write_bytes(b"not a png")
     with pytest.raises(IOError, match="corrupt"):
         read_image(corrupt)
+
+
+@pytest.mark.parametrize("image", [
+    np.random.default_rng(0).integers(0, 256, (24, 32), dtype=np.uint8),
+    np.random.default_rng(1).integers(0, 256, (24, 32, 3), dtype=np.uint8),
+    np.random.default_rng(2).integers(0, 65536, (24, 32), dtype=np.uint16),
+    np.random.default_rng(3).random((24, 32, 3)).astype(np.float32),
+])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_upload_image_equals_the_host_conversion(image, device):
+    staging = PinnedStaging() if device == "cuda" else None
+    expected = to_tensor_image(image)
+    got = upload_image(image, torch.device(device), staging)
+    assert got.device.type == device and got.dtype == torch.float32
+    torch.testing.assert_close(got.cpu(), expected, atol=1e-7, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pinned_staging_is_reused_and_never_overwritten_early():
+    staging = PinnedStaging()
+    frames = [np.full((480, 640), value, np.uint8) for value in (10, 200, 30)]
+    uploaded = [upload_image(frame, torch.device("cuda"), staging) for frame in frames]
+    assert staging.buffer.is_pinned() and staging.buffer.shape == (480, 640, 1)
+    for frame, tensor in zip(frames, uploaded, strict=True):
+        assert torch.equal(tensor.cpu(), to_tensor_image(frame))
+    with pytest.raises(ValueError, match="empty image"):
+        upload_image(np.zeros((0, 5), np.uint8), torch.device("cuda"), staging)
+
+
+def test_pinned_staging_copies_start_empty():
+    import copy
+    import pickle
+
+    staging = PinnedStaging()
+    staging.buffer = torch.zeros(3)  # as after an upload
+    for copied in (copy.deepcopy(staging), pickle.loads(pickle.dumps(staging))):
+        assert isinstance(copied, PinnedStaging) and copied.buffer is None and copied.lock is not staging.lock
+    with pytest.raises(ValueError, match="channels"):
+        upload_image(np.zeros((8, 8, 2), np.uint8), torch.device("cpu"))

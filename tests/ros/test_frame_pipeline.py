@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from lightglue_ros.frame_matcher import FramePipeline, FrameWorker, cpu_threads
 
@@ -132,3 +133,31 @@ def test_blocked_submit_returns_false_when_stopped_without_draining() -> None:
 def test_pipelined_cpu_threads_split_the_cores(cores: int, expected: tuple[int, int]) -> None:
     assert cpu_threads(True, cores) == expected
     assert cpu_threads(False, cores) == (cores, cores)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_each_stage_has_its_own_stream_on_cuda(device: str) -> None:
+    """On CUDA the two stages' GPU work goes to two streams of their own (they overlap there);
+    what the front stage made is complete when the back stage reads it."""
+    streams: dict[str, set] = {"front": set(), "back": set()}
+    results: list[float] = []
+
+    def front(i: int) -> torch.Tensor:
+        streams["front"].add(torch.cuda.current_stream().cuda_stream if device == "cuda" else None)
+        x = torch.full((512, 512), float(i), device=device)
+        return (x @ x).sum()  # queued, not yet done, when the stage returns
+
+    def back(total: torch.Tensor) -> None:
+        streams["back"].add(torch.cuda.current_stream().cuda_stream if device == "cuda" else None)
+        results.append(float(total))
+
+    pipe = FramePipeline(front, back, device=torch.device(device))
+    for i in range(5):
+        pipe.submit(i, block=True)
+    pipe.stop(drain=True, timeout=30)
+    assert results == [float(i * i * 512 * 512 * 512) for i in range(5)]
+    if device == "cuda":
+        default = torch.cuda.default_stream().cuda_stream
+        assert len(streams["front"]) == len(streams["back"]) == 1  # one stream per stage, for good
+        assert streams["front"] != streams["back"] and default not in streams["front"] | streams["back"]
