@@ -63,6 +63,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dim", type=int, default=256, help="descriptor and transformer width")
     parser.add_argument("--layers", type=int, default=9)
+    parser.add_argument("--compile", action="store_true", help="CUDA: also the graphs of compiled steps (fp16)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     device = torch.device(args.device)
@@ -100,6 +101,10 @@ def main() -> int:
         runners["ours graphs fp32"] = ours
         runners["ours graphs fp16"] = autocast(ours, torch.float16)
         runners["ours graphs bf16"] = autocast(ours, torch.bfloat16)
+        if args.compile:  # each step through torch.compile before its capture (minutes of compiling)
+            compiled = LightGlue({**conf, **size, "static_compile": True}).eval().to(device)
+            compiled.load_state_dict(ours.state_dict())
+            runners["ours graphs+compile fp16"] = autocast(compiled, torch.float16)
     else:
         runners["ours fp32"] = ours
         runners["ours bf16 autocast"] = autocast(ours, torch.bfloat16)
@@ -120,7 +125,31 @@ def main() -> int:
                     times[name].append(ms)
         cells = [f"{milliseconds(statistics.median(t))} ({milliseconds(min(t))})" for t in times.values()]
         print(f"| {n} | " + " | ".join(cells) + " |", flush=True)
+    if device.type == "cuda":
+        print_gpu_work(ours, args.num_keypoints, args.dim, device)
     return 0
+
+
+def print_gpu_work(model: LightGlue, sizes: list[int], dim: int, device: torch.device) -> None:
+    """Kernels and GPU time of one fp16 call of the static pass run eagerly: what a graph replay
+    still executes (its floor), against the wall time measured above."""
+    from torch.profiler import ProfilerActivity, profile
+
+    eager = LightGlue({**dict(model.conf), "cuda_graphs": False}).eval().to(device)
+    eager.load_state_dict(model.state_dict())
+    print("| keypoints | kernels per call (static pass, fp16) | GPU kernel time ms |")
+    print("|---|---|---|")
+    for n in sizes:
+        data = {k: {kk: vv.to(device) for kk, vv in v.items()} for k, v in random_pair(n, dim, seed=n).items()}
+        with torch.autocast("cuda", dtype=torch.float16):
+            eager(data)  # builds the pass
+            torch.cuda.synchronize(device)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                eager(data)
+                torch.cuda.synchronize(device)
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy_us = sum(e.time_range.elapsed_us() for e in kernels)
+        print(f"| {n} | {len(kernels)} | {busy_us / 1e3:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

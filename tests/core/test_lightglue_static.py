@@ -8,6 +8,7 @@ are replayed as CUDA graphs and must equal the dynamic pass there.
 from __future__ import annotations
 
 import inspect
+import shutil
 
 import pytest
 import test_lightglue as dynamic  # tests/core is on sys.path
@@ -299,3 +300,17 @@ def test_cuda_graph_pass_under_fp16_autocast_agrees_with_fp32():
         out = run(model, data)
     assert out["matching_scores0"].dtype == torch.float32
     assert (out["matches0"] == reference["matches0"]).float().mean() > 0.9
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile's CPU code generation needs a C++ compiler")
+def test_compiled_static_steps_equal_the_eager_ones():
+    """``static_compile``: every step through torch.compile in one graph (fullgraph: no break,
+    hence no hidden host sync), with the results of the eager steps. (About 20 s of compiling.)"""
+    model = small_model(n_layers=2, depth_confidence=0.5, width_confidence=0.6, confidence_thresholds=[0.3],
+                        pruning_min_keypoints=0, filter_threshold=0.01, **STATIC)
+    data = half_prunable(40, seed=3)
+    expected = run(model, data)
+    model.conf.static_compile = True
+    assert_same_result(run(model, data), expected)
+    compiled = next(reversed(model._static_passes.passes.values()))
+    assert compiled.key.compiled and set(compiled.steps) == {"encode", "layer0", "layer1", "head0", "head1"}

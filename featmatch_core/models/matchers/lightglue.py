@@ -94,12 +94,21 @@ class Rotary(NamedTuple):
         return Rotary(torch.take_along_dim(self.phasor, positions[:, None, :, None], dim=2))
 
     def apply(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return self.apply_real(x)
         real_dtype = self.phasor.real.dtype
         pairs = x.to(real_dtype).unflatten(-1, (-1, 2))
         if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(st % 2 for st in pairs.stride()[:-1]):
             pairs = pairs.contiguous()  # view_as_complex needs interleaved (re, im) storage
         rotated = torch.view_as_real(torch.view_as_complex(pairs) * self.phasor).flatten(-2)
         return rotated.to(x.dtype)
+
+    def apply_real(self, x: Tensor) -> Tensor:
+        """:meth:`apply` in real arithmetic, for ``torch.compile`` (whose code generation has no
+        complex numbers and which cannot trace the layout checks above)."""
+        cos, sin = self.phasor.real, self.phasor.imag
+        a, b = x.to(cos.dtype).unflatten(-1, (-1, 2)).unbind(-1)
+        return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2).to(x.dtype)
 
 
 # ---- attention -------------------------------------------------------------------------------
@@ -500,6 +509,7 @@ class LightGlue(BaseModel):
         "static_shapes": None,
         "static_bucket": 256,
         "cuda_graphs": True,  # replay the static pass as CUDA graphs (on CUDA; eager otherwise)
+        "static_compile": False,  # torch.compile each static step (fused kernels; compiling takes minutes)
         "weights": None,
     }
     preset_key: ClassVar[str | None] = "features"
@@ -579,8 +589,9 @@ class LightGlue(BaseModel):
             fail(f"static_bucket must be an int >= 1, got {conf.static_bucket!r}")
         if conf.static_shapes not in (None, True, False):
             fail(f"static_shapes must be None (on CUDA only), true or false, got {conf.static_shapes!r}")
-        if not isinstance(conf.cuda_graphs, bool):
-            fail(f"cuda_graphs must be true or false, got {conf.cuda_graphs!r}")
+        for key in ("cuda_graphs", "static_compile"):
+            if not isinstance(conf[key], bool):
+                fail(f"{key} must be true or false, got {conf[key]!r}")
 
     # ---- weights ---------------------------------------------------------------------------
     def load_checkpoint_state_dict(self, state_dict: Mapping[str, Tensor], origin: str = "") -> None:

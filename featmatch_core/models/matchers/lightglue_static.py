@@ -51,6 +51,7 @@ from .lightglue import (
 
 MAX_CACHED_PASSES = 8  # keys kept per model (least recently used dropped first)
 GRAPH_WARMUP_RUNS = 2  # eager runs on a side stream before a capture (lazy cuBLAS/attention set-up)
+COMPILED_STEPS_LIMIT = 1024  # compiled variants of a step function (passes x steps) dynamo may keep
 
 
 def padded_size(size: int, bucket: int) -> int:
@@ -72,6 +73,7 @@ class StaticKey:
     settings: tuple  # the config values baked into the graphs
     weights: tuple[int, ...]  # parameter addresses (in-place updates are read by the graphs)
     use_graphs: bool
+    compiled: bool  # steps through torch.compile
 
 
 def static_key(model: LightGlue, batch: int, size0: int, size1: int, device: torch.device,
@@ -91,7 +93,8 @@ def static_key(model: LightGlue, batch: int, size0: int, size1: int, device: tor
     )
     weights = tuple(p.data_ptr() for p in model.parameters())
     use_graphs = device.type == "cuda" and bool(conf.cuda_graphs)
-    return StaticKey(batch, size0, size1, device, input_dtype, autocast, prune, settings, weights, use_graphs)
+    return StaticKey(batch, size0, size1, device, input_dtype, autocast, prune, settings, weights, use_graphs,
+                     bool(conf.static_compile))
 
 
 def exit_filter_thresholds(model: LightGlue) -> list[float]:
@@ -217,6 +220,12 @@ class StaticPass:
             with self.precision():
                 step()
 
+        if self.key.compiled:
+            # one graph per step (fullgraph: a break would hide a host sync); every step shares
+            # run's code, so each one is a recompilation of it, beyond dynamo's default limit
+            run = torch.compile(run, fullgraph=True, dynamic=False)
+            with torch._dynamo.config.patch(recompile_limit=COMPILED_STEPS_LIMIT):
+                run()  # compiles now, not in the first frame
         if not self.key.use_graphs:
             self.steps[name] = run
             return
