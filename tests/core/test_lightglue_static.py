@@ -314,3 +314,31 @@ def test_compiled_static_steps_equal_the_eager_ones():
     assert_same_result(run(model, data), expected)
     compiled = next(reversed(model._static_passes.passes.values()))
     assert compiled.key.compiled and set(compiled.steps) == {"encode", "layer0", "layer1", "head0", "head1"}
+
+
+def test_a_failed_graph_capture_falls_back_to_uncaptured_steps(monkeypatch, caplog):
+    """Where a capture fails (a driver, an operator that cannot be captured), the pass runs its
+    steps one by one, with a warning, and gives the same matches."""
+    import dataclasses
+
+    from featmatch_core.models.matchers import lightglue_static
+
+    def capturing_key(*args, **kwargs):  # as on CUDA
+        return dataclasses.replace(static_key(*args, **kwargs), use_graphs=True)
+
+    def failing_capture(self, run):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    model = small_model(**STATIC)
+    data = permuted_copy(random_features(40))
+    expected = run(model, data)
+    model._static_passes.clear()
+    monkeypatch.setattr(lightglue_static, "static_key", capturing_key)
+    monkeypatch.setattr(StaticPass, "capture", failing_capture)
+    with caplog.at_level("WARNING"):
+        assert_same_result(run(model, data), expected)
+    assert "graph capture failed (CUDA error: operation not permitted" in caplog.text
+    built = next(iter(model._static_passes.passes.values()))
+    assert not built.key.use_graphs
+    with pytest.raises(RuntimeError, match="not permitted"):  # off CUDA graphs nothing is swallowed
+        StaticPass(model, capturing_key(model, 1, 48, 48, torch.device("cpu"), torch.float32, False))

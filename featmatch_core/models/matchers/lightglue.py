@@ -707,7 +707,7 @@ class LightGlue(BaseModel):
         """Capture the static passes (batch 1, float32 features) for every pair of padded sizes
         from half of ``max_keypoints`` up: the sizes a camera's frames normally have. Smaller
         sets are captured when they first come. Returns how many passes were built."""
-        from .lightglue_static import padded_size
+        from .lightglue_static import padded_size  # it builds on this module
 
         bucket = int(self.conf.static_bucket)
         largest = padded_size(max_keypoints, bucket)
@@ -775,7 +775,7 @@ class LightGlue(BaseModel):
     def static_pass(self, b: int, m: int, n: int, descriptors: Tensor, caller_padding: bool) -> Any:
         """The static pass (buffers, graphs) for a batch of ``b`` pairs of ``m`` and ``n`` points,
         captured at its first use under the autocast in force."""
-        from .lightglue_static import StaticPasses, padded_size, static_key
+        from .lightglue_static import StaticPasses, padded_size, static_key  # it builds on this module
 
         if self._static_passes is None:
             self._static_passes = StaticPasses()

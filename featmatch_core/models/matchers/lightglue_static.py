@@ -31,9 +31,10 @@ eagerly: that is how the tests compare this pass with the dynamic one on a CPU.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,6 +50,8 @@ from .lightglue import (
     mutual_matches_from_similarity,
 )
 
+logger = logging.getLogger(__name__)
+
 MAX_CACHED_PASSES = 8  # keys kept per model (least recently used dropped first)
 GRAPH_WARMUP_RUNS = 2  # eager runs on a side stream before a capture (lazy cuBLAS/attention set-up)
 COMPILED_STEPS_LIMIT = 1024  # compiled variants of a step function (passes x steps) dynamo may keep
@@ -59,7 +62,7 @@ def padded_size(size: int, bucket: int) -> int:
     return max(-(-size // bucket), 1) * bucket
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class StaticKey:
     """What a captured pass depends on; a new value means new buffers and graphs."""
 
@@ -125,7 +128,7 @@ class StaticPass:
         with torch.inference_mode(False):  # normal tensors: updated in place under any grad mode
             self.allocate(b, points, heads, dim, device)
         self.steps: dict[str, Callable[[], None]] = {}
-        self.pool = torch.cuda.graph_pool_handle() if key.use_graphs else None
+        self.pool: Any = None  # the memory pool the graphs of this pass share (made at the first capture)
         self.build()
 
     def allocate(self, b: int, points: int, heads: int, dim: int, device: torch.device) -> None:
@@ -226,10 +229,13 @@ class StaticPass:
             run = torch.compile(run, fullgraph=True, dynamic=False)
             with torch._dynamo.config.patch(recompile_limit=COMPILED_STEPS_LIMIT):
                 run()  # compiles now, not in the first frame
-        if not self.key.use_graphs:
-            self.steps[name] = run
-            return
+        self.steps[name] = self.capture(run) if self.key.use_graphs else run
+
+    def capture(self, run: Callable[[], None]) -> Callable[[], None]:
+        """``run`` as a CUDA graph: warmed up on a side stream, captured, replayed."""
         device = self.key.device
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
@@ -239,7 +245,7 @@ class StaticPass:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             run()
-        self.steps[name] = graph.replay
+        return graph.replay
 
     # ---- one call ------------------------------------------------------------------------
     def load_inputs(self, sides: tuple[tuple[Tensor, Tensor, Tensor | None], ...]) -> None:
@@ -304,7 +310,15 @@ class StaticPasses:
             del self.passes[old]  # graphs of replaced weights would read freed memory
         while len(self.passes) >= MAX_CACHED_PASSES:
             self.passes.popitem(last=False)
-        created = StaticPass(model, key)
+        try:
+            created = StaticPass(model, key)
+        except RuntimeError as err:
+            if not key.use_graphs:
+                raise
+            # a driver or an operator that cannot be captured: the same steps, launched one by one
+            logger.warning("LightGlue: CUDA graph capture failed (%s); this pass runs its steps uncaptured",
+                           str(err).splitlines()[0] if str(err) else type(err).__name__)
+            created = StaticPass(model, dataclasses.replace(key, use_graphs=False))
         self.passes[key] = created
         self.captures += 1
         return created
