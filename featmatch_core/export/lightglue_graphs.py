@@ -34,7 +34,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..models.matchers.lightglue import LightGlue, mutual_matches, normalize_keypoints, sigmoid_log_double_softmax
+from ..models.matchers.lightglue import (
+    LightGlue,
+    mutual_matches,
+    normalize_keypoints,
+    rotate_pairs,
+    sigmoid_log_double_softmax,
+)
 
 GRAPH_VERSION = 1  # part of the export cache key: bump when the traced graphs change
 
@@ -51,10 +57,7 @@ class RealRotary(NamedTuple):
         return cls(angles.cos(), angles.sin())
 
     def apply(self, x: Tensor) -> Tensor:
-        pairs = x.unflatten(-1, (-1, 2))
-        real, imag = pairs[..., 0], pairs[..., 1]
-        rotated = (real * self.cos - imag * self.sin, real * self.sin + imag * self.cos)
-        return torch.stack(rotated, -1).flatten(-2)
+        return rotate_pairs(x, self.cos, self.sin)
 
 
 def keypoint_geometry(model: LightGlue, keypoints: Tensor, image_size: Tensor | None,

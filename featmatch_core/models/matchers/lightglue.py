@@ -107,8 +107,15 @@ class Rotary(NamedTuple):
         """:meth:`apply` in real arithmetic, for ``torch.compile`` (whose code generation has no
         complex numbers and which cannot trace the layout checks above)."""
         cos, sin = self.phasor.real, self.phasor.imag
-        a, b = x.to(cos.dtype).unflatten(-1, (-1, 2)).unbind(-1)
-        return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2).to(x.dtype)
+        return rotate_pairs(x.to(cos.dtype), cos, sin).to(x.dtype)
+
+
+def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Channel pair (2k, 2k + 1) of ``x`` rotated by the angle of cosine ``cos[k]`` and sine
+    ``sin[k]``, in real arithmetic (torch.compile, the ONNX export)."""
+    pairs = x.unflatten(-1, (-1, 2))
+    real, imag = pairs[..., 0], pairs[..., 1]
+    return torch.stack((real * cos - imag * sin, real * sin + imag * cos), -1).flatten(-2)
 
 
 # ---- attention -------------------------------------------------------------------------------
