@@ -136,6 +136,29 @@ def test_overfit_fixed_batch_reduces_loss(photo_dir):
     assert history[-1] < 0.6 * history[0]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", [torch.bfloat16, torch.float16])
+def test_cuda_autocast_training_steps_are_finite_and_learn(photo_dir, precision):
+    """The recipes' mixed precision on CUDA (fp16 with a gradient scaler), as the trainer steps."""
+    train, _ = build_homography_datasets(data_conf(photo_dir))
+    batch = {k: v.cuda() for k, v in torch.utils.data.default_collate([train[0], train[1]]).items()}
+    torch.manual_seed(0)
+    model = TwoViewModel({"matcher": MATCHER, "pretrained": False}).cuda().train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
+    history = []
+    for _ in range(25):
+        with torch.autocast("cuda", dtype=precision):
+            losses, _ = model.loss(model(batch), batch)
+        assert losses["total"].dtype == torch.float32 and torch.isfinite(losses["total"]).all()
+        opt.zero_grad()
+        scaler.scale(losses["total"].mean()).backward()
+        scaler.step(opt)
+        scaler.update()
+        history.append(losses["total"].mean().item())
+    assert history[-1] < 0.7 * history[0]
+
+
 def test_run_benchmarks_scores_the_trained_matcher_on_held_out_photos(photo_dir):
     from omegaconf import OmegaConf
 
