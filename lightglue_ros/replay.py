@@ -552,7 +552,10 @@ def run(args: argparse.Namespace) -> ReplayResult:
         out_dir = Path(args.out_dir or Path("outputs") / "replay" / f"{bag.name}_{model}")
         out_dir.mkdir(parents=True, exist_ok=True)
         print(describe_replay(bag, inputs, model, args), flush=True)
-        matcher = FrameMatcher(values)  # the model is loaded once, here
+        matcher = FrameMatcher(values)  # the model is loaded once, here (the matcher warmed up)
+        sizes = [(int(info.height), int(info.width)) for _, info in inputs.infos[:1]]
+        if sizes and min(sizes[0]) > 0:  # the extractor too, at the camera's size: no set-up in the first frames
+            matcher.pipeline.warm_up_extractor(*sizes[0])
         rss_start = rss_mb()
         out_bag = (
             None

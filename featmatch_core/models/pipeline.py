@@ -180,6 +180,18 @@ class Pipeline(nn.Module):
         with autocast(self.device, self.conf.precision):
             return int(warm(int(max_keypoints)))
 
+    @torch.inference_mode()
+    def warm_up_extractor(self, height: int, width: int, runs: int = 2) -> None:
+        """Run the extractor on a noise image of the camera's size: kernels, cuDNN's algorithm
+        choice and the allocator's blocks are set up before the first real frame."""
+        if height <= 0 or width <= 0:
+            raise ValueError(f"warm-up image size must be positive, got {height}x{width}")
+        noise = np.random.default_rng(0).integers(0, 256, (height, width), dtype=np.uint8)
+        for _ in range(runs):
+            self.extract(noise)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     # ---- single pair API -----------------------------------------------------------
     @torch.inference_mode()
     def extract(self, image: ImageLike) -> Features:

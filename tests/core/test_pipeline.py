@@ -267,3 +267,14 @@ def test_warm_up_runs_every_bucketed_size_only_for_cpu_bf16():
         assert pipe.matcher.warm_up(64) == 1
     fp32 = featmatch_core.load("sift+lightglue-cpu", ["precision=fp32", "device=cpu"])
     assert fp32.warm_up() == 0 and featmatch_core.load("sift+nn", ["device=cpu"]).warm_up() == 0
+
+
+def test_extractor_warm_up_runs_at_the_camera_size(monkeypatch):
+    pipe = featmatch_core.load("sift+nn", {"device": "cpu", "extractor": {"max_num_keypoints": 64}})
+    shapes = []
+    original = pipe.extract
+    monkeypatch.setattr(pipe, "extract", lambda image: (shapes.append(image.shape), original(image))[1])
+    pipe.warm_up_extractor(48, 64)
+    assert shapes == [(48, 64), (48, 64)]
+    with pytest.raises(ValueError, match="positive"):
+        pipe.warm_up_extractor(0, 64)
