@@ -63,8 +63,7 @@ class Counter(TorchDispatchMode):
         """Count each static step as one launch (a graph replay on CUDA) and nothing inside it."""
         for static_pass in model._static_passes.passes.values():
             for name, step in list(static_pass.steps.items()):
-                if getattr(step, "counted", False):
-                    continue
+                step = getattr(step, "original", step)  # wrapped for an earlier counter
 
                 def counted_step(step=step) -> None:
                     self.steps += 1
@@ -74,7 +73,7 @@ class Counter(TorchDispatchMode):
                     finally:
                         self.in_step = False
 
-                counted_step.counted = True
+                counted_step.original = step
                 static_pass.steps[name] = counted_step
 
 

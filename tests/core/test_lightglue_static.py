@@ -99,6 +99,10 @@ def stacked(pairs: list[dict]) -> dict:
 CASES = {
     "full depth, odd sizes": lambda: (small_model(depth_confidence=-1, width_confidence=-1),
                                       permuted_copy(random_features(37, seed=3))),
+    "full depth, sets fill the bucket": lambda: (small_model(depth_confidence=-1, width_confidence=-1),
+                                                 permuted_copy(random_features(48, seed=3))),
+    "exits, no pruning below its minimum": lambda: (confident_after(small_model(pruning_min_keypoints=64), 2),
+                                                    permuted_copy(random_features(64, seed=8))),
     "paper adaptivity": lambda: (small_model(), permuted_copy(random_features(70, seed=4))),
     "exit after layer 2": lambda: (confident_after(small_model(width_confidence=-1), 1),
                                    permuted_copy(random_features(50, seed=5))),
@@ -121,6 +125,18 @@ def test_static_pass_equals_the_dynamic_pass(case):
     expected = run(dynamic_model, data)
     assert (expected["matches0"] >= 0).sum() > 5  # the comparison covers real matches
     assert_same_result(run(static_model, data), expected)
+
+
+def test_masks_only_where_points_are_padding_or_may_be_pruned():
+    key = lambda model, m, n, padding=False: static_key(  # noqa: E731
+        model, 1, m, n, torch.device("cpu"), torch.float32, caller_padding=padding)
+    full_depth = small_model(depth_confidence=-1, width_confidence=-1, **STATIC)
+    assert not key(full_depth, 48, 32).masked  # sets that fill the bucket: attention without masks
+    assert key(full_depth, 47, 32).masked and key(full_depth, 48, 32, padding=True).masked
+    assert (key(full_depth, 47, 32).size0, key(full_depth, 47, 32).size1) == (48, 32)
+    small_sets = small_model(pruning_min_keypoints=64, **STATIC)
+    assert not key(small_sets, 64, 48).prune and not key(small_sets, 64, 48).masked
+    assert key(small_sets, 65, 48).prune and key(small_sets, 65, 48).masked  # 80 > 64: may be pruned
 
 
 def test_caller_padding_matches_like_the_dynamic_pass():

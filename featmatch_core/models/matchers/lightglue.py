@@ -712,8 +712,9 @@ class LightGlue(BaseModel):
 
     def warm_up_static(self, max_keypoints: int) -> int:
         """Capture the static passes (batch 1, float32 features) for every pair of padded sizes
-        from half of ``max_keypoints`` up: the sizes a camera's frames normally have. Smaller
-        sets are captured when they first come. Returns how many passes were built."""
+        from half of ``max_keypoints`` up, filled exactly and padded: the sizes a camera's
+        frames normally have. Smaller sets are captured when they first come. Returns how many
+        passes were built."""
         from .lightglue_static import padded_size  # it builds on this module
 
         bucket = int(self.conf.static_bucket)
@@ -721,10 +722,9 @@ class LightGlue(BaseModel):
         sizes = [size for size in range(bucket, largest + 1, bucket) if 2 * size >= largest]
         device = self.posenc.Wr.weight.device
         features = torch.zeros(1, 1, self.input_dim, device=device)
-        for m in sizes:
-            for n in sizes:
-                self.static_pass(1, m, n, features, caller_padding=False)
-        return len(sizes) ** 2
+        built = {id(self.static_pass(1, m - short, n - short, features, caller_padding=False))
+                 for m in sizes for n in sizes for short in (0, 1)}
+        return len(built)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -782,13 +782,11 @@ class LightGlue(BaseModel):
     def static_pass(self, b: int, m: int, n: int, descriptors: Tensor, caller_padding: bool) -> Any:
         """The static pass (buffers, graphs) for a batch of ``b`` pairs of ``m`` and ``n`` points,
         captured at its first use under the autocast in force."""
-        from .lightglue_static import StaticPasses, padded_size, static_key  # it builds on this module
+        from .lightglue_static import StaticPasses, static_key  # it builds on this module
 
         if self._static_passes is None:
             self._static_passes = StaticPasses()
-        bucket = int(self.conf.static_bucket)
-        key = static_key(self, b, padded_size(m, bucket), padded_size(n, bucket), descriptors.device,
-                         descriptors.dtype, caller_padding)
+        key = static_key(self, b, m, n, descriptors.device, descriptors.dtype, caller_padding)
         return self._static_passes.get(self, key)
 
     # ---- forward ---------------------------------------------------------------------------

@@ -72,20 +72,28 @@ class StaticKey:
     device: torch.device
     input_dtype: torch.dtype  # of the descriptors
     autocast: torch.dtype | None  # the autocast dtype in force, None = off
-    prune: bool  # adaptive width on (off for batches padded by the caller, as in the dynamic pass)
+    prune: bool  # adaptive width possible (off for batches padded by the caller, as in the dynamic pass)
+    masked: bool  # some points are padding or may be pruned: attention and assignment take masks
     settings: tuple  # the config values baked into the graphs
     weights: tuple[int, ...]  # parameter addresses (in-place updates are read by the graphs)
     use_graphs: bool
     compiled: bool  # steps through torch.compile
 
 
-def static_key(model: LightGlue, batch: int, size0: int, size1: int, device: torch.device,
+def static_key(model: LightGlue, batch: int, points0: int, points1: int, device: torch.device,
                input_dtype: torch.dtype, caller_padding: bool) -> StaticKey:
+    """The key of a batch of ``points0`` and ``points1`` points per image."""
     conf = model.conf
     autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
     last = model.last_layer()
     early_exit = conf.depth_confidence > 0
-    prune = conf.width_confidence > 0 and not caller_padding
+    bucket = int(conf.static_bucket)
+    size0, size1 = padded_size(points0, bucket), padded_size(points1, bucket)
+    # sets no larger than pruning_min_keypoints are never pruned
+    prune = conf.width_confidence > 0 and not caller_padding and max(size0, size1) > model._pruning_min_keypoints(device)
+    # without masks attention may take its fastest (flash) kernel: a camera that fills its
+    # keypoint budget fills the bucket exactly
+    masked = caller_padding or prune or (size0, size1) != (points0, points1)
     settings = (
         float(conf.depth_confidence) if early_exit else None,
         float(conf.width_confidence) if prune else None,
@@ -96,8 +104,8 @@ def static_key(model: LightGlue, batch: int, size0: int, size1: int, device: tor
     )
     weights = tuple(p.data_ptr() for p in model.parameters())
     use_graphs = device.type == "cuda" and bool(conf.cuda_graphs)
-    return StaticKey(batch, size0, size1, device, input_dtype, autocast, prune, settings, weights, use_graphs,
-                     bool(conf.static_compile))
+    return StaticKey(batch, size0, size1, device, input_dtype, autocast, prune, masked, settings, weights,
+                     use_graphs, bool(conf.static_compile))
 
 
 def exit_filter_thresholds(model: LightGlue) -> list[float]:
@@ -172,7 +180,7 @@ class StaticPass:
         """Transformer layer ``index``, then (before the last layer) its exit flag and pruning."""
         model, m = self.model, self.key.size0
         valid0, valid1 = self.valid[:, :m], self.valid[:, m:]
-        key_masks = tuple(v | ~v.any(1, keepdim=True) for v in (valid0, valid1))
+        key_masks = tuple(v | ~v.any(1, keepdim=True) for v in (valid0, valid1)) if self.key.masked else (None, None)
         x = model.transformers[index](self.x, m, Rotary(self.phasor), key_masks)
         self.x.copy_(x)
         if index == self.last_layer or (index not in self.exit_layers and self.width_confidence is None):
@@ -204,8 +212,9 @@ class StaticPass:
         with full_precision(self.key.device):
             x = self.x.to(model.base_dtype)
             z = head.matchability_logits(x)
+            valid0, valid1 = (self.valid[:, :m], self.valid[:, m:]) if self.key.masked else (None, None)
             m0, m1, s0, s1 = mutual_matches_from_similarity(
-                head.similarity(x, m), z[:, :m], z[:, m:], self.filters[index], self.valid[:, :m], self.valid[:, m:])
+                head.similarity(x, m), z[:, :m], z[:, m:], self.filters[index], valid0, valid1)
         self.matches.copy_(torch.cat([m0, m1], 1))
         self.scores.copy_(torch.cat([s0, s1], 1).to(self.scores.dtype))
 
