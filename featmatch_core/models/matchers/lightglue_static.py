@@ -252,7 +252,9 @@ class StaticPass:
                 run()
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: a capture in the tracking thread must not fail the extraction thread's
+        # allocations (the default, global, errors on unsafe calls from any thread)
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             run()
         return graph.replay
 
