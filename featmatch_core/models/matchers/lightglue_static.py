@@ -13,8 +13,10 @@ each layer and each assignment head can be captured once as a CUDA graph and rep
   masked keys is attention over the rest); the work does not shrink, which on a GPU costs
   little (the reference prunes only above 1024 points there).
 - Adaptive depth: every layer computes its exit decision on the device; the host reads it
-  (one sync) only after layers where an exit is allowed. Full depth reads nothing until the
-  matches come back.
+  only after layers where an exit is allowed, and while the next layer already runs (the
+  state between layers has two slots, so an exit drops that layer's work and keeps the state
+  before it): the GPU does not wait for the host. Full depth reads nothing until the matches
+  come back.
 - The finite-input check runs on the device and is read with the results.
 
 Differences from the dynamic pass, both outside the default settings: ``pruning_bucket``
@@ -115,9 +117,10 @@ def exit_filter_thresholds(model: LightGlue) -> list[float]:
 class StaticPass:
     """Buffers and steps (graphs on CUDA) of the static pass for one :class:`StaticKey`.
 
-    State between steps lives in fixed buffers: the tokens ``x`` (B, M' + N', D), the rotary
-    ``phasor``, ``valid`` (B, M' + N') (real and not pruned), ``pruned_at`` (layer index + 1 of
-    the pruning, n_layers if never), the exit flag and the outputs of the head that ran last.
+    State between steps lives in fixed buffers: the tokens ``x`` (2, B, M' + N', D), ``valid``
+    (2, B, M' + N') (real and not pruned) and ``pruned_at`` (layer index + 1 of the pruning,
+    n_layers if never) in two slots (layer i reads slot i % 2, writes the other), the rotary
+    ``phasor``, the per-layer exit flags and the outputs of the head that ran last.
     """
 
     def __init__(self, model: LightGlue, key: StaticKey) -> None:
@@ -144,12 +147,17 @@ class StaticPass:
         self.geometry = torch.zeros(b, points, model.geometry_dim, dtype=base, device=device)
         self.descriptors = torch.zeros(b, points, model.input_dim, dtype=self.key.input_dtype, device=device)
         self.input_valid = torch.zeros(b, points, dtype=torch.bool, device=device)
-        self.x = torch.zeros(b, points, dim, dtype=base, device=device)
+        # the state between layers, in two slots: layer i reads slot i % 2 and writes the other,
+        # so that the state after layer i survives layer i + 1 run while its exit flag is read
+        self.x = torch.zeros(2, b, points, dim, dtype=base, device=device)
+        self.valid = torch.zeros(2, b, points, dtype=torch.bool, device=device)
+        self.pruned_at = torch.full((2, b, points), self.n_layers, dtype=torch.long, device=device)
         self.phasor = torch.zeros(b, 1, points, dim // heads // 2, dtype=base.to_complex(), device=device)
-        self.valid = torch.zeros(b, points, dtype=torch.bool, device=device)
-        self.pruned_at = torch.full((b, points), self.n_layers, dtype=torch.long, device=device)
         self.num_valid = torch.zeros((), dtype=torch.long, device=device)
-        self.exit = torch.zeros((), dtype=torch.bool, device=device)
+        self.exit_flags = torch.zeros(self.n_layers, dtype=torch.bool, device=device)
+        on_gpu = device.type == "cuda"
+        self.exit_host = torch.zeros(self.n_layers, dtype=torch.bool, pin_memory=on_gpu)  # copies of the flags
+        self.flag_copied = [torch.cuda.Event() for _ in range(self.n_layers)] if on_gpu else None
         self.finite = torch.ones(2, dtype=torch.bool, device=device)  # per image
         self.matches = torch.full((b, points), -1, dtype=torch.long, device=device)  # matches0 ++ matches1
         self.scores = torch.zeros(b, points, dtype=base, device=device)
@@ -169,29 +177,37 @@ class StaticPass:
         with full_precision(self.key.device):
             self.phasor.copy_(Rotary.from_angles(model.posenc(self.geometry)).phasor)
         base = model.base_dtype
-        self.x.copy_(model.input_proj(self.descriptors.to(base)).to(base))
-        self.valid.copy_(self.input_valid)
+        self.x[0].copy_(model.input_proj(self.descriptors.to(base)).to(base))
+        self.valid.copy_(self.input_valid.expand_as(self.valid))  # both slots: without pruning they stay so
         self.pruned_at.fill_(self.n_layers)
+        self.exit_flags.zero_()
         self.num_valid.copy_(self.input_valid.sum())
         finite = torch.isfinite(self.geometry).all(-1) & torch.isfinite(self.descriptors).all(-1)  # (B, P)
         self.finite.copy_(torch.stack([finite[:, :m].all(), finite[:, m:].all()]))
 
     def layer(self, index: int) -> None:
-        """Transformer layer ``index``, then (before the last layer) its exit flag and pruning."""
+        """Transformer layer ``index`` from slot ``index % 2`` into the other slot, then (before
+        the last layer) its exit flag and pruning."""
         model, m = self.model, self.key.size0
-        valid0, valid1 = self.valid[:, :m], self.valid[:, m:]
+        source, target = index % 2, (index + 1) % 2
+        valid = self.valid[source]
+        valid0, valid1 = valid[:, :m], valid[:, m:]
         key_masks = tuple(v | ~v.any(1, keepdim=True) for v in (valid0, valid1)) if self.key.masked else (None, None)
-        x = model.transformers[index](self.x, m, Rotary(self.phasor), key_masks)
-        self.x.copy_(x)
-        if index == self.last_layer or (index not in self.exit_layers and self.width_confidence is None):
-            return  # nothing decided after this layer
+        x = model.transformers[index](self.x[source], m, Rotary(self.phasor), key_masks)
+        self.x[target].copy_(x)
+        decides = index != self.last_layer and (index in self.exit_layers or self.width_confidence is not None)
+        if not decides:
+            if self.width_confidence is not None:  # pruning may have changed the masks: carry them
+                self.valid[target].copy_(valid)
+                self.pruned_at[target].copy_(self.pruned_at[source])
+            return
         threshold = self.thresholds[index]
         with full_precision(self.key.device):
             x = x.to(model.base_dtype)
             confidence = model.token_confidence[index](x)
             exits = torch.zeros((), dtype=torch.bool, device=x.device)
             if index in self.exit_layers:
-                unsure = (confidence < threshold) & self.valid
+                unsure = (confidence < threshold) & valid
                 exits = (1.0 - unsure.sum() / self.num_valid) > self.depth_confidence
             if self.width_confidence is not None:
                 matchable = torch.sigmoid(model.log_assignment[index].matchability_logits(x))
@@ -199,20 +215,23 @@ class StaticPass:
                 # an image is pruned while its current set (the largest of the batch) is big enough
                 allowed = torch.cat([(v.sum(1).amax() > self.min_keypoints).expand(v.shape[1])
                                      for v in (valid0, valid1)])
-                removed = self.valid & ~keep & allowed & ~exits  # a pass that ends here prunes nothing
-                self.pruned_at.copy_(torch.where(removed, index + 1, self.pruned_at))
-                self.valid.copy_(self.valid & ~removed)
-                exits = exits | ~self.valid[:, :m].any() | ~self.valid[:, m:].any()
-            self.exit.copy_(exits)
+                removed = valid & ~keep & allowed & ~exits  # a pass that ends here prunes nothing
+                self.pruned_at[target].copy_(torch.where(removed, index + 1, self.pruned_at[source]))
+                kept = valid & ~removed
+                self.valid[target].copy_(kept)
+                exits = exits | ~kept[:, :m].any() | ~kept[:, m:].any()
+            self.exit_flags[index].copy_(exits)
 
     def head(self, index: int) -> None:
-        """Mutual matches of layer ``index``'s assignment head into ``matches`` / ``scores``."""
-        model, m = self.model, self.key.size0
+        """Mutual matches of layer ``index``'s assignment head (on the slot layer ``index``
+        wrote) into ``matches`` / ``scores``."""
+        model, m, slot = self.model, self.key.size0, (index + 1) % 2
         head = model.log_assignment[index]
         with full_precision(self.key.device):
-            x = self.x.to(model.base_dtype)
+            x = self.x[slot].to(model.base_dtype)
             z = head.matchability_logits(x)
-            valid0, valid1 = (self.valid[:, :m], self.valid[:, m:]) if self.key.masked else (None, None)
+            valid = self.valid[slot]
+            valid0, valid1 = (valid[:, :m], valid[:, m:]) if self.key.masked else (None, None)
             m0, m1, s0, s1 = mutual_matches_from_similarity(
                 head.similarity(x, m), z[:, :m], z[:, m:], self.filters[index], valid0, valid1)
         self.matches.copy_(torch.cat([m0, m1], 1))
@@ -279,12 +298,18 @@ class StaticPass:
         """The pass on one batch; outputs as ``LightGlue.forward`` gives them, cropped to the inputs."""
         self.load_inputs(sides)
         self.steps["encode"]()
-        stop = self.last_layer + 1
+        stop, pending = self.last_layer + 1, None
         for index in range(self.last_layer + 1):
             self.steps[f"layer{index}"]()
-            if index in self.exit_layers and bool(self.exit):  # the only syncs before the results
-                stop = index + 1
+            # the previous layer's exit flag is read while this layer runs on the GPU (which
+            # then never waits for the host); on an exit this layer's work is dropped
+            if pending is not None and self.read_exit_flag(pending):
+                stop = pending + 1
                 break
+            pending = None
+            if index in self.exit_layers:
+                self.send_exit_flag(index)
+                pending = index
         self.steps[f"head{stop - 1}"]()
         if not bool(self.finite.all()):
             names = [name for name, ok in zip(("image0", "image1"), self.finite.tolist(), strict=True) if not ok]
@@ -292,12 +317,24 @@ class StaticPass:
                              "or descriptors) contain NaN or infinite values")
         return self.outputs(stop, sides[0][1].shape[1], sides[1][1].shape[1])
 
+    def send_exit_flag(self, index: int) -> None:
+        """Queue the copy of layer ``index``'s exit flag to the host (asynchronous on CUDA)."""
+        self.exit_host[index].copy_(self.exit_flags[index], non_blocking=True)
+        if self.flag_copied is not None:
+            self.flag_copied[index].record()
+
+    def read_exit_flag(self, index: int) -> bool:
+        """Wait for that copy alone (not for the work queued after it) and read it."""
+        if self.flag_copied is not None:
+            self.flag_copied[index].synchronize()
+        return bool(self.exit_host[index])
+
     def outputs(self, stop: int, m: int, n: int) -> dict[str, Any]:
         """Copies of the output buffers (the next call overwrites them), cropped to (m, n) points."""
-        size0 = self.key.size0
+        size0, pruned_at = self.key.size0, self.pruned_at[stop % 2]  # the slot of the last layer kept
         matches0, matches1 = self.matches[:, :m].clone(), self.matches[:, size0:size0 + n].clone()
         scores0, scores1 = self.scores[:, :m].clone(), self.scores[:, size0:size0 + n].clone()
-        prune0, prune1 = self.pruned_at[:, :m].clone(), self.pruned_at[:, size0:size0 + n].clone()
+        prune0, prune1 = pruned_at[:, :m].clone(), pruned_at[:, size0:size0 + n].clone()
         matches, scores = compact_matches(matches0, scores0)
         return {"matches0": matches0, "matches1": matches1, "matching_scores0": scores0,
                 "matching_scores1": scores1, "matches": matches, "scores": scores, "stop": stop,
