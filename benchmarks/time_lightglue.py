@@ -88,6 +88,7 @@ def main() -> int:
         if args.reference is not None:  # same weights for all (kornia keeps the reference's layout)
             kornia_model.load_state_dict(reference.state_dict())
         runners["kornia fp32"] = kornia_model
+
     def autocast(model: LightGlue, dtype: torch.dtype) -> Callable[[dict], object]:
         def run(data: dict) -> object:
             with torch.autocast(device.type, dtype=dtype):

@@ -241,11 +241,17 @@ def test_in_place_weight_updates_are_seen_and_outputs_are_not_overwritten():
 
 def test_warm_up_builds_the_sizes_a_camera_gives():
     model = small_model(static_shapes=True, static_bucket=256)
-    assert model.warm_up(1000) == 9  # 512, 768 and 1024 points on either side
+    assert model.warm_up(1000) == 9  # 512, 768 and 1024 points on either side (pruning: always masked)
     assert model._static_passes.captures == 9
     run(model, permuted_copy(random_features(700)))
     run(model, {"image0": random_features(1000, seed=1), "image1": random_features(600, seed=2)})
     assert model._static_passes.captures == 9
+    # without pruning, sets that fill the bucket have their own unmasked pass: 18, all kept
+    unpruned = small_model(static_shapes=True, static_bucket=256, width_confidence=-1)
+    assert unpruned.warm_up(1024) == 18 and len(unpruned._static_passes.passes) == 18
+    run(unpruned, permuted_copy(random_features(1024)))
+    run(unpruned, permuted_copy(random_features(1000)))
+    assert unpruned._static_passes.captures == 18
 
 
 def test_static_settings_are_validated():

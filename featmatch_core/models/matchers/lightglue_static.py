@@ -54,7 +54,9 @@ from .lightglue import (
 
 logger = logging.getLogger(__name__)
 
-MAX_CACHED_PASSES = 8  # keys kept per model (least recently used dropped first)
+# keys kept per model, least recently used dropped first: more than LightGlue.warm_up_static
+# builds (18 for a 1024-point camera with buckets of 256; each a few MB of buffers and graph memory)
+MAX_CACHED_PASSES = 24
 GRAPH_WARMUP_RUNS = 2  # eager runs on a side stream before a capture (lazy cuBLAS/attention set-up)
 COMPILED_STEPS_LIMIT = 1024  # compiled variants of a step function (passes x steps) dynamo may keep
 
