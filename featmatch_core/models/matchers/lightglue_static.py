@@ -93,8 +93,8 @@ def static_key(model: LightGlue, batch: int, points0: int, points1: int, device:
     early_exit = conf.depth_confidence > 0
     bucket = int(conf.static_bucket)
     size0, size1 = padded_size(points0, bucket), padded_size(points1, bucket)
-    # sets no larger than pruning_min_keypoints are never pruned
-    prune = conf.width_confidence > 0 and not caller_padding and max(size0, size1) > model._pruning_min_keypoints(device)
+    min_keypoints = model._pruning_min_keypoints(device)  # sets no larger are never pruned
+    prune = conf.width_confidence > 0 and not caller_padding and max(size0, size1) > min_keypoints
     # without masks attention may take its fastest (flash) kernel: a camera that fills its
     # keypoint budget fills the bucket exactly
     masked = caller_padding or prune or (size0, size1) != (points0, points1)
@@ -103,7 +103,7 @@ def static_key(model: LightGlue, batch: int, points0: int, points1: int, device:
         float(conf.width_confidence) if prune else None,
         tuple(confidence_schedule(conf.confidence_thresholds, int(conf.n_layers))),  # exit_thresholds, on the host
         int(conf.min_layers), last,
-        model._pruning_min_keypoints(device),
+        min_keypoints,
         tuple(exit_filter_thresholds(model)),
     )
     weights = tuple(p.data_ptr() for p in model.parameters())
