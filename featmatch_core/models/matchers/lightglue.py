@@ -785,8 +785,9 @@ class LightGlue(BaseModel):
         from .lightglue_static import StaticPasses, static_key  # it builds on this module
 
         if self._static_passes is None:
-            self._static_passes = StaticPasses()
-        key = static_key(self, b, m, n, descriptors.device, descriptors.dtype, caller_padding)
+            self._static_passes = StaticPasses(self)
+        key = static_key(self, b, m, n, descriptors.device, descriptors.dtype, caller_padding,
+                         self._static_passes.weights())
         return self._static_passes.get(self, key)
 
     # ---- forward ---------------------------------------------------------------------------

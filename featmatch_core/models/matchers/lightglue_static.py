@@ -40,15 +40,18 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from .common import compact_matches
 from .lightglue import (
+    AUTO_PRUNING_MIN_KEYPOINTS,
     LightGlue,
     Rotary,
     confidence_schedule,
     exit_filter_threshold,
     full_precision,
+    last_layer_index,
     mutual_matches_from_similarity,
 )
 
@@ -85,35 +88,35 @@ class StaticKey:
 
 
 def static_key(model: LightGlue, batch: int, points0: int, points1: int, device: torch.device,
-               input_dtype: torch.dtype, caller_padding: bool) -> StaticKey:
-    """The key of a batch of ``points0`` and ``points1`` points per image."""
-    conf = model.conf
+               input_dtype: torch.dtype, caller_padding: bool, weights: tuple[int, ...] | None = None) -> StaticKey:
+    """The key of a batch of ``points0`` and ``points1`` points per image. The config is read
+    once, as a plain dict (each OmegaConf read costs microseconds, and this runs every call)."""
+    conf = OmegaConf.to_container(model.conf)
+    n_layers = int(conf["n_layers"])
     autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-    last = model.last_layer()
-    early_exit = conf.depth_confidence > 0
-    bucket = int(conf.static_bucket)
+    bucket = int(conf["static_bucket"])
     size0, size1 = padded_size(points0, bucket), padded_size(points1, bucket)
-    min_keypoints = model._pruning_min_keypoints(device)  # sets no larger are never pruned
-    prune = conf.width_confidence > 0 and not caller_padding and max(size0, size1) > min_keypoints
+    minimum = conf["pruning_min_keypoints"]
+    min_keypoints = int(minimum) if minimum is not None else AUTO_PRUNING_MIN_KEYPOINTS.get(device.type, 0)
+    # sets no larger than min_keypoints are never pruned
+    prune = conf["width_confidence"] > 0 and not caller_padding and max(size0, size1) > min_keypoints
     # without masks attention may take its fastest (flash) kernel: a camera that fills its
     # keypoint budget fills the bucket exactly
     masked = caller_padding or prune or (size0, size1) != (points0, points1)
     settings = (
-        float(conf.depth_confidence) if early_exit else None,
-        float(conf.width_confidence) if prune else None,
-        tuple(confidence_schedule(conf.confidence_thresholds, int(conf.n_layers))),  # exit_thresholds, on the host
-        int(conf.min_layers), last,
+        float(conf["depth_confidence"]) if conf["depth_confidence"] > 0 else None,
+        float(conf["width_confidence"]) if prune else None,
+        tuple(confidence_schedule(conf["confidence_thresholds"], n_layers)),  # exit_thresholds, on the host
+        int(conf["min_layers"]),
+        last_layer_index(conf["max_layers"], n_layers),
         min_keypoints,
-        tuple(exit_filter_thresholds(model)),
+        tuple(exit_filter_threshold(conf, layer) for layer in range(n_layers)),
     )
-    weights = tuple(p.data_ptr() for p in model.parameters())
-    use_graphs = device.type == "cuda" and bool(conf.cuda_graphs)
+    if weights is None:
+        weights = tuple(p.data_ptr() for p in model.parameters())
+    use_graphs = device.type == "cuda" and bool(conf["cuda_graphs"])
     return StaticKey(batch, size0, size1, device, input_dtype, autocast, prune, masked, settings, weights,
-                     use_graphs, bool(conf.static_compile))
-
-
-def exit_filter_thresholds(model: LightGlue) -> list[float]:
-    return [exit_filter_threshold(model.conf, layer) for layer in range(int(model.conf.n_layers))]
+                     use_graphs, bool(conf["static_compile"]))
 
 
 class StaticPass:
@@ -347,9 +350,16 @@ class StaticPass:
 class StaticPasses:
     """The passes of one model, most recently used last; a change of weights drops the others."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: LightGlue) -> None:
         self.passes: OrderedDict[StaticKey, StaticPass] = OrderedDict()
         self.captures = 0  # passes built so far (tests and benchmarks read it)
+        # where each parameter is held: read at every call, so that a replaced parameter (not
+        # only a moved one) changes the key, in ~20 us instead of ~250 for model.parameters()
+        self.parameter_slots = [(module._parameters, name) for module in model.modules()
+                                for name, value in module._parameters.items() if value is not None]
+
+    def weights(self) -> tuple[int, ...]:
+        return tuple([slots[name].data_ptr() for slots, name in self.parameter_slots])
 
     def get(self, model: LightGlue, key: StaticKey) -> StaticPass:
         found = self.passes.get(key)
