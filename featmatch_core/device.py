@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -92,4 +93,24 @@ def own_stream(device: torch.device | None) -> Iterator[torch.cuda.Stream | None
     stream = torch.cuda.Stream(device)
     with torch.cuda.stream(stream):
         yield stream
+
+
+def to_numpy_together(*tensors: torch.Tensor, packed: bool | None = None) -> list[np.ndarray]:
+    """Numpy copies of ``tensors`` (any shapes; float, integer or bool). From a GPU they travel
+    in one transfer, hence one wait for the device instead of one per tensor: they are packed
+    into one float64 vector (exact for float32 and for integers below 2**53) and unpacked on
+    the host into their shapes and dtypes. ``packed`` None: packed unless all are on the CPU,
+    where they are converted as they are."""
+    if packed is None:
+        packed = any(t.device.type != "cpu" for t in tensors)
+    if not packed:
+        return [t.detach().numpy() for t in tensors]
+    values = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors]).cpu().numpy()
+    arrays, start = [], 0
+    for t in tensors:
+        size = t.numel()
+        dtype = torch.empty((), dtype=t.dtype).numpy().dtype
+        arrays.append(values[start:start + size].astype(dtype).reshape(tuple(t.shape)))
+        start += size
+    return arrays
 

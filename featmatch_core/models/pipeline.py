@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..config import ConfigError, ConfLike, load_named_config, merge_strict, parse_dotlist, to_container
-from ..device import autocast, precision_for, resolve_device
+from ..device import autocast, precision_for, resolve_device, to_numpy_together
 from ..image import ImageLike, PinnedStaging, upload_image
 from ..weights import WeightsUnavailableError
 from . import build_model
@@ -290,20 +290,30 @@ def batch_of_pairs(features: Sequence[Features], device: torch.device) -> Featur
 
 
 def to_two_view_matches(feats0: Features, feats1: Features, pred: dict[str, Any]) -> TwoViewMatches:
-    """Batch of one -> numpy result (padding removed)."""
-    n0, n1 = num_valid_keypoints(feats0), num_valid_keypoints(feats1)
+    """Batch of one -> numpy result (padding removed), fetched from the device in one transfer."""
+    wanted = {"keypoints0": feats0["keypoints"][0].float(), "keypoints1": feats1["keypoints"][0].float(),
+              "matches": pred["matches"][0].reshape(-1, 2), "scores": pred["scores"][0].float()}
+    for i, feats in enumerate((feats0, feats1)):
+        if isinstance(feats.get("keypoint_mask"), torch.Tensor):
+            wanted[f"mask{i}"] = feats["keypoint_mask"][0]
+    for key in ("num_pruned0", "num_pruned1"):
+        if key in pred:
+            wanted[key] = torch.as_tensor(pred[key]).sum()
+    host = dict(zip(wanted, to_numpy_together(*wanted.values()), strict=True))
     info: dict[str, Any] = {}
     if "stop" in pred:
         info["stop_layer"] = int(pred["stop"])
     for key in ("num_pruned0", "num_pruned1"):
-        if key in pred:
-            info[key] = int(torch.as_tensor(pred[key]).sum())
+        if key in host:
+            info[key] = int(host[key])
+    counts = [int(host[f"mask{i}"].sum()) if f"mask{i}" in host else num_valid_keypoints(feats)
+              for i, feats in enumerate((feats0, feats1))]
     return TwoViewMatches(
         **_line_fields(feats0, feats1, pred),
-        keypoints0=feats0["keypoints"][0, :n0].float().cpu().numpy(),
-        keypoints1=feats1["keypoints"][0, :n1].float().cpu().numpy(),
-        matches=pred["matches"][0].cpu().numpy().astype(np.int64).reshape(-1, 2),
-        scores=pred["scores"][0].float().cpu().numpy(),
+        keypoints0=host["keypoints0"][:counts[0]],
+        keypoints1=host["keypoints1"][:counts[1]],
+        matches=host["matches"].astype(np.int64),
+        scores=host["scores"],
         info=info,
         features0=feats0,
         features1=feats1,

@@ -98,3 +98,20 @@ def test_batch_zero_keypoints_and_errors():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = NearestNeighborMatcher()({"image0": {"descriptors": desc}, "image1": {"descriptors": desc}})
     assert out["matching_scores0"].dtype == torch.float32 and (out["matches0"] == torch.arange(10)).all()
+
+
+@pytest.mark.parametrize("batch", [0, 1, 3])
+def test_compact_matches_lists_each_pairs_matches_in_order(batch):
+    from featmatch_core.models.matchers.common import compact_matches
+
+    gen = torch.Generator().manual_seed(batch)
+    matches0 = torch.randint(-1, 20, (batch, 30), generator=gen)
+    matches0[:1, :] = -1  # a pair without matches
+    scores0 = torch.rand(batch, 30, generator=gen)
+    matches, scores = compact_matches(matches0, scores0)
+    assert len(matches) == len(scores) == batch
+    for k in range(batch):
+        rows = [i for i in range(30) if matches0[k, i] >= 0]
+        assert matches[k].tolist() == [[i, int(matches0[k, i])] for i in rows]
+        assert torch.equal(scores[k], scores0[k, rows])
+        assert matches[k].shape == (len(rows), 2) and matches[k].dtype == torch.long

@@ -278,3 +278,19 @@ def test_extractor_warm_up_runs_at_the_camera_size(monkeypatch):
     assert shapes == [(48, 64), (48, 64)]
     with pytest.raises(ValueError, match="positive"):
         pipe.warm_up_extractor(0, 64)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_to_numpy_together_round_trips_shapes_dtypes_and_values(device):
+    from featmatch_core.device import to_numpy_together
+
+    tensors = [torch.rand(5, 2) * 1000, torch.tensor([[3, -1], [2**40, 7]]), torch.tensor([True, False, True]),
+               torch.tensor(12), torch.zeros(0, 2), torch.tensor([70000], dtype=torch.int32)]
+    tensors = [t.to(device) for t in tensors]
+    for packed in (True, None):  # packed (one transfer), and the default for this device
+        arrays = to_numpy_together(*tensors, packed=packed)
+        for tensor, array in zip(tensors, arrays, strict=True):
+            expected = tensor.cpu().numpy()
+            assert array.dtype == expected.dtype and array.shape == expected.shape
+            np.testing.assert_array_equal(array, expected)

@@ -9,13 +9,19 @@ from torch import Tensor
 
 
 def compact_matches(matches0: Tensor, scores0: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-    """Per pair: (K, 2) index pairs (i, matches0[i]) of the matched points and their (K,) scores."""
-    matches, scores = [], []
-    for pair_matches, pair_scores in zip(matches0, scores0, strict=True):
-        rows = torch.nonzero(pair_matches >= 0).squeeze(1)
-        matches.append(torch.stack([rows, pair_matches[rows]], -1))
-        scores.append(pair_scores[rows])
-    return matches, scores
+    """Per pair: (K, 2) index pairs (i, matches0[i]) of the matched points and their (K,) scores.
+
+    The counts are data-dependent, so the host waits for the device: once for one pair, twice
+    for a batch of any size (not once per pair)."""
+    valid = matches0 >= 0
+    if len(matches0) <= 1:
+        rows = [torch.nonzero(pair).squeeze(1) for pair in valid]
+        return ([torch.stack([r, m[r]], -1) for r, m in zip(rows, matches0, strict=True)],
+                [s[r] for r, s in zip(rows, scores0, strict=True)])
+    items, rows = torch.nonzero(valid, as_tuple=True)
+    counts = torch.bincount(items, minlength=len(matches0)).tolist()
+    pairs = torch.stack([rows, matches0[items, rows]], -1)
+    return list(pairs.split(counts)), list(scores0[items, rows].split(counts))
 
 
 def check_point_features(owner: str, feats: Mapping[str, Tensor], name: str,
