@@ -284,20 +284,21 @@ class StaticPass:
 
     # ---- one call ------------------------------------------------------------------------
     def load_inputs(self, sides: tuple[tuple[Tensor, Tensor, Tensor | None], ...]) -> None:
-        """Copy (geometry, descriptors, mask) of each image into the padded input buffers."""
-        self.geometry.zero_()
-        self.descriptors.zero_()
-        self.input_valid.zero_()
+        """Copy (geometry, descriptors, mask) of each image into the padded input buffers (the
+        padding zeroed and masked out: a set that fills its bucket costs three copies)."""
         start = 0
         for (geometry, descriptors, mask), size in zip(sides, (self.key.size0, self.key.size1), strict=True):
-            count = descriptors.shape[1]
+            count, end = descriptors.shape[1], start + size
             self.geometry[:, start:start + count].copy_(geometry)
             self.descriptors[:, start:start + count].copy_(descriptors)
             if mask is None:
                 self.input_valid[:, start:start + count] = True
             else:
                 self.input_valid[:, start:start + count].copy_(mask)
-            start += size
+            if count < size:
+                for buffer in (self.geometry, self.descriptors, self.input_valid):
+                    buffer[:, start + count:end] = 0
+            start = end
 
     def run(self, sides: tuple[tuple[Tensor, Tensor, Tensor | None], ...]) -> dict[str, Any]:
         """The pass on one batch; outputs as ``LightGlue.forward`` gives them, cropped to the inputs."""
@@ -336,10 +337,12 @@ class StaticPass:
 
     def outputs(self, stop: int, m: int, n: int) -> dict[str, Any]:
         """Copies of the output buffers (the next call overwrites them), cropped to (m, n) points."""
-        size0, pruned_at = self.key.size0, self.pruned_at[stop % 2]  # the slot of the last layer kept
-        matches0, matches1 = self.matches[:, :m].clone(), self.matches[:, size0:size0 + n].clone()
-        scores0, scores1 = self.scores[:, :m].clone(), self.scores[:, size0:size0 + n].clone()
-        prune0, prune1 = pruned_at[:, :m].clone(), pruned_at[:, size0:size0 + n].clone()
+        size0 = self.key.size0
+        # one copy each (the views of it are the outputs); pruned_at: the slot of the last layer kept
+        matches, scores, pruned_at = (t.clone() for t in (self.matches, self.scores, self.pruned_at[stop % 2]))
+        matches0, matches1 = matches[:, :m], matches[:, size0:size0 + n]
+        scores0, scores1 = scores[:, :m], scores[:, size0:size0 + n]
+        prune0, prune1 = pruned_at[:, :m], pruned_at[:, size0:size0 + n]
         matches, scores = compact_matches(matches0, scores0)
         return {"matches0": matches0, "matches1": matches1, "matching_scores0": scores0,
                 "matching_scores1": scores1, "matches": matches, "scores": scores, "stop": stop,
