@@ -117,8 +117,8 @@ step "streaming replay, superpoint+lightglue (random weights), --rate max" 90 \
 step "batched matching (SfM): pairs/s at batch 1 / 8 / 32, full depth" 60 \
     python3 benchmarks/batched_matching.py --device "$DEVICE" "${BATCHED[@]}" --out outputs/gpu_check/batched.json
 step "SIFT extraction (CPU, OpenCV) against plain OpenCV" 30 python3 benchmarks/time_sift.py --repeat 3
-# last (compiling takes long): the static steps fused by torch.compile, then captured
-[ "$DEVICE" = cuda ] && step "LightGlue 1024, full depth, with torch.compile'd static steps" 120 \
+# last (compiling takes a while): the static pass's layers fused by torch.compile, then captured
+[ "$DEVICE" = cuda ] && step "LightGlue 1024, full depth, with torch.compile'd layers" 120 \
     python3 benchmarks/time_lightglue.py --device cuda --num-keypoints 1024 --compile --repeat 20 "${ref_args[@]}"
 
 echo >> "$BODY"

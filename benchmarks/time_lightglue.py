@@ -102,7 +102,7 @@ def main() -> int:
         runners["ours graphs fp32"] = ours
         runners["ours graphs fp16"] = autocast(ours, torch.float16)
         runners["ours graphs bf16"] = autocast(ours, torch.bfloat16)
-        if args.compile:  # each step through torch.compile before its capture (minutes of compiling)
+        if args.compile:  # the layers through torch.compile before the capture
             compiled = LightGlue({**conf, **size, "static_compile": True}).eval().to(device)
             compiled.load_state_dict(ours.state_dict())
             runners["ours graphs+compile fp16"] = autocast(compiled, torch.float16)

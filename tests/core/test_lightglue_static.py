@@ -325,17 +325,21 @@ def test_cuda_graph_pass_under_fp16_autocast_agrees_with_fp32():
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile's CPU code generation needs a C++ compiler")
-def test_compiled_static_steps_equal_the_eager_ones():
-    """``static_compile``: every step through torch.compile in one graph (fullgraph: no break,
-    hence no hidden host sync), with the results of the eager steps. (About 20 s of compiling.)"""
-    model = small_model(n_layers=2, depth_confidence=0.5, width_confidence=0.6, confidence_thresholds=[0.3],
+def test_compiled_static_layers_equal_the_eager_ones():
+    """``static_compile``: the transformer layers through torch.compile (fullgraph: no break,
+    hence no hidden host sync), all of them one compiled graph, with the eager results."""
+    from torch._dynamo.utils import counters
+
+    model = small_model(n_layers=3, depth_confidence=0.5, width_confidence=0.6, confidence_thresholds=[0.3, 0.3],
                         pruning_min_keypoints=0, filter_threshold=0.01, **STATIC)
     data = half_prunable(40, seed=3)
     expected = run(model, data)
     model.conf.static_compile = True
+    graphs_before = counters["stats"]["unique_graphs"]
     assert_same_result(run(model, data), expected)
+    assert counters["stats"]["unique_graphs"] - graphs_before == 1  # three layers, one graph
     compiled = next(reversed(model._static_passes.passes.values()))
-    assert compiled.key.compiled and set(compiled.steps) == {"encode", "layer0", "layer1", "head0", "head1"}
+    assert compiled.key.compiled and {"layer0", "layer1", "layer2"} <= set(compiled.steps)
 
 
 def test_a_failed_graph_capture_falls_back_to_uncaptured_steps(monkeypatch, caplog):

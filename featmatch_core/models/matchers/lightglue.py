@@ -516,7 +516,7 @@ class LightGlue(BaseModel):
         "static_shapes": None,
         "static_bucket": 256,
         "cuda_graphs": True,  # replay the static pass as CUDA graphs (on CUDA; eager otherwise)
-        "static_compile": False,  # torch.compile each static step (fused kernels; compiling takes minutes)
+        "static_compile": False,  # torch.compile the static pass's layers (fused kernels; compiling takes a while)
         "weights": None,
     }
     preset_key: ClassVar[str | None] = "features"

@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 # builds (18 for a 1024-point camera with buckets of 256; each a few MB of buffers and graph memory)
 MAX_CACHED_PASSES = 24
 GRAPH_WARMUP_RUNS = 2  # eager runs on a side stream before a capture (lazy cuBLAS/attention set-up)
-COMPILED_STEPS_LIMIT = 1024  # compiled variants of a step function (passes x steps) dynamo may keep
+COMPILED_VARIANTS_LIMIT = 256  # compiled variants of the layer code (padded sizes x masks) dynamo may keep
 
 
 def padded_size(size: int, bucket: int) -> int:
@@ -143,6 +143,11 @@ class StaticPass:
         points = m + n
         with torch.inference_mode(False):  # normal tensors: updated in place under any grad mode
             self.allocate(b, points, heads, dim, device)
+        # static_compile: the transformer layers through torch.compile (fused element-wise work;
+        # fullgraph, so a break, which could hide a host sync, raises). Layers of one structure
+        # share one compiled graph per padded size; encoding and heads stay eager (in graphs anyway).
+        self.layers = ([torch.compile(layer, fullgraph=True, dynamic=False) for layer in model.transformers]
+                       if key.compiled else model.transformers)
         self.steps: dict[str, Callable[[], None]] = {}
         self.pool: Any = None  # the memory pool the graphs of this pass share (made at the first capture)
         self.build()
@@ -198,7 +203,7 @@ class StaticPass:
         valid = self.valid[source]
         valid0, valid1 = valid[:, :m], valid[:, m:]
         key_masks = tuple(v | ~v.any(1, keepdim=True) for v in (valid0, valid1)) if self.key.masked else (None, None)
-        x = model.transformers[index](self.x[source], m, Rotary(self.phasor), key_masks)
+        x = self.layers[index](self.x[source], m, Rotary(self.phasor), key_masks)
         self.x[target].copy_(x)
         decides = index != self.last_layer and (index in self.exit_layers or self.width_confidence is not None)
         if not decides:
@@ -257,11 +262,10 @@ class StaticPass:
                 step()
 
         if self.key.compiled:
-            # one graph per step (fullgraph: a break would hide a host sync); every step shares
-            # run's code, so each one is a recompilation of it, beyond dynamo's default limit
-            run = torch.compile(run, fullgraph=True, dynamic=False)
-            with torch._dynamo.config.patch(recompile_limit=COMPILED_STEPS_LIMIT):
-                run()  # compiles now, not in the first frame
+            # compiles now, not in the first frame; each padded size and mask variant is one
+            # more compilation of the same layer code, beyond dynamo's default limit of 8
+            with torch._dynamo.config.patch(recompile_limit=COMPILED_VARIANTS_LIMIT):
+                run()
         self.steps[name] = self.capture(run) if self.key.use_graphs else run
 
     def capture(self, run: Callable[[], None]) -> Callable[[], None]:
