@@ -725,15 +725,21 @@ class Trainer:
             "train_seconds": self.train_time,
             "samples_per_s": self.samples_seen / self.train_time if self.train_time > 0 else 0.0,
             "gpu_busy_percent": sum(self.gpu_busy) / len(self.gpu_busy) if self.gpu_busy else None,
+            # the whole configured run (epochs x training pairs) at this run's rate
+            "configured_run_hours": (self.tconf.epochs * len(self.train_set) * self.train_time
+                                     / self.samples_seen / 3600 if self.samples_seen else None),
             "best_key": self.tconf.best_key,
             "best": self.best,
             "last_checkpoint": str(self.last_saved[0]) if self.last_saved[0] else None,
         }
         if self.is_main:
             busy = f", GPU busy {summary['gpu_busy_percent']:.0f} % (NVML)" if self.gpu_busy else ""
+            hours = summary["configured_run_hours"]
+            whole = (f"; the configured {self.tconf.epochs} epochs x {len(self.train_set)} pairs would take "
+                     f"{hours:.1f} h at this rate" if hours is not None else "")
             print(f"trained {summary['steps_this_run']} steps ({summary['samples_this_run']} samples) in "
                   f"{self.train_time:.1f} s of training: {summary['samples_per_s']:.2f} samples/s "
-                  f"(pairs/s) on {self.world_size} process(es){busy}; best {self.tconf.best_key} = "
+                  f"(pairs/s) on {self.world_size} process(es){busy}{whole}; best {self.tconf.best_key} = "
                   f"{self.best:.6g}; outputs in {self.exp_dir}")
         return summary
 

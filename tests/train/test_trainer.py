@@ -62,6 +62,8 @@ def test_toy_model_trains_and_writes_outputs(tmp_path, precision):
     assert summary["steps"] == 32 and summary["samples_per_s"] > 0
     if trainer.device.type == "cpu":
         assert summary["gpu_busy_percent"] is None
+    expected_hours = trainer.tconf.epochs * len(trainer.train_set) / summary["samples_per_s"] / 3600
+    assert math.isclose(summary["configured_run_hours"], expected_hours, rel_tol=1e-6)
     assert math.isclose(summary["best"], min(read_metrics(exp / "metrics.csv", "val", "loss/total").values()))
     for name in ("config.yaml", "checkpoint_last.tar", "checkpoint_best.tar", "metrics.csv"):
         assert (exp / name).is_file(), name
