@@ -7,7 +7,9 @@ compute. This pass keeps every shape and every decision on the device, so that t
 each layer and each assignment head can be captured once as a CUDA graph and replayed:
 
 - Point sets are zero-padded (masked) to a multiple of ``static_bucket``: one capture serves a
-  camera whose keypoint count changes every frame.
+  camera whose keypoint count changes every frame. Sets that fill their bucket and cannot be
+  pruned (the usual case of a camera that delivers its keypoint budget) run without masks,
+  so that attention may take its fastest kernel.
 - Adaptive width by masks: a pruned point leaves the attention key masks and the final
   assignment instead of the tensors. The matches are those of removing it (attention over
   masked keys is attention over the rest); the work does not shrink, which on a GPU costs
@@ -18,6 +20,8 @@ each layer and each assignment head can be captured once as a CUDA graph and rep
   before it): the GPU does not wait for the host. Full depth reads nothing until the matches
   come back.
 - The finite-input check runs on the device and is read with the results.
+- ``static_compile``: the layers go through torch.compile before the capture (fused
+  element-wise work; one compiled graph serves every layer of a padded size).
 
 Differences from the dynamic pass, both outside the default settings: ``pruning_bucket``
 (keeping some prunable points to round set sizes) is not applied, since sizes are static
