@@ -79,7 +79,7 @@ step() {  # step TITLE SECONDS COMMAND...: run, show, append its output to the r
 }
 
 # the CUDA tests (skipped without CUDA) of the modules that have them
-step "CUDA tests" 120 python3 -m pytest -q -p no:cacheprovider --continue-on-collection-errors tests/core tests/train \
+step "CUDA tests" 120 python3 -m pytest -q -p no:cacheprovider --continue-on-collection-errors tests/core tests/train tests/ros \
     -k "cuda or CUDA"
 ref_args=()
 [ -n "$REF" ] && ref_args=(--reference "$REF")

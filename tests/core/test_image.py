@@ -85,7 +85,7 @@ def test_upload_image_equals_the_host_conversion(image, device):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_pinned_staging_is_reused_and_never_overwritten_early():
+def test_pinned_staging_on_cuda_is_reused_and_never_overwritten_early():
     staging = PinnedStaging()
     frames = [np.full((480, 640), value, np.uint8) for value in (10, 200, 30)]
     uploaded = [upload_image(frame, torch.device("cuda"), staging) for frame in frames]

@@ -93,7 +93,7 @@ def test_model_features_equal_dataset_features(photo_dir, data_name, extractor):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("extractor", sorted(EXTRACTORS))
-def test_extraction_runs_on_the_batch_device(photo_dir, extractor):
+def test_extraction_runs_on_the_batch_device_cuda(photo_dir, extractor):
     with_features, _ = build_homography_datasets(data_conf(photo_dir, extractor))
     with_images, _ = build_homography_datasets(data_conf(photo_dir, extractor, features_in="model"))
     model = two_view(extractor)
