@@ -123,6 +123,12 @@ def static_key(model: LightGlue, batch: int, points0: int, points1: int, device:
                      use_graphs, bool(conf["static_compile"]))
 
 
+def attention_key_masks(valid: Tensor, num0: int) -> tuple[Tensor, Tensor]:
+    """Each image's attention key mask from ``valid`` (B, M + N): an image without a valid point
+    attends to all of them (its output is discarded), so that no softmax row is empty."""
+    return tuple(v | ~v.any(1, keepdim=True) for v in (valid[:, :num0], valid[:, num0:]))
+
+
 class StaticPass:
     """Buffers and steps (graphs on CUDA) of the static pass for one :class:`StaticKey`.
 
@@ -168,6 +174,7 @@ class StaticPass:
         self.pruned_at = torch.full((2, b, points), self.n_layers, dtype=torch.long, device=device)
         self.phasor = torch.zeros(b, 1, points, dim // heads // 2, dtype=base.to_complex(), device=device)
         self.num_valid = torch.zeros((), dtype=torch.long, device=device)
+        self.key_mask = torch.zeros(b, points, dtype=torch.bool, device=device)  # attention keys, if fixed
         self.exit_flags = torch.zeros(self.n_layers, dtype=torch.bool, device=device)
         on_gpu = device.type == "cuda"
         self.exit_host = torch.zeros(self.n_layers, dtype=torch.bool, pin_memory=on_gpu)  # copies of the flags
@@ -193,6 +200,8 @@ class StaticPass:
         base = model.base_dtype
         self.x[0].copy_(model.input_proj(self.descriptors.to(base)).to(base))
         self.valid.copy_(self.input_valid.expand_as(self.valid))  # both slots: without pruning they stay so
+        if self.key.masked and not self.key.prune:  # padding alone: the same attention masks in every layer
+            self.key_mask.copy_(torch.cat(attention_key_masks(self.input_valid, m), 1))
         self.pruned_at.fill_(self.n_layers)
         self.exit_flags.zero_()
         self.num_valid.copy_(self.input_valid.sum())
@@ -206,7 +215,12 @@ class StaticPass:
         source, target = index % 2, (index + 1) % 2
         valid = self.valid[source]
         valid0, valid1 = valid[:, :m], valid[:, m:]
-        key_masks = tuple(v | ~v.any(1, keepdim=True) for v in (valid0, valid1)) if self.key.masked else (None, None)
+        if not self.key.masked:
+            key_masks: tuple[Tensor | None, Tensor | None] = (None, None)
+        elif self.key.prune:  # the masks change as points are pruned
+            key_masks = attention_key_masks(valid, m)
+        else:
+            key_masks = (self.key_mask[:, :m], self.key_mask[:, m:])
         x = self.layers[index](self.x[source], m, Rotary(self.phasor), key_masks)
         self.x[target].copy_(x)
         decides = index != self.last_layer and (index in self.exit_layers or self.width_confidence is not None)
