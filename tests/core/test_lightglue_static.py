@@ -223,7 +223,7 @@ def test_passes_are_built_once_per_padded_size_precision_and_weights():
     assert passes() == 5 and len(model._static_passes.passes) == 1
 
 
-def test_in_place_weight_updates_are_seen_and_outputs_are_not_overwritten():
+def test_in_place_weight_updates_make_new_passes_and_outputs_are_not_overwritten():
     model = small_model(depth_confidence=-1, width_confidence=-1, filter_threshold=0.1, **STATIC)
     data = permuted_copy(random_features(40, seed=1))
     first = run(model, data)
@@ -236,7 +236,34 @@ def test_in_place_weight_updates_are_seen_and_outputs_are_not_overwritten():
     with torch.no_grad():
         for head in model.log_assignment:
             set_head(head.matchability, bias=-30.0)  # nothing matchable any more
-    assert (run(model, data)["matches0"] == -1).all() and model._static_passes.captures == 1
+    assert (run(model, data)["matches0"] == -1).all()
+    assert model._static_passes.captures == 2 and len(model._static_passes.passes) == 1  # the old one dropped
+
+
+def test_reduced_precision_runs_layer_copies_made_once_per_weights():
+    """Under bf16 autocast the layers run wholly in bf16 from copies of the weights (no weight
+    casts replayed in every call), shared by all passes and made again when the weights change."""
+    model = small_model(add_scale_ori=True, **STATIC)
+    data = permuted_copy(random_features(128, scale_ori=True))
+    reference = run(model, data)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = run(model, data)
+        run(model, permuted_copy(random_features(100, seed=2, scale_ori=True)))  # another padded size
+    passes = [p for p in model._static_passes.passes.values() if p.key.autocast == torch.bfloat16]
+    assert len(passes) == 2 and passes[0].reduced == passes[1].reduced == torch.bfloat16
+    assert passes[0].layers is passes[1].layers  # one copy of the weights for both
+    assert all(p.dtype == torch.bfloat16 for p in passes[0].layers.parameters())
+    assert out["matching_scores0"].dtype == torch.float32
+    assert (out["matches0"] == reference["matches0"]).float().mean() > 0.9
+    copies = passes[0].layers
+    with torch.no_grad():
+        model.transformers[0].self_attn.out_proj.weight.mul_(0.5)  # in place: new copies, new passes
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        run(model, data)
+    now = next(reversed(model._static_passes.passes.values()))
+    assert now.layers is not copies and len(model._static_passes.passes) == 1
+    torch.testing.assert_close(now.layers[0].self_attn.out_proj.weight.float(),
+                               model.transformers[0].self_attn.out_proj.weight, atol=1e-2, rtol=1e-2)
 
 
 def test_warm_up_builds_the_sizes_a_camera_gives():

@@ -37,6 +37,7 @@ eagerly: that is how the tests compare this pass with the dynamic one on a CPU.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 from collections import OrderedDict
@@ -45,7 +46,7 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from torch import Tensor
+from torch import Tensor, nn
 
 from .common import compact_matches
 from .lightglue import (
@@ -86,13 +87,13 @@ class StaticKey:
     prune: bool  # adaptive width possible (off for batches padded by the caller, as in the dynamic pass)
     masked: bool  # some points are padding or may be pruned: attention and assignment take masks
     settings: tuple  # the config values baked into the graphs
-    weights: tuple[int, ...]  # parameter addresses (in-place updates are read by the graphs)
+    weights: tuple  # address and version of every parameter (StaticPasses.weights)
     use_graphs: bool
     compiled: bool  # steps through torch.compile
 
 
 def static_key(model: LightGlue, batch: int, points0: int, points1: int, device: torch.device,
-               input_dtype: torch.dtype, caller_padding: bool, weights: tuple[int, ...] | None = None) -> StaticKey:
+               input_dtype: torch.dtype, caller_padding: bool, weights: tuple | None = None) -> StaticKey:
     """The key of a batch of ``points0`` and ``points1`` points per image. The config is read
     once, as a plain dict (each OmegaConf read costs microseconds, and this runs every call)."""
     conf = OmegaConf.to_container(model.conf)
@@ -117,7 +118,7 @@ def static_key(model: LightGlue, batch: int, points0: int, points1: int, device:
         tuple(exit_filter_threshold(conf, layer) for layer in range(n_layers)),
     )
     if weights is None:
-        weights = tuple(p.data_ptr() for p in model.parameters())
+        weights = tuple((p.data_ptr(), p._version) for p in model.parameters())
     use_graphs = device.type == "cuda" and bool(conf["cuda_graphs"])
     return StaticKey(batch, size0, size1, device, input_dtype, autocast, prune, masked, settings, weights,
                      use_graphs, bool(conf["static_compile"]))
@@ -153,11 +154,16 @@ class StaticPass:
         points = m + n
         with torch.inference_mode(False):  # normal tensors: updated in place under any grad mode
             self.allocate(b, points, heads, dim, device)
+        # Under fp16/bf16 autocast the layers run wholly in that dtype, from copies of the
+        # weights made once per weights (``reduced_layers``): inside a graph autocast's weight
+        # casts are not cached but replayed, two small kernels per linear layer and call.
+        self.reduced = key.autocast if key.autocast in REDUCED_DTYPES and model.base_dtype == torch.float32 else None
+        layers = model.transformers if self.reduced is None else reduced_layers(model, self.reduced, key.weights)
         # static_compile: the transformer layers through torch.compile (fused element-wise work;
         # fullgraph, so a break, which could hide a host sync, raises). Layers of one structure
         # share one compiled graph per padded size; encoding and heads stay eager (in graphs anyway).
-        self.layers = ([torch.compile(layer, fullgraph=True, dynamic=False) for layer in model.transformers]
-                       if key.compiled else model.transformers)
+        self.layers = ([torch.compile(layer, fullgraph=True, dynamic=False) for layer in layers]
+                       if key.compiled else layers)
         self.steps: dict[str, Callable[[], None]] = {}
         self.pool: Any = None  # the memory pool the graphs of this pass share (made at the first capture)
         self.build()
@@ -221,7 +227,12 @@ class StaticPass:
             key_masks = attention_key_masks(valid, m)
         else:
             key_masks = (self.key_mask[:, :m], self.key_mask[:, m:])
-        x = self.layers[index](self.x[source], m, Rotary(self.phasor), key_masks)
+        if self.reduced is None:
+            x = self.layers[index](self.x[source], m, Rotary(self.phasor), key_masks)
+        else:  # the stream between layers stays in the base dtype
+            with torch.autocast(self.key.device.type, enabled=False):
+                x = self.layers[index](self.x[source].to(self.reduced), m, Rotary(self.phasor), key_masks)
+            x = x.to(model.base_dtype)
         self.x[target].copy_(x)
         decides = index != self.last_layer and (index in self.exit_layers or self.width_confidence is not None)
         if not decides:
@@ -372,6 +383,21 @@ class StaticPass:
                 "num_pruned0": (prune0 < self.n_layers).sum(1), "num_pruned1": (prune1 < self.n_layers).sum(1)}
 
 
+REDUCED_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def reduced_layers(model: LightGlue, dtype: torch.dtype, weights: tuple) -> nn.ModuleList:
+    """Copies of the model's transformer layers in ``dtype`` for these ``weights`` (addresses
+    and versions), shared by the model's passes and made again when the weights change."""
+    passes = model._static_passes
+    cached = passes.reduced.get(dtype)
+    if cached is None or cached[0] != weights:
+        with torch.inference_mode(False), torch.no_grad():
+            copies = copy.deepcopy(model.transformers).to(dtype).requires_grad_(False)
+        passes.reduced[dtype] = cached = (weights, copies)
+    return cached[1]
+
+
 class StaticPasses:
     """The passes of one model, most recently used last; a change of weights drops the others."""
 
@@ -382,9 +408,12 @@ class StaticPasses:
         # only a moved one) changes the key, in ~20 us instead of ~250 for model.parameters()
         self.parameter_slots = [(module._parameters, name) for module in model.modules()
                                 for name, value in module._parameters.items() if value is not None]
+        self.reduced: dict[torch.dtype, tuple[tuple, nn.ModuleList]] = {}  # see reduced_layers
 
-    def weights(self) -> tuple[int, ...]:
-        return tuple([slots[name].data_ptr() for slots, name in self.parameter_slots])
+    def weights(self) -> tuple[tuple[int, int], ...]:
+        """Address and in-place version of every parameter: an update in place (an optimizer
+        step, load_state_dict) makes new passes too, whose reduced-precision copies follow it."""
+        return tuple([(slots[name].data_ptr(), slots[name]._version) for slots, name in self.parameter_slots])
 
     def get(self, model: LightGlue, key: StaticKey) -> StaticPass:
         found = self.passes.get(key)
@@ -392,7 +421,7 @@ class StaticPasses:
             self.passes.move_to_end(key)
             return found
         for old in [k for k in self.passes if k.weights != key.weights]:
-            del self.passes[old]  # graphs of replaced weights would read freed memory
+            del self.passes[old]  # graphs of replaced weights (or of their old copies) would read freed memory
         while len(self.passes) >= MAX_CACHED_PASSES:
             self.passes.popitem(last=False)
         try:
