@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 from collections.abc import Iterator
 
@@ -25,10 +26,16 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
+@functools.cache
+def has_nvml() -> bool:
+    """Whether NVML's Python binding (nvidia-ml-py) is installed; looked up once."""
+    return importlib.util.find_spec("pynvml") is not None
+
+
 def gpu_busy_percent(device: torch.device) -> float | None:
     """NVML's share (%) of its last sample period (1/6 s to 1 s) in which a kernel ran on the
     GPU; None off CUDA or without NVML (the nvidia-ml-py package)."""
-    if device.type != "cuda" or importlib.util.find_spec("pynvml") is None:
+    if device.type != "cuda" or not has_nvml():
         return None
     try:
         return float(torch.cuda.utilization(device))

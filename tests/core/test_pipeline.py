@@ -154,13 +154,12 @@ def test_auto_precision_is_decided_once_by_the_hardware(monkeypatch, native_bf16
 
 
 def test_gpu_busy_is_read_from_nvml_on_cuda_only(monkeypatch):
-    import importlib.util
-
+    from featmatch_core import device as device_module
     from featmatch_core.device import gpu_busy_percent
 
     assert gpu_busy_percent(torch.device("cpu")) is None
     with monkeypatch.context() as patch:  # NVML as on a GPU machine
-        patch.setattr(importlib.util, "find_spec", lambda name, package=None: object())
+        patch.setattr(device_module, "has_nvml", lambda: True)
         patch.setattr(torch.cuda, "utilization", lambda device=None: 37)
         assert gpu_busy_percent(torch.device("cuda")) == 37.0
 

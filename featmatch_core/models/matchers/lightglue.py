@@ -295,6 +295,12 @@ def parameter_versions(module: nn.Module) -> tuple[tuple[int, int], ...]:
     return tuple((p.data_ptr(), p._version) for p in module.parameters())
 
 
+def pruning_min_keypoints(setting: int | None, device: torch.device) -> int:
+    """Images with at most this many points are not pruned: ``pruning_min_keypoints``, or the
+    device's default (None)."""
+    return AUTO_PRUNING_MIN_KEYPOINTS.get(device.type, 0) if setting is None else int(setting)
+
+
 def last_layer_index(max_layers: int | None, n_layers: int) -> int:
     """Index of the last layer that may run: ``max_layers - 1`` (None: every layer)."""
     return n_layers - 1 if max_layers is None else min(int(max_layers), n_layers) - 1
@@ -545,8 +551,8 @@ class LightGlue(BaseModel):
         # reference does. The schedule in force is the config's, read at every call (exit_thresholds).
         self.register_buffer("confidence_thresholds", torch.tensor(thresholds, dtype=torch.float32))
         self.gradient_checkpointing = False
-        # (key, layers): bf16 copies of the transformer layers for CPU inference, see inference_layers
-        self._reduced_layers: tuple[tuple, nn.ModuleList] | None = None
+        # dtype -> (weights key, layers): reduced-precision copies of the layers, see layers_in
+        self._reduced_layers: dict[torch.dtype, tuple[tuple, nn.ModuleList]] = {}
         self._static_passes: Any = None  # lightglue_static.StaticPasses, made at the first static pass
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
@@ -653,12 +659,18 @@ class LightGlue(BaseModel):
         if (device.type != "cpu" or torch.is_grad_enabled() or not torch.is_autocast_enabled("cpu")
                 or torch.get_autocast_dtype("cpu") != torch.bfloat16 or self.base_dtype == torch.bfloat16):
             return None
-        key = parameter_versions(self.transformers)
-        if self._reduced_layers is None or self._reduced_layers[0] != key:
+        return self.layers_in(torch.bfloat16, parameter_versions(self.transformers))
+
+    def layers_in(self, dtype: torch.dtype, weights: tuple) -> nn.ModuleList:
+        """Copies of the transformer layers in ``dtype``, made again when ``weights`` (addresses
+        and in-place versions of the parameters) change; one cache per dtype, shared by the
+        CPU's bf16 path and the static pass."""
+        cached = self._reduced_layers.get(dtype)
+        if cached is None or cached[0] != weights:
             with torch.inference_mode(False), torch.no_grad():
-                layers = copy.deepcopy(self.transformers).to(torch.bfloat16).requires_grad_(False)
-            self._reduced_layers = (key, layers)
-        return self._reduced_layers[1]
+                layers = copy.deepcopy(self.transformers).to(dtype).requires_grad_(False)
+            self._reduced_layers[dtype] = cached = (weights, layers)
+        return cached[1]
 
     def exit_thresholds(self) -> Tensor:
         """The per-layer confidence thresholds in force: the config's ``confidence_thresholds``,
@@ -729,7 +741,7 @@ class LightGlue(BaseModel):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         # derived caches (bf16 layers, captured static passes): never pickled or deep-copied
-        return {**state, "_reduced_layers": None, "_static_passes": None}
+        return {**state, "_reduced_layers": {}, "_static_passes": None}
 
     # ---- inputs ----------------------------------------------------------------------------
     @property
@@ -766,9 +778,7 @@ class LightGlue(BaseModel):
         return geometry, descriptors, padding_mask("LightGlue", feats, name, b, n)
 
     def _pruning_min_keypoints(self, device: torch.device) -> int:
-        if self.conf.pruning_min_keypoints is not None:
-            return int(self.conf.pruning_min_keypoints)
-        return AUTO_PRUNING_MIN_KEYPOINTS.get(device.type, 0)
+        return pruning_min_keypoints(self.conf.pruning_min_keypoints, device)
 
     # ---- static-shape inference (lightglue_static) -----------------------------------------
     def uses_static_pass(self, device: torch.device, collect: bool) -> bool:

@@ -37,7 +37,6 @@ eagerly: that is how the tests compare this pass with the dynamic one on a CPU.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import logging
 from collections import OrderedDict
@@ -46,11 +45,10 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from torch import Tensor, nn
+from torch import Tensor
 
 from .common import compact_matches
 from .lightglue import (
-    AUTO_PRUNING_MIN_KEYPOINTS,
     LightGlue,
     Rotary,
     confidence_schedule,
@@ -58,6 +56,8 @@ from .lightglue import (
     full_precision,
     last_layer_index,
     mutual_matches_from_similarity,
+    parameter_versions,
+    pruning_min_keypoints,
 )
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ logger = logging.getLogger(__name__)
 # keys kept per model, least recently used dropped first: more than LightGlue.warm_up_static
 # builds (18 for a 1024-point camera with buckets of 256; each a few MB of buffers and graph memory)
 MAX_CACHED_PASSES = 24
+REDUCED_DTYPES = (torch.float16, torch.bfloat16)  # autocast dtypes the layers run wholly in
 GRAPH_WARMUP_RUNS = 2  # eager runs on a side stream before a capture (lazy cuBLAS/attention set-up)
 COMPILED_VARIANTS_LIMIT = 256  # compiled variants of the layer code (padded sizes x masks) dynamo may keep
 
@@ -101,8 +102,7 @@ def static_key(model: LightGlue, batch: int, points0: int, points1: int, device:
     autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
     bucket = int(conf["static_bucket"])
     size0, size1 = padded_size(points0, bucket), padded_size(points1, bucket)
-    minimum = conf["pruning_min_keypoints"]
-    min_keypoints = int(minimum) if minimum is not None else AUTO_PRUNING_MIN_KEYPOINTS.get(device.type, 0)
+    min_keypoints = pruning_min_keypoints(conf["pruning_min_keypoints"], device)
     # sets no larger than min_keypoints are never pruned
     prune = conf["width_confidence"] > 0 and not caller_padding and max(size0, size1) > min_keypoints
     # without masks attention may take its fastest (flash) kernel: a camera that fills its
@@ -118,7 +118,7 @@ def static_key(model: LightGlue, batch: int, points0: int, points1: int, device:
         tuple(exit_filter_threshold(conf, layer) for layer in range(n_layers)),
     )
     if weights is None:
-        weights = tuple((p.data_ptr(), p._version) for p in model.parameters())
+        weights = parameter_versions(model)
     use_graphs = device.type == "cuda" and bool(conf["cuda_graphs"])
     return StaticKey(batch, size0, size1, device, input_dtype, autocast, prune, masked, settings, weights,
                      use_graphs, bool(conf["static_compile"]))
@@ -155,10 +155,10 @@ class StaticPass:
         with torch.inference_mode(False):  # normal tensors: updated in place under any grad mode
             self.allocate(b, points, heads, dim, device)
         # Under fp16/bf16 autocast the layers run wholly in that dtype, from copies of the
-        # weights made once per weights (``reduced_layers``): inside a graph autocast's weight
+        # weights made once per weights (``LightGlue.layers_in``): inside a graph autocast's weight
         # casts are not cached but replayed, two small kernels per linear layer and call.
         self.reduced = key.autocast if key.autocast in REDUCED_DTYPES and model.base_dtype == torch.float32 else None
-        layers = model.transformers if self.reduced is None else reduced_layers(model, self.reduced, key.weights)
+        layers = model.transformers if self.reduced is None else model.layers_in(self.reduced, key.weights)
         # static_compile: the transformer layers through torch.compile (fused element-wise work;
         # fullgraph, so a break, which could hide a host sync, raises). Layers of one structure
         # share one compiled graph per padded size; encoding and heads stay eager (in graphs anyway).
@@ -383,21 +383,6 @@ class StaticPass:
                 "num_pruned0": (prune0 < self.n_layers).sum(1), "num_pruned1": (prune1 < self.n_layers).sum(1)}
 
 
-REDUCED_DTYPES = (torch.float16, torch.bfloat16)
-
-
-def reduced_layers(model: LightGlue, dtype: torch.dtype, weights: tuple) -> nn.ModuleList:
-    """Copies of the model's transformer layers in ``dtype`` for these ``weights`` (addresses
-    and versions), shared by the model's passes and made again when the weights change."""
-    passes = model._static_passes
-    cached = passes.reduced.get(dtype)
-    if cached is None or cached[0] != weights:
-        with torch.inference_mode(False), torch.no_grad():
-            copies = copy.deepcopy(model.transformers).to(dtype).requires_grad_(False)
-        passes.reduced[dtype] = cached = (weights, copies)
-    return cached[1]
-
-
 class StaticPasses:
     """The passes of one model, most recently used last; a change of weights drops the others."""
 
@@ -408,7 +393,6 @@ class StaticPasses:
         # only a moved one) changes the key, in ~20 us instead of ~250 for model.parameters()
         self.parameter_slots = [(module._parameters, name) for module in model.modules()
                                 for name, value in module._parameters.items() if value is not None]
-        self.reduced: dict[torch.dtype, tuple[tuple, nn.ModuleList]] = {}  # see reduced_layers
 
     def weights(self) -> tuple[tuple[int, int], ...]:
         """Address and in-place version of every parameter: an update in place (an optimizer
