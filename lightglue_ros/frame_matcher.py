@@ -114,7 +114,8 @@ class FrameWorker:
 
     With a CUDA ``device`` the handler's GPU work goes to a stream of the worker's own, and the
     worker waits for it after each item (one sync per frame): what the handler returns is
-    complete when another stage's stream reads it, and tensors it frees are never still in use.
+    complete when another stage's stream reads it (``then(result)`` runs after that wait), and
+    tensors it frees are never still in use.
     """
 
     def __init__(
@@ -124,11 +125,13 @@ class FrameWorker:
         name: str = "lightglue_worker",
         log: logging.Logger | None = None,
         device: torch.device | None = None,
+        then: Callable[[Any], Any] | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         self.handler = handler
         self.device = device
+        self.then = then
         self.queue_size = int(queue_size)
         self.log = log or logger
         self.received = self.processed = self.dropped = self.errors = 0
@@ -177,9 +180,11 @@ class FrameWorker:
                     self._busy = True
                     self._cond.notify_all()  # room for a blocked submit
                 try:
-                    self.handler(item)
+                    result = self.handler(item)
                     if stream is not None:
                         stream.synchronize()
+                    if self.then is not None:
+                        self.then(result)
                 except Exception:  # the worker must survive anything a frame does
                     self.errors += 1
                     self.log.exception("frame processing failed")
@@ -246,16 +251,8 @@ class FramePipeline:
         device: torch.device | None = None,
     ) -> None:
         self.back = FrameWorker(back, queue_size=1, name=f"{name}_track", log=log, device=device)
-        self.front = FrameWorker(self._front_then_hand_over(front), queue_size, name=f"{name}_extract", log=log,
-                                 device=device)
-
-    def _front_then_hand_over(self, front: Callable[[Any], Any]) -> Callable[[Any], None]:
-        def run(item: Any) -> None:
-            extracted = front(item)
-            if self.front.device is not None and self.front.device.type == "cuda":
-                torch.cuda.current_stream(self.front.device).synchronize()  # complete before the track stage reads it
-            self._hand_over(extracted)
-        return run
+        self.front = FrameWorker(front, queue_size, name=f"{name}_extract", log=log, device=device,
+                                 then=self._hand_over)
 
     def _hand_over(self, extracted: Any) -> None:
         self.back.wait_idle()

@@ -129,6 +129,12 @@ def merge_heads(*parts: Tensor) -> Tensor:
     return torch.cat([p.transpose(1, 2) for p in parts], dim=1).flatten(-2)
 
 
+def attention_key_mask(valid: Tensor) -> Tensor:
+    """The keys one image's points attend to, from its (B, N) ``valid`` points: an image
+    without any attends to all of them (its output is discarded), so no softmax row is empty."""
+    return valid | ~valid.any(1, keepdim=True)
+
+
 def attend(query: Tensor, key: Tensor, value: Tensor, key_mask: Tensor | None) -> Tensor:
     """Fused softmax(q k^T / sqrt(d)) v; ``key_mask`` (B, Nk) marks the keys that may be attended."""
     mask = None if key_mask is None else key_mask[:, None, None, :]
@@ -972,9 +978,7 @@ class _Run:
         return self.index0.shape[1]
 
     def key_masks(self) -> MaskPair:
-        """Attention key masks; an image whose points are all padding attends to everything
-        (its output is discarded) so that no softmax row is empty."""
-        return tuple(None if v is None else v | ~v.any(1, keepdim=True) for v in (self.valid0, self.valid1))
+        return tuple(None if v is None else attention_key_mask(v) for v in (self.valid0, self.valid1))
 
     def execute(self, x: Tensor, rotary: Rotary, first_self_attention_done: bool = False) -> dict[str, Any]:
         """The layers on the stacked tokens ``x``; with ``first_self_attention_done`` layer 0 starts

@@ -51,6 +51,7 @@ from .common import compact_matches
 from .lightglue import (
     LightGlue,
     Rotary,
+    attention_key_mask,
     confidence_schedule,
     exit_filter_threshold,
     full_precision,
@@ -90,7 +91,7 @@ class StaticKey:
     settings: tuple  # the config values baked into the graphs
     weights: tuple  # address and version of every parameter (StaticPasses.weights)
     use_graphs: bool
-    compiled: bool  # steps through torch.compile
+    compiled: bool  # layers through torch.compile (static_compile)
 
 
 def static_key(model: LightGlue, batch: int, points0: int, points1: int, device: torch.device,
@@ -125,9 +126,8 @@ def static_key(model: LightGlue, batch: int, points0: int, points1: int, device:
 
 
 def attention_key_masks(valid: Tensor, num0: int) -> tuple[Tensor, Tensor]:
-    """Each image's attention key mask from ``valid`` (B, M + N): an image without a valid point
-    attends to all of them (its output is discarded), so that no softmax row is empty."""
-    return tuple(v | ~v.any(1, keepdim=True) for v in (valid[:, :num0], valid[:, num0:]))
+    """Both images' attention key masks from the stacked ``valid`` (B, M + N)."""
+    return attention_key_mask(valid[:, :num0]), attention_key_mask(valid[:, num0:])
 
 
 class StaticPass:
