@@ -33,12 +33,14 @@ PHOTOS=${PHOTOS:-../shared/data/train_photos}
 DEVICE=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 if [ "$DEVICE" = cuda ]; then
     KPTS="512 1024 2048 4096"; STEPS=100; FRAMES=300; LG_S=60
-    EXTRACT=(--precisions fp32 fp16 --extractors superpoint aliked disk sift:kornia)
+    EXTRACT=(--precisions fp32 fp16 --extractors sift:kornia)
+    EXTRACT_REF=(--sizes 640x480 1024x768 --precisions fp32 fp16)
     BATCHED=(--batches 1 8 32 --keypoints 1024 2048 --pairs 64)
     HARDWARE=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
 else
     KPTS="512"; STEPS=2; FRAMES=20; LG_S=120
-    EXTRACT=(--precisions fp32 --extractors superpoint sift:kornia)
+    EXTRACT=(--precisions fp32 --extractors sift:kornia)
+    EXTRACT_REF=(--sizes 320x240 --precisions fp32 --warmup 1 --repeat 2)
     BATCHED=(--batches 1 4 --keypoints 256 --pairs 8)
     HARDWARE="cpu: $(python3 -c 'import os; print(os.cpu_count())') cores"
 fi
@@ -102,10 +104,13 @@ for recipe in superpoint+lightglue sift+lightglue; do
         "train.num_workers=$(( $(nproc) > 8 ? 8 : $(nproc) ))" "${extra[@]}"
     rm -rf "outputs/training/gpu_check_$recipe"
 done
-# every extractor on the device, random weights, 2048 points at 640x480; SIFT's torch back end
-# (kornia's scale space) is the GPU path of SIFT
-step "extraction on the device" 120 python3 benchmarks/bench_speed.py --devices "$DEVICE" "${EXTRACT[@]}" \
-    --no-matching --repeats 5 --out outputs/gpu_check/extract_speed.json
+# SuperPoint, ALIKED and DISK against the reference's, same random weights, at most 2048 points
+# (the reference's ALIKED needs torchvision, which the device image has)
+step "extraction against the reference" 120 python3 benchmarks/time_extractors.py --device "$DEVICE" \
+    "${EXTRACT_REF[@]}" "${ref_args[@]}"
+# SIFT's torch back end (kornia's scale space) is the GPU path of SIFT; 2048 points at 640x480
+step "SIFT extraction on the device (kornia back end)" 60 python3 benchmarks/bench_speed.py --devices "$DEVICE" \
+    "${EXTRACT[@]}" --no-matching --repeats 5 --out outputs/gpu_check/extract_speed.json
 # trained weights (bundled) on SIFT on the device (kornia back end): real matches, so that
 # estimation is timed too, and the whole frame path on the GPU
 step "streaming replay, sift+lightglue (bundled), SIFT backend kornia, --rate max" 90 \

@@ -25,15 +25,17 @@ from featmatch_core.models.matchers.lightglue import LightGlue  # noqa: I001
 from time_lightglue import random_pair
 
 READS = ("__bool__", "__int__", "__float__", "item", "tolist")
-DATA_DEPENDENT = (torch.ops.aten.nonzero.default, torch.ops.aten.masked_select.default)
+DATA_DEPENDENT = (torch.ops.aten.nonzero.default, torch.ops.aten.masked_select.default,
+                  torch.ops.aten.where.default)  # where(condition): nonzero, as inference mode dispatches it
 
 
 class Counter(TorchDispatchMode):
-    """aten operators outside the static pass's steps, steps run, and reads of device values."""
+    """aten operators outside the static pass's steps (``kernels``: those that are not views),
+    steps run, and reads of device values."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.operators = self.reads = self.steps = 0
+        self.operators = self.kernels = self.reads = self.steps = 0
         self.in_step = False
         self.originals: dict[str, Callable] = {}
 
@@ -56,6 +58,7 @@ class Counter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if not self.in_step:
             self.operators += 1
+            self.kernels += not func.is_view
             self.reads += func in DATA_DEPENDENT
         return func(*args, **(kwargs or {}))
 

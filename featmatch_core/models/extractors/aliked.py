@@ -1,20 +1,163 @@
-"""ALIKED (Zhao et al., IEEE TIM 2023) through ``kornia.feature.ALIKED``.
+"""ALIKED (Zhao et al., IEEE TIM 2023): kornia's network, the official detection, one-kernel
+deformable sampling.
 
-The kornia module is ``self.model`` and holds exactly the parameters of the official
-checkpoints (Shiaoming/ALIKED ``aliked-n16.pth``), which therefore load into it unchanged.
-Kornia returns keypoints in pixel indices (``align_corners=True`` grid), i.e. pixel centres.
+``self.model`` is ``kornia.feature.ALIKED`` and holds exactly the parameters of the official
+checkpoints (Shiaoming/ALIKED ``aliked-n16.pth``), which therefore load into it unchanged. Two
+of its parts are replaced, both for fidelity to the official model and for speed:
+
+- Keypoint detection follows the official ``DKD`` (as in cvg/LightGlue's ``aliked.py``):
+  ``simple_nms`` (the SuperPoint suppression, :func:`~.superpoint.nms`), then top-k or a
+  threshold, then a soft-argmax over each keypoint's (2r+1)^2 window. Kornia 0.9 keeps strict
+  local maxima instead, which selects other keypoints from the same score map (about half
+  differ on random weights) and costs twice the operators.
+- The deformable convolutions of the backbone sample with one ``grid_sample``
+  (:func:`deform_conv2d`) instead of kornia's pure-torch gathers of four corners (~120
+  operators, each a kernel launch on a GPU, per convolution). The result is
+  ``torchvision.ops.deform_conv2d``'s, without depending on torchvision.
+
+Keypoints are in pixel indices (``align_corners=True`` grid), i.e. pixel centres.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
+from kornia.feature.aliked.aliked import DeformableConv2d
 from omegaconf import DictConfig
 
 from ..base import strict_load
 from .base import Extractor, Features, empty_features
+from .superpoint import nms
+
+SOFT_ARGMAX_TEMPERATURE = 0.1  # the official DKD's tuned temperature
+THRESHOLD_MODE_LIMIT = 20000  # the official cap on keypoints in threshold mode without max_num_keypoints
+
+
+def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  padding: int = 1, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``torchvision.ops.deform_conv2d`` with stride 1, dilation 1, one group and one offset
+    group (ALIKED's case), its inputs sampled by one ``grid_sample``.
+
+    ``offset`` is (B, 2K, H', W') with (dy, dx) interleaved per kernel tap (K = kh * kw, taps
+    in row-major order), ``mask`` (B, K, H', W') or None. Bilinear sampling with zeros outside
+    the input is torchvision's interpolation. About six kernels per call on a GPU.
+    """
+    b, c, h, w = x.shape
+    c_out, c_in, kh, kw = weight.shape
+    k = kh * kw
+    h_out, w_out = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
+    if c_in != c or offset.shape != (b, 2 * k, h_out, w_out):
+        raise ValueError(f"deform_conv2d: input {tuple(x.shape)}, weight {tuple(weight.shape)} and offset "
+                         f"{tuple(offset.shape)} do not fit one group with stride 1 and padding {padding}")
+    taps, scale = tap_grid(kh, kw, h, w, padding, offset.device, offset.dtype)
+    dx_dy = offset.view(b, k, 2, h_out, w_out).flip(2).permute(0, 1, 3, 4, 2)  # (B, K, H', W', 2)
+    grid = torch.addcmul(taps, dx_dy, scale).view(b, k * h_out, w_out, 2)
+    sampled = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+    sampled = sampled.view(b, c, k, h_out * w_out)  # (B, C, K, H'W')
+    if mask is not None:
+        sampled = sampled * mask.reshape(b, 1, k, h_out * w_out)
+    out = weight.reshape(c_out, c * k) @ sampled.view(b, c * k, h_out * w_out)
+    if bias is not None:
+        out = out + bias[:, None]
+    return out.view(b, c_out, h_out, w_out)
+
+
+@functools.lru_cache(maxsize=64)
+def tap_grid(kh: int, kw: int, h: int, w: int, padding: int, device: torch.device,
+             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The undeformed taps of a kh x kw kernel over an (h, w) map as ``grid_sample`` positions,
+    (K, H', W', 2) in (x, y), and the (2,) scale of a pixel offset there.
+
+    ``align_corners=False`` with pixel p at (2p + 1) / size - 1 addresses maps of any size, one
+    pixel wide included. Made once per shape (outside inference mode: the tensors may meet
+    autograd later).
+    """
+    with torch.inference_mode(False):
+        h_out, w_out = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
+        tap_rows = torch.arange(kh, dtype=torch.float64).repeat_interleave(kw)
+        tap_cols = torch.arange(kw, dtype=torch.float64).repeat(kh)
+        rows = torch.arange(h_out, dtype=torch.float64)[None, :, None] + tap_rows[:, None, None] - padding
+        cols = torch.arange(w_out, dtype=torch.float64)[None, None, :] + tap_cols[:, None, None] - padding
+        x_positions = ((2 * cols + 1) / w - 1).expand(-1, h_out, -1)
+        y_positions = ((2 * rows + 1) / h - 1).expand(-1, -1, w_out)
+        taps = torch.stack((x_positions, y_positions), dim=-1)
+        scale = torch.tensor([2.0 / w, 2.0 / h], dtype=torch.float64)
+        return taps.to(device, dtype), scale.to(device, dtype)
+
+
+class GridSampleDeformableConv2d(DeformableConv2d):
+    """Kornia's module (same parameters and offsets) running :func:`deform_conv2d`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != 1 or self.dilation != 1:
+            raise ValueError("GridSampleDeformableConv2d supports stride 1 and dilation 1 only")
+        max_offset = max(x.shape[-2:]) / 4.0
+        out = self.offset_conv(x)
+        if self.mask:
+            dy_dx_a, dy_dx_b, modulation = torch.chunk(out, 3, dim=1)
+            offset, modulation = torch.cat((dy_dx_a, dy_dx_b), dim=1), torch.sigmoid(modulation)
+        else:
+            offset, modulation = out, None
+        return deform_conv2d(x, offset.clamp(-max_offset, max_offset), self.regular_conv.weight,
+                             self.regular_conv.bias, self.padding, modulation)
+
+
+def detect_keypoints(score_map: torch.Tensor, radius: int, top_k: int, threshold: float,
+                     limit: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The official ALIKED detection on a (B, 1, H, W) score map: per image, keypoints in
+    normalised coordinates (N, 2) ([-1, 1], ``align_corners=True``) and their scores (N,).
+
+    ``top_k > 0``: the ``top_k`` best suppressed scores (in descending order). Otherwise the
+    suppressed scores above ``threshold`` (or, in an image with none, above its mean score), in
+    raster order, the ``limit`` best if there are more. Each is refined by a soft-argmax over
+    its (2r+1)^2 window and scored by bilinear lookup.
+    """
+    b, _, h, w = score_map.shape
+    scores = score_map.detach()[:, 0]
+    suppressed = nms(scores, radius)
+    inside = torch.zeros_like(suppressed)
+    inside[:, radius:h - radius, radius:w - radius] = 1.0  # the border of width r is dropped
+    suppressed = (suppressed * inside).reshape(b, -1)
+    if top_k > 0:
+        indices = list(torch.topk(suppressed, min(top_k, h * w)).indices)
+    else:
+        indices = []
+        for image_scores, image_suppressed in zip(scores.reshape(b, -1), suppressed, strict=True):
+            kept = image_suppressed > threshold
+            if not kept.any():
+                kept = image_suppressed > image_scores.mean()
+            found = kept.nonzero()[:, 0]
+            if len(found) > limit:
+                found = found[image_scores[found].sort(descending=True).indices[:limit]]
+            indices.append(found)
+    return [refine(score_map[i], found, radius) for i, found in enumerate(indices)]
+
+
+def refine(score_map: torch.Tensor, indices: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft-argmax of one (1, H, W) score map around the flat pixel ``indices`` (the windows
+    gathered at the keypoints, with the zeros outside the map that the official ``unfold``
+    sees): normalised keypoints (N, 2) and their bilinear scores (N,)."""
+    _, h, w = score_map.shape
+    size = 2 * radius + 1
+    steps = torch.arange(-radius, radius + 1, device=score_map.device)
+    padded = F.pad(score_map[0], (radius, radius, radius, radius)).reshape(-1)
+    rows, cols = indices // w, indices % w
+    window = ((rows[:, None, None] + steps[None, :, None] + radius) * (w + 2 * radius)
+              + cols[:, None, None] + steps[None, None, :] + radius)  # (N, 2r+1, 2r+1), row-major
+    patches = padded[window.reshape(len(indices), size * size)]
+    grid = torch.stack(torch.meshgrid(steps, steps, indexing="ij")[::-1], dim=-1).reshape(-1, 2).to(patches)
+    weights = ((patches - patches.max(dim=1, keepdim=True).values.detach()) / SOFT_ARGMAX_TEMPERATURE).exp()
+    offset = weights @ grid / weights.sum(dim=1, keepdim=True)  # (x, y)
+    pixels = torch.stack((cols, rows), dim=1).to(offset) + offset
+    wh = torch.tensor([w - 1, h - 1], device=score_map.device, dtype=offset.dtype)
+    normalised = pixels / wh * 2 - 1
+    keypoint_scores = F.grid_sample(score_map[None], normalised.view(1, 1, -1, 2).to(score_map.dtype),
+                                    mode="bilinear", align_corners=True)[0, 0, 0]
+    return normalised, keypoint_scores
 
 
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Mapping[str, torch.Tensor]:
@@ -64,13 +207,11 @@ class ALIKED(Extractor):
             raise ValueError(f"{name}: detection_threshold <= 0 selects top-k mode, "
                              "which needs max_num_keypoints")
         self.descriptor_dim = DESCRIPTOR_DIMS[conf.model_name]
-        self.model = KorniaALIKED(
-            model_name=conf.model_name,
-            # kornia's "no limit" is -1; in threshold mode it still caps at 20000 keypoints
-            max_num_keypoints=-1 if conf.max_num_keypoints is None else int(conf.max_num_keypoints),
-            detection_threshold=float(conf.detection_threshold),
-            nms_radius=int(conf.nms_radius),
-        )
+        # its own detection settings are unused: detection is ours (detect_keypoints)
+        self.model = KorniaALIKED(model_name=conf.model_name)
+        for module in self.model.modules():
+            if type(module) is DeformableConv2d:
+                module.__class__ = GridSampleDeformableConv2d  # same parameters, another forward
 
     def load_checkpoint_state_dict(self, state_dict: Mapping[str, torch.Tensor], origin: str = "") -> None:
         """The official checkpoint is the state dict of the kornia module itself; a state dict
@@ -78,14 +219,23 @@ class ALIKED(Extractor):
         strict_load(self.model, strip_prefix(state_dict, "model."), origin, self.release_extras)
 
     def _extract(self, images: torch.Tensor) -> list[Features]:
+        conf = self.conf
+        top_k = int(conf.max_num_keypoints) if conf.detection_threshold <= 0 else -1
+        limit = THRESHOLD_MODE_LIMIT if conf.max_num_keypoints is None else int(conf.max_num_keypoints)
+        feature_map, score_map = self.model.extract_dense_map(images)
+        detections = detect_keypoints(score_map, int(conf.nms_radius), top_k, float(conf.detection_threshold), limit)
+        normalised = [keypoints for keypoints, _ in detections]
+        descriptors, _ = self.model.desc_head(feature_map, normalised)
+        h, w = images.shape[-2:]
         out: list[Features] = []
-        for feats in self.model(images):
-            if feats.keypoints.shape[0] == 0:
+        for keypoints, (_, scores), desc in zip(normalised, detections, descriptors, strict=True):
+            if len(keypoints) == 0:
                 out.append(empty_features(self.descriptor_dim, device=images.device))
                 continue
+            wh = torch.tensor([w - 1, h - 1], device=keypoints.device, dtype=keypoints.dtype)
             out.append({
-                "keypoints": feats.keypoints.float(),
-                "keypoint_scores": feats.keypoint_scores.float(),
-                "descriptors": feats.descriptors.float(),
+                "keypoints": (wh * (keypoints + 1) / 2).float(),  # the official conversion to pixels
+                "keypoint_scores": scores.float(),
+                "descriptors": desc.float(),
             })
         return out

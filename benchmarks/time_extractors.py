@@ -1,0 +1,196 @@
+"""Time our SuperPoint, ALIKED and DISK against the reference's (cvg/LightGlue), same weights.
+
+    python benchmarks/time_extractors.py --reference /tmp/lightglue_ref [--device cuda]
+        [--extractors superpoint aliked disk] [--sizes 640x480 1024x768] [--precisions fp32 fp16]
+
+Both sides get the same random weights (nothing can be downloaded: the reference's constructors
+are handed our state dict in place of their download), the same settings (at most
+``--max-keypoints``, top-k selection) and the same RGB texture; each is called directly on the
+image (no resizing). Runs of the two are interleaved so that load from other processes
+affects them alike. Per case the table gives the median time over ``--repeat`` calls after
+``--warmup`` (synchronised with the device), the operators per call that are not views (on a
+GPU each is a kernel launch, so this shows where a small image is launch-bound) and the reads
+of device values (syncs), and how many of our keypoints lie within 1 px of one of the reference's.
+The reference's ALIKED needs torchvision (its deformable convolutions and ResNet blocks); without
+it that row says so. ``fp16``/``bf16`` run both sides under autocast; our ALIKED and DISK opt
+out of it (``autocast_ok``) on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import importlib
+import statistics
+import sys
+import time
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from featmatch_core.datasets.synthetic import random_texture  # noqa: I001
+from featmatch_core.device import autocast, resolve_device
+from featmatch_core.image import to_tensor_image
+from featmatch_core.models import build_model
+from lightglue_launches import Counter
+
+# the same selection on both sides: top-k (no score threshold), at most max_keypoints
+OUR_CONF = {
+    "superpoint": {"detection_threshold": 0.0005},
+    "aliked": {"detection_threshold": -1.0},
+    "disk": {},
+}
+REFERENCE_CONF = {
+    "superpoint": {"detection_threshold": 0.0005},
+    "aliked": {"detection_threshold": -1.0},
+    "disk": {"detection_threshold": 0.0},
+}
+REFERENCE_CLASS = {"superpoint": "SuperPoint", "aliked": "ALIKED", "disk": "DISK"}
+
+
+def reference_modules(checkout: Path) -> Callable[[str], ModuleType]:
+    """Importer of the checkout's ``lightglue/<name>.py`` files as modules of one package (they
+    import each other), without the package's __init__ (which imports every extractor's needs)."""
+    folder = Path(checkout) / "lightglue"
+    if not (folder / "superpoint.py").is_file():
+        raise SystemExit(f"{folder} has no superpoint.py: --reference must be a checkout of cvg/LightGlue")
+    package = types.ModuleType("reference_lightglue_package")
+    package.__path__ = [str(folder)]
+    sys.modules[package.__name__] = package
+    return lambda name: importlib.import_module(f"{package.__name__}.{name}")
+
+
+@contextlib.contextmanager
+def handed_weights(ours: torch.nn.Module) -> Iterator[None]:
+    """The reference's constructors download their weights; hand them ours instead."""
+    state = (ours.model if hasattr(ours, "model") else ours).state_dict()
+    state.pop("dkd.hw_grid", None)  # kornia's ALIKED keeps its constant grid as a buffer; the release has none
+    import kornia.feature
+
+    original_url, original_disk = torch.hub.load_state_dict_from_url, kornia.feature.DISK.from_pretrained
+    torch.hub.load_state_dict_from_url = lambda *args, **kwargs: copy.deepcopy(state)
+    kornia.feature.DISK.from_pretrained = classmethod(lambda cls, *args, **kwargs: copy.deepcopy(ours.model).cpu())
+    try:
+        yield
+    finally:
+        torch.hub.load_state_dict_from_url = original_url
+        kornia.feature.DISK.from_pretrained = original_disk
+
+
+def build_pair(name: str, reference: Callable[[str], ModuleType] | None, max_keypoints: int, device: torch.device):
+    """(ours, reference or an error text), sharing ours' random weights."""
+    torch.manual_seed(0)
+    conf = {"name": name, "resize": None, "weights": None, "max_num_keypoints": max_keypoints, **OUR_CONF[name]}
+    ours = build_model("extractor", conf, pretrained=False).eval().to(device)
+    if reference is None:
+        return ours, "no --reference"
+    try:
+        with handed_weights(ours):
+            theirs = getattr(reference(name), REFERENCE_CLASS[name])(max_num_keypoints=max_keypoints,
+                                                                     **REFERENCE_CONF[name])
+    except ImportError as err:  # the reference's ALIKED needs torchvision
+        return ours, f"reference needs {err.name}"
+    return ours, theirs.eval().to(device)
+
+
+def timed(call: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    call()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) * 1e3
+
+
+def host_work(call: Callable[[], object]) -> tuple[int, int]:
+    """(operators that are not views, reads of device values) of one call."""
+    counter = Counter()
+    with counter:
+        call()
+    return counter.kernels, counter.reads
+
+
+def keypoint_agreement(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """Share of our keypoints within 1 px of one of the reference's."""
+    if len(ours) == 0 or len(theirs) == 0:
+        return float("nan")
+    nearest = torch.cdist(ours.float().cpu(), theirs.float().cpu()).min(dim=1).values
+    return float((nearest <= 1.0).float().mean())
+
+
+def table_row(name: str, size: str, precision: str, ours: torch.nn.Module, theirs: torch.nn.Module | str,
+              image: torch.Tensor, device: torch.device, warmup: int, repeat: int) -> str:
+    """Time both sides on one image (interleaved) and count their host work."""
+    ours_amp = precision if getattr(ours, "autocast_ok", True) or device.type == "cuda" else "fp32"
+    runners: dict[str, Callable[[], dict]] = {}
+
+    def run(model: torch.nn.Module, amp: str) -> Callable[[], dict]:
+        def call() -> dict:
+            with torch.inference_mode(), autocast(device, amp):
+                return model({"image": image})
+        return call
+
+    runners["ours"] = run(ours, ours_amp)
+    if not isinstance(theirs, str):
+        runners["reference"] = run(theirs, precision)
+    for key, call in list(runners.items()):
+        try:
+            for _ in range(warmup):
+                call()
+        except (RuntimeError, NotImplementedError) as err:  # e.g. an operator without a kernel for this dtype
+            if key == "ours":
+                raise
+            del runners[key]
+            theirs = f"reference fails: {str(err).splitlines()[0][:60]}"
+    times: dict[str, list[float]] = {key: [] for key in runners}
+    for _ in range(repeat):
+        for key, call in runners.items():
+            times[key].append(timed(call, device))
+    ms = {key: statistics.median(values) for key, values in times.items()}
+    work = {key: host_work(call) for key, call in runners.items()}
+    if isinstance(theirs, str):
+        return (f"| {name} | {size} | {precision} | {theirs} | {ms['ours']:.2f} | | - / {work['ours'][0]} | "
+                f"- / {work['ours'][1]} | |")
+    agreement = keypoint_agreement(runners["ours"]()["keypoints"][0], runners["reference"]()["keypoints"][0])
+    return (f"| {name} | {size} | {precision} | {ms['reference']:.2f} | {ms['ours']:.2f} | "
+            f"{ms['ours'] / ms['reference']:.2f} | {work['reference'][0]} / {work['ours'][0]} | "
+            f"{work['reference'][1]} / {work['ours'][1]} | {agreement:.3f} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", type=Path, default=None, help="checkout of cvg/LightGlue")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--extractors", nargs="+", default=list(OUR_CONF), choices=list(OUR_CONF))
+    parser.add_argument("--sizes", nargs="+", default=["640x480", "1024x768"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--max-keypoints", type=int, default=2048)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=10)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    reference = reference_modules(args.reference) if args.reference is not None else None
+    print(f"device {device}, at most {args.max_keypoints} keypoints, median of {args.repeat} calls")
+    print("| extractor | size | precision | reference ms | ours ms | ours / reference | "
+          "kernels ref / ours | reads ref / ours | keypoints within 1 px |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in args.extractors:
+        ours, theirs = build_pair(name, reference, args.max_keypoints, device)
+        for size in args.sizes:
+            width, height = (int(v) for v in size.split("x"))
+            gray = to_tensor_image(random_texture(height, width, seed=1))
+            image = gray.expand(-1, 3, -1, -1).contiguous().to(device)
+            for precision in args.precisions:
+                print(table_row(name, size, precision, ours, theirs, image, device, args.warmup, args.repeat),
+                      flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
