@@ -78,7 +78,7 @@ def image_driven_superpoint(conf: dict) -> SuperPoint:
 def build(kind: str, **conf) -> torch.nn.Module:
     if kind == "superpoint":
         return image_driven_superpoint(conf)
-    if kind in ("sift-opencv", "sift-pycolmap", "sift-kornia"):
+    if kind in ("sift-opencv", "sift-pycolmap", "sift-torch", "sift-kornia"):
         return SIFT({"resize": None, "backend": kind.split("-")[1], **conf}).eval()
     torch.manual_seed(0)
     if kind == "aliked":  # caps the per-keypoint deformable descriptor head, the slow part
@@ -98,7 +98,7 @@ def silence(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-EXTRACTORS = ["superpoint", "sift-opencv", "sift-pycolmap", "sift-kornia", "aliked", "disk"]
+EXTRACTORS = ["superpoint", "sift-opencv", "sift-pycolmap", "sift-torch", "sift-kornia", "aliked", "disk"]
 
 
 def run(model: torch.nn.Module, images: torch.Tensor) -> dict:

@@ -1,5 +1,5 @@
-"""SIFT through OpenCV or pycolmap (CPU) or kornia (any torch device), with RootSIFT descriptors,
-scales and orientations.
+"""SIFT through OpenCV or pycolmap (CPU), or in torch (``torch``, ours; ``kornia``) on any
+device, with RootSIFT descriptors, scales and orientations.
 
 The OpenCV and pycolmap back ends are configured with COLMAP's parameters; all three return
 the same conventions (checked in tests/core/test_extractors.py):
@@ -17,6 +17,12 @@ the same conventions (checked in tests/core/test_extractors.py):
   so its scores are the scales: the top-k then keeps the coarsest features, as COLMAP itself
   does when it truncates (``max_num_features`` drops the finest scale levels first). Scores
   are therefore not comparable across back ends.
+
+``backend: torch`` runs OpenCV's algorithm written in torch (:mod:`.sift_torch`) on the images'
+device, the GPU path of SIFT: on 640x480 photos over 99.8 % of OpenCV's points are found within
+0.01 px and 1 degree, descriptors at cosine 0.999. The selection is the OpenCV back end's (one
+point per pixel, top-k, the same order), done on the device. It supports ``nms_radius`` 0 or
+None and ``first_octave`` -1 or 0.
 
 ``backend: kornia`` runs kornia's ``SIFTFeatureScaleSpace`` (DoG on a 2x upsampled scale space, 3
 levels per octave, sigma 1.6, sub-pixel refinement, one orientation per point, RootSIFT in
@@ -42,9 +48,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from ...image import to_uint8_numpy
+from . import sift_torch
 from .base import Extractor, Features, empty_features
 
-BACKENDS = ("opencv", "pycolmap", "kornia")
+BACKENDS = ("opencv", "pycolmap", "torch", "kornia")
 # COLMAP's octave resolution (DoG levels per octave), which OpenCV calls nOctaveLayers.
 LEVELS_PER_OCTAVE = 3
 
@@ -97,7 +104,7 @@ class SIFT(Extractor):
 
     default_conf: ClassVar[dict[str, Any]] = {
         "name": "sift",
-        "backend": "opencv",  # "opencv" or "pycolmap" (CPU), "kornia" (any device, e.g. CUDA)
+        "backend": "opencv",  # "opencv" or "pycolmap" (CPU), "torch" or "kornia" (any device, e.g. CUDA)
         "rootsift": True,
         "nms_radius": 0,  # 0: one point per pixel; r > 0: also NMS; None: keep co-located points
         "max_num_keypoints": 4096,
@@ -128,6 +135,8 @@ class SIFT(Extractor):
             raise ValueError(f"{name}: first_octave must be an int (-1 upsamples the image 2x)")
         if conf.backend == "kornia":
             self._kornia = _create_kornia_sift(conf, name)
+        elif conf.backend == "torch":
+            self._settings = torch_sift_settings(conf, name)
         elif conf.backend == "opencv":
             if int(conf.first_octave) < -1:
                 raise ValueError(f"{name}: the opencv backend supports first_octave >= -1, "
@@ -140,6 +149,8 @@ class SIFT(Extractor):
     def _extract(self, images: torch.Tensor) -> list[Features]:
         if self.conf.backend == "kornia":
             return [_run_kornia(self._kornia, image, self.conf) for image in images]
+        if self.conf.backend == "torch":
+            return [_run_torch(image, self.conf, self._settings) for image in images]
         out: list[Features] = []
         for image in images:
             gray = to_uint8_numpy(image)
@@ -183,6 +194,76 @@ def _top_k(det: Detections, k: int | None) -> Detections:
         keep = np.sort(np.argsort(-det["scores"], kind="stable")[:k])
         det = {key: v[keep] for key, v in det.items()}
     return det
+
+
+# ---- torch (any device) -----------------------------------------------------------------
+
+def torch_sift_settings(conf: DictConfig, name: str) -> sift_torch.SiftSettings:
+    if int(conf.first_octave) not in (-1, 0):
+        raise ValueError(f"{name}: the torch backend supports first_octave -1 or 0, got {conf.first_octave}")
+    if conf.nms_radius is not None and int(conf.nms_radius) > 0:
+        raise ValueError(f"{name}: the torch backend keeps one point per pixel (nms_radius 0) or all "
+                         f"(None), got nms_radius={conf.nms_radius}")
+    return sift_torch.SiftSettings(
+        levels=LEVELS_PER_OCTAVE, first_octave=int(conf.first_octave), num_octaves=int(conf.num_octaves),
+        contrast_threshold=float(conf.detection_threshold) * LEVELS_PER_OCTAVE,
+        edge_threshold=float(conf.edge_threshold))
+
+
+def _run_torch(image: torch.Tensor, conf: DictConfig, settings: sift_torch.SiftSettings) -> Features:
+    """One (1, H, W) image in [0, 1] (or uint8) -> the OpenCV back end's features, on its device."""
+    # the 8-bit image OpenCV would be given, in fp32 whatever the pipeline's autocast
+    gray = image[0].float() if image.dtype == torch.uint8 else (image[0].float().clamp(0, 1) * 255).round()
+    with torch.autocast(image.device.type, enabled=False):
+        found, dx, dy = sift_torch.detect(gray, settings)
+        oris = wrap_angle_torch(torch.deg2rad(found.angle))
+        chosen = found.take(select_torch(found.xy, found.response, oris, tuple(gray.shape), conf))
+        descriptors = sift_torch.descriptors(dx, dy, chosen, settings)
+    if len(chosen.xy) == 0:
+        return empty_features(128, with_scale_ori=True, device=image.device)
+    return {
+        "keypoints": chosen.xy,
+        "keypoint_scores": chosen.response,
+        "descriptors": rootsift(descriptors) if conf.rootsift else F.normalize(descriptors, p=2, dim=-1),
+        "scales": chosen.size,
+        "oris": wrap_angle_torch(torch.deg2rad(chosen.angle)),
+    }
+
+
+def wrap_angle_torch(angle: torch.Tensor) -> torch.Tensor:
+    """:func:`wrap_angle` on tensors."""
+    return math.pi - torch.remainder(math.pi - angle, 2 * math.pi)
+
+
+def select_torch(xy: torch.Tensor, scores: torch.Tensor, oris: torch.Tensor, shape: tuple[int, int],
+                 conf: DictConfig) -> torch.Tensor:
+    """Indices of :func:`select` followed by the OpenCV back end's canonical order, on the
+    points' device: one point per pixel (the best score, then the smallest |orientation|)
+    unless ``nms_radius`` is None, then the top ``max_num_keypoints`` by score (ties by index),
+    strongest first, ties by y, x and orientation."""
+    kept = torch.ones_like(scores, dtype=torch.bool)
+    if conf.nms_radius is not None:
+        h, w = shape
+        col = torch.floor(xy[:, 0] + 0.5).clamp(0, w - 1).long()
+        row = torch.floor(xy[:, 1] + 0.5).clamp(0, h - 1).long()
+        pixel = row * w + col
+        order = stable_lexsort(pixel, -scores, oris.abs())
+        first = torch.ones_like(kept)
+        first[1:] = pixel[order[1:]] != pixel[order[:-1]]
+        kept = torch.zeros_like(kept).index_put_((order,), first)
+    ranked = torch.sort(torch.where(kept, -scores, torch.inf), stable=True).indices
+    count = int(kept.sum()) if conf.max_num_keypoints is None else min(int(conf.max_num_keypoints), int(kept.sum()))
+    top = ranked[:count]
+    return top[stable_lexsort(-scores[top], xy[top, 1], xy[top, 0], oris[top])]
+
+
+def stable_lexsort(*keys: torch.Tensor) -> torch.Tensor:
+    """The order sorting by the first key, ties by the next and so on (numpy's lexsort with the
+    keys reversed)."""
+    order = torch.arange(len(keys[0]), device=keys[0].device)
+    for key in reversed(keys):
+        order = order[torch.sort(key[order], stable=True).indices]
+    return order
 
 
 # ---- kornia (any torch device) ----------------------------------------------------------

@@ -1,0 +1,420 @@
+"""SIFT in torch tensors: OpenCV's algorithm (``cv::SIFT``, float pyramid) on any device.
+
+The same steps as OpenCV's CPU code, each done for all points at once so that a GPU runs a few
+hundred kernels per image and waits for the host three times (the candidate, survivor and
+orientation counts):
+
+1. The image (0..255) is doubled with OpenCV's precise upscale (``first_octave = -1``) and
+   blurred to ``sigma``; each octave has ``levels + 3`` Gaussian levels, blurred incrementally
+   with OpenCV's kernels (4 sigma radius, reflect-101 borders); the next octave starts from
+   level ``levels`` subsampled 2x.
+2. DoG extrema over 3x3x3 neighbours (ties count, as in OpenCV) at least 5 pixels inside.
+3. Up to 5 steps of quadratic refinement (moving to the neighbour pixel or level while an
+   offset exceeds 0.5), then the contrast and edge tests.
+4. A 36-bin orientation histogram over a Gaussian window (1.5 sigma, radius 4.5 sigma),
+   smoothed; every peak of at least 80 % of the maximum gives a point (parabolic peak).
+5. The 4x4x8 descriptor with trilinear votes over the rotated window, clipped at 0.2.
+
+Differences to OpenCV are those of floating point and of ``atan2`` (OpenCV's polynomial is
+within 0.01 degrees): a few points flip at a bin or comparison boundary.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+BORDER = 5  # pixels of each DoG map where no extremum is searched
+INTERPOLATION_STEPS = 5
+INIT_SIGMA = 0.5  # the blur assumed in the input image
+ORI_BINS = 36
+ORI_SIGMA_FACTOR = 1.5
+ORI_RADIUS_FACTOR = 3 * ORI_SIGMA_FACTOR
+ORI_PEAK_RATIO = 0.8
+DESC_WIDTH = 4  # 4x4 spatial cells
+DESC_BINS = 8  # orientations per cell
+DESC_SCALE_FACTOR = 3.0  # cell width in units of the keypoint's sigma
+DESC_MAG_THRESHOLD = 0.2
+# window pixels x keypoints per descriptor chunk (bounds the memory of the vote tensors)
+DESC_CHUNK_ELEMENTS = 1 << 23
+
+
+@dataclass(frozen=True)
+class SiftSettings:
+    """OpenCV's parameters: ``levels`` is nOctaveLayers, ``contrast_threshold`` is compared
+    with |DoG| x levels (image in [0, 1]), ``edge_threshold`` bounds the curvature ratio."""
+
+    levels: int = 3
+    sigma: float = 1.6
+    first_octave: int = -1
+    num_octaves: int = 4
+    contrast_threshold: float = 0.02
+    edge_threshold: float = 10.0
+
+
+@dataclass
+class Detections:
+    """Points of one image in image pixels (centres at integers), with what describes them."""
+
+    xy: torch.Tensor  # (N, 2)
+    size: torch.Tensor  # (N,) OpenCV's KeyPoint.size, 2 sigma in image pixels
+    angle: torch.Tensor  # (N,) OpenCV's KeyPoint.angle, degrees
+    response: torch.Tensor  # (N,) |DoG| at the refined extremum (image in [0, 1])
+    octave: torch.Tensor  # (N,) index of the octave in the pyramid (0 = first_octave)
+    level: torch.Tensor  # (N,) Gaussian level (1..levels) of the refined extremum
+    octave_xy: torch.Tensor  # (N, 2) position in that octave's pixels
+    sigma: torch.Tensor  # (N,) scale in that octave's pixels
+
+    def take(self, index: torch.Tensor) -> Detections:
+        return Detections(**{name: getattr(self, name)[index] for name in self.__dataclass_fields__})
+
+
+# ---- scale space ------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=64)
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """OpenCV's Gaussian for float images: 2 * round(4 sigma) + 1 taps (ksize rounded up to odd),
+    weights computed in float64 and normalised."""
+    size = int(math.floor(sigma * 8 + 1 + 0.5)) | 1
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    weights = torch.exp(-0.5 * x * x / (sigma * sigma))
+    return (weights / weights.sum()).float()
+
+
+@functools.lru_cache(maxsize=256)
+def reflect101(n: int, pad: int, device: torch.device) -> torch.Tensor:
+    """Indices of a length-n axis padded by ``pad`` on both sides with OpenCV's BORDER_REFLECT_101
+    (any pad, also beyond the axis length)."""
+    out = []
+    for p in range(-pad, n + pad):
+        if n == 1:
+            p = 0
+        while p < 0 or p >= n:
+            p = -p if p < 0 else 2 * n - 2 - p
+        out.append(p)
+    return torch.tensor(out, dtype=torch.long, device=device)
+
+
+def blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(H, W) Gaussian blur: rows then columns, reflect-101 borders (OpenCV's GaussianBlur)."""
+    kernel = gaussian_kernel(sigma).to(image)
+    radius = len(kernel) // 2
+    h, w = image.shape
+    x = image.index_select(1, reflect101(w, radius, image.device))[None, None]
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    x = x.index_select(2, reflect101(h, radius, image.device))
+    return F.conv2d(x, kernel.view(1, 1, -1, 1))[0, 0]
+
+
+def upsample2x(image: torch.Tensor) -> torch.Tensor:
+    """OpenCV's precise 2x upscale (warpAffine by 0.5, bilinear, BORDER_REFLECT): pixel 2i is
+    pixel i, pixel 2i + 1 the mean of pixels i and i + 1 (the last one repeated)."""
+    for dim in (0, 1):
+        following = torch.cat((image.narrow(dim, 1, image.shape[dim] - 1), image.narrow(dim, -1, 1)), dim)
+        image = torch.stack((image, 0.5 * (image + following)), dim=dim + 1).flatten(dim, dim + 1)
+    return image
+
+
+def level_sigmas(settings: SiftSettings) -> list[float]:
+    """The incremental blur of each Gaussian level over the previous one (OpenCV's ``sig``)."""
+    k = 2.0 ** (1.0 / settings.levels)
+    sigmas = [settings.sigma]
+    for i in range(1, settings.levels + 3):
+        previous = k ** (i - 1) * settings.sigma
+        sigmas.append(math.sqrt((previous * k) ** 2 - previous**2))
+    return sigmas
+
+
+def octave_count(height: int, width: int, settings: SiftSettings) -> int:
+    """OpenCV's octave count for this image, capped at ``num_octaves``."""
+    base = min(height, width) * (2 if settings.first_octave < 0 else 1)
+    return max(1, min(settings.num_octaves, round(math.log2(base) - 2) - min(settings.first_octave, 0)))
+
+
+def gaussian_pyramid(gray: torch.Tensor, settings: SiftSettings) -> list[torch.Tensor]:
+    """(H, W) image in 0..255 -> per octave a (levels + 3, h, w) stack of Gaussian levels."""
+    if settings.first_octave < 0:
+        base = blur(upsample2x(gray), math.sqrt(max(settings.sigma**2 - 4 * INIT_SIGMA**2, 0.01)))
+    else:
+        base = blur(gray, math.sqrt(max(settings.sigma**2 - INIT_SIGMA**2, 0.01)))
+    sigmas = level_sigmas(settings)
+    octaves = []
+    for o in range(octave_count(*gray.shape, settings)):
+        if o == 0:
+            levels = [base]
+        else:
+            previous = octaves[-1][settings.levels]
+            levels = [previous[: previous.shape[0] // 2 * 2:2, : previous.shape[1] // 2 * 2:2]]
+        for sigma in sigmas[1:]:
+            levels.append(blur(levels[-1], sigma))
+        octaves.append(torch.stack(levels))
+    return octaves
+
+
+# ---- detection --------------------------------------------------------------------------
+
+class FlatStore:
+    """Per-octave (L, h, w) stacks in one flat tensor, addressed by (octave, level, row, col)."""
+
+    def __init__(self, stacks: list[torch.Tensor]) -> None:
+        device = stacks[0].device
+        self.values = torch.cat([s.reshape(-1) for s in stacks])
+        sizes = [s.numel() for s in stacks]
+        self.starts = torch.tensor([0, *itertools.accumulate(sizes[:-1])], device=device)
+        self.heights = torch.tensor([s.shape[1] for s in stacks], device=device)
+        self.widths = torch.tensor([s.shape[2] for s in stacks], device=device)
+
+    def index(self, octave: torch.Tensor, level: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        h, w = self.heights[octave], self.widths[octave]
+        return self.starts[octave] + (level * h + row) * w + col
+
+    def decode(self, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        octave = torch.searchsorted(self.starts, flat, right=True) - 1
+        local = flat - self.starts[octave]
+        h, w = self.heights[octave], self.widths[octave]
+        return octave, local // (h * w), local % (h * w) // w, local % w
+
+
+def extrema_mask(dog: torch.Tensor, threshold: float, levels: int) -> torch.Tensor:
+    """(levels + 2, h, w) DoG -> where OpenCV looks further: |value| above the threshold and no
+    neighbour of 26 beyond it (ties allowed), on levels 1..levels, BORDER pixels inside."""
+    volume = dog[None, None]
+    highest = F.max_pool3d(volume, 3, stride=1, padding=1)[0, 0]
+    lowest = -F.max_pool3d(-volume, 3, stride=1, padding=1)[0, 0]
+    found = ((dog > threshold) & (dog >= highest)) | ((dog < -threshold) & (dog <= lowest))
+    inside = torch.zeros_like(found)
+    inside[1:levels + 1, BORDER:-BORDER, BORDER:-BORDER] = True
+    return found & inside
+
+
+def neighbourhoods(store: FlatStore, octave, level, row, col) -> torch.Tensor:
+    """(N, 3, 3, 3) values around each point: [level - 1..level + 1, row - 1..row + 1, col - 1..col + 1]."""
+    steps = torch.arange(-1, 2, device=row.device)
+    at = (octave[:, None, None, None], level[:, None, None, None] + steps[:, None, None],
+          row[:, None, None, None] + steps[None, :, None], col[:, None, None, None] + steps[None, None, :])
+    index = store.index(*at)
+    return store.values[index]
+
+
+@functools.lru_cache(maxsize=8)
+def difference_operator(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(27, 12) coefficients of OpenCV's finite differences at the centre of a flattened 3x3x3
+    cube [level, row, col] of 0..255 values: the gradient (x, y, level) and the Hessian's 9
+    entries, image in [0, 1]."""
+    img_scale = 1.0 / 255
+    op = torch.zeros(3, 3, 3, 12, dtype=torch.float64)
+    first, second, cross = img_scale * 0.5, img_scale, img_scale * 0.25
+    axes = [(1, 1, 2), (1, 2, 1), (2, 1, 1)]  # the +1 neighbour along x, y, level
+    for a, plus in enumerate(axes):
+        minus = tuple(2 - p for p in plus)
+        op[plus + (a,)] += first
+        op[minus + (a,)] -= first
+        op[plus + (3 + 4 * a,)] += second  # the diagonal entries 0, 4, 8 of the row-major 3x3
+        op[minus + (3 + 4 * a,)] += second
+        op[1, 1, 1, 3 + 4 * a] -= 2 * second
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        for sign_a in (-1, 1):
+            for sign_b in (-1, 1):
+                at = [1, 1, 1]
+                at[2 - a] += sign_a  # x is the last index of the cube, level the first
+                at[2 - b] += sign_b
+                for entry in (3 + 3 * a + b, 3 + 3 * b + a):
+                    op[tuple(at) + (entry,)] += sign_a * sign_b * cross
+    return op.reshape(27, 12).to(device, dtype)
+
+
+def derivatives(cube: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV's finite differences at the centre of (N, 3, 3, 3) DoG cubes (0..255 values):
+    gradient (N, 3) and Hessian (N, 3, 3) in (x, y, level) order, image in [0, 1]; one product."""
+    out = cube.reshape(-1, 27) @ difference_operator(cube.device, cube.dtype)
+    return out[:, :3], out[:, 3:].view(-1, 3, 3)
+
+
+def refine(store: FlatStore, candidates: torch.Tensor, settings: SiftSettings):
+    """OpenCV's ``adjustLocalExtrema`` for all candidates at once: (octave, level, row, col) of
+    the final pixel, the sub-pixel offsets (N, 3) in (x, y, level) and |contrast|, and whether
+    each point survives."""
+    octave, level, row, col = store.decode(candidates)
+    n = len(candidates)
+    offset = torch.zeros(n, 3, device=candidates.device)
+    alive = torch.ones(n, dtype=torch.bool, device=candidates.device)
+    converged = torch.zeros_like(alive)
+    heights, widths = store.heights[octave], store.widths[octave]
+    for _ in range(INTERPOLATION_STEPS):
+        gradient, hessian = derivatives(neighbourhoods(store, octave, level, row, col))
+        solution, info = torch.linalg.solve_ex(hessian, gradient[..., None])
+        step = torch.where((info == 0)[:, None], -solution[..., 0], torch.zeros_like(gradient))
+        step = torch.nan_to_num(step, nan=0.0, posinf=float(2**31), neginf=-float(2**31))
+        active = alive & ~converged
+        done = active & (step.abs() < 0.5).all(dim=1)
+        offset = torch.where(active[:, None], step, offset)
+        converged |= done
+        moving = active & ~done
+        alive &= ~(moving & (step.abs() > float((2**31 - 1) // 3)).any(dim=1))
+        shift = torch.where(moving[:, None], step.round(), torch.zeros_like(step)).long()
+        col, row, level = col + shift[:, 0], row + shift[:, 1], level + shift[:, 2]
+        outside = ((level < 1) | (level > settings.levels) | (col < BORDER) | (col >= widths - BORDER)
+                   | (row < BORDER) | (row >= heights - BORDER))
+        alive &= ~(moving & outside)
+        # dead points keep a valid address so that the next gather stays in bounds
+        level = torch.where(alive, level, torch.ones_like(level))
+        row = torch.where(alive, row, torch.full_like(row, BORDER))
+        col = torch.where(alive, col, torch.full_like(col, BORDER))
+    alive &= converged
+    cube = neighbourhoods(store, octave, level, row, col)
+    gradient, hessian = derivatives(cube)
+    contrast = cube[:, 1, 1, 1] / 255 + 0.5 * (gradient * offset).sum(dim=1)
+    alive &= contrast.abs() * settings.levels >= settings.contrast_threshold
+    trace = hessian[:, 0, 0] + hessian[:, 1, 1]
+    det = hessian[:, 0, 0] * hessian[:, 1, 1] - hessian[:, 0, 1] ** 2
+    edge = settings.edge_threshold
+    alive &= (det > 0) & (trace * trace * edge < (edge + 1) ** 2 * det)
+    return octave, level, row, col, offset, contrast.abs(), alive
+
+
+# ---- orientation and description --------------------------------------------------------
+
+def gradient_maps(octaves: list[torch.Tensor], levels: int) -> tuple[FlatStore, FlatStore]:
+    """dx = I(x + 1) - I(x - 1) and dy = I(y - 1) - I(y + 1) of the Gaussian levels 1..levels
+    (stored from 0; OpenCV's signs: dy points up); the outermost pixels, which OpenCV never
+    uses, are 0."""
+    dxs, dys = [], []
+    for stack in (octave[1:levels + 1] for octave in octaves):
+        dx, dy = torch.zeros_like(stack), torch.zeros_like(stack)
+        dx[:, 1:-1, 1:-1] = stack[:, 1:-1, 2:] - stack[:, 1:-1, :-2]
+        dy[:, 1:-1, 1:-1] = stack[:, :-2, 1:-1] - stack[:, 2:, 1:-1]
+        dxs.append(dx)
+        dys.append(dy)
+    return FlatStore(dxs), FlatStore(dys)
+
+
+def degrees(dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """atan2 in degrees in [0, 360), as OpenCV's fastAtan2."""
+    angle = torch.rad2deg(torch.atan2(dy, dx))
+    return torch.where(angle < 0, angle + 360, angle)
+
+
+def window(dx_store: FlatStore, dy_store: FlatStore, octave, level, row, col, radius: int):
+    """Gradients over the (2r + 1)^2 window around integer (row, col) and whether each pixel is
+    one OpenCV uses (not on the outermost row or column): dx, dy, valid (N, 2r + 1, 2r + 1)
+    and the offsets (i, j) of rows and columns."""
+    steps = torch.arange(-radius, radius + 1, device=row.device)
+    rows = row[:, None, None] + steps[None, :, None]
+    cols = col[:, None, None] + steps[None, None, :]
+    h, w = dx_store.heights[octave][:, None, None], dx_store.widths[octave][:, None, None]
+    valid = (rows > 0) & (rows < h - 1) & (cols > 0) & (cols < w - 1)
+    index = dx_store.index(octave[:, None, None], level[:, None, None] - 1, rows.clamp(min=0),
+                           cols.clamp(min=0)).clamp(max=dx_store.values.numel() - 1)
+    return dx_store.values[index], dy_store.values[index], valid, steps
+
+
+def within(steps: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """(N, S, S): whether window offset (i, j) lies within each point's radius (Chebyshev)."""
+    inside = steps.abs()[None, :] <= radius[:, None]
+    return inside[:, :, None] & inside[:, None, :]
+
+
+def orientations(dx_store: FlatStore, dy_store: FlatStore, octave, level, row, col, sigma: torch.Tensor,
+                 settings: SiftSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV's dominant orientations: (point index, angle in degrees) for every histogram peak."""
+    largest_sigma = settings.sigma * 2.0 ** ((settings.levels + 0.5) / settings.levels)
+    radius_max = int(math.floor(ORI_RADIUS_FACTOR * largest_sigma + 0.5))
+    dx, dy, valid, steps = window(dx_store, dy_store, octave, level, row, col, radius_max)
+    radius = torch.round(ORI_RADIUS_FACTOR * sigma).long()
+    inside = within(steps, radius)
+    weight_sigma = ORI_SIGMA_FACTOR * sigma
+    distance2 = (steps[:, None] ** 2 + steps[None, :] ** 2).to(dx)
+    weight = torch.exp(distance2[None] * (-1.0 / (2 * weight_sigma * weight_sigma))[:, None, None])
+    magnitude = torch.sqrt(dx * dx + dy * dy) * weight * (valid & inside)
+    bins = torch.round(degrees(dy, dx) * (ORI_BINS / 360.0)).long() % ORI_BINS
+    histogram = torch.zeros(len(row), ORI_BINS, device=row.device, dtype=dx.dtype)
+    histogram.scatter_add_(1, bins.flatten(1), magnitude.flatten(1))
+    smooth = ((histogram.roll(2, 1) + histogram.roll(-2, 1)) * (1 / 16)
+              + (histogram.roll(1, 1) + histogram.roll(-1, 1)) * (4 / 16) + histogram * (6 / 16))
+    left, right = smooth.roll(1, 1), smooth.roll(-1, 1)
+    peaks = (smooth > left) & (smooth > right) & (smooth >= ORI_PEAK_RATIO * smooth.max(dim=1, keepdim=True).values)
+    point, peak = peaks.nonzero(as_tuple=True)
+    before, centre, after = left[point, peak], smooth[point, peak], right[point, peak]
+    position = peak.to(centre) + 0.5 * (before - after) / (before - 2 * centre + after)
+    position = torch.where(position < 0, position + ORI_BINS, position)
+    position = torch.where(position >= ORI_BINS, position - ORI_BINS, position)
+    angle = 360.0 - (360.0 / ORI_BINS) * position
+    angle = torch.where((angle - 360.0).abs() < torch.finfo(torch.float32).eps, torch.zeros_like(angle), angle)
+    return point, angle
+
+
+def descriptors(dx_store: FlatStore, dy_store: FlatStore, found: Detections, settings: SiftSettings) -> torch.Tensor:
+    """OpenCV's 128-d descriptors (before its x512 scaling), in chunks of points."""
+    largest_sigma = settings.sigma * 2.0 ** ((settings.levels + 0.5) / settings.levels)
+    radius_max = int(math.floor(DESC_SCALE_FACTOR * largest_sigma * math.sqrt(2) * (DESC_WIDTH + 1) * 0.5 + 0.5))
+    chunk = max(1, DESC_CHUNK_ELEMENTS // (2 * radius_max + 1) ** 2)
+    out = [describe(dx_store, dy_store, found, slice(i, i + chunk), radius_max)
+           for i in range(0, len(found.xy), chunk)]
+    if not out:
+        return torch.zeros(0, DESC_WIDTH * DESC_WIDTH * DESC_BINS, device=found.xy.device)
+    return torch.cat(out)
+
+
+def describe(dx_store: FlatStore, dy_store: FlatStore, found: Detections, part: slice, radius_max: int) -> torch.Tensor:
+    d, n = DESC_WIDTH, DESC_BINS
+    octave, level, sigma = found.octave[part], found.level[part], found.sigma[part]
+    centre = torch.round(found.octave_xy[part]).long()
+    angle = 360.0 - found.angle[part]
+    angle = torch.where((angle - 360.0).abs() < torch.finfo(torch.float32).eps, torch.zeros_like(angle), angle)
+    dx, dy, valid, steps = window(dx_store, dy_store, octave, level, centre[:, 1], centre[:, 0], radius_max)
+    hist_width = DESC_SCALE_FACTOR * sigma
+    radius = torch.round(hist_width * math.sqrt(2) * (d + 1) * 0.5).long()
+    radians = torch.deg2rad(angle)
+    cos_t, sin_t = (torch.cos(radians) / hist_width)[:, None, None], (torch.sin(radians) / hist_width)[:, None, None]
+    i, j = steps.to(dx)[None, :, None], steps.to(dx)[None, None, :]
+    c_rot, r_rot = j * cos_t - i * sin_t, j * sin_t + i * cos_t
+    rbin, cbin = r_rot + d / 2 - 0.5, c_rot + d / 2 - 0.5
+    inside = within(steps, radius) & (rbin > -1) & (rbin < d) & (cbin > -1) & (cbin < d) & valid
+    magnitude = torch.sqrt(dx * dx + dy * dy) * torch.exp((c_rot * c_rot + r_rot * r_rot) * (-1.0 / (d * d * 0.5)))
+    magnitude = magnitude * inside
+    obin = (degrees(dy, dx) - angle[:, None, None]) * (n / 360.0)
+    r0, c0, o0 = rbin.floor(), cbin.floor(), obin.floor()
+    rf, cf, of = rbin - r0, cbin - c0, obin - o0
+    o0 = o0.long() % n
+    base = ((r0.long().clamp(-1, d) + 1) * (d + 2) + c0.long().clamp(-1, d) + 1) * (n + 2) + o0
+    corners = torch.tensor([[[dr * (d + 2) * (n + 2) + dc * (n + 2) + do for do in (0, 1)] for dc in (0, 1)]
+                            for dr in (0, 1)], device=base.device)
+    votes = (magnitude[..., None, None, None] * torch.stack((1 - rf, rf), -1)[..., :, None, None]
+             * torch.stack((1 - cf, cf), -1)[..., None, :, None] * torch.stack((1 - of, of), -1)[..., None, None, :])
+    histogram = torch.zeros(len(octave), (d + 2) * (d + 2) * (n + 2), device=dx.device, dtype=dx.dtype)
+    targets = (base[..., None, None, None] + corners).flatten(1).clamp(0, histogram.shape[1] - 1)
+    histogram.scatter_add_(1, targets, votes.flatten(1))
+    cells = histogram.view(-1, d + 2, d + 2, n + 2)[:, 1:d + 1, 1:d + 1]
+    desc = torch.cat((cells[..., :2] + cells[..., n:n + 2], cells[..., 2:n]), dim=-1).reshape(-1, d * d * n)
+    threshold = DESC_MAG_THRESHOLD * desc.norm(dim=1, keepdim=True)
+    return torch.minimum(desc, threshold)
+
+
+# ---- the whole extraction -----------------------------------------------------------------
+
+def detect(gray: torch.Tensor, settings: SiftSettings) -> tuple[Detections, FlatStore, FlatStore]:
+    """(H, W) image in 0..255 (float32) -> every oriented point and the gradient stores."""
+    octaves = gaussian_pyramid(gray, settings)
+    dogs = [stack[1:] - stack[:-1] for stack in octaves]
+    threshold = math.floor(0.5 * settings.contrast_threshold / settings.levels * 255)
+    masks = [extrema_mask(dog, threshold, settings.levels) for dog in dogs]
+    candidates = torch.cat([m.reshape(-1) for m in masks]).nonzero()[:, 0]
+    octave, level, row, col, offset, response, alive = refine(FlatStore(dogs), candidates, settings)
+    keep = alive.nonzero()[:, 0]
+    octave, level, row, col, offset, response = (t[keep] for t in (octave, level, row, col, offset, response))
+    sigma = settings.sigma * 2.0 ** ((level.to(offset) + offset[:, 2]) / settings.levels)
+    dx_store, dy_store = gradient_maps(octaves, settings.levels)
+    point, angle = orientations(dx_store, dy_store, octave, level, row, col, sigma, settings)
+    octave_xy = torch.stack((col.to(offset) + offset[:, 0], row.to(offset) + offset[:, 1]), dim=1)[point]
+    to_image = 2.0 ** (octave[point].to(offset) + settings.first_octave)
+    found = Detections(
+        xy=octave_xy * to_image[:, None], size=2 * sigma[point] * to_image, angle=angle,
+        response=response[point], octave=octave[point], level=level[point], octave_xy=octave_xy,
+        sigma=sigma[point],
+    )
+    return found, dx_store, dy_store

@@ -1,0 +1,146 @@
+"""SIFT in torch (``backend: torch``) against OpenCV's SIFT, which it reimplements: each stage
+(upscale, blur, kernel) and the whole detection on the bundled graffiti image and a generated
+texture, the back end's selection against the numpy one, and its settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from scipy.spatial import cKDTree
+
+from featmatch_core.datasets.synthetic import random_texture
+from featmatch_core.image import to_tensor_image
+from featmatch_core.models.extractors import sift_torch
+from featmatch_core.models.extractors.sift import (
+    SIFT,
+    _canonical_order,
+    rootsift,
+    select,
+    select_torch,
+    wrap_angle,
+    wrap_angle_torch,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+GRAFFITI = Path(__file__).resolve().parents[2] / "featmatch_core" / "assets" / "graffiti" / "1.png"
+
+
+def graffiti(width: int = 320) -> np.ndarray:
+    image = cv2.imread(str(GRAFFITI), cv2.IMREAD_GRAYSCALE)
+    return cv2.resize(image, (width, round(width * image.shape[0] / image.shape[1])), interpolation=cv2.INTER_AREA)
+
+
+def opencv_sift():
+    return cv2.SIFT_create(nfeatures=0, nOctaveLayers=3, contrastThreshold=0.02, edgeThreshold=10, sigma=1.6,
+                           descriptorType=cv2.CV_32F, enable_precise_upscale=True)
+
+
+def test_kernel_blur_and_upscale_are_opencvs():
+    for sigma in (0.8, 1.2490, 2.5, 4.1):
+        expected = cv2.getGaussianKernel(int(round(sigma * 8 + 1)) | 1, sigma, cv2.CV_64F)[:, 0]
+        np.testing.assert_allclose(sift_torch.gaussian_kernel(sigma).numpy(), expected, rtol=1e-6, atol=1e-8)
+    rng = np.random.default_rng(0)
+    for h, w in ((40, 52), (7, 9), (1, 3)):  # also maps smaller than the kernel radius
+        image = (rng.random((h, w)) * 255).astype(np.float32)
+        expected = cv2.GaussianBlur(image, (0, 0), 2.0, borderType=cv2.BORDER_REFLECT_101)
+        np.testing.assert_allclose(sift_torch.blur(torch.from_numpy(image), 2.0).numpy(), expected, atol=1e-3)
+        half = np.float32([[0.5, 0, 0], [0, 0.5, 0]])
+        expected = cv2.warpAffine(image, half, (2 * w, 2 * h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                  borderMode=cv2.BORDER_REFLECT)
+        np.testing.assert_allclose(sift_torch.upsample2x(torch.from_numpy(image)).numpy(), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("image", ["graffiti", "texture"])
+def test_detections_and_descriptors_are_opencvs(image):
+    gray = graffiti() if image == "graffiti" else random_texture(180, 240, seed=3)
+    settings = sift_torch.SiftSettings()
+    with torch.inference_mode():
+        found, dx, dy = sift_torch.detect(torch.from_numpy(gray).float(), settings)
+        ours = sift_torch.descriptors(dx, dy, found, settings)
+    keypoints, theirs = opencv_sift().detectAndCompute(gray, None)
+    octave = np.array([((k.octave & 255) ^ 0x80) - 0x80 for k in keypoints])
+    keypoints = [k for k, o in zip(keypoints, octave, strict=True) if o < 3]  # the 4 octaves computed
+    theirs = theirs[octave < 3]
+    xy = np.array([k.pt for k in keypoints])
+    angle = np.array([k.angle for k in keypoints])
+    assert len(keypoints) > 300
+    assert abs(len(found.xy) - len(keypoints)) <= 0.03 * len(keypoints)
+    # each OpenCV point: the nearest of ours with the same orientation (within 1 degree)
+    distance, index = cKDTree(found.xy.numpy()).query(xy, k=6)
+    same_angle = np.abs((found.angle.numpy()[index] - angle[:, None] + 180) % 360 - 180) < 1.0
+    distance = np.where(same_angle, distance, np.inf)
+    best = index[np.arange(len(xy)), distance.argmin(1)]
+    found_again = distance.min(1) < 0.01
+    assert found_again.mean() > 0.99
+    size = np.array([k.size for k in keypoints])[found_again]
+    response = np.array([k.response for k in keypoints])[found_again]
+    np.testing.assert_allclose(found.size.numpy()[best[found_again]], size, rtol=1e-3)
+    np.testing.assert_allclose(found.response.numpy()[best[found_again]], response, rtol=1e-2)
+    cosine = (rootsift(ours[best[found_again]]) * rootsift(torch.from_numpy(theirs[found_again]))).sum(1)
+    assert cosine.median() > 0.999 and cosine.min() > 0.98
+
+
+def test_backend_selects_what_the_opencv_backend_selects():
+    image = to_tensor_image(graffiti(400))
+    conf = {"resize": None, "max_num_keypoints": 500}
+    with torch.inference_mode():
+        ours = SIFT({"backend": "torch", **conf})({"image": image})
+        theirs = SIFT({"backend": "opencv", **conf})({"image": image})
+    assert ours["keypoints"].shape == theirs["keypoints"].shape == (1, 500, 2)
+    same = (ours["keypoints"][0] - theirs["keypoints"][0]).abs().max(dim=1).values < 0.01
+    assert same.float().mean() > 0.9  # the same points in the same order (strongest first)
+    near, _ = cKDTree(theirs["keypoints"][0].numpy()).query(ours["keypoints"][0].numpy())
+    assert (near < 0.01).mean() > 0.97
+    for key, tolerance in (("scales", 1e-3), ("keypoint_scores", 1e-2)):
+        np.testing.assert_allclose(ours[key][0][same], theirs[key][0][same], rtol=tolerance)
+    cosine = (ours["descriptors"][0][same] * theirs["descriptors"][0][same]).sum(1)
+    assert cosine.median() > 0.999
+
+
+@pytest.mark.parametrize("nms_radius, k", [(0, 40), (None, 40), (0, None)])
+def test_torch_selection_equals_the_numpy_selection(nms_radius, k):
+    rng = np.random.default_rng(1)
+    n = 300
+    xy = rng.uniform(0, 20, (n, 2)).astype(np.float32)
+    xy[100:200] = xy[:100] + rng.uniform(-0.3, 0.3, (100, 2)).astype(np.float32)  # co-located points
+    scores = rng.choice(np.linspace(0.1, 1.0, 50), n).astype(np.float32)  # with ties
+    oris = wrap_angle(rng.uniform(-4, 4, n)).astype(np.float32)
+    det = {"keypoints": xy, "scores": scores, "oris": oris, "scales": scores, "descriptors": np.eye(n, 128)}
+    conf = SIFT({"nms_radius": nms_radius, "max_num_keypoints": k}).conf
+    expected = _canonical_order(select(det, (20, 20), conf))
+    order = select_torch(torch.from_numpy(xy), torch.from_numpy(scores), torch.from_numpy(oris), (20, 20), conf)
+    np.testing.assert_array_equal(xy[order.numpy()], expected["keypoints"])
+    np.testing.assert_array_equal(oris[order.numpy()], expected["oris"])
+    angles = torch.linspace(-10, 10, 101)
+    np.testing.assert_allclose(wrap_angle_torch(angles).numpy(), wrap_angle(angles.numpy()), atol=1e-6)
+
+
+def test_settings_the_backend_cannot_honour():
+    with pytest.raises(ValueError, match="nms_radius 0"):
+        SIFT({"backend": "torch", "nms_radius": 2})
+    with pytest.raises(ValueError, match="first_octave -1 or 0"):
+        SIFT({"backend": "torch", "first_octave": 1})
+    fewer = SIFT({"backend": "torch", "resize": None, "num_octaves": 2, "max_num_keypoints": None})
+    every = SIFT({"backend": "torch", "resize": None, "max_num_keypoints": None})
+    image = to_tensor_image(graffiti(200))
+    with torch.inference_mode():
+        assert 0 < fewer({"image": image})["keypoints"].shape[1] < every({"image": image})["keypoints"].shape[1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torch_sift_on_cuda_equals_cpu():
+    image = to_tensor_image(graffiti())
+    model = SIFT({"backend": "torch", "resize": None, "max_num_keypoints": 300})
+    with torch.inference_mode():
+        cpu = model({"image": image})
+        gpu = {k: v.cpu() for k, v in model({"image": image.cuda()}).items()}
+    near, index = cKDTree(gpu["keypoints"][0].numpy()).query(cpu["keypoints"][0].numpy())
+    same = near < 1e-3
+    assert same.mean() > 0.97
+    cosine = (gpu["descriptors"][0][index[same]] * cpu["descriptors"][0][same]).sum(1)
+    assert cosine.min() > 0.999
