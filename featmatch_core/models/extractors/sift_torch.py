@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .superpoint import max_filter
+
 BORDER = 5  # pixels of each DoG map where no extremum is searched
 INTERPOLATION_STEPS = 5
 INIT_SIGMA = 0.5  # the blur assumed in the input image
@@ -40,8 +42,9 @@ DESC_WIDTH = 4  # 4x4 spatial cells
 DESC_BINS = 8  # orientations per cell
 DESC_SCALE_FACTOR = 3.0  # cell width in units of the keypoint's sigma
 DESC_MAG_THRESHOLD = 0.2
-# window pixels x keypoints per descriptor chunk (bounds the memory of the vote tensors)
-DESC_CHUNK_ELEMENTS = 1 << 23
+# window pixels x keypoints per descriptor chunk (bounds the memory of the vote tensors: 16
+# floats each; more on GPUs, where each chunk costs kernel launches)
+DESC_CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 23}
 
 
 @dataclass(frozen=True)
@@ -105,10 +108,12 @@ def blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     kernel = gaussian_kernel(sigma).to(image)
     radius = len(kernel) // 2
     h, w = image.shape
-    x = image.index_select(1, reflect101(w, radius, image.device))[None, None]
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    x = x.index_select(2, reflect101(h, radius, image.device))
-    return F.conv2d(x, kernel.view(1, 1, -1, 1))[0, 0]
+    if radius < min(h, w):  # torch's "reflect" is reflect-101, for pads shorter than the axis
+        x = F.pad(image[None, None], (radius,) * 4, mode="reflect")
+    else:
+        x = image.index_select(1, reflect101(w, radius, image.device))
+        x = x.index_select(0, reflect101(h, radius, image.device))[None, None]
+    return F.conv2d(F.conv2d(x, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))[0, 0]
 
 
 def upsample2x(image: torch.Tensor) -> torch.Tensor:
@@ -183,22 +188,20 @@ class FlatStore:
 def extrema_mask(dog: torch.Tensor, threshold: float, levels: int) -> torch.Tensor:
     """(levels + 2, h, w) DoG -> where OpenCV looks further: |value| above the threshold and no
     neighbour of 26 beyond it (ties allowed), on levels 1..levels, BORDER pixels inside."""
-    volume = dog[None, None]
-    highest = F.max_pool3d(volume, 3, stride=1, padding=1)[0, 0]
-    lowest = -F.max_pool3d(-volume, 3, stride=1, padding=1)[0, 0]
-    found = ((dog > threshold) & (dog >= highest)) | ((dog < -threshold) & (dog <= lowest))
+    highest = neighbour_max(dog)
+    lowest = -neighbour_max(-dog)
+    middle = dog[1:levels + 1]
+    found = ((middle > threshold) & (middle >= highest)) | ((middle < -threshold) & (middle <= lowest))
     inside = torch.zeros_like(found)
-    inside[1:levels + 1, BORDER:-BORDER, BORDER:-BORDER] = True
-    return found & inside
+    inside[:, BORDER:-BORDER, BORDER:-BORDER] = True
+    return F.pad(found & inside, (0, 0, 0, 0, 1, 1))  # back to all levels: none on the first and last
 
 
-def neighbourhoods(store: FlatStore, octave, level, row, col) -> torch.Tensor:
-    """(N, 3, 3, 3) values around each point: [level - 1..level + 1, row - 1..row + 1, col - 1..col + 1]."""
-    steps = torch.arange(-1, 2, device=row.device)
-    at = (octave[:, None, None, None], level[:, None, None, None] + steps[:, None, None],
-          row[:, None, None, None] + steps[None, :, None], col[:, None, None, None] + steps[None, None, :])
-    index = store.index(*at)
-    return store.values[index]
+def neighbour_max(volume: torch.Tensor) -> torch.Tensor:
+    """Maximum over the 3x3x3 neighbourhood of levels 1..L-2 of an (L, h, w) stack: a 3x3 maximum
+    per level (:func:`~.superpoint.max_filter`, fast on the CPU too), then over adjacent levels."""
+    planar = max_filter(volume[None], 1)[0]
+    return torch.maximum(torch.maximum(planar[:-2], planar[1:-1]), planar[2:])
 
 
 @functools.lru_cache(maxsize=8)
@@ -238,35 +241,42 @@ def derivatives(cube: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def refine(store: FlatStore, candidates: torch.Tensor, settings: SiftSettings):
     """OpenCV's ``adjustLocalExtrema`` for all candidates at once: (octave, level, row, col) of
     the final pixel, the sub-pixel offsets (N, 3) in (x, y, level) and |contrast|, and whether
-    each point survives."""
+    each point survives. About 40 kernels per step."""
     octave, level, row, col = store.decode(candidates)
-    n = len(candidates)
-    offset = torch.zeros(n, 3, device=candidates.device)
-    alive = torch.ones(n, dtype=torch.bool, device=candidates.device)
+    device, n = candidates.device, len(candidates)
+    h, w = store.heights[octave], store.widths[octave]
+    strides = torch.stack((torch.ones_like(w), w, h * w), dim=1)  # of (col, row, level)
+    taps = torch.stack(torch.meshgrid(*[torch.arange(-1, 2, device=device)] * 3, indexing="ij"), -1)
+    cube_offsets = (taps.reshape(27, 1, 3).flip(-1) * strides).sum(-1).T  # (N, 27), [level, row, col] order
+    lowest = torch.tensor([BORDER, BORDER, 1], device=device)
+    beyond = torch.stack((w - BORDER, h - BORDER, torch.full_like(w, settings.levels + 1)), dim=1)
+    base = store.starts[octave]
+    position = torch.stack((col, row, level), dim=1)
+    offset = torch.zeros(n, 3, device=device)
+    alive = torch.ones(n, dtype=torch.bool, device=device)
     converged = torch.zeros_like(alive)
-    heights, widths = store.heights[octave], store.widths[octave]
+
+    def cube_at(position: torch.Tensor) -> torch.Tensor:
+        centre = base + (position * strides).sum(1)
+        return store.values[centre[:, None] + cube_offsets].view(n, 3, 3, 3)
+
     for _ in range(INTERPOLATION_STEPS):
-        gradient, hessian = derivatives(neighbourhoods(store, octave, level, row, col))
+        gradient, hessian = derivatives(cube_at(position))
         solution, info = torch.linalg.solve_ex(hessian, gradient[..., None])
-        step = torch.where((info == 0)[:, None], -solution[..., 0], torch.zeros_like(gradient))
-        step = torch.nan_to_num(step, nan=0.0, posinf=float(2**31), neginf=-float(2**31))
+        # a singular Hessian gives no step (OpenCV's zero solution); a NaN one moves out of bounds
+        step = torch.where((info == 0)[:, None], -solution[..., 0], 0.0).nan_to_num(nan=2.0**31)
         active = alive & ~converged
-        done = active & (step.abs() < 0.5).all(dim=1)
+        small = (step.abs() < 0.5).all(dim=1)
         offset = torch.where(active[:, None], step, offset)
-        converged |= done
-        moving = active & ~done
-        alive &= ~(moving & (step.abs() > float((2**31 - 1) // 3)).any(dim=1))
-        shift = torch.where(moving[:, None], step.round(), torch.zeros_like(step)).long()
-        col, row, level = col + shift[:, 0], row + shift[:, 1], level + shift[:, 2]
-        outside = ((level < 1) | (level > settings.levels) | (col < BORDER) | (col >= widths - BORDER)
-                   | (row < BORDER) | (row >= heights - BORDER))
-        alive &= ~(moving & outside)
-        # dead points keep a valid address so that the next gather stays in bounds
-        level = torch.where(alive, level, torch.ones_like(level))
-        row = torch.where(alive, row, torch.full_like(row, BORDER))
-        col = torch.where(alive, col, torch.full_like(col, BORDER))
-    alive &= converged
-    cube = neighbourhoods(store, octave, level, row, col)
+        converged = converged | (active & small)
+        moving = active & ~small
+        # a step beyond INT_MAX / 3, which OpenCV rejects, lands outside as well
+        position = position + (step.clamp(-(2.0**31), 2.0**31).round() * moving[:, None]).long()
+        outside = ((position < lowest) | (position >= beyond)).any(dim=1)
+        alive = alive & ~(moving & outside)
+        position = torch.where(alive[:, None], position, lowest)  # dead points: an address in bounds
+    alive = alive & converged
+    cube = cube_at(position)
     gradient, hessian = derivatives(cube)
     contrast = cube[:, 1, 1, 1] / 255 + 0.5 * (gradient * offset).sum(dim=1)
     alive &= contrast.abs() * settings.levels >= settings.contrast_threshold
@@ -274,6 +284,7 @@ def refine(store: FlatStore, candidates: torch.Tensor, settings: SiftSettings):
     det = hessian[:, 0, 0] * hessian[:, 1, 1] - hessian[:, 0, 1] ** 2
     edge = settings.edge_threshold
     alive &= (det > 0) & (trace * trace * edge < (edge + 1) ** 2 * det)
+    col, row, level = position.unbind(1)
     return octave, level, row, col, offset, contrast.abs(), alive
 
 
@@ -349,22 +360,30 @@ def orientations(dx_store: FlatStore, dy_store: FlatStore, octave, level, row, c
 
 
 def descriptors(dx_store: FlatStore, dy_store: FlatStore, found: Detections, settings: SiftSettings) -> torch.Tensor:
-    """OpenCV's 128-d descriptors (before its x512 scaling), in chunks of points."""
-    largest_sigma = settings.sigma * 2.0 ** ((settings.levels + 0.5) / settings.levels)
-    radius_max = int(math.floor(DESC_SCALE_FACTOR * largest_sigma * math.sqrt(2) * (DESC_WIDTH + 1) * 0.5 + 0.5))
-    chunk = max(1, DESC_CHUNK_ELEMENTS // (2 * radius_max + 1) ** 2)
-    out = [describe(dx_store, dy_store, found, slice(i, i + chunk), radius_max)
-           for i in range(0, len(found.xy), chunk)]
-    if not out:
+    """OpenCV's 128-d descriptors (before its x512 scaling), in chunks of points of similar
+    scale, each with a window as large as its largest point needs (one read of the scales)."""
+    if len(found.xy) == 0:
         return torch.zeros(0, DESC_WIDTH * DESC_WIDTH * DESC_BINS, device=found.xy.device)
-    return torch.cat(out)
+    order = torch.argsort(found.sigma, descending=True)
+    factor = DESC_SCALE_FACTOR * math.sqrt(2) * (DESC_WIDTH + 1) * 0.5
+    radii = torch.round(found.sigma[order] * factor).long().tolist()
+    budget = DESC_CHUNK_ELEMENTS.get(found.xy.device.type, DESC_CHUNK_ELEMENTS["cpu"])
+    parts, start = [], 0
+    while start < len(radii):
+        radius = radii[start]
+        stop = start + max(1, budget // (2 * radius + 1) ** 2)
+        parts.append(describe(dx_store, dy_store, found.take(order[start:stop]), radius))
+        start = stop
+    described = torch.cat(parts)
+    return described[torch.argsort(order)]
 
 
-def describe(dx_store: FlatStore, dy_store: FlatStore, found: Detections, part: slice, radius_max: int) -> torch.Tensor:
+def describe(dx_store: FlatStore, dy_store: FlatStore, found: Detections, radius_max: int) -> torch.Tensor:
+    """The descriptors of ``found``, whose windows fit in ``radius_max``."""
     d, n = DESC_WIDTH, DESC_BINS
-    octave, level, sigma = found.octave[part], found.level[part], found.sigma[part]
-    centre = torch.round(found.octave_xy[part]).long()
-    angle = 360.0 - found.angle[part]
+    octave, level, sigma = found.octave, found.level, found.sigma
+    centre = torch.round(found.octave_xy).long()
+    angle = 360.0 - found.angle
     angle = torch.where((angle - 360.0).abs() < torch.finfo(torch.float32).eps, torch.zeros_like(angle), angle)
     dx, dy, valid, steps = window(dx_store, dy_store, octave, level, centre[:, 1], centre[:, 0], radius_max)
     hist_width = DESC_SCALE_FACTOR * sigma
@@ -377,20 +396,18 @@ def describe(dx_store: FlatStore, dy_store: FlatStore, found: Detections, part: 
     inside = within(steps, radius) & (rbin > -1) & (rbin < d) & (cbin > -1) & (cbin < d) & valid
     magnitude = torch.sqrt(dx * dx + dy * dy) * torch.exp((c_rot * c_rot + r_rot * r_rot) * (-1.0 / (d * d * 0.5)))
     magnitude = magnitude * inside
-    obin = (degrees(dy, dx) - angle[:, None, None]) * (n / 360.0)
-    r0, c0, o0 = rbin.floor(), cbin.floor(), obin.floor()
-    rf, cf, of = rbin - r0, cbin - c0, obin - o0
-    o0 = o0.long() % n
-    base = ((r0.long().clamp(-1, d) + 1) * (d + 2) + c0.long().clamp(-1, d) + 1) * (n + 2) + o0
-    corners = torch.tensor([[[dr * (d + 2) * (n + 2) + dc * (n + 2) + do for do in (0, 1)] for dc in (0, 1)]
-                            for dr in (0, 1)], device=base.device)
-    votes = (magnitude[..., None, None, None] * torch.stack((1 - rf, rf), -1)[..., :, None, None]
-             * torch.stack((1 - cf, cf), -1)[..., None, :, None] * torch.stack((1 - of, of), -1)[..., None, None, :])
-    histogram = torch.zeros(len(octave), (d + 2) * (d + 2) * (n + 2), device=dx.device, dtype=dx.dtype)
-    targets = (base[..., None, None, None] + corners).flatten(1).clamp(0, histogram.shape[1] - 1)
-    histogram.scatter_add_(1, targets, votes.flatten(1))
-    cells = histogram.view(-1, d + 2, d + 2, n + 2)[:, 1:d + 1, 1:d + 1]
-    desc = torch.cat((cells[..., :2] + cells[..., n:n + 2], cells[..., 2:n]), dim=-1).reshape(-1, d * d * n)
+    # trilinear votes as the products of three hat functions (the weights OpenCV gives the two
+    # neighbouring cells of each axis), summed by one batched matrix product instead of a scatter
+    cells = torch.arange(d, device=dx.device, dtype=dx.dtype)
+    row_weight = (1 - (rbin[..., None] - cells).abs()).clamp(min=0)  # (K, S, S, d)
+    col_weight = (1 - (cbin[..., None] - cells).abs()).clamp(min=0)
+    obin = torch.remainder((degrees(dy, dx) - angle[:, None, None]) * (n / 360.0), n)
+    bins = torch.arange(n + 1, device=dx.device, dtype=dx.dtype)  # bin n is bin 0 (circular)
+    ori_weight = (1 - (obin[..., None] - bins).abs()).clamp(min=0)
+    ori_weight = torch.cat((ori_weight[..., :1] + ori_weight[..., n:], ori_weight[..., 1:n]), dim=-1)
+    spatial = (magnitude[..., None] * row_weight)[..., :, None] * col_weight[..., None, :]  # (K, S, S, d, d)
+    k = len(octave)
+    desc = (spatial.reshape(k, -1, d * d).transpose(1, 2) @ ori_weight.reshape(k, -1, n)).reshape(k, d * d * n)
     threshold = DESC_MAG_THRESHOLD * desc.norm(dim=1, keepdim=True)
     return torch.minimum(desc, threshold)
 
