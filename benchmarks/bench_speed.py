@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-EXTRACTORS = ["superpoint", "sift:opencv", "sift:pycolmap", "sift:kornia", "aliked", "disk"]
+EXTRACTORS = ["superpoint", "sift:opencv", "sift:pycolmap", "sift:torch", "sift:kornia", "aliked", "disk"]
 KEYPOINTS = [512, 1024, 2048]
 
 

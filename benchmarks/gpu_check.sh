@@ -33,13 +33,13 @@ PHOTOS=${PHOTOS:-../shared/data/train_photos}
 DEVICE=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 if [ "$DEVICE" = cuda ]; then
     KPTS="512 1024 2048 4096"; STEPS=100; FRAMES=300; LG_S=60
-    EXTRACT=(--precisions fp32 fp16 --extractors sift:kornia)
+    EXTRACT=(--precisions fp32 fp16 --extractors sift:torch sift:kornia)
     EXTRACT_REF=(--sizes 640x480 1024x768 --precisions fp32 fp16)
     BATCHED=(--batches 1 8 32 --keypoints 1024 2048 --pairs 64)
     HARDWARE=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
 else
     KPTS="512"; STEPS=2; FRAMES=20; LG_S=120
-    EXTRACT=(--precisions fp32 --extractors sift:kornia)
+    EXTRACT=(--precisions fp32 --extractors sift:torch)
     EXTRACT_REF=(--sizes 320x240 --precisions fp32 --warmup 1 --repeat 2)
     BATCHED=(--batches 1 4 --keypoints 256 --pairs 8)
     HARDWARE="cpu: $(python3 -c 'import os; print(os.cpu_count())') cores"
@@ -91,12 +91,12 @@ step "LightGlue, full depth" "$LG_S" python3 benchmarks/time_lightglue.py --devi
 step "LightGlue, adaptive" "$LG_S" python3 benchmarks/time_lightglue.py --device "$DEVICE" --num-keypoints $KPTS --adaptive "${ref_args[@]}"
 # pairs/s over STEPS steps of the full-size recipe (batch 32, bf16 on CUDA) and the GPU's busy
 # share; the frozen extractor (random weights: no downloads there) runs inside the model on the
-# GPU (superpoint: the recipe's features_in auto; SIFT: its kornia back end, put in the model
+# GPU (superpoint: the recipe's features_in auto; SIFT: its torch back end, put in the model
 # here, as OpenCV's SIFT can only run in the CPU workers); the trainer prints the figures
 for recipe in superpoint+lightglue sift+lightglue; do
     extra=()
     [ "$DEVICE" = cpu ] && extra=(train.batch_size=4 train.mixed_precision=null)
-    [ "$DEVICE" = cuda ] && [ "$recipe" = sift+lightglue ] && extra=(data.features_in=model data.features.backend=kornia)
+    [ "$DEVICE" = cuda ] && [ "$recipe" = sift+lightglue ] && extra=(data.features_in=model data.features.backend=torch)
     step "training throughput: $recipe homography, $STEPS steps" 100 \
         python3 -m featmatch_core.train "gpu_check_$recipe" --conf "training/$recipe-homography.yaml" \
         "data.root=$PHOTOS" data.val_pairs=32 train.max_steps=$STEPS train.log_every_iter=10 \
@@ -107,15 +107,15 @@ done
 # SuperPoint, ALIKED and DISK against the reference's, same random weights, at most 2048 points
 # (the reference's ALIKED needs torchvision, which the device image has)
 step "extraction against the reference" 120 python3 benchmarks/time_extractors.py --device "$DEVICE" \
-    "${EXTRACT_REF[@]}" "${ref_args[@]}"
-# SIFT's torch back end (kornia's scale space) is the GPU path of SIFT; 2048 points at 640x480
-step "SIFT extraction on the device (kornia back end)" 60 python3 benchmarks/bench_speed.py --devices "$DEVICE" \
+    --extractors superpoint aliked disk sift "${EXTRACT_REF[@]}" "${ref_args[@]}"
+# SIFT on the device: our torch back end (OpenCV's algorithm) and kornia's; 2048 points at 640x480
+step "SIFT extraction on the device (torch and kornia back ends)" 60 python3 benchmarks/bench_speed.py --devices "$DEVICE" \
     "${EXTRACT[@]}" --no-matching --repeats 5 --out outputs/gpu_check/extract_speed.json
-# trained weights (bundled) on SIFT on the device (kornia back end): real matches, so that
+# trained weights (bundled) on SIFT on the device (torch back end): real matches, so that
 # estimation is timed too, and the whole frame path on the GPU
-step "streaming replay, sift+lightglue (bundled), SIFT backend kornia, --rate max" 90 \
+step "streaming replay, sift+lightglue (bundled), SIFT backend torch, --rate max" 90 \
     python3 -m lightglue_ros.replay --demo "$FRAMES" --conf sift+lightglue -p "device=$DEVICE" --no-plots \
-    --overwrite --out-dir outputs/gpu_check/replay_sift_kornia extractor.backend=kornia
+    --overwrite --out-dir outputs/gpu_check/replay_sift_torch extractor.backend=torch
 step "streaming replay, superpoint+lightglue (random weights), --rate max" 90 \
     python3 -m lightglue_ros.replay --demo "$FRAMES" --conf superpoint+lightglue -p "device=$DEVICE" --no-plots \
     --overwrite --out-dir outputs/gpu_check/replay extractor.weights=null matcher.weights=null

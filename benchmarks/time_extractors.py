@@ -1,7 +1,7 @@
-"""Time our SuperPoint, ALIKED and DISK against the reference's (cvg/LightGlue), same weights.
+"""Time our SuperPoint, ALIKED, DISK and SIFT against the reference's (cvg/LightGlue), same weights.
 
     python benchmarks/time_extractors.py --reference /tmp/lightglue_ref [--device cuda]
-        [--extractors superpoint aliked disk] [--sizes 640x480 1024x768] [--precisions fp32 fp16]
+        [--extractors superpoint aliked disk sift] [--sizes 640x480 1024x768] [--precisions fp32 fp16]
 
 Both sides get the same random weights (nothing can be downloaded: the reference's constructors
 are handed our state dict in place of their download), the same settings (at most
@@ -12,7 +12,9 @@ affects them alike. Per case the table gives the median time over ``--repeat`` c
 GPU each is a kernel launch, so this shows where a small image is launch-bound) and the reads
 of device values (syncs), and how many of our keypoints lie within 1 px of one of the reference's.
 The reference's ALIKED needs torchvision (its deformable convolutions and ResNet blocks); without
-it that row says so. ``fp16``/``bf16`` run both sides under autocast; our ALIKED and DISK opt
+it that row says so. SIFT compares our torch back end (the GPU path) with the reference's OpenCV
+SIFT, which runs on the CPU whatever the device; their points differ by design (the reference
+gives OpenCV ``num_octaves`` as its levels per octave and a 4x lower threshold than COLMAP's). ``fp16``/``bf16`` run both sides under autocast; our ALIKED and DISK opt
 out of it (``autocast_ok``) on the CPU.
 """
 
@@ -40,17 +42,20 @@ from featmatch_core.models import build_model
 from lightglue_launches import Counter
 
 # the same selection on both sides: top-k (no score threshold), at most max_keypoints
+# SIFT: our torch back end (the GPU path) against the reference's OpenCV SIFT (CPU)
 OUR_CONF = {
     "superpoint": {"detection_threshold": 0.0005},
     "aliked": {"detection_threshold": -1.0},
     "disk": {},
+    "sift": {"backend": "torch"},
 }
 REFERENCE_CONF = {
     "superpoint": {"detection_threshold": 0.0005},
     "aliked": {"detection_threshold": -1.0},
     "disk": {"detection_threshold": 0.0},
+    "sift": {"backend": "opencv"},
 }
-REFERENCE_CLASS = {"superpoint": "SuperPoint", "aliked": "ALIKED", "disk": "DISK"}
+REFERENCE_CLASS = {"superpoint": "SuperPoint", "aliked": "ALIKED", "disk": "DISK", "sift": "SIFT"}
 
 
 def reference_modules(checkout: Path) -> Callable[[str], ModuleType]:
