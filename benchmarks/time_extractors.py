@@ -14,8 +14,9 @@ of device values (syncs), and how many of our keypoints lie within 1 px of one o
 The reference's ALIKED needs torchvision (its deformable convolutions and ResNet blocks); without
 it that row says so. SIFT compares our torch back end (the GPU path) with the reference's OpenCV
 SIFT, which runs on the CPU whatever the device; their points differ by design (the reference
-gives OpenCV ``num_octaves`` as its levels per octave and a 4x lower threshold than COLMAP's). ``fp16``/``bf16`` run both sides under autocast; our ALIKED and DISK opt
-out of it (``autocast_ok``) on the CPU.
+gives OpenCV ``num_octaves`` as its levels per octave and a 4x lower threshold than COLMAP's).
+``fp16``/``bf16`` run both sides under autocast; our ALIKED and DISK opt out of it
+(``autocast_ok``) on the CPU.
 """
 
 from __future__ import annotations

@@ -48,11 +48,11 @@ def test_kernel_blur_and_upscale_are_opencvs():
     for h, w in ((40, 52), (7, 9), (1, 3)):  # also maps smaller than the kernel radius
         image = (rng.random((h, w)) * 255).astype(np.float32)
         expected = cv2.GaussianBlur(image, (0, 0), 2.0, borderType=cv2.BORDER_REFLECT_101)
-        np.testing.assert_allclose(sift_torch.blur(torch.from_numpy(image), 2.0).numpy(), expected, atol=1e-3)
+        np.testing.assert_allclose(sift_torch.blur(torch.from_numpy(image)[None], 2.0)[0].numpy(), expected, atol=1e-3)
         half = np.float32([[0.5, 0, 0], [0, 0.5, 0]])
         expected = cv2.warpAffine(image, half, (2 * w, 2 * h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                   borderMode=cv2.BORDER_REFLECT)
-        np.testing.assert_allclose(sift_torch.upsample2x(torch.from_numpy(image)).numpy(), expected, atol=1e-4)
+        np.testing.assert_allclose(sift_torch.upsample2x(torch.from_numpy(image)[None])[0].numpy(), expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("image", ["graffiti", "texture"])
@@ -60,7 +60,7 @@ def test_detections_and_descriptors_are_opencvs(image):
     gray = graffiti() if image == "graffiti" else random_texture(180, 240, seed=3)
     settings = sift_torch.SiftSettings()
     with torch.inference_mode():
-        found, dx, dy = sift_torch.detect(torch.from_numpy(gray).float(), settings)
+        found, dx, dy = sift_torch.detect(torch.from_numpy(gray).float()[None], settings)
         ours = sift_torch.descriptors(dx, dy, found, settings)
     keypoints, theirs = opencv_sift().detectAndCompute(gray, None)
     octave = np.array([((k.octave & 255) ^ 0x80) - 0x80 for k in keypoints])
@@ -102,22 +102,50 @@ def test_backend_selects_what_the_opencv_backend_selects():
     assert cosine.median() > 0.999
 
 
-@pytest.mark.parametrize("nms_radius, k", [(0, 40), (None, 40), (0, None)])
-def test_torch_selection_equals_the_numpy_selection(nms_radius, k):
-    rng = np.random.default_rng(1)
-    n = 300
+def random_detections(seed: int, n: int = 300) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
     xy = rng.uniform(0, 20, (n, 2)).astype(np.float32)
     xy[100:200] = xy[:100] + rng.uniform(-0.3, 0.3, (100, 2)).astype(np.float32)  # co-located points
     scores = rng.choice(np.linspace(0.1, 1.0, 50), n).astype(np.float32)  # with ties
     oris = wrap_angle(rng.uniform(-4, 4, n)).astype(np.float32)
-    det = {"keypoints": xy, "scores": scores, "oris": oris, "scales": scores, "descriptors": np.eye(n, 128)}
+    return {"keypoints": xy, "scores": scores, "oris": oris, "scales": scores, "descriptors": np.eye(n, 128)}
+
+
+@pytest.mark.parametrize("nms_radius, k", [(0, 40), (None, 40), (0, None)])
+def test_torch_selection_equals_the_numpy_selection_per_image(nms_radius, k):
+    """Two images' points, interleaved: each image's selection is the numpy one, images in order."""
+    images = [random_detections(1), random_detections(2)]
     conf = SIFT({"nms_radius": nms_radius, "max_num_keypoints": k}).conf
-    expected = _canonical_order(select(det, (20, 20), conf))
-    order = select_torch(torch.from_numpy(xy), torch.from_numpy(scores), torch.from_numpy(oris), (20, 20), conf)
-    np.testing.assert_array_equal(xy[order.numpy()], expected["keypoints"])
-    np.testing.assert_array_equal(oris[order.numpy()], expected["oris"])
+    expected = [_canonical_order(select(det, (20, 20), conf)) for det in images]
+    # interleaved, each image's points keeping their order (ties are broken by it)
+    slots = np.random.default_rng(3).permutation(np.repeat([0, 1], 300))
+    interleave = np.empty(600, np.int64)
+    interleave[slots == 0], interleave[slots == 1] = np.arange(300), np.arange(300, 600)
+    merged = {key: np.concatenate([det[key] for det in images])[interleave] for key in ("keypoints", "scores", "oris")}
+    image = torch.from_numpy(slots)
+    order = select_torch(torch.from_numpy(merged["keypoints"]), torch.from_numpy(merged["scores"]),
+                         torch.from_numpy(merged["oris"]), image, (20, 20), conf).numpy()
+    assert np.all(np.diff(image.numpy()[order]) >= 0)
+    for i, det in enumerate(expected):
+        mine = order[image.numpy()[order] == i]
+        np.testing.assert_array_equal(merged["keypoints"][mine], det["keypoints"])
+        np.testing.assert_array_equal(merged["oris"][mine], det["oris"])
     angles = torch.linspace(-10, 10, 101)
     np.testing.assert_allclose(wrap_angle_torch(angles).numpy(), wrap_angle(angles.numpy()), atol=1e-6)
+
+
+def test_a_batch_equals_its_images_one_by_one():
+    images = [graffiti(240)[:180], random_texture(180, 240, seed=5), np.zeros((180, 240), np.uint8)]
+    model = SIFT({"backend": "torch", "resize": None, "max_num_keypoints": 150})
+    batch = torch.stack([to_tensor_image(image)[0] for image in images])
+    with torch.inference_mode():
+        together = model({"image": batch})
+        for i, image in enumerate(images):
+            alone = model({"image": to_tensor_image(image)})
+            n = int(together["keypoint_mask"][i].sum())
+            assert n == alone["keypoints"].shape[1] == (0 if i == 2 else 150)
+            for key in ("keypoints", "descriptors", "scales", "oris", "keypoint_scores"):
+                torch.testing.assert_close(together[key][i, :n], alone[key][0], atol=1e-4, rtol=1e-4)
 
 
 def test_settings_the_backend_cannot_honour():

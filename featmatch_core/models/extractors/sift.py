@@ -150,7 +150,7 @@ class SIFT(Extractor):
         if self.conf.backend == "kornia":
             return [_run_kornia(self._kornia, image, self.conf) for image in images]
         if self.conf.backend == "torch":
-            return [_run_torch(image, self.conf, self._settings) for image in images]
+            return _run_torch(images, self.conf, self._settings)
         out: list[Features] = []
         for image in images:
             gray = to_uint8_numpy(image)
@@ -210,24 +210,28 @@ def torch_sift_settings(conf: DictConfig, name: str) -> sift_torch.SiftSettings:
         edge_threshold=float(conf.edge_threshold))
 
 
-def _run_torch(image: torch.Tensor, conf: DictConfig, settings: sift_torch.SiftSettings) -> Features:
-    """One (1, H, W) image in [0, 1] (or uint8) -> the OpenCV back end's features, on its device."""
-    # the 8-bit image OpenCV would be given, in fp32 whatever the pipeline's autocast
-    gray = image[0].float() if image.dtype == torch.uint8 else (image[0].float().clamp(0, 1) * 255).round()
-    with torch.autocast(image.device.type, enabled=False):
+def _run_torch(images: torch.Tensor, conf: DictConfig, settings: sift_torch.SiftSettings) -> list[Features]:
+    """(B, 1, H, W) images in [0, 1] (or uint8) -> the OpenCV back end's features, on their
+    device, the whole batch at once."""
+    # the 8-bit images OpenCV would be given, in fp32 whatever the pipeline's autocast
+    gray = images[:, 0].float() if images.dtype == torch.uint8 else (images[:, 0].float().clamp(0, 1) * 255).round()
+    with torch.autocast(images.device.type, enabled=False):
         found, dx, dy = sift_torch.detect(gray, settings)
         oris = wrap_angle_torch(torch.deg2rad(found.angle))
-        chosen = found.take(select_torch(found.xy, found.response, oris, tuple(gray.shape), conf))
+        chosen = found.take(select_torch(found.xy, found.response, oris, found.image, tuple(gray.shape[-2:]), conf))
         descriptors = sift_torch.descriptors(dx, dy, chosen, settings)
-    if len(chosen.xy) == 0:
-        return empty_features(128, with_scale_ori=True, device=image.device)
-    return {
-        "keypoints": chosen.xy,
-        "keypoint_scores": chosen.response,
-        "descriptors": rootsift(descriptors) if conf.rootsift else F.normalize(descriptors, p=2, dim=-1),
-        "scales": chosen.size,
-        "oris": wrap_angle_torch(torch.deg2rad(chosen.angle)),
-    }
+        descriptors = rootsift(descriptors) if conf.rootsift else F.normalize(descriptors, p=2, dim=-1)
+    counts = torch.bincount(chosen.image, minlength=len(images)).tolist()
+    out: list[Features] = []
+    for feats in zip(*(t.split(counts) for t in (chosen.xy, chosen.response, descriptors, chosen.size, chosen.angle)),
+                     strict=True):
+        xy, scores, desc, size, angle = feats
+        if len(xy) == 0:
+            out.append(empty_features(128, with_scale_ori=True, device=images.device))
+            continue
+        out.append({"keypoints": xy, "keypoint_scores": scores, "descriptors": desc, "scales": size,
+                    "oris": wrap_angle_torch(torch.deg2rad(angle))})
+    return out
 
 
 def wrap_angle_torch(angle: torch.Tensor) -> torch.Tensor:
@@ -235,26 +239,31 @@ def wrap_angle_torch(angle: torch.Tensor) -> torch.Tensor:
     return math.pi - torch.remainder(math.pi - angle, 2 * math.pi)
 
 
-def select_torch(xy: torch.Tensor, scores: torch.Tensor, oris: torch.Tensor, shape: tuple[int, int],
-                 conf: DictConfig) -> torch.Tensor:
-    """Indices of :func:`select` followed by the OpenCV back end's canonical order, on the
-    points' device: one point per pixel (the best score, then the smallest |orientation|)
-    unless ``nms_radius`` is None, then the top ``max_num_keypoints`` by score (ties by index),
-    strongest first, ties by y, x and orientation."""
+def select_torch(xy: torch.Tensor, scores: torch.Tensor, oris: torch.Tensor, image: torch.Tensor,
+                 shape: tuple[int, int], conf: DictConfig) -> torch.Tensor:
+    """Indices of :func:`select` followed by the OpenCV back end's canonical order, per image of
+    a batch (``image``: each point's), on the points' device: one point per pixel (the best
+    score, then the smallest |orientation|) unless ``nms_radius`` is None, then the top
+    ``max_num_keypoints`` by score (ties by index), ordered by image, then strongest first, ties
+    by y, x and orientation."""
     kept = torch.ones_like(scores, dtype=torch.bool)
     if conf.nms_radius is not None:
         h, w = shape
         col = torch.floor(xy[:, 0] + 0.5).clamp(0, w - 1).long()
         row = torch.floor(xy[:, 1] + 0.5).clamp(0, h - 1).long()
-        pixel = row * w + col
+        pixel = (image * h + row) * w + col
         order = stable_lexsort(pixel, -scores, oris.abs())
         first = torch.ones_like(kept)
         first[1:] = pixel[order[1:]] != pixel[order[:-1]]
         kept = torch.zeros_like(kept).index_put_((order,), first)
-    ranked = torch.sort(torch.where(kept, -scores, torch.inf), stable=True).indices
-    count = int(kept.sum()) if conf.max_num_keypoints is None else min(int(conf.max_num_keypoints), int(kept.sum()))
-    top = ranked[:count]
-    return top[stable_lexsort(-scores[top], xy[top, 1], xy[top, 0], oris[top])]
+    ranked = stable_lexsort(image, torch.where(kept, -scores, torch.inf))  # per image, kept points first
+    chosen = kept[ranked]
+    if conf.max_num_keypoints is not None:
+        group = image[ranked]
+        rank = torch.arange(len(ranked), device=ranked.device) - torch.searchsorted(group, group)
+        chosen &= rank < int(conf.max_num_keypoints)
+    top = ranked[chosen]
+    return top[stable_lexsort(image[top], -scores[top], xy[top, 1], xy[top, 0], oris[top])]
 
 
 def stable_lexsort(*keys: torch.Tensor) -> torch.Tensor:

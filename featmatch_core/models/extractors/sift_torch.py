@@ -68,6 +68,7 @@ class Detections:
     size: torch.Tensor  # (N,) OpenCV's KeyPoint.size, 2 sigma in image pixels
     angle: torch.Tensor  # (N,) OpenCV's KeyPoint.angle, degrees
     response: torch.Tensor  # (N,) |DoG| at the refined extremum (image in [0, 1])
+    image: torch.Tensor  # (N,) index of the image in the batch
     octave: torch.Tensor  # (N,) index of the octave in the pyramid (0 = first_octave)
     level: torch.Tensor  # (N,) Gaussian level (1..levels) of the refined extremum
     octave_xy: torch.Tensor  # (N, 2) position in that octave's pixels
@@ -104,22 +105,22 @@ def reflect101(n: int, pad: int, device: torch.device) -> torch.Tensor:
 
 
 def blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(H, W) Gaussian blur: rows then columns, reflect-101 borders (OpenCV's GaussianBlur)."""
+    """(B, H, W) Gaussian blur: rows then columns, reflect-101 borders (OpenCV's GaussianBlur)."""
     kernel = gaussian_kernel(sigma).to(image)
     radius = len(kernel) // 2
-    h, w = image.shape
+    h, w = image.shape[-2:]
     if radius < min(h, w):  # torch's "reflect" is reflect-101, for pads shorter than the axis
-        x = F.pad(image[None, None], (radius,) * 4, mode="reflect")
+        x = F.pad(image[:, None], (radius,) * 4, mode="reflect")
     else:
-        x = image.index_select(1, reflect101(w, radius, image.device))
-        x = x.index_select(0, reflect101(h, radius, image.device))[None, None]
-    return F.conv2d(F.conv2d(x, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))[0, 0]
+        x = image.index_select(2, reflect101(w, radius, image.device))
+        x = x.index_select(1, reflect101(h, radius, image.device))[:, None]
+    return F.conv2d(F.conv2d(x, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))[:, 0]
 
 
 def upsample2x(image: torch.Tensor) -> torch.Tensor:
-    """OpenCV's precise 2x upscale (warpAffine by 0.5, bilinear, BORDER_REFLECT): pixel 2i is
-    pixel i, pixel 2i + 1 the mean of pixels i and i + 1 (the last one repeated)."""
-    for dim in (0, 1):
+    """OpenCV's precise 2x upscale of (B, H, W) (warpAffine by 0.5, bilinear, BORDER_REFLECT):
+    pixel 2i is pixel i, pixel 2i + 1 the mean of pixels i and i + 1 (the last one repeated)."""
+    for dim in (1, 2):
         following = torch.cat((image.narrow(dim, 1, image.shape[dim] - 1), image.narrow(dim, -1, 1)), dim)
         image = torch.stack((image, 0.5 * (image + following)), dim=dim + 1).flatten(dim, dim + 1)
     return image
@@ -142,66 +143,72 @@ def octave_count(height: int, width: int, settings: SiftSettings) -> int:
 
 
 def gaussian_pyramid(gray: torch.Tensor, settings: SiftSettings) -> list[torch.Tensor]:
-    """(H, W) image in 0..255 -> per octave a (levels + 3, h, w) stack of Gaussian levels."""
+    """(B, H, W) images in 0..255 -> per octave a (B, levels + 3, h, w) stack of Gaussian levels."""
     if settings.first_octave < 0:
         base = blur(upsample2x(gray), math.sqrt(max(settings.sigma**2 - 4 * INIT_SIGMA**2, 0.01)))
     else:
         base = blur(gray, math.sqrt(max(settings.sigma**2 - INIT_SIGMA**2, 0.01)))
     sigmas = level_sigmas(settings)
     octaves = []
-    for o in range(octave_count(*gray.shape, settings)):
+    for o in range(octave_count(*gray.shape[-2:], settings)):
         if o == 0:
             levels = [base]
         else:
-            previous = octaves[-1][settings.levels]
-            levels = [previous[: previous.shape[0] // 2 * 2:2, : previous.shape[1] // 2 * 2:2]]
+            previous = octaves[-1][:, settings.levels]
+            levels = [previous[:, : previous.shape[1] // 2 * 2:2, : previous.shape[2] // 2 * 2:2]]
         for sigma in sigmas[1:]:
             levels.append(blur(levels[-1], sigma))
-        octaves.append(torch.stack(levels))
+        octaves.append(torch.stack(levels, dim=1))
     return octaves
 
 
 # ---- detection --------------------------------------------------------------------------
 
 class FlatStore:
-    """Per-octave (L, h, w) stacks in one flat tensor, addressed by (octave, level, row, col)."""
+    """Per-octave (B, L, h, w) stacks in one flat tensor, addressed by (octave, image, level,
+    row, col)."""
 
     def __init__(self, stacks: list[torch.Tensor]) -> None:
         device = stacks[0].device
         self.values = torch.cat([s.reshape(-1) for s in stacks])
         sizes = [s.numel() for s in stacks]
+        self.levels = stacks[0].shape[1]
         self.starts = torch.tensor([0, *itertools.accumulate(sizes[:-1])], device=device)
-        self.heights = torch.tensor([s.shape[1] for s in stacks], device=device)
-        self.widths = torch.tensor([s.shape[2] for s in stacks], device=device)
+        self.heights = torch.tensor([s.shape[2] for s in stacks], device=device)
+        self.widths = torch.tensor([s.shape[3] for s in stacks], device=device)
 
-    def index(self, octave: torch.Tensor, level: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    def index(self, octave: torch.Tensor, image: torch.Tensor, level: torch.Tensor, row: torch.Tensor,
+              col: torch.Tensor) -> torch.Tensor:
         h, w = self.heights[octave], self.widths[octave]
-        return self.starts[octave] + (level * h + row) * w + col
+        return self.starts[octave] + ((image * self.levels + level) * h + row) * w + col
 
     def decode(self, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(octave, image, level, row, col) of flat indices."""
         octave = torch.searchsorted(self.starts, flat, right=True) - 1
         local = flat - self.starts[octave]
         h, w = self.heights[octave], self.widths[octave]
-        return octave, local // (h * w), local % (h * w) // w, local % w
+        plane = local // (h * w)
+        return octave, plane // self.levels, plane % self.levels, local % (h * w) // w, local % w
 
 
 def extrema_mask(dog: torch.Tensor, threshold: float, levels: int) -> torch.Tensor:
-    """(levels + 2, h, w) DoG -> where OpenCV looks further: |value| above the threshold and no
-    neighbour of 26 beyond it (ties allowed), on levels 1..levels, BORDER pixels inside."""
+    """(B, levels + 2, h, w) DoG -> where OpenCV looks further: |value| above the threshold and
+    no neighbour of 26 beyond it (ties allowed), on levels 1..levels, BORDER pixels inside."""
     highest = neighbour_max(dog)
     lowest = -neighbour_max(-dog)
-    middle = dog[1:levels + 1]
+    middle = dog[:, 1:levels + 1]
     found = ((middle > threshold) & (middle >= highest)) | ((middle < -threshold) & (middle <= lowest))
     inside = torch.zeros_like(found)
-    inside[:, BORDER:-BORDER, BORDER:-BORDER] = True
+    inside[..., BORDER:-BORDER, BORDER:-BORDER] = True
     return F.pad(found & inside, (0, 0, 0, 0, 1, 1))  # back to all levels: none on the first and last
 
 
 def neighbour_max(volume: torch.Tensor) -> torch.Tensor:
-    """Maximum over the 3x3x3 neighbourhood of levels 1..L-2 of an (L, h, w) stack: a 3x3 maximum
-    per level (:func:`~.superpoint.max_filter`, fast on the CPU too), then over adjacent levels."""
-    planar = max_filter(volume[None], 1)[0]
-    return torch.maximum(torch.maximum(planar[:-2], planar[1:-1]), planar[2:])
+    """Maximum over the 3x3x3 neighbourhood of levels 1..L-2 of a (B, L, h, w) stack: a 3x3
+    maximum per level (:func:`~.superpoint.max_filter`, fast on the CPU too), then over adjacent
+    levels."""
+    planar = max_filter(volume, 1)
+    return torch.maximum(torch.maximum(planar[:, :-2], planar[:, 1:-1]), planar[:, 2:])
 
 
 @functools.lru_cache(maxsize=8)
@@ -239,10 +246,10 @@ def derivatives(cube: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def refine(store: FlatStore, candidates: torch.Tensor, settings: SiftSettings):
-    """OpenCV's ``adjustLocalExtrema`` for all candidates at once: (octave, level, row, col) of
-    the final pixel, the sub-pixel offsets (N, 3) in (x, y, level) and |contrast|, and whether
-    each point survives. About 40 kernels per step."""
-    octave, level, row, col = store.decode(candidates)
+    """OpenCV's ``adjustLocalExtrema`` for all candidates at once: (octave, image, level, row,
+    col) of the final pixel, the sub-pixel offsets (N, 3) in (x, y, level) and |contrast|, and
+    whether each point survives. About 40 kernels per step."""
+    octave, image, level, row, col = store.decode(candidates)
     device, n = candidates.device, len(candidates)
     h, w = store.heights[octave], store.widths[octave]
     strides = torch.stack((torch.ones_like(w), w, h * w), dim=1)  # of (col, row, level)
@@ -250,7 +257,7 @@ def refine(store: FlatStore, candidates: torch.Tensor, settings: SiftSettings):
     cube_offsets = (taps.reshape(27, 1, 3).flip(-1) * strides).sum(-1).T  # (N, 27), [level, row, col] order
     lowest = torch.tensor([BORDER, BORDER, 1], device=device)
     beyond = torch.stack((w - BORDER, h - BORDER, torch.full_like(w, settings.levels + 1)), dim=1)
-    base = store.starts[octave]
+    base = store.starts[octave] + image * store.levels * h * w
     position = torch.stack((col, row, level), dim=1)
     offset = torch.zeros(n, 3, device=device)
     alive = torch.ones(n, dtype=torch.bool, device=device)
@@ -285,7 +292,7 @@ def refine(store: FlatStore, candidates: torch.Tensor, settings: SiftSettings):
     edge = settings.edge_threshold
     alive &= (det > 0) & (trace * trace * edge < (edge + 1) ** 2 * det)
     col, row, level = position.unbind(1)
-    return octave, level, row, col, offset, contrast.abs(), alive
+    return octave, image, level, row, col, offset, contrast.abs(), alive
 
 
 # ---- orientation and description --------------------------------------------------------
@@ -295,10 +302,10 @@ def gradient_maps(octaves: list[torch.Tensor], levels: int) -> tuple[FlatStore, 
     (stored from 0; OpenCV's signs: dy points up); the outermost pixels, which OpenCV never
     uses, are 0."""
     dxs, dys = [], []
-    for stack in (octave[1:levels + 1] for octave in octaves):
+    for stack in (octave[:, 1:levels + 1] for octave in octaves):
         dx, dy = torch.zeros_like(stack), torch.zeros_like(stack)
-        dx[:, 1:-1, 1:-1] = stack[:, 1:-1, 2:] - stack[:, 1:-1, :-2]
-        dy[:, 1:-1, 1:-1] = stack[:, :-2, 1:-1] - stack[:, 2:, 1:-1]
+        dx[..., 1:-1, 1:-1] = stack[..., 1:-1, 2:] - stack[..., 1:-1, :-2]
+        dy[..., 1:-1, 1:-1] = stack[..., :-2, 1:-1] - stack[..., 2:, 1:-1]
         dxs.append(dx)
         dys.append(dy)
     return FlatStore(dxs), FlatStore(dys)
@@ -310,7 +317,7 @@ def degrees(dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
     return torch.where(angle < 0, angle + 360, angle)
 
 
-def window(dx_store: FlatStore, dy_store: FlatStore, octave, level, row, col, radius: int):
+def window(dx_store: FlatStore, dy_store: FlatStore, octave, image, level, row, col, radius: int):
     """Gradients over the (2r + 1)^2 window around integer (row, col) and whether each pixel is
     one OpenCV uses (not on the outermost row or column): dx, dy, valid (N, 2r + 1, 2r + 1)
     and the offsets (i, j) of rows and columns."""
@@ -319,8 +326,8 @@ def window(dx_store: FlatStore, dy_store: FlatStore, octave, level, row, col, ra
     cols = col[:, None, None] + steps[None, None, :]
     h, w = dx_store.heights[octave][:, None, None], dx_store.widths[octave][:, None, None]
     valid = (rows > 0) & (rows < h - 1) & (cols > 0) & (cols < w - 1)
-    index = dx_store.index(octave[:, None, None], level[:, None, None] - 1, rows.clamp(min=0),
-                           cols.clamp(min=0)).clamp(max=dx_store.values.numel() - 1)
+    index = dx_store.index(octave[:, None, None], image[:, None, None], level[:, None, None] - 1,
+                           rows.clamp(min=0), cols.clamp(min=0)).clamp(max=dx_store.values.numel() - 1)
     return dx_store.values[index], dy_store.values[index], valid, steps
 
 
@@ -330,12 +337,12 @@ def within(steps: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     return inside[:, :, None] & inside[:, None, :]
 
 
-def orientations(dx_store: FlatStore, dy_store: FlatStore, octave, level, row, col, sigma: torch.Tensor,
+def orientations(dx_store: FlatStore, dy_store: FlatStore, octave, image, level, row, col, sigma: torch.Tensor,
                  settings: SiftSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """OpenCV's dominant orientations: (point index, angle in degrees) for every histogram peak."""
     largest_sigma = settings.sigma * 2.0 ** ((settings.levels + 0.5) / settings.levels)
     radius_max = int(math.floor(ORI_RADIUS_FACTOR * largest_sigma + 0.5))
-    dx, dy, valid, steps = window(dx_store, dy_store, octave, level, row, col, radius_max)
+    dx, dy, valid, steps = window(dx_store, dy_store, octave, image, level, row, col, radius_max)
     radius = torch.round(ORI_RADIUS_FACTOR * sigma).long()
     inside = within(steps, radius)
     weight_sigma = ORI_SIGMA_FACTOR * sigma
@@ -385,7 +392,8 @@ def describe(dx_store: FlatStore, dy_store: FlatStore, found: Detections, radius
     centre = torch.round(found.octave_xy).long()
     angle = 360.0 - found.angle
     angle = torch.where((angle - 360.0).abs() < torch.finfo(torch.float32).eps, torch.zeros_like(angle), angle)
-    dx, dy, valid, steps = window(dx_store, dy_store, octave, level, centre[:, 1], centre[:, 0], radius_max)
+    dx, dy, valid, steps = window(dx_store, dy_store, octave, found.image, level, centre[:, 1], centre[:, 0],
+                                  radius_max)
     hist_width = DESC_SCALE_FACTOR * sigma
     radius = torch.round(hist_width * math.sqrt(2) * (d + 1) * 0.5).long()
     radians = torch.deg2rad(angle)
@@ -415,23 +423,24 @@ def describe(dx_store: FlatStore, dy_store: FlatStore, found: Detections, radius
 # ---- the whole extraction -----------------------------------------------------------------
 
 def detect(gray: torch.Tensor, settings: SiftSettings) -> tuple[Detections, FlatStore, FlatStore]:
-    """(H, W) image in 0..255 (float32) -> every oriented point and the gradient stores."""
+    """(B, H, W) images in 0..255 (float32) -> every oriented point and the gradient stores."""
     octaves = gaussian_pyramid(gray, settings)
-    dogs = [stack[1:] - stack[:-1] for stack in octaves]
+    dogs = [stack[:, 1:] - stack[:, :-1] for stack in octaves]
     threshold = math.floor(0.5 * settings.contrast_threshold / settings.levels * 255)
     masks = [extrema_mask(dog, threshold, settings.levels) for dog in dogs]
     candidates = torch.cat([m.reshape(-1) for m in masks]).nonzero()[:, 0]
-    octave, level, row, col, offset, response, alive = refine(FlatStore(dogs), candidates, settings)
+    *where, offset, response, alive = refine(FlatStore(dogs), candidates, settings)
     keep = alive.nonzero()[:, 0]
-    octave, level, row, col, offset, response = (t[keep] for t in (octave, level, row, col, offset, response))
+    octave, image, level, row, col = (t[keep] for t in where)
+    offset, response = offset[keep], response[keep]
     sigma = settings.sigma * 2.0 ** ((level.to(offset) + offset[:, 2]) / settings.levels)
     dx_store, dy_store = gradient_maps(octaves, settings.levels)
-    point, angle = orientations(dx_store, dy_store, octave, level, row, col, sigma, settings)
+    point, angle = orientations(dx_store, dy_store, octave, image, level, row, col, sigma, settings)
     octave_xy = torch.stack((col.to(offset) + offset[:, 0], row.to(offset) + offset[:, 1]), dim=1)[point]
     to_image = 2.0 ** (octave[point].to(offset) + settings.first_octave)
     found = Detections(
         xy=octave_xy * to_image[:, None], size=2 * sigma[point] * to_image, angle=angle,
-        response=response[point], octave=octave[point], level=level[point], octave_xy=octave_xy,
-        sigma=sigma[point],
+        response=response[point], image=image[point], octave=octave[point], level=level[point],
+        octave_xy=octave_xy, sigma=sigma[point],
     )
     return found, dx_store, dy_store
