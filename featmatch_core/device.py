@@ -26,6 +26,19 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
+@functools.lru_cache(maxsize=512)
+def device_constant(values: tuple, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A small constant tensor made once per (values, device, dtype) and then shared.
+
+    On a GPU every tensor made from host values is a blocking host-to-device copy, which waits
+    for everything queued on the stream: per-call constants (image sizes, scales, grids) would
+    each stall the pipeline. Made outside inference mode, so that autograd may meet it later.
+    Read-only: never modify the result in place.
+    """
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=dtype, device=device)
+
+
 @functools.cache
 def has_nvml() -> bool:
     """Whether NVML's Python binding (nvidia-ml-py) is installed; looked up once."""

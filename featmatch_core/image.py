@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import torch
 
+from .device import device_constant
+
 ImageLike = np.ndarray | torch.Tensor
 
 _INT_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
@@ -146,7 +148,7 @@ def to_grayscale(image: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) RGB -> (B, 1, H, W) with the ITU-R 601 weights OpenCV uses."""
     if image.shape[1] == 1:
         return image
-    weights = image.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    weights = device_constant((0.299, 0.587, 0.114), image.device, image.dtype).view(1, 3, 1, 1)
     return (image * weights).sum(1, keepdim=True)
 
 

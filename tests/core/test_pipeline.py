@@ -279,6 +279,19 @@ def test_extractor_warm_up_runs_at_the_camera_size(monkeypatch):
         pipe.warm_up_extractor(0, 64)
 
 
+def test_device_constants_are_made_once_and_usable_by_autograd():
+    from featmatch_core.device import device_constant
+
+    with torch.inference_mode():
+        made = device_constant((1.5, 2.0), torch.device("cpu"))
+        assert device_constant((1.5, 2.0), torch.device("cpu")) is made  # no new copy per call
+    assert not made.is_inference() and made.dtype == torch.float32 and made.tolist() == [1.5, 2.0]
+    weight = torch.ones(2, requires_grad=True)
+    (weight * made).sum().backward()  # an inference tensor could not be saved for backward
+    assert weight.grad.tolist() == [1.5, 2.0]
+    assert device_constant((3, 4), torch.device("cpu"), torch.long).dtype == torch.long
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA"))])
 def test_to_numpy_together_round_trips_shapes_dtypes_and_values(device):

@@ -4,6 +4,7 @@ texture, the back end's selection against the numpy one, and its settings."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import cv2
@@ -15,6 +16,7 @@ from scipy.spatial import cKDTree
 from featmatch_core.datasets.synthetic import random_texture
 from featmatch_core.image import to_tensor_image
 from featmatch_core.models.extractors import sift_torch
+from featmatch_core.models.extractors.superpoint import SuperPoint
 from featmatch_core.models.extractors.sift import (
     SIFT,
     _canonical_order,
@@ -172,3 +174,28 @@ def test_torch_sift_on_cuda_equals_cpu():
     assert same.mean() > 0.97
     cosine = (gpu["descriptors"][0][index[same]] * cpu["descriptors"][0][same]).sum(1)
     assert cosine.min() > 0.999
+
+
+def synchronizations(call) -> int:
+    """How many times ``call`` makes the host wait for the GPU (CUDA's sync debug mode)."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_extraction_on_cuda_waits_only_for_its_counts():
+    """SIFT (torch) reads three counts, the descriptor windows and the per-image counts; SuperPoint
+    its keypoints per image. Constants are made once, not copied at every call."""
+    image = to_tensor_image(graffiti()).cuda()
+    sift = SIFT({"backend": "torch", "resize": None, "max_num_keypoints": 300})
+    superpoint = SuperPoint({"weights": None, "resize": None, "max_num_keypoints": 300}).cuda().eval()
+    for model, most in ((sift, 6), (superpoint, 2)):
+        with torch.inference_mode():
+            model({"image": image})  # first call: constants made
+            assert synchronizations(lambda model=model: model({"image": image})) <= most

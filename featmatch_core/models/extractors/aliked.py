@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from kornia.feature.aliked.aliked import DeformableConv2d
 from omegaconf import DictConfig
 
+from ...device import device_constant
 from ..base import strict_load
 from .base import Extractor, Features, empty_features
 from .superpoint import nms
@@ -153,7 +154,7 @@ def refine(score_map: torch.Tensor, indices: torch.Tensor, radius: int) -> tuple
     weights = ((patches - patches.max(dim=1, keepdim=True).values.detach()) / SOFT_ARGMAX_TEMPERATURE).exp()
     offset = weights @ grid / weights.sum(dim=1, keepdim=True)  # (x, y)
     pixels = torch.stack((cols, rows), dim=1).to(offset) + offset
-    wh = torch.tensor([w - 1, h - 1], device=score_map.device, dtype=offset.dtype)
+    wh = device_constant((w - 1, h - 1), score_map.device, offset.dtype)
     normalised = pixels / wh * 2 - 1
     keypoint_scores = F.grid_sample(score_map[None], normalised.view(1, 1, -1, 2).to(score_map.dtype),
                                     mode="bilinear", align_corners=True)[0, 0, 0]
@@ -232,7 +233,7 @@ class ALIKED(Extractor):
             if len(keypoints) == 0:
                 out.append(empty_features(self.descriptor_dim, device=images.device))
                 continue
-            wh = torch.tensor([w - 1, h - 1], device=keypoints.device, dtype=keypoints.dtype)
+            wh = device_constant((w - 1, h - 1), keypoints.device, keypoints.dtype)
             out.append({
                 "keypoints": (wh * (keypoints + 1) / 2).float(),  # the official conversion to pixels
                 "keypoint_scores": scores.float(),

@@ -20,6 +20,7 @@ from kornia.geometry.transform import resize as kornia_resize
 from omegaconf import DictConfig
 from torch import nn
 
+from ...device import device_constant
 from ...image import to_grayscale, to_rgb
 from ..base import BaseModel
 
@@ -106,8 +107,10 @@ def pad_and_stack(per_image: list[Features], descriptor_dim: int, device: torch.
         out[key] = torch.stack(tensors, 0)
     if out["descriptors"].ndim == 2:  # zero keypoints in every image
         out["descriptors"] = out["descriptors"].reshape(len(per_image), 0, descriptor_dim)
-    counts = torch.tensor([int(f["keypoints"].shape[0]) for f in per_image], device=device)
-    out["keypoint_mask"] = torch.arange(n_max, device=device)[None] < counts[:, None]
+    # filled on the device: a mask made from host counts would be a blocking copy on a GPU
+    out["keypoint_mask"] = torch.zeros((len(per_image), n_max), dtype=torch.bool, device=device)
+    for i, feats in enumerate(per_image):
+        out["keypoint_mask"][i, :int(feats["keypoints"].shape[0])] = True
     out["keypoints"] = out["keypoints"].float()
     out["keypoint_scores"] = out["keypoint_scores"].float()
     return out
@@ -135,7 +138,8 @@ def prepare_images(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor
     h, w = images.shape[-2:]
     resized = model.preprocess(images)
     rh, rw = resized.shape[-2:]
-    return resized, images.new_tensor([rw / w, rh / h])
+    dtype = images.dtype if images.is_floating_point() else torch.float32
+    return resized, device_constant((rw / w, rh / h), images.device, dtype)
 
 
 def to_original_pixels(points: T, scale: T) -> T:
@@ -147,4 +151,4 @@ def to_original_pixels(points: T, scale: T) -> T:
 def image_sizes(images: torch.Tensor) -> torch.Tensor:
     """(B, 2) float32 (W, H) of a (B, C, H, W) batch: the ``image_size`` of the feature contract."""
     h, w = images.shape[-2:]
-    return images.new_tensor([[w, h]], dtype=torch.float32).expand(len(images), 2).clone()
+    return device_constant(((w, h),), images.device).expand(len(images), 2).clone()

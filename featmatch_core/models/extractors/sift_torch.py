@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ...device import device_constant
 from .superpoint import max_filter
 
 BORDER = 5  # pixels of each DoG map where no extremum is searched
@@ -101,12 +102,12 @@ def reflect101(n: int, pad: int, device: torch.device) -> torch.Tensor:
         while p < 0 or p >= n:
             p = -p if p < 0 else 2 * n - 2 - p
         out.append(p)
-    return torch.tensor(out, dtype=torch.long, device=device)
+    return device_constant(tuple(out), device, torch.long)
 
 
 def blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     """(B, H, W) Gaussian blur: rows then columns, reflect-101 borders (OpenCV's GaussianBlur)."""
-    kernel = gaussian_kernel(sigma).to(image)
+    kernel = device_constant(tuple(gaussian_kernel(sigma).tolist()), image.device, image.dtype)
     radius = len(kernel) // 2
     h, w = image.shape[-2:]
     if radius < min(h, w):  # torch's "reflect" is reflect-101, for pads shorter than the axis
@@ -173,9 +174,9 @@ class FlatStore:
         self.values = torch.cat([s.reshape(-1) for s in stacks])
         sizes = [s.numel() for s in stacks]
         self.levels = stacks[0].shape[1]
-        self.starts = torch.tensor([0, *itertools.accumulate(sizes[:-1])], device=device)
-        self.heights = torch.tensor([s.shape[2] for s in stacks], device=device)
-        self.widths = torch.tensor([s.shape[3] for s in stacks], device=device)
+        self.starts = device_constant((0, *itertools.accumulate(sizes[:-1])), device, torch.long)
+        self.heights = device_constant(tuple(s.shape[2] for s in stacks), device, torch.long)
+        self.widths = device_constant(tuple(s.shape[3] for s in stacks), device, torch.long)
 
     def index(self, octave: torch.Tensor, image: torch.Tensor, level: torch.Tensor, row: torch.Tensor,
               col: torch.Tensor) -> torch.Tensor:
@@ -255,7 +256,7 @@ def refine(store: FlatStore, candidates: torch.Tensor, settings: SiftSettings):
     strides = torch.stack((torch.ones_like(w), w, h * w), dim=1)  # of (col, row, level)
     taps = torch.stack(torch.meshgrid(*[torch.arange(-1, 2, device=device)] * 3, indexing="ij"), -1)
     cube_offsets = (taps.reshape(27, 1, 3).flip(-1) * strides).sum(-1).T  # (N, 27), [level, row, col] order
-    lowest = torch.tensor([BORDER, BORDER, 1], device=device)
+    lowest = device_constant((BORDER, BORDER, 1), device, torch.long)
     beyond = torch.stack((w - BORDER, h - BORDER, torch.full_like(w, settings.levels + 1)), dim=1)
     base = store.starts[octave] + image * store.levels * h * w
     position = torch.stack((col, row, level), dim=1)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from ...device import device_constant
 from .base import Extractor, Features, empty_features
 
 CELL = 8  # the score map is predicted per 8x8 cell
@@ -195,7 +196,7 @@ def sample_descriptors(keypoints: torch.Tensor, descriptors: torch.Tensor, cell:
     d, h, w = descriptors.shape
     if len(keypoints) == 0:
         return descriptors.new_zeros((0, d))
-    span = keypoints.new_tensor([w * cell - cell / 2 - 0.5, h * cell - cell / 2 - 0.5])
+    span = device_constant((w * cell - cell / 2 - 0.5, h * cell - cell / 2 - 0.5), keypoints.device, keypoints.dtype)
     return sample_unit_descriptors(descriptors, (keypoints - cell / 2 + 0.5) / span * 2 - 1)
 
 

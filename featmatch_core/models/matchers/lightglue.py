@@ -33,6 +33,7 @@ from omegaconf import DictConfig, ListConfig
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ...device import device_constant
 from ..base import BaseModel, strict_load
 from .common import check_point_features, compact_matches, no_matches, padding_mask
 
@@ -684,7 +685,7 @@ class LightGlue(BaseModel):
         if self.conf.confidence_thresholds is None:
             return self.confidence_thresholds
         schedule = confidence_schedule(self.conf.confidence_thresholds, int(self.conf.n_layers))
-        return torch.tensor(schedule, dtype=torch.float32, device=self.confidence_thresholds.device)
+        return device_constant(tuple(schedule), self.confidence_thresholds.device)
 
     def last_layer(self, all_layers: bool = False) -> int:
         """Index of the last layer an inference pass may run (``max_layers``, read at every call);
