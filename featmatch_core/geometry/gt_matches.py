@@ -50,7 +50,7 @@ def _assign(dist0: torch.Tensor, dist1: torch.Tensor, pair_ok: torch.Tensor,
     ``known*``: the point's reprojection into the other image is valid and visible (candidate
     for a positive); ``unmatchable*``: known to have no counterpart (outside, occluded).
     """
-    inf = torch.tensor(float("inf"), dtype=dist0.dtype, device=dist0.device)
+    inf = dist0.new_full((), float("inf"))  # a fill on the device, not a host copy (a sync on GPUs)
     dist = torch.where(pair_ok, torch.maximum(dist0, dist1), inf)
     min_d0, min0 = _min_or_inf(dist, -1)
     min_d1, min1 = _min_or_inf(dist, -2)

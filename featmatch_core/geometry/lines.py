@@ -160,7 +160,7 @@ def _close_counts(lines_i: torch.Tensor, samples_j: torch.Tensor, usable_j: torc
     if li == 0 or lj == 0:
         return counts
     samples_j = samples_j.to(lines_i.dtype)
-    inf = torch.tensor(float("inf"), dtype=samples_j.dtype, device=samples_j.device)
+    inf = samples_j.new_full((), float("inf"))  # a fill on the device, not a host copy
     lo_j = torch.where(usable_j[..., None], samples_j, inf).amin(2)  # (B, Lj, 2)
     hi_j = torch.where(usable_j[..., None], samples_j, -inf).amax(2)
     lo_i = lines_i.amin(2) - dist_th  # (B, Li, 2)
