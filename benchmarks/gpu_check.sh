@@ -91,12 +91,11 @@ step "LightGlue, full depth" "$LG_S" python3 benchmarks/time_lightglue.py --devi
 step "LightGlue, adaptive" "$LG_S" python3 benchmarks/time_lightglue.py --device "$DEVICE" --num-keypoints $KPTS --adaptive "${ref_args[@]}"
 # pairs/s over STEPS steps of the full-size recipe (batch 32, bf16 on CUDA) and the GPU's busy
 # share; the frozen extractor (random weights: no downloads there) runs inside the model on the
-# GPU (superpoint: the recipe's features_in auto; SIFT: its torch back end, put in the model
-# here, as OpenCV's SIFT can only run in the CPU workers); the trainer prints the figures
+# GPU (the recipes' features_in auto; SIFT's backend auto is its torch back end on CUDA); the
+# trainer prints the figures
 for recipe in superpoint+lightglue sift+lightglue; do
     extra=()
     [ "$DEVICE" = cpu ] && extra=(train.batch_size=4 train.mixed_precision=null)
-    [ "$DEVICE" = cuda ] && [ "$recipe" = sift+lightglue ] && extra=(data.features_in=model data.features.backend=torch)
     step "training throughput: $recipe homography, $STEPS steps" 100 \
         python3 -m featmatch_core.train "gpu_check_$recipe" --conf "training/$recipe-homography.yaml" \
         "data.root=$PHOTOS" data.val_pairs=32 train.max_steps=$STEPS train.log_every_iter=10 \

@@ -150,6 +150,28 @@ def test_a_batch_equals_its_images_one_by_one():
                 torch.testing.assert_close(together[key][i, :n], alone[key][0], atol=1e-4, rtol=1e-4)
 
 
+def test_auto_backend_is_opencv_on_the_cpu_and_torch_elsewhere():
+    image = to_tensor_image(graffiti(200))
+    with torch.inference_mode():
+        auto = SIFT({"resize": None, "max_num_keypoints": 100})({"image": image})
+        opencv = SIFT({"backend": "opencv", "resize": None, "max_num_keypoints": 100})({"image": image})
+    for key in auto:
+        assert torch.equal(auto[key], opencv[key])
+    assert SIFT().conf.backend == "auto" and SIFT()._settings is not None
+    assert SIFT({"nms_radius": 3})._settings is None  # only OpenCV honours it: OpenCV everywhere
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_backend_on_cuda_is_the_torch_backend():
+    image = to_tensor_image(graffiti(200)).cuda()
+    with torch.inference_mode():
+        auto = SIFT({"resize": None, "max_num_keypoints": 100})({"image": image})
+        ours = SIFT({"backend": "torch", "resize": None, "max_num_keypoints": 100})({"image": image})
+    assert auto["keypoints"].is_cuda
+    for key in auto:
+        assert torch.equal(auto[key], ours[key])
+
+
 def test_settings_the_backend_cannot_honour():
     with pytest.raises(ValueError, match="nms_radius 0"):
         SIFT({"backend": "torch", "nms_radius": 2})
