@@ -82,13 +82,13 @@ class Detections:
 # ---- scale space ------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=64)
-def gaussian_kernel(sigma: float) -> torch.Tensor:
+def gaussian_kernel(sigma: float) -> tuple[float, ...]:
     """OpenCV's Gaussian for float images: 2 * round(4 sigma) + 1 taps (ksize rounded up to odd),
     weights computed in float64 and normalised."""
     size = int(math.floor(sigma * 8 + 1 + 0.5)) | 1
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     weights = torch.exp(-0.5 * x * x / (sigma * sigma))
-    return (weights / weights.sum()).float()
+    return tuple((weights / weights.sum()).tolist())
 
 
 @functools.lru_cache(maxsize=256)
@@ -107,7 +107,7 @@ def reflect101(n: int, pad: int, device: torch.device) -> torch.Tensor:
 
 def blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     """(B, H, W) Gaussian blur: rows then columns, reflect-101 borders (OpenCV's GaussianBlur)."""
-    kernel = device_constant(tuple(gaussian_kernel(sigma).tolist()), image.device, image.dtype)
+    kernel = device_constant(gaussian_kernel(sigma), image.device, image.dtype)
     radius = len(kernel) // 2
     h, w = image.shape[-2:]
     if radius < min(h, w):  # torch's "reflect" is reflect-101, for pads shorter than the axis
