@@ -15,6 +15,7 @@ from featmatch_core.models.extractors.aliked import (
     ALIKED,
     GridSampleDeformableConv2d,
     deform_conv2d,
+    describe,
     detect_keypoints,
 )
 from featmatch_core.models.extractors.superpoint import nms_torch
@@ -157,6 +158,23 @@ def test_network_is_kornias_with_grid_sample_deformable_convolutions():
     with torch.inference_mode():
         pred = ours({"image": image})
     assert pred["keypoints"].shape == (1, 64, 2) and pred["descriptors"].shape == (1, 64, 128)
+
+
+def test_batched_descriptor_head_equals_kornias_per_image_loop():
+    torch.manual_seed(0)
+    model = ALIKED({"resize": None, "weights": None}).eval()
+    gen = torch.Generator().manual_seed(4)
+    image = torch.rand(3, 3, 64, 96, generator=gen)
+    with torch.inference_mode():
+        features, scores = model.model.extract_dense_map(image)
+        keypoints = [found for found, _ in detect_keypoints(scores, 2, -1, 0.5, 100)]
+        keypoints[1] = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.999, -0.999], [0.0, 0.0]])  # corners, centre
+        keypoints[2] = torch.zeros(0, 2)  # an image without points
+        ours = describe(model.model.desc_head, features, keypoints)
+        expected, _ = model.model.desc_head(features, keypoints)
+    assert [len(d) for d in ours] == [len(k) for k in keypoints] and len(ours[0]) > 10
+    for mine, theirs in zip(ours, expected, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

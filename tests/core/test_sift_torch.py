@@ -16,6 +16,7 @@ from scipy.spatial import cKDTree
 from featmatch_core.datasets.synthetic import random_texture
 from featmatch_core.image import to_tensor_image
 from featmatch_core.models.extractors import sift_torch
+from featmatch_core.models.extractors.aliked import ALIKED
 from featmatch_core.models.extractors.superpoint import SuperPoint
 from featmatch_core.models.extractors.sift import (
     SIFT,
@@ -213,11 +214,13 @@ def synchronizations(call) -> int:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_extraction_on_cuda_waits_only_for_its_counts():
     """SIFT (torch) reads three counts, the descriptor windows and the per-image counts; SuperPoint
-    its keypoints per image. Constants are made once, not copied at every call."""
+    its keypoints per image; ALIKED in top-k mode nothing. Constants are made once, not copied at
+    every call."""
     image = to_tensor_image(graffiti()).cuda()
     sift = SIFT({"backend": "torch", "resize": None, "max_num_keypoints": 300})
     superpoint = SuperPoint({"weights": None, "resize": None, "max_num_keypoints": 300}).cuda().eval()
-    for model, most in ((sift, 6), (superpoint, 2)):
+    aliked = ALIKED({"weights": None, "resize": None, "max_num_keypoints": 300, "detection_threshold": -1})
+    for model, most in ((sift, 6), (superpoint, 2), (aliked.cuda().eval(), 1)):
         with torch.inference_mode():
             model({"image": image})  # first call: constants made
             assert synchronizations(lambda model=model: model({"image": image})) <= most

@@ -161,6 +161,49 @@ def refine(score_map: torch.Tensor, indices: torch.Tensor, radius: int) -> tuple
     return normalised, keypoint_scores
 
 
+def describe(head: torch.nn.Module, feature_map: torch.Tensor, keypoints: list[torch.Tensor]) -> list[torch.Tensor]:
+    """ALIKED's SDDH descriptor head (kornia's ``SDDH`` module, its parameters) for the points of
+    all images at once: per point, offsets predicted from the 3x3 features around it, features
+    sampled there, projected and summed with learned weights; L2-normalised (N_i, C) per image.
+
+    The official computation, without its per-image loop and the two host-to-device copies it
+    makes per image (each a wait on a GPU)."""
+    b, c, h, w = feature_map.shape
+    size = head.kernel_size
+    counts = [len(k) for k in keypoints]
+    wh = device_constant((w - 1, h - 1), feature_map.device, feature_map.dtype)
+    pixels = (torch.cat(keypoints) / 2 + 0.5) * wh  # (N, 2), x y
+    image = torch.cat([torch.full((n,), i, device=feature_map.device) for i, n in enumerate(counts)])
+    # the official patch corner: (int(pixel) - size / 2 + 1) truncated, inside the map
+    corner = (pixels.long() - size / 2 + 1).long()
+    corner = torch.stack((corner[:, 0].clamp(0, w - 1 - size), corner[:, 1].clamp(0, h - 1 - size)), dim=1)
+    steps = torch.arange(size, device=feature_map.device)
+    rows = corner[:, 1, None, None] + steps[None, :, None]
+    cols = corner[:, 0, None, None] + steps[None, None, :]
+    flat = feature_map.permute(0, 2, 3, 1).reshape(-1, c)
+    patches = flat[(image[:, None, None] * h + rows) * w + cols].permute(0, 3, 1, 2)  # (N, C, size, size)
+    offsets = head.offset_conv(patches).clamp(-max(h, w) / 4.0, max(h, w) / 4.0)[:, :, 0, 0]
+    n, n_pos = len(pixels), head.n_pos
+    if head.mask:
+        offsets = offsets.view(n, 3, n_pos).permute(0, 2, 1)
+        weights, offsets = torch.sigmoid(offsets[:, :, -1]), offsets[:, :, :-1]
+    else:
+        offsets, weights = offsets.view(n, 2, n_pos).permute(0, 2, 1), None
+    positions = (2.0 * (pixels[:, None] + offsets) / wh - 1).to(feature_map.dtype)  # (N, n_pos, 2)
+    sampled = torch.cat([  # (C, N_i * n_pos) per image
+        F.grid_sample(feature_map[i:i + 1], part.reshape(1, -1, 1, 2), mode="bilinear", align_corners=True)[0, :, :, 0]
+        for i, part in enumerate(positions.split(counts))], dim=1)
+    sampled = sampled.view(c, n, n_pos).permute(1, 0, 2)[..., None]  # (N, C, n_pos, 1)
+    if weights is not None:
+        sampled = sampled * weights[:, None, :, None]
+    projected = torch.selu(head.sf_conv(sampled))[..., 0]  # (N, C, n_pos)
+    if head.conv2d:
+        descriptors = head.convM(projected.reshape(n, -1)[:, :, None, None])[:, :, 0, 0]
+    else:
+        descriptors = torch.einsum("ncp,pcd->nd", projected, head.agg_weights)
+    return list(F.normalize(descriptors, p=2.0, dim=1).split(counts))
+
+
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Mapping[str, torch.Tensor]:
     """Drop ``prefix`` from the keys when every key has it, else return the dict unchanged."""
     if state_dict and all(k.startswith(prefix) for k in state_dict):
@@ -226,7 +269,7 @@ class ALIKED(Extractor):
         feature_map, score_map = self.model.extract_dense_map(images)
         detections = detect_keypoints(score_map, int(conf.nms_radius), top_k, float(conf.detection_threshold), limit)
         normalised = [keypoints for keypoints, _ in detections]
-        descriptors, _ = self.model.desc_head(feature_map, normalised)
+        descriptors = describe(self.model.desc_head, feature_map, normalised)
         h, w = images.shape[-2:]
         out: list[Features] = []
         for keypoints, (_, scores), desc in zip(normalised, detections, descriptors, strict=True):
