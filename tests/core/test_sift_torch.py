@@ -88,6 +88,25 @@ def test_detections_and_descriptors_are_opencvs(image):
     assert cosine.median() > 0.999 and cosine.min() > 0.98
 
 
+def test_dropping_settled_candidates_first_changes_nothing(monkeypatch):
+    """Flat regions (here: constant squares and a smooth ramp, like rendered frames) give many tie
+    extrema; dropping those that settle and fail at the first step leaves the same points."""
+    gray = graffiti(240).astype(np.float32)
+    gray[20:80, 20:120] = 128
+    gray[100:150] = np.linspace(0, 255, gray.shape[1])[None]
+    image = torch.from_numpy(gray.round())[None]
+    settings = sift_torch.SiftSettings()
+    results = []
+    for threshold in (0, 10**12):  # always, never
+        monkeypatch.setattr(sift_torch, "PREFILTER_CANDIDATES", threshold)
+        with torch.inference_mode():
+            results.append(sift_torch.detect(image, settings)[0])
+    always, never = results
+    assert len(always.xy) > 50
+    for name in ("xy", "size", "angle", "response"):
+        assert torch.equal(getattr(always, name), getattr(never, name))
+
+
 def test_backend_selects_what_the_opencv_backend_selects():
     image = to_tensor_image(graffiti(400))
     conf = {"resize": None, "max_num_keypoints": 500}
