@@ -684,3 +684,25 @@ def test_checkpoint_errors():
     misshaped = dict(superpoint, **{"self_attn.2.out_proj.weight": torch.zeros(256, 128)})
     with pytest.raises(ValueError, match="shape mismatch"):
         LightGlue({"features": "superpoint"}).load_checkpoint_state_dict(misshaped)
+
+
+def test_input_checks_take_one_read_of_the_device(monkeypatch):
+    """Finiteness of every input and both padding masks' all/any: one read, not one per tensor."""
+    reads = []
+    original = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(t.shape) or original(t))
+    partial = torch.tensor([[True, False]])
+    full, empty = torch.ones(1, 2, dtype=torch.bool), torch.zeros(1, 2, dtype=torch.bool)
+    checks = [("image0 fine", torch.tensor(True)), ("image1 fine", torch.tensor(True))]
+    (mask0, mask1), real = LightGlue.read_checks(checks, (partial, full))
+    assert mask0 is partial and mask1 is None and real and reads == [(6,)]
+    assert LightGlue.read_checks([], (None, empty)) == ((None, empty), False)
+    assert LightGlue.read_checks([], (None, None)) == ((None, None), True) and len(reads) == 2  # nothing to read
+    with pytest.raises(ValueError, match="second bad"):
+        LightGlue.read_checks([("first", torch.tensor(True)), ("second bad", torch.tensor(False))], (None, None))
+    model = LightGlue({"input_dim": 8, "descriptor_dim": 16, "num_heads": 2, "n_layers": 1}).eval()
+    data = {f"image{i}": {"keypoints": torch.rand(1, 5, 2) * 10, "descriptors": torch.randn(1, 5, 8),
+                          "image_size": torch.tensor([[10.0, 10.0]])} for i in (0, 1)}
+    data["image1"]["descriptors"][0, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="image1 'descriptors' contains NaN"):
+        model(data)

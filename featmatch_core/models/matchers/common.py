@@ -41,16 +41,20 @@ def check_point_features(owner: str, feats: Mapping[str, Tensor], name: str,
     return b, n
 
 
+def checked_mask(owner: str, feats: Mapping[str, Tensor], name: str, b: int, n: int) -> Tensor | None:
+    """The ``keypoint_mask`` (B, N) of one image, its shape and dtype validated, or None."""
+    mask = feats.get("keypoint_mask")
+    if mask is not None and (tuple(mask.shape) != (b, n) or mask.dtype != torch.bool):
+        raise ValueError(f"{owner}: {name} keypoint_mask must be bool ({b}, {n}), "
+                         f"got {mask.dtype} {tuple(mask.shape)}")
+    return mask
+
+
 def padding_mask(owner: str, feats: Mapping[str, Tensor], name: str, b: int, n: int) -> Tensor | None:
     """The validated ``keypoint_mask`` (B, N) of one image, or None when there is no padding (so
     that the matcher takes its unmasked, reference-exact path)."""
-    mask = feats.get("keypoint_mask")
-    if mask is None:
-        return None
-    if tuple(mask.shape) != (b, n) or mask.dtype != torch.bool:
-        raise ValueError(f"{owner}: {name} keypoint_mask must be bool ({b}, {n}), "
-                         f"got {mask.dtype} {tuple(mask.shape)}")
-    return None if bool(mask.all()) else mask
+    mask = checked_mask(owner, feats, name, b, n)
+    return None if mask is None or bool(mask.all()) else mask
 
 
 def no_matches(b: int, m: int, n: int, dtype: torch.dtype, device: torch.device) -> dict[str, object]:

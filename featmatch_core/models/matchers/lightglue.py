@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ...device import device_constant
 from ..base import BaseModel, strict_load
-from .common import check_point_features, compact_matches, no_matches, padding_mask
+from .common import check_point_features, checked_mask, compact_matches, no_matches
 
 
 Tensor = torch.Tensor
@@ -757,9 +757,10 @@ class LightGlue(BaseModel):
         return self.posenc.Wr.weight.dtype
 
     def _check_side(self, feats: Mapping[str, Tensor], name: str,
-                    check_finite: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Validate one image's features; return (geometry (B, N, 2|4), descriptors, mask).
-        ``check_finite``: also reject NaN/inf here (one host sync per tensor)."""
+                    check_finite: bool = True) -> tuple[Tensor, Tensor, Tensor | None, list[tuple[str, Tensor]]]:
+        """Validate one image's features; return (geometry (B, N, 2|4), descriptors, keypoint_mask
+        or None, checks). ``checks``: with ``check_finite``, (error message, on-device flag that
+        must be true) per tensor, read by :meth:`read_checks` together with the masks' flags."""
         b, n = check_point_features("LightGlue", feats, name, ("keypoints", "descriptors", "image_size"))
         keypoints, descriptors, image_size = feats["keypoints"], feats["descriptors"], feats["image_size"]
         if descriptors.ndim != 3 or descriptors.shape[:2] != (b, n):
@@ -779,10 +780,31 @@ class LightGlue(BaseModel):
                 checked[key] = feats[key]
                 extra.append(feats[key].to(self.base_dtype)[..., None])
             geometry = torch.cat([geometry, *extra], -1)
-        for key, value in checked.items():
-            if check_finite and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                raise ValueError(f"LightGlue: {name} '{key}' contains NaN or infinite values")
-        return geometry, descriptors, padding_mask("LightGlue", feats, name, b, n)
+        checks = [(f"LightGlue: {name} '{key}' contains NaN or infinite values", torch.isfinite(value).all())
+                  for key, value in checked.items() if check_finite and value.is_floating_point()]
+        return geometry, descriptors, checked_mask("LightGlue", feats, name, b, n), checks
+
+    @staticmethod
+    def read_checks(checks: list[tuple[str, Tensor]], masks: tuple[Tensor | None, Tensor | None]
+                    ) -> tuple[tuple[Tensor | None, Tensor | None], bool]:
+        """One read of the device for every input check: raises the first failed check; returns
+        the masks that pad something (None where all points are real) and whether both images
+        have a real point. On a GPU each separate read would wait for the stream."""
+        flags = [flag for _, flag in checks]
+        flags += [t for mask in masks if mask is not None for t in (mask.all(), mask.any())]
+        values = iter(torch.stack(flags).tolist() if flags else [])
+        for (message, _), ok in zip(checks, values, strict=False):  # values holds the masks' flags too
+            if not ok:
+                raise ValueError(message)
+        kept, real = [], True
+        for mask in masks:
+            if mask is None:
+                kept.append(None)
+                continue
+            full, some = next(values), next(values)
+            kept.append(None if full else mask)
+            real = real and some
+        return (kept[0], kept[1]), real
 
     def _pruning_min_keypoints(self, device: torch.device) -> int:
         return pruning_min_keypoints(self.conf.pruning_min_keypoints, device)
@@ -821,13 +843,13 @@ class LightGlue(BaseModel):
         collect = self.training or bool(self.conf.return_all_layers)
         static = self.uses_static_pass(data["image0"]["descriptors"].device, collect)
         # the static pass checks finiteness on the device, with its results (no sync here)
-        geometry0, desc0, mask0 = self._check_side(data["image0"], "image0", check_finite=not static)
-        geometry1, desc1, mask1 = self._check_side(data["image1"], "image1", check_finite=not static)
+        geometry0, desc0, mask0, checks0 = self._check_side(data["image0"], "image0", check_finite=not static)
+        geometry1, desc1, mask1, checks1 = self._check_side(data["image1"], "image1", check_finite=not static)
         if desc0.shape[0] != desc1.shape[0]:
             raise ValueError(f"LightGlue: batch sizes differ ({desc0.shape[0]} vs {desc1.shape[0]})")
+        (mask0, mask1), real = self.read_checks(checks0 + checks1, (mask0, mask1))
         b, m, n = desc0.shape[0], desc0.shape[1], desc1.shape[1]
-        if m == 0 or n == 0 or (mask0 is not None and not bool(mask0.any())) \
-                or (mask1 is not None and not bool(mask1.any())):
+        if m == 0 or n == 0 or not real:
             return self._unmatched_output(b, m, n, desc0.device, stop=0, collect=collect)
         if static:
             return self.static_pass(b, m, n, desc0, mask0 is not None or mask1 is not None).run(
