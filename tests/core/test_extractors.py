@@ -554,6 +554,27 @@ def test_sift_kornia_backend_on_cuda_equals_cpu():
     assert (dist < 0.01).mean() > 0.95
 
 
+@pytest.mark.parametrize("k, threshold", [(None, 0.02), (20, 0.02), (500, 0.02), (20, 0.9)])
+def test_superpoint_batched_selection_equals_the_per_image_one(k, threshold):
+    """The GPU's selection (one read for the batch) keeps the CPU loop's points, order and scores."""
+    model = image_driven_superpoint({"max_num_keypoints": k, "detection_threshold": threshold})
+    flat = np.zeros((64, 96), np.uint8)
+    images = batch(texture(64, 96, seed=1), texture(64, 96, seed=2), flat)
+    with torch.inference_mode():
+        per_image = model._extract(images)
+        scores, descriptors = model.dense_outputs(images)
+        scores = remove_borders(nms(scores, 4), 4)
+        batched = model.select_batched(scores, descriptors, threshold)
+    counts = [len(f["keypoints"]) for f in per_image]
+    assert counts[2] == 0 and (threshold > 0.5 or counts[0] > 0)
+    if k == 20 and threshold < 0.5:
+        assert counts[:2] == [20, 20]
+    for mine, theirs in zip(batched, per_image, strict=True):
+        assert torch.equal(mine["keypoints"], theirs["keypoints"])
+        assert torch.equal(mine["keypoint_scores"], theirs["keypoint_scores"])
+        torch.testing.assert_close(mine["descriptors"], theirs["descriptors"])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_superpoint_whole_image_path_on_cuda_equals_the_cpu_strips():
     torch.manual_seed(0)

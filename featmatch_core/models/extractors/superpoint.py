@@ -286,6 +286,8 @@ class SuperPoint(Extractor):
         scores = nms(scores, int(conf.nms_radius))
         scores = remove_borders(scores, int(conf.remove_borders))
 
+        if images.device.type != "cpu":
+            return self.select_batched(scores, descriptors, threshold)
         out: list[Features] = []
         for s, desc in zip(scores, descriptors, strict=True):
             yx = torch.nonzero(s > threshold)
@@ -300,4 +302,30 @@ class SuperPoint(Extractor):
                 "keypoint_scores": kpt_scores,
                 "descriptors": sample_descriptors(keypoints, desc),
             })
+        return out
+
+    def select_batched(self, scores: torch.Tensor, descriptors: torch.Tensor, threshold: float) -> list[Features]:
+        """The per-image selection of :meth:`_extract` for a whole batch with one read of the
+        device (the counts above the threshold) instead of one per image: on a GPU each read
+        waits for the stream, and a training batch holds dozens of images. The same points in
+        the same order (all of them in raster order, else the best k by score)."""
+        b, w = len(scores), scores.shape[-1]
+        flat = scores.reshape(b, -1)
+        valid = flat > threshold
+        counts = valid.sum(1).tolist()
+        k = self.conf.max_num_keypoints
+        kept = [n if k is None else min(n, int(k)) for n in counts]
+        values, index = torch.where(valid, flat, -torch.inf).topk(max(kept), dim=1)
+        out: list[Features] = []
+        for i, (n, found) in enumerate(zip(kept, counts, strict=True)):
+            if n == 0:
+                out.append(empty_features(self.descriptor_dim, device=scores.device))
+                continue
+            pixel, kpt_scores = index[i, :n], values[i, :n]
+            if n == found:  # every point: raster order, as nonzero gives it
+                pixel, order = pixel.sort()
+                kpt_scores = kpt_scores[order]
+            keypoints = torch.stack((pixel % w, pixel // w), dim=1).float()
+            out.append({"keypoints": keypoints, "keypoint_scores": kpt_scores,
+                        "descriptors": sample_descriptors(keypoints, descriptors[i])})
         return out
