@@ -107,6 +107,21 @@ def test_dropping_settled_candidates_first_changes_nothing(monkeypatch):
         assert torch.equal(getattr(always, name), getattr(never, name))
 
 
+def test_windows_in_small_chunks_give_the_same_points(monkeypatch):
+    image = torch.from_numpy(graffiti(160)).float()[None]
+    settings = sift_torch.SiftSettings()
+    results = []
+    for budget in (1 << 20, 5000):  # one chunk; a few points per chunk (bounded memory on large images)
+        monkeypatch.setitem(sift_torch.WINDOW_CHUNK_ELEMENTS, "cpu", budget)
+        with torch.inference_mode():
+            found, dx, dy = sift_torch.detect(image, settings)
+            results.append((found, sift_torch.descriptors(dx, dy, found, settings)))
+    (whole, whole_desc), (chunked, chunked_desc) = results
+    assert len(whole.xy) > 100
+    assert torch.equal(whole.angle, chunked.angle) and torch.equal(whole.xy, chunked.xy)
+    torch.testing.assert_close(whole_desc, chunked_desc, rtol=1e-5, atol=1e-6)
+
+
 def test_backend_selects_what_the_opencv_backend_selects():
     image = to_tensor_image(graffiti(400))
     conf = {"resize": None, "max_num_keypoints": 500}

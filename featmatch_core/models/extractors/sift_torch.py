@@ -45,9 +45,10 @@ DESC_WIDTH = 4  # 4x4 spatial cells
 DESC_BINS = 8  # orientations per cell
 DESC_SCALE_FACTOR = 3.0  # cell width in units of the keypoint's sigma
 DESC_MAG_THRESHOLD = 0.2
-# window pixels x keypoints per descriptor chunk (bounds the memory of the vote tensors: 16
-# floats each; more on GPUs, where each chunk costs kernel launches)
-DESC_CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 23}
+# window pixels x keypoints per chunk of orientation histograms or descriptors (bounds the
+# memory of the window tensors: up to 16 floats per pixel; more on GPUs, where each chunk costs
+# kernel launches)
+WINDOW_CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 23}
 
 
 @dataclass(frozen=True)
@@ -374,21 +375,36 @@ def within(steps: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     return inside[:, :, None] & inside[:, None, :]
 
 
-def orientations(dx_store: FlatStore, dy_store: FlatStore, octave, image, level, row, col, sigma: torch.Tensor,
-                 settings: SiftSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """OpenCV's dominant orientations: (point index, angle in degrees) for every histogram peak."""
-    largest_sigma = settings.sigma * 2.0 ** ((settings.levels + 0.5) / settings.levels)
-    radius_max = int(math.floor(ORI_RADIUS_FACTOR * largest_sigma + 0.5))
+def orientation_histograms(dx_store: FlatStore, dy_store: FlatStore, octave, image, level, row, col,
+                           sigma: torch.Tensor, radius_max: int) -> torch.Tensor:
+    """(N, 36) gradient orientation histograms, Gaussian-weighted (1.5 sigma) over the radius
+    4.5 sigma around each point, votes to the nearest bin (OpenCV's, before smoothing)."""
     dx, dy, valid, steps = window(dx_store, dy_store, octave, image, level, row, col, radius_max)
-    radius = torch.round(ORI_RADIUS_FACTOR * sigma).long()
-    inside = within(steps, radius)
+    inside = within(steps, torch.round(ORI_RADIUS_FACTOR * sigma).long())
     weight_sigma = ORI_SIGMA_FACTOR * sigma
     distance2 = (steps[:, None] ** 2 + steps[None, :] ** 2).to(dx)
     weight = torch.exp(distance2[None] * (-1.0 / (2 * weight_sigma * weight_sigma))[:, None, None])
     magnitude = torch.sqrt(dx * dx + dy * dy) * weight * (valid & inside)
     bins = torch.round(degrees(dy, dx) * (ORI_BINS / 360.0)).long() % ORI_BINS
     histogram = torch.zeros(len(row), ORI_BINS, device=row.device, dtype=dx.dtype)
-    histogram.scatter_add_(1, bins.flatten(1), magnitude.flatten(1))
+    return histogram.scatter_add_(1, bins.flatten(1), magnitude.flatten(1))
+
+
+def window_budget(device: torch.device) -> int:
+    return WINDOW_CHUNK_ELEMENTS.get(device.type, WINDOW_CHUNK_ELEMENTS["cpu"])
+
+
+def orientations(dx_store: FlatStore, dy_store: FlatStore, octave, image, level, row, col, sigma: torch.Tensor,
+                 settings: SiftSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV's dominant orientations: (point index, angle in degrees) for every histogram peak.
+    The histograms are made in chunks of points (bounded memory on large images)."""
+    largest_sigma = settings.sigma * 2.0 ** ((settings.levels + 0.5) / settings.levels)
+    radius_max = int(math.floor(ORI_RADIUS_FACTOR * largest_sigma + 0.5))
+    chunk = max(1, window_budget(row.device) // (2 * radius_max + 1) ** 2)
+    points = (octave, image, level, row, col, sigma)
+    parts = [orientation_histograms(dx_store, dy_store, *(t[i:i + chunk] for t in points), radius_max)
+             for i in range(0, len(row), chunk)]
+    histogram = torch.cat(parts) if parts else torch.zeros(0, ORI_BINS, device=row.device)
     smooth = ((histogram.roll(2, 1) + histogram.roll(-2, 1)) * (1 / 16)
               + (histogram.roll(1, 1) + histogram.roll(-1, 1)) * (4 / 16) + histogram * (6 / 16))
     left, right = smooth.roll(1, 1), smooth.roll(-1, 1)
@@ -411,7 +427,7 @@ def descriptors(dx_store: FlatStore, dy_store: FlatStore, found: Detections, set
     order = torch.argsort(found.sigma, descending=True)
     factor = DESC_SCALE_FACTOR * math.sqrt(2) * (DESC_WIDTH + 1) * 0.5
     radii = torch.round(found.sigma[order] * factor).long().tolist()
-    budget = DESC_CHUNK_ELEMENTS.get(found.xy.device.type, DESC_CHUNK_ELEMENTS["cpu"])
+    budget = window_budget(found.xy.device)
     parts, start = [], 0
     while start < len(radii):
         radius = radii[start]
