@@ -99,14 +99,21 @@ class TwoViewModel(nn.Module):
             raise KeyError("TwoViewModel: the batch has no keypoints0/1"
                            + (" and no image0/1" if self.extractor is not None else
                               ": for batches of images (data.features_in=model) set model.extractor"))
+        views = [batch["image0"], batch["image1"]]
+        self.extractor.to(views[0].device)  # a no-op once there
+        # both views in one call when they fit together: a GPU extractor's launches and reads are
+        # per call, not per image
+        together = views[0].shape == views[1].shape
         out = {}
-        for i in (0, 1):
-            images = batch[f"image{i}"]
-            self.extractor.to(images.device)  # a no-op once there
+        for i, images in enumerate([torch.cat(views)] if together else views):
             # full precision, as in the dataset: the same features whatever train.mixed_precision
             with torch.autocast(device_type=images.device.type, enabled=False):
                 feats = padded_features(self.extractor, images.float(), int(self.conf.extractor.max_num_keypoints))
-            out.update({f"{key}{i}": value for key, value in feats.items()})
+            if together:
+                halves = {key: value.chunk(2) for key, value in feats.items()}
+                out.update({f"{key}{j}": parts[j] for key, parts in halves.items() for j in (0, 1)})
+            else:
+                out.update({f"{key}{i}": value for key, value in feats.items()})
         return out
 
     def ground_truth(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

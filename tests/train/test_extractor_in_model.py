@@ -105,9 +105,15 @@ def test_extraction_runs_on_the_batch_device_cuda(photo_dir, extractor):
     assert all(v.device.type == "cuda" for v in features.values())
     for key in ("keypoint_mask0", "image_size1"):
         assert features[key].shape == expected[key].shape
-    if extractor == "sift":  # OpenCV on the CPU either way: exactly the dataset's features
-        for key, value in features.items():
-            torch.testing.assert_close(value.cpu(), expected[key], msg=key)
+    if extractor == "sift":  # backend auto: the torch port on the GPU, OpenCV in the dataset
+        for i in (0, 1):
+            for b in range(NUM_PAIRS):
+                ours = features[f"keypoints{i}"][b][features[f"keypoint_mask{i}"][b]].cpu().double()
+                theirs = expected[f"keypoints{i}"][b][expected[f"keypoint_mask{i}"][b]].double()
+                assert abs(len(ours) - len(theirs)) <= max(2, 0.05 * len(theirs))
+                if len(ours) and len(theirs):  # the same points, but for a few near-ties of the top-k
+                    nearest = (ours[:, None] - theirs[None]).norm(dim=-1).min(dim=1).values
+                    assert (nearest < 0.01).double().mean() > 0.9
     pred = model(batch)
     assert torch.isfinite(model.loss(pred, batch)[0]["total"]).all()
 
