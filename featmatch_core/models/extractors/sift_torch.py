@@ -1,8 +1,8 @@
 """SIFT in torch tensors: OpenCV's algorithm (``cv::SIFT``, float pyramid) on any device.
 
-The same steps as OpenCV's CPU code, each done for all points at once so that a GPU runs a few
-hundred kernels per image and waits for the host three times (the candidate, survivor and
-orientation counts):
+The same steps as OpenCV's CPU code, each done for all points of a batch of images at once, so
+that a GPU runs about 950 kernels per batch and the host reads the device four times here (the
+candidate, survivor and orientation-peak counts, the descriptor windows' sizes):
 
 1. The image (0..255) is doubled with OpenCV's precise upscale (``first_octave = -1``) and
    blurred to ``sigma``; each octave has ``levels + 3`` Gaussian levels, blurred incrementally
