@@ -19,30 +19,17 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 EXTRACTORS = ["superpoint", "sift:opencv", "sift:pycolmap", "sift:torch", "sift:kornia", "aliked", "disk"]
 KEYPOINTS = [512, 1024, 2048]
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn, repeats: int, device) -> list[float]:
+    from time_lightglue import timed  # torch is imported in the case's subprocess only
+
     fn()  # warm-up (allocations, kernels)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
+    return [timed(fn, device) for _ in range(repeats)]
 
 
 def run_case(case: dict) -> dict:

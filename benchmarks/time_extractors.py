@@ -27,7 +27,6 @@ import copy
 import importlib
 import statistics
 import sys
-import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +40,7 @@ from featmatch_core.device import autocast, resolve_device
 from featmatch_core.image import to_tensor_image
 from featmatch_core.models import build_model
 from lightglue_launches import Counter
+from time_lightglue import timed
 
 # the same selection on both sides: top-k (no score threshold), at most max_keypoints
 # SIFT: our torch back end (the GPU path) against the reference's OpenCV SIFT (CPU)
@@ -102,16 +102,6 @@ def build_pair(name: str, reference: Callable[[str], ModuleType] | None, max_key
     except ImportError as err:  # the reference's ALIKED needs torchvision
         return ours, f"reference needs {err.name}"
     return ours, theirs.eval().to(device)
-
-
-def timed(call: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    call()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) * 1e3
 
 
 def host_work(call: Callable[[], object]) -> tuple[int, int]:

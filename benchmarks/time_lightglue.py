@@ -41,6 +41,10 @@ def random_pair(n: int, dim: int, seed: int) -> dict[str, dict[str, torch.Tensor
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Milliseconds of one call, the device's queue empty before and after (shared by the
+    time_* and bench_* scripts)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     fn()
     if device.type == "cuda":

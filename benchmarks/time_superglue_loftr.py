@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,20 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from featmatch_core.datasets.synthetic import random_texture
 from featmatch_core.models.dense.loftr import LoFTR
 from featmatch_core.models.matchers.superglue import SuperGlue
+from time_lightglue import timed
 
 
 def median_ms(fn: Callable[[], object], repeat: int, device: torch.device) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return statistics.median(timed(fn, device) for _ in range(repeat))
 
 
 def superglue_input(n: int, device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
