@@ -101,20 +101,18 @@ class TwoViewModel(nn.Module):
                               ": for batches of images (data.features_in=model) set model.extractor"))
         views = [batch["image0"], batch["image1"]]
         self.extractor.to(views[0].device)  # a no-op once there
-        # both views in one call when they fit together: a GPU extractor's launches and reads are
-        # per call, not per image
-        together = views[0].shape == views[1].shape
-        out = {}
-        for i, images in enumerate([torch.cat(views)] if together else views):
+
+        def features_of(images: Tensor) -> dict[str, Tensor]:
             # full precision, as in the dataset: the same features whatever train.mixed_precision
             with torch.autocast(device_type=images.device.type, enabled=False):
-                feats = padded_features(self.extractor, images.float(), int(self.conf.extractor.max_num_keypoints))
-            if together:
-                halves = {key: value.chunk(2) for key, value in feats.items()}
-                out.update({f"{key}{j}": parts[j] for key, parts in halves.items() for j in (0, 1)})
-            else:
-                out.update({f"{key}{i}": value for key, value in feats.items()})
-        return out
+                return padded_features(self.extractor, images.float(), int(self.conf.extractor.max_num_keypoints))
+
+        if views[0].shape == views[1].shape:  # one call: a GPU extractor's launches and reads are per call
+            both = features_of(torch.cat(views))
+            per_view = [{key: value.chunk(2)[i] for key, value in both.items()} for i in (0, 1)]
+        else:
+            per_view = [features_of(images) for images in views]
+        return {f"{key}{i}": value for i, feats in enumerate(per_view) for key, value in feats.items()}
 
     def ground_truth(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Labels from ``H_0to1``, else from depth maps and poses (see the module docstring)."""
