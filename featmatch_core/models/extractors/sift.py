@@ -230,19 +230,18 @@ def _run_torch(images: torch.Tensor, conf: DictConfig, settings: sift_torch.Sift
     with torch.autocast(images.device.type, enabled=False):
         found, dx, dy = sift_torch.detect(gray, settings)
         oris = wrap_angle_torch(torch.deg2rad(found.angle))
-        chosen = found.take(select_torch(found.xy, found.response, oris, found.image, tuple(gray.shape[-2:]), conf))
+        index = select_torch(found.xy, found.response, oris, found.image, tuple(gray.shape[-2:]), conf)
+        chosen, oris = found.take(index), oris[index]
         descriptors = sift_torch.descriptors(dx, dy, chosen, settings)
         descriptors = rootsift(descriptors) if conf.rootsift else F.normalize(descriptors, p=2, dim=-1)
     counts = torch.bincount(chosen.image, minlength=len(images)).tolist()
     out: list[Features] = []
-    for feats in zip(*(t.split(counts) for t in (chosen.xy, chosen.response, descriptors, chosen.size, chosen.angle)),
+    for feats in zip(*(t.split(counts) for t in (chosen.xy, chosen.response, descriptors, chosen.size, oris)),
                      strict=True):
-        xy, scores, desc, size, angle = feats
-        if len(xy) == 0:
+        if len(feats[0]) == 0:
             out.append(empty_features(128, with_scale_ori=True, device=images.device))
             continue
-        out.append({"keypoints": xy, "keypoint_scores": scores, "descriptors": desc, "scales": size,
-                    "oris": wrap_angle_torch(torch.deg2rad(angle))})
+        out.append(dict(zip(("keypoints", "keypoint_scores", "descriptors", "scales", "oris"), feats, strict=True)))
     return out
 
 
