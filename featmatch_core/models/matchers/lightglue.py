@@ -784,27 +784,36 @@ class LightGlue(BaseModel):
                   for key, value in checked.items() if check_finite and value.is_floating_point()]
         return geometry, descriptors, checked_mask("LightGlue", feats, name, b, n), checks
 
+    def check_inputs(self, data: Mapping[str, Mapping[str, Tensor]], check_finite: bool = True
+                     ) -> tuple[tuple[Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor, Tensor | None], bool]:
+        """Both images' (geometry, descriptors, mask) validated, and whether both have a real
+        point. A mask is None where every point is real."""
+        for key in ("image0", "image1"):
+            if key not in data:
+                raise ValueError(f"LightGlue expects 'image0' and 'image1', got keys {sorted(data)}")
+        geometry0, desc0, mask0, checks0 = self._check_side(data["image0"], "image0", check_finite)
+        geometry1, desc1, mask1, checks1 = self._check_side(data["image1"], "image1", check_finite)
+        if desc0.shape[0] != desc1.shape[0]:
+            raise ValueError(f"LightGlue: batch sizes differ ({desc0.shape[0]} vs {desc1.shape[0]})")
+        (mask0, mask1), real = self.read_checks(checks0 + checks1, (mask0, mask1))
+        return (geometry0, desc0, mask0), (geometry1, desc1, mask1), real
+
     @staticmethod
     def read_checks(checks: list[tuple[str, Tensor]], masks: tuple[Tensor | None, Tensor | None]
                     ) -> tuple[tuple[Tensor | None, Tensor | None], bool]:
         """One read of the device for every input check: raises the first failed check; returns
         the masks that pad something (None where all points are real) and whether both images
         have a real point. On a GPU each separate read would wait for the stream."""
-        flags = [flag for _, flag in checks]
-        flags += [t for mask in masks if mask is not None for t in (mask.all(), mask.any())]
-        values = iter(torch.stack(flags).tolist() if flags else [])
-        for (message, _), ok in zip(checks, values, strict=False):  # values holds the masks' flags too
+        present = [mask for mask in masks if mask is not None]
+        flags = [flag for _, flag in checks] + [t for mask in present for t in (mask.all(), mask.any())]
+        values = torch.stack(flags).tolist() if flags else []
+        finite, mask_flags = values[:len(checks)], values[len(checks):]
+        for (message, _), ok in zip(checks, finite, strict=True):
             if not ok:
                 raise ValueError(message)
-        kept, real = [], True
-        for mask in masks:
-            if mask is None:
-                kept.append(None)
-                continue
-            full, some = next(values), next(values)
-            kept.append(None if full else mask)
-            real = real and some
-        return (kept[0], kept[1]), real
+        full = iter(mask_flags[0::2])
+        kept = tuple(None if mask is None or next(full) else mask for mask in masks)
+        return kept, all(mask_flags[1::2])
 
     def _pruning_min_keypoints(self, device: torch.device) -> int:
         return pruning_min_keypoints(self.conf.pruning_min_keypoints, device)
@@ -837,17 +846,11 @@ class LightGlue(BaseModel):
         alone (rotary encoding, input projection, layer 0's self-attention) and reuses it when the
         same features come again with the same model and precision: a video frame is matched
         twice, as the second image of one pair and the first of the next."""
-        for key in ("image0", "image1"):
-            if key not in data:
-                raise ValueError(f"LightGlue expects 'image0' and 'image1', got keys {sorted(data)}")
         collect = self.training or bool(self.conf.return_all_layers)
-        static = self.uses_static_pass(data["image0"]["descriptors"].device, collect)
+        descriptors = data.get("image0", {}).get("descriptors")  # when missing, check_inputs says so
+        static = descriptors is not None and self.uses_static_pass(descriptors.device, collect)
         # the static pass checks finiteness on the device, with its results (no sync here)
-        geometry0, desc0, mask0, checks0 = self._check_side(data["image0"], "image0", check_finite=not static)
-        geometry1, desc1, mask1, checks1 = self._check_side(data["image1"], "image1", check_finite=not static)
-        if desc0.shape[0] != desc1.shape[0]:
-            raise ValueError(f"LightGlue: batch sizes differ ({desc0.shape[0]} vs {desc1.shape[0]})")
-        (mask0, mask1), real = self.read_checks(checks0 + checks1, (mask0, mask1))
+        (geometry0, desc0, mask0), (geometry1, desc1, mask1), real = self.check_inputs(data, check_finite=not static)
         b, m, n = desc0.shape[0], desc0.shape[1], desc1.shape[1]
         if m == 0 or n == 0 or not real:
             return self._unmatched_output(b, m, n, desc0.device, stop=0, collect=collect)

@@ -250,14 +250,7 @@ class OnnxLightGlue(BaseModel):
             self.runner = open_runner(cached_export(self.source, self.export_format()), self.conf)
 
     def forward(self, data: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, Any]:
-        for key in ("image0", "image1"):
-            if key not in data:
-                raise ValueError(f"LightGlue expects 'image0' and 'image1', got keys {sorted(data)}")
-        _, desc0, mask0, checks0 = self.source._check_side(data["image0"], "image0")
-        _, desc1, mask1, checks1 = self.source._check_side(data["image1"], "image1")
-        if desc0.shape[0] != desc1.shape[0]:
-            raise ValueError(f"LightGlue: batch sizes differ ({desc0.shape[0]} vs {desc1.shape[0]})")
-        (mask0, mask1), _ = self.source.read_checks(checks0 + checks1, (mask0, mask1))
+        (_, desc0, mask0), (_, desc1, mask1), _ = self.source.check_inputs(data)
         b, m, n = desc0.shape[0], desc0.shape[1], desc1.shape[1]
         device, n_layers = desc0.device, int(self.conf.n_layers)
         out = {**no_matches(b, m, n, torch.float32, device), "stop": 0,
