@@ -414,9 +414,20 @@ def orientations(dx_store: FlatStore, dy_store: FlatStore, octave, image, level,
     position = peak.to(centre) + 0.5 * (before - after) / (before - 2 * centre + after)
     position = torch.where(position < 0, position + ORI_BINS, position)
     position = torch.where(position >= ORI_BINS, position - ORI_BINS, position)
-    angle = 360.0 - (360.0 / ORI_BINS) * position
-    angle = torch.where((angle - 360.0).abs() < torch.finfo(torch.float32).eps, torch.zeros_like(angle), angle)
-    return point, angle
+    return point, reversed_degrees((360.0 / ORI_BINS) * position)
+
+
+def reversed_degrees(angle: torch.Tensor) -> torch.Tensor:
+    """360 - angle, 0 where that is 360 within float precision (OpenCV's KeyPoint.angle, which
+    turns the other way, and back)."""
+    turned = 360.0 - angle
+    return torch.where((turned - 360.0).abs() < torch.finfo(torch.float32).eps, torch.zeros_like(turned), turned)
+
+
+def descriptor_radius(sigma: torch.Tensor) -> torch.Tensor:
+    """OpenCV's window radius of a descriptor: the 4x4 cells of 3 sigma, rotated (sqrt 2), with a
+    half cell of interpolation on each side."""
+    return torch.round(DESC_SCALE_FACTOR * sigma * math.sqrt(2) * (DESC_WIDTH + 1) * 0.5).long()
 
 
 def descriptors(dx_store: FlatStore, dy_store: FlatStore, found: Detections, settings: SiftSettings) -> torch.Tensor:
@@ -425,8 +436,7 @@ def descriptors(dx_store: FlatStore, dy_store: FlatStore, found: Detections, set
     if len(found.xy) == 0:
         return torch.zeros(0, DESC_WIDTH * DESC_WIDTH * DESC_BINS, device=found.xy.device)
     order = torch.argsort(found.sigma, descending=True)
-    factor = DESC_SCALE_FACTOR * math.sqrt(2) * (DESC_WIDTH + 1) * 0.5
-    radii = torch.round(found.sigma[order] * factor).long().tolist()
+    radii = descriptor_radius(found.sigma[order]).tolist()
     budget = window_budget(found.xy.device)
     parts, start = [], 0
     while start < len(radii):
@@ -443,12 +453,11 @@ def describe(dx_store: FlatStore, dy_store: FlatStore, found: Detections, radius
     d, n = DESC_WIDTH, DESC_BINS
     octave, level, sigma = found.octave, found.level, found.sigma
     centre = torch.round(found.octave_xy).long()
-    angle = 360.0 - found.angle
-    angle = torch.where((angle - 360.0).abs() < torch.finfo(torch.float32).eps, torch.zeros_like(angle), angle)
+    angle = reversed_degrees(found.angle)
     dx, dy, valid, steps = window(dx_store, dy_store, octave, found.image, level, centre[:, 1], centre[:, 0],
                                   radius_max)
     hist_width = DESC_SCALE_FACTOR * sigma
-    radius = torch.round(hist_width * math.sqrt(2) * (d + 1) * 0.5).long()
+    radius = descriptor_radius(sigma)
     radians = torch.deg2rad(angle)
     cos_t, sin_t = (torch.cos(radians) / hist_width)[:, None, None], (torch.sin(radians) / hist_width)[:, None, None]
     i, j = steps.to(dx)[None, :, None], steps.to(dx)[None, None, :]
