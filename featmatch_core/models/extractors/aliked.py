@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 
 from ...device import device_constant
 from ..base import strict_load
-from .base import Extractor, Features, empty_features
+from .base import Extractor, Features, empty_features, strip_prefix
 from .superpoint import nms
 
 SOFT_ARGMAX_TEMPERATURE = 0.1  # the official DKD's tuned temperature
@@ -202,13 +202,6 @@ def describe(head: torch.nn.Module, feature_map: torch.Tensor, keypoints: list[t
     else:
         descriptors = torch.einsum("ncp,pcd->nd", projected, head.agg_weights)
     return list(F.normalize(descriptors, p=2.0, dim=1).split(counts))
-
-
-def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Mapping[str, torch.Tensor]:
-    """Drop ``prefix`` from the keys when every key has it, else return the dict unchanged."""
-    if state_dict and all(k.startswith(prefix) for k in state_dict):
-        return {k[len(prefix):]: v for k, v in state_dict.items()}
-    return state_dict
 
 
 # descriptor width of each kornia ALIKED configuration

@@ -12,6 +12,7 @@ Output contract (see docs/architecture.md):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -80,6 +81,13 @@ class Extractor(BaseModel):
         batch = pad_and_stack(per_image, self.descriptor_dim, images.device)
         batch["image_size"] = image_sizes(images)
         return batch
+
+
+def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Mapping[str, torch.Tensor]:
+    """Drop ``prefix`` from the keys when every key has it, else return the dict unchanged."""
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
 
 
 def num_valid_keypoints(feats: Any) -> int:

@@ -15,14 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..base import strict_load
-from .base import Extractor, Features, empty_features
-
-
-def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Mapping[str, torch.Tensor]:
-    """Drop ``prefix`` from the keys when every key has it, else return the dict unchanged."""
-    if state_dict and all(k.startswith(prefix) for k in state_dict):
-        return {k[len(prefix):]: v for k, v in state_dict.items()}
-    return state_dict
+from .base import Extractor, Features, empty_features, strip_prefix
 
 
 class DISK(Extractor):
