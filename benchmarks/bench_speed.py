@@ -39,6 +39,7 @@ def run_case(case: dict) -> dict:
     from featmatch_core.device import autocast
     from featmatch_core.image import to_tensor_image
     from featmatch_core.models import build_model
+    from featmatch_core.models.extractors.base import autocast_allowed
 
     torch.manual_seed(0)
     device = torch.device(case["device"])
@@ -53,7 +54,7 @@ def run_case(case: dict) -> dict:
             conf["max_num_keypoints"] = 2048
         model = build_model("extractor", conf, pretrained=False).to(device).eval()
         image = to_tensor_image(random_texture(480, 640, seed=1)).to(device)
-        precision = case["precision"] if getattr(model, "autocast_ok", True) else "fp32"
+        precision = case["precision"] if autocast_allowed(model, device) else "fp32"
 
         def step():
             with torch.inference_mode(), autocast(device, precision):

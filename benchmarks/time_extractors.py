@@ -15,8 +15,8 @@ The reference's ALIKED needs torchvision (its deformable convolutions and ResNet
 it that row says so. SIFT compares our torch back end (the GPU path) with the reference's OpenCV
 SIFT, which runs on the CPU whatever the device; their points differ by design (the reference
 gives OpenCV ``num_octaves`` as its levels per octave and a 4x lower threshold than COLMAP's).
-``fp16``/``bf16`` run both sides under autocast; our ALIKED and DISK opt out of it
-(``autocast_ok``) on the CPU.
+``fp16``/``bf16`` run both sides under autocast; our ALIKED and DISK opt out of it on the CPU
+(``autocast_devices``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from featmatch_core.datasets.synthetic import random_texture  # noqa: I001
 from featmatch_core.device import autocast, resolve_device
 from featmatch_core.image import to_tensor_image
 from featmatch_core.models import build_model
+from featmatch_core.models.extractors.base import autocast_allowed
 from lightglue_launches import Counter
 from time_lightglue import timed
 
@@ -123,7 +124,7 @@ def keypoint_agreement(ours: torch.Tensor, theirs: torch.Tensor) -> float:
 def table_row(name: str, size: str, precision: str, ours: torch.nn.Module, theirs: torch.nn.Module | str,
               image: torch.Tensor, device: torch.device, warmup: int, repeat: int) -> str:
     """Time both sides on one image (interleaved) and count their host work."""
-    ours_amp = precision if getattr(ours, "autocast_ok", True) or device.type == "cuda" else "fp32"
+    ours_amp = precision if autocast_allowed(ours, device) else "fp32"
     runners: dict[str, Callable[[], dict]] = {}
 
     def run(model: torch.nn.Module, amp: str) -> Callable[[], dict]:

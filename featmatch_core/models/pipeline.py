@@ -27,7 +27,7 @@ from ..device import autocast, precision_for, resolve_device, to_numpy_together
 from ..image import ImageLike, PinnedStaging, upload_image
 from ..weights import WeightsUnavailableError
 from . import build_model
-from .extractors.base import Extractor, Features, num_valid_keypoints, pad_and_stack
+from .extractors.base import Extractor, Features, autocast_allowed, num_valid_keypoints, pad_and_stack
 
 Overrides = Sequence[str] | Mapping[str, Any] | DictConfig | None
 OPEN_KEYS = ("extractor", "matcher", "fallback_matcher")  # validated by the models themselves
@@ -154,7 +154,7 @@ class Pipeline(nn.Module):
         return {"image0": feats0, "image1": feats1, **self._run_matcher(feats0, feats1)}
 
     def _run_extractor(self, images: torch.Tensor) -> Features:
-        use_amp = getattr(self.extractor, "autocast_ok", True)
+        use_amp = autocast_allowed(self.extractor, self.device)
         with autocast(self.device, self.conf.precision if use_amp else "fp32"):
             feats = self.extractor({"image": images.to(self.device)})
         return {k: v.float() if v.is_floating_point() else v for k, v in feats.items()}

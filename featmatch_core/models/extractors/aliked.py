@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from kornia.feature.aliked.aliked import DeformableConv2d
+from kornia.feature.aliked.aliked import DeformableConv2d, InputPadder
 from omegaconf import DictConfig
 
 from ...device import device_constant
@@ -54,10 +54,12 @@ def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, b
     if c_in != c or offset.shape != (b, 2 * k, h_out, w_out):
         raise ValueError(f"deform_conv2d: input {tuple(x.shape)}, weight {tuple(weight.shape)} and offset "
                          f"{tuple(offset.shape)} do not fit one group with stride 1 and padding {padding}")
-    taps, scale = tap_grid(kh, kw, h, w, padding, offset.device, offset.dtype)
-    dx_dy = offset.view(b, k, 2, h_out, w_out).flip(2).permute(0, 1, 3, 4, 2)  # (B, K, H', W', 2)
+    # positions in float32 whatever the autocast: in fp16 (bf16) a 640-pixel axis would resolve
+    # only 0.3 (2.5) pixels, so reduced-precision maps are sampled as float32
+    taps, scale = tap_grid(kh, kw, h, w, padding, offset.device, torch.float32)
+    dx_dy = offset.float().view(b, k, 2, h_out, w_out).flip(2).permute(0, 1, 3, 4, 2)  # (B, K, H', W', 2)
     grid = torch.addcmul(taps, dx_dy, scale).view(b, k * h_out, w_out, 2)
-    sampled = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+    sampled = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     sampled = sampled.view(b, c, k, h_out * w_out)  # (B, C, K, H'W')
     if mask is not None:
         sampled = sampled * mask.reshape(b, 1, k, h_out * w_out)
@@ -105,6 +107,23 @@ class GridSampleDeformableConv2d(DeformableConv2d):
             offset, modulation = out, None
         return deform_conv2d(x, offset.clamp(-max_offset, max_offset), self.regular_conv.weight,
                              self.regular_conv.bias, self.padding, modulation)
+
+
+def dense_maps(net: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kornia's ``ALIKED.extract_dense_map`` (feature map, score map) with the score head in
+    float32 under autocast: in reduced precision many top scores tie (bf16 keeps 8 bits), and
+    the suppression and top-k then pick other pixels. The head is four convolutions of at most
+    8 channels, a small share of the network."""
+    padder = InputPadder(images.shape[-2], images.shape[-1], 32)
+    x1 = net.block1(padder.pad(images))
+    x2 = net.block2(net.pool2(x1))
+    x3 = net.block3(net.pool4(x2))
+    x4 = net.block4(net.pool4(x3))
+    x1234 = torch.cat([net.gate(net.conv1(x1)), net.upsample2(net.gate(net.conv2(x2))),
+                       net.upsample8(net.gate(net.conv3(x3))), net.upsample32(net.gate(net.conv4(x4)))], dim=1)
+    with torch.autocast(images.device.type, enabled=False):
+        score_map = torch.sigmoid(net.score_head(x1234.float()))
+    return padder.unpad(F.normalize(x1234, p=2, dim=1)), padder.unpad(score_map)
 
 
 def detect_keypoints(score_map: torch.Tensor, radius: int, top_k: int, threshold: float,
@@ -171,8 +190,8 @@ def describe(head: torch.nn.Module, feature_map: torch.Tensor, keypoints: list[t
     b, c, h, w = feature_map.shape
     size = head.kernel_size
     counts = [len(k) for k in keypoints]
-    wh = device_constant((w - 1, h - 1), feature_map.device, feature_map.dtype)
-    pixels = (torch.cat(keypoints) / 2 + 0.5) * wh  # (N, 2), x y
+    wh = device_constant((w - 1, h - 1), feature_map.device, torch.float32)
+    pixels = (torch.cat(keypoints).float() / 2 + 0.5) * wh  # (N, 2), x y
     image = torch.cat([torch.full((n,), i, device=feature_map.device) for i, n in enumerate(counts)])
     # the official patch corner: (int(pixel) - size / 2 + 1) truncated, inside the map
     corner = (pixels.long() - size / 2 + 1).long()
@@ -189,9 +208,10 @@ def describe(head: torch.nn.Module, feature_map: torch.Tensor, keypoints: list[t
         weights, offsets = torch.sigmoid(offsets[:, :, -1]), offsets[:, :, :-1]
     else:
         offsets, weights = offsets.view(n, 2, n_pos).permute(0, 2, 1), None
-    positions = (2.0 * (pixels[:, None] + offsets) / wh - 1).to(feature_map.dtype)  # (N, n_pos, 2)
+    positions = 2.0 * (pixels[:, None] + offsets.float()) / wh - 1  # (N, n_pos, 2), float32 as in deform_conv2d
+    features = feature_map.float()
     sampled = torch.cat([  # (C, N_i * n_pos) per image
-        F.grid_sample(feature_map[i:i + 1], part.reshape(1, -1, 1, 2), mode="bilinear", align_corners=True)[0, :, :, 0]
+        F.grid_sample(features[i:i + 1], part.reshape(1, -1, 1, 2), mode="bilinear", align_corners=True)[0, :, :, 0]
         for i, part in enumerate(positions.split(counts))], dim=1)
     sampled = sampled.view(c, n, n_pos).permute(1, 0, 2)[..., None]  # (N, C, n_pos, 1)
     if weights is not None:
@@ -222,8 +242,9 @@ class ALIKED(Extractor):
     grayscale: ClassVar[bool] = False
     descriptor_dim: ClassVar[int] = 128
     has_scale_ori: ClassVar[bool] = False
-    # kornia: on CPU, half-precision maps reach grid_sample without an upcast (wrong values/NaN)
-    autocast_ok: ClassVar[bool] = False
+    # On CPUs bf16 is no faster here (the float32 sampling and score head cost what the
+    # convolutions save), so ALIKED stays in float32 there
+    autocast_devices: ClassVar[frozenset[str]] = frozenset({"cuda"})
 
     def _init(self, conf: DictConfig) -> None:
         from kornia.feature import ALIKED as KorniaALIKED
@@ -259,7 +280,7 @@ class ALIKED(Extractor):
         conf = self.conf
         top_k = int(conf.max_num_keypoints) if conf.detection_threshold <= 0 else -1
         limit = THRESHOLD_MODE_LIMIT if conf.max_num_keypoints is None else int(conf.max_num_keypoints)
-        feature_map, score_map = self.model.extract_dense_map(images)
+        feature_map, score_map = dense_maps(self.model, images)
         detections = detect_keypoints(score_map, int(conf.nms_radius), top_k, float(conf.detection_threshold), limit)
         normalised = [keypoints for keypoints, _ in detections]
         descriptors = describe(self.model.desc_head, feature_map, normalised)

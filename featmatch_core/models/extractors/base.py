@@ -45,8 +45,9 @@ class Extractor(BaseModel):
     grayscale: ClassVar[bool] = True
     descriptor_dim: ClassVar[int] = 0
     has_scale_ori: ClassVar[bool] = False
-    # Whether autocast (bf16/fp16) may run this extractor's network.
-    autocast_ok: ClassVar[bool] = True
+    # Device types on which autocast (bf16/fp16) may run this extractor's network; elsewhere it
+    # runs in float32 whatever the pipeline's precision (see autocast_allowed).
+    autocast_devices: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})
 
     def __init__(self, conf=None) -> None:
         super().__init__(conf)
@@ -81,6 +82,11 @@ class Extractor(BaseModel):
         batch = pad_and_stack(per_image, self.descriptor_dim, images.device)
         batch["image_size"] = image_sizes(images)
         return batch
+
+
+def autocast_allowed(model: nn.Module, device: torch.device) -> bool:
+    """Whether ``model`` (an extractor, or a model wrapping one) may run under autocast on ``device``."""
+    return device.type in getattr(model, "autocast_devices", Extractor.autocast_devices)
 
 
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Mapping[str, torch.Tensor]:

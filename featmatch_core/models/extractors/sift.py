@@ -121,7 +121,6 @@ class SIFT(Extractor):
     grayscale: ClassVar[bool] = True
     descriptor_dim: ClassVar[int] = 128
     has_scale_ori: ClassVar[bool] = True
-    autocast_ok: ClassVar[bool] = True  # no network
 
     def _init(self, conf: DictConfig) -> None:
         name = type(self).__name__

@@ -224,7 +224,6 @@ class SuperPoint(Extractor):
     grayscale: ClassVar[bool] = True
     descriptor_dim: ClassVar[int] = 256
     has_scale_ori: ClassVar[bool] = False
-    autocast_ok: ClassVar[bool] = True
 
     def _init(self, conf: DictConfig) -> None:
         name = type(self).__name__

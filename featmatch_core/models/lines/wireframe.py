@@ -144,7 +144,7 @@ class Wireframe(Extractor):
             raise ValueError("Wireframe: point_extractor.name must name a point extractor (e.g. superpoint, sift)")
         self.point_extractor = build_model("extractor", point_conf, pretrained=False)
         self.descriptor_dim = int(self.point_extractor.descriptor_dim)
-        self.autocast_ok = bool(getattr(self.point_extractor, "autocast_ok", True))
+        self.autocast_devices = self.point_extractor.autocast_devices
         lines_conf = {**LINES, **to_container(conf.lines), "resize": None}
         self.lsd = LSD(lines_conf)
         cap = conf.max_num_keypoints
