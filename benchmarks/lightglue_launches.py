@@ -62,22 +62,26 @@ class Counter(TorchDispatchMode):
             self.reads += func in DATA_DEPENDENT
         return func(*args, **(kwargs or {}))
 
+    def one_launch(self, step: Callable[[], None]) -> Callable[[], None]:
+        """``step`` counted as one launch (a graph replay on CUDA), nothing inside it."""
+        step = getattr(step, "original", step)  # wrapped for an earlier counter
+
+        def counted_step() -> None:
+            self.steps += 1
+            self.in_step = True
+            try:
+                step()
+            finally:
+                self.in_step = False
+
+        counted_step.original = step
+        return counted_step
+
     def wrap_steps(self, model: LightGlue) -> None:
         """Count each static step as one launch (a graph replay on CUDA) and nothing inside it."""
         for static_pass in model._static_passes.passes.values():
             for name, step in list(static_pass.steps.items()):
-                step = getattr(step, "original", step)  # wrapped for an earlier counter
-
-                def counted_step(step=step) -> None:
-                    self.steps += 1
-                    self.in_step = True
-                    try:
-                        step()
-                    finally:
-                        self.in_step = False
-
-                counted_step.original = step
-                static_pass.steps[name] = counted_step
+                static_pass.steps[name] = self.one_launch(step)
 
 
 def count(model: LightGlue, data: dict) -> Counter:

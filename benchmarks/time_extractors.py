@@ -8,9 +8,10 @@ are handed our state dict in place of their download), the same settings (at mos
 ``--max-keypoints``, top-k selection) and the same RGB texture; each is called directly on the
 image (no resizing). Runs of the two are interleaved so that load from other processes
 affects them alike. Per case the table gives the median time over ``--repeat`` calls after
-``--warmup`` (synchronised with the device), the operators per call that are not views (on a
-GPU each is a kernel launch, so this shows where a small image is launch-bound) and the reads
-of device values (syncs), and how many of our keypoints lie within 1 px of one of the reference's.
+``--warmup`` (synchronised with the device), the launches per call (operators that are not
+views, each a kernel launch on a GPU, so this shows where a small image is launch-bound; our
+CUDA-graphed dense parts count one each, also on a CPU, where they run through their buffers)
+and the reads of device values (syncs), and how many of our keypoints lie within 1 px of one of the reference's.
 The reference's ALIKED needs torchvision (its deformable convolutions and ResNet blocks); without
 it that row says so. SIFT compares our torch back end (the GPU path) with the reference's OpenCV
 SIFT, which runs on the CPU whatever the device; their points differ by design (the reference
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import importlib
 import statistics
 import sys
@@ -105,12 +107,28 @@ def build_pair(name: str, reference: Callable[[str], ModuleType] | None, max_key
     return ours, theirs.eval().to(device)
 
 
-def host_work(call: Callable[[], object]) -> tuple[int, int]:
-    """(operators that are not views, reads of device values) of one call."""
+def host_work(model: torch.nn.Module, make_call: Callable[[torch.nn.Module], Callable[[], object]],
+              device: torch.device) -> tuple[int, int]:
+    """(launches: operators that are not views, and one per CUDA graph replay; reads of device
+    values) of one call. Our extractors' graphed parts count as one launch each: on a CPU they
+    run through their buffers (what a GPU replays), in a copy of the model."""
+    graphed = hasattr(model, "graphed_calls") and model.conf.cuda_graphs
+    if graphed and device.type != "cuda":
+        model = copy.deepcopy(model)
+        model.graphed_calls.use_graphs = False
+    call = make_call(model)
+    call()  # builds the graphs of this size
     counter = Counter()
-    with counter:
-        call()
-    return counter.kernels, counter.reads
+    replays = [r for r in model.graphed_calls.replays.values() if r is not None] if graphed else []
+    for replay in replays:
+        replay.replay = counter.one_launch(replay.replay)
+    try:
+        with counter:
+            call()
+    finally:
+        for replay in replays:
+            replay.replay = replay.replay.original
+    return counter.kernels + counter.steps, counter.reads
 
 
 def keypoint_agreement(ours: torch.Tensor, theirs: torch.Tensor) -> float:
@@ -150,7 +168,9 @@ def table_row(name: str, size: str, precision: str, ours: torch.nn.Module, their
         for key, call in runners.items():
             times[key].append(timed(call, device))
     ms = {key: statistics.median(values) for key, values in times.items()}
-    work = {key: host_work(call) for key, call in runners.items()}
+    sides = {"ours": (ours, ours_amp), "reference": (theirs, precision)}
+    work = {key: host_work(model, functools.partial(run, amp=amp), device)
+            for key, (model, amp) in sides.items() if key in runners}
     if isinstance(theirs, str):
         return (f"| {name} | {size} | {precision} | {theirs} | {ms['ours']:.2f} | | - / {work['ours'][0]} | "
                 f"- / {work['ours'][1]} | |")
@@ -175,7 +195,7 @@ def main() -> int:
     reference = reference_modules(args.reference) if args.reference is not None else None
     print(f"device {device}, at most {args.max_keypoints} keypoints, median of {args.repeat} calls")
     print("| extractor | size | precision | reference ms | ours ms | ours / reference | "
-          "kernels ref / ours | reads ref / ours | keypoints within 1 px |")
+          "launches ref / ours | reads ref / ours | keypoints within 1 px |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.extractors:
         ours, theirs = build_pair(name, reference, args.max_keypoints, device)

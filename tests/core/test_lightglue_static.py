@@ -381,7 +381,7 @@ def test_a_failed_graph_capture_falls_back_to_uncaptured_steps(monkeypatch, capl
     def capturing_key(*args, **kwargs):  # as on CUDA
         return dataclasses.replace(static_key(*args, **kwargs), use_graphs=True)
 
-    def failing_capture(self, run):
+    def failing_capture(run, device, pool=None):
         raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
 
     model = small_model(**STATIC)
@@ -389,7 +389,8 @@ def test_a_failed_graph_capture_falls_back_to_uncaptured_steps(monkeypatch, capl
     expected = run(model, data)
     model._static_passes.clear()
     monkeypatch.setattr(lightglue_static, "static_key", capturing_key)
-    monkeypatch.setattr(StaticPass, "capture", failing_capture)
+    monkeypatch.setattr(lightglue_static, "capture", failing_capture)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)  # no CUDA here
     with caplog.at_level("WARNING"):
         assert_same_result(run(model, data), expected)
     assert "graph capture failed (CUDA error: operation not permitted" in caplog.text

@@ -276,12 +276,26 @@ class ALIKED(Extractor):
         of this wrapper (keys prefixed ``model.``) is accepted too."""
         strict_load(self.model, strip_prefix(state_dict, "model."), origin, self.release_extras)
 
+    def network(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`dense_maps` of this model (one CUDA graph per image size on CUDA)."""
+        return dense_maps(self.model, images)
+
     def _extract(self, images: torch.Tensor) -> list[Features]:
         conf = self.conf
         top_k = int(conf.max_num_keypoints) if conf.detection_threshold <= 0 else -1
         limit = THRESHOLD_MODE_LIMIT if conf.max_num_keypoints is None else int(conf.max_num_keypoints)
-        feature_map, score_map = dense_maps(self.model, images)
-        detections = detect_keypoints(score_map, int(conf.nms_radius), top_k, float(conf.detection_threshold), limit)
+        settings = {"radius": int(conf.nms_radius), "top_k": top_k, "threshold": float(conf.detection_threshold),
+                    "limit": limit}
+        if top_k > 0:  # every shape is fixed: the whole extraction is one CUDA graph
+            return self.graphed(functools.partial(self.features, **settings, graph_network=False), images)
+        return self.features(images, **settings, graph_network=True)
+
+    def features(self, images: torch.Tensor, radius: int, top_k: int, threshold: float, limit: int,
+                 graph_network: bool) -> list[Features]:
+        """Per image the features (:func:`detect_keypoints`'s settings; ``graph_network``: run the
+        network as its own CUDA graph)."""
+        feature_map, score_map = self.graphed(self.network, images) if graph_network else self.network(images)
+        detections = detect_keypoints(score_map, radius, top_k, threshold, limit)
         normalised = [keypoints for keypoints, _ in detections]
         descriptors = describe(self.model.desc_head, feature_map, normalised)
         h, w = images.shape[-2:]

@@ -12,7 +12,7 @@ Output contract (see docs/architecture.md):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -24,6 +24,7 @@ from torch import nn
 from ...device import device_constant
 from ...image import to_grayscale, to_rgb
 from ..base import BaseModel
+from ..cuda_graphs import GraphedCalls
 
 T = TypeVar("T", torch.Tensor, np.ndarray)
 
@@ -41,6 +42,7 @@ class Extractor(BaseModel):
     default_conf: ClassVar[dict[str, Any]] = {
         "resize": 1024,  # long side in pixels, None to keep the input size
         "max_num_keypoints": None,
+        "cuda_graphs": True,  # replay the dense, static-shape part as a CUDA graph (on CUDA, without autograd)
     }
     grayscale: ClassVar[bool] = True
     descriptor_dim: ClassVar[int] = 0
@@ -59,6 +61,23 @@ class Extractor(BaseModel):
 
     def _init(self, conf: DictConfig) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @property
+    def graphed_calls(self) -> GraphedCalls:
+        """This extractor's captured graphs (made at first use, after every submodule exists)."""
+        calls = self.__dict__.get("_graphed_calls")
+        if calls is None:
+            calls = self.__dict__["_graphed_calls"] = GraphedCalls(self)
+        return calls
+
+    def graphed(self, fn: Callable[..., Any], *inputs: torch.Tensor, key: Hashable = ()) -> Any:
+        """``fn(*inputs)``, replayed as a CUDA graph per image size where that applies (see
+        :class:`~..cuda_graphs.GraphedCalls`; ``key``: the settings ``fn`` reads)."""
+        return self.graphed_calls(fn, *inputs, key=key, enabled=bool(self.conf.cuda_graphs))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the captured graphs belong to this instance's tensors: never pickled or deep-copied
+        return {key: value for key, value in super().__getstate__().items() if key != "_graphed_calls"}
 
     def _extract(self, images: torch.Tensor) -> list[Features]:  # pragma: no cover - abstract
         raise NotImplementedError

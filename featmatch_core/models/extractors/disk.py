@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
+from kornia.feature.disk.detector import heatmap_to_keypoints
 from omegaconf import DictConfig
 
 from ..base import strict_load
@@ -67,16 +69,16 @@ class DISK(Extractor):
         if not self.conf.pad_if_not_divisible and (h % 16 or w % 16):
             raise ValueError(f"{type(self).__name__}: image size {w}x{h} is not a multiple of 16; "
                              "set pad_if_not_divisible=True or resize the input")
+        # kornia's DISK.forward, its network (the U-Net) replayed as one CUDA graph per image size
+        padded = F.pad(images, (0, -w % 16, 0, -h % 16), value=0.0) if h % 16 or w % 16 else images
+        heatmaps, descriptors = self.graphed(self.model.heatmap_and_dense_descriptors, padded)
         k = self.conf.max_num_keypoints
-        features = self.model(
-            images,
-            n=None if k is None else int(k),
-            window_size=int(self.conf.nms_window_size),
-            score_threshold=float(self.conf.detection_threshold),
-            pad_if_not_divisible=bool(self.conf.pad_if_not_divisible),
-        )
+        keypoints = heatmap_to_keypoints(heatmaps[..., :h, :w], n=None if k is None else int(k),
+                                         window_size=int(self.conf.nms_window_size),
+                                         score_threshold=float(self.conf.detection_threshold))
         out: list[Features] = []
-        for feats in features:
+        for feats in (found.merge_with_descriptors(desc) for found, desc in
+                      zip(keypoints, descriptors[..., :h, :w], strict=True)):
             if feats.keypoints.shape[0] == 0:
                 out.append(empty_features(self.descriptor_dim, device=images.device))
                 continue

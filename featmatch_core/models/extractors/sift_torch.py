@@ -168,18 +168,23 @@ def gaussian_pyramid(gray: torch.Tensor, settings: SiftSettings) -> list[torch.T
 
 # ---- detection --------------------------------------------------------------------------
 
-class FlatStore:
-    """Per-octave (B, L, h, w) stacks in one flat tensor, addressed by (octave, image, level,
-    row, col)."""
+def flatten(stacks: list[torch.Tensor]) -> torch.Tensor:
+    """Per-octave stacks as one flat tensor (the values of a :class:`FlatStore`)."""
+    return torch.cat([s.reshape(-1) for s in stacks])
 
-    def __init__(self, stacks: list[torch.Tensor]) -> None:
-        device = stacks[0].device
-        self.values = torch.cat([s.reshape(-1) for s in stacks])
-        sizes = [s.numel() for s in stacks]
-        self.levels = stacks[0].shape[1]
+
+class FlatStore:
+    """Per-octave (B, L, h, w) stacks in one flat tensor (:func:`flatten`), addressed by
+    (octave, image, level, row, col); ``shapes`` are the stacks' (B, L, h, w)."""
+
+    def __init__(self, values: torch.Tensor, shapes: list[tuple[int, int, int, int]]) -> None:
+        device = values.device
+        self.values = values
+        sizes = [math.prod(shape) for shape in shapes]
+        self.levels = shapes[0][1]
         self.starts = device_constant((0, *itertools.accumulate(sizes[:-1])), device, torch.long)
-        self.heights = device_constant(tuple(s.shape[2] for s in stacks), device, torch.long)
-        self.widths = device_constant(tuple(s.shape[3] for s in stacks), device, torch.long)
+        self.heights = device_constant(tuple(shape[2] for shape in shapes), device, torch.long)
+        self.widths = device_constant(tuple(shape[3] for shape in shapes), device, torch.long)
 
     def index(self, octave: torch.Tensor, image: torch.Tensor, level: torch.Tensor, row: torch.Tensor,
               col: torch.Tensor) -> torch.Tensor:
@@ -335,10 +340,10 @@ def refine(store: FlatStore, candidates: torch.Tensor, settings: SiftSettings):
 
 # ---- orientation and description --------------------------------------------------------
 
-def gradient_maps(octaves: list[torch.Tensor], levels: int) -> tuple[FlatStore, FlatStore]:
+def gradient_maps(octaves: list[torch.Tensor], levels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """dx = I(x + 1) - I(x - 1) and dy = I(y - 1) - I(y + 1) of the Gaussian levels 1..levels
-    (stored from 0; OpenCV's signs: dy points up); the outermost pixels, which OpenCV never
-    uses, are 0."""
+    (stored from 0; OpenCV's signs: dy points up), flattened; the outermost pixels, which
+    OpenCV never uses, are 0."""
     dxs, dys = [], []
     for stack in (octave[:, 1:levels + 1] for octave in octaves):
         dx, dy = torch.zeros_like(stack), torch.zeros_like(stack)
@@ -346,7 +351,7 @@ def gradient_maps(octaves: list[torch.Tensor], levels: int) -> tuple[FlatStore, 
         dy[..., 1:-1, 1:-1] = stack[..., :-2, 1:-1] - stack[..., 2:, 1:-1]
         dxs.append(dx)
         dys.append(dy)
-    return FlatStore(dxs), FlatStore(dys)
+    return flatten(dxs), flatten(dys)
 
 
 def degrees(dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
@@ -484,14 +489,38 @@ def describe(dx_store: FlatStore, dy_store: FlatStore, found: Detections, radius
 
 # ---- the whole extraction -----------------------------------------------------------------
 
-def detect(gray: torch.Tensor, settings: SiftSettings) -> tuple[Detections, FlatStore, FlatStore]:
-    """(B, H, W) images in 0..255 (float32) -> every oriented point and the gradient stores."""
+def stack_shapes(batch: int, height: int, width: int, settings: SiftSettings) -> list[tuple[int, int, int, int]]:
+    """(B, L, h, w) of each octave's DoG stack (L = levels + 2; the gradient stacks have
+    ``levels`` levels) for images of (height, width)."""
+    count = octave_count(height, width, settings)
+    if settings.first_octave < 0:  # the precise 2x upscale
+        height, width = 2 * height, 2 * width
+    shapes = []
+    for _ in range(count):
+        shapes.append((batch, settings.levels + 2, height, width))
+        height, width = height // 2, width // 2
+    return shapes
+
+
+def scale_space(gray: torch.Tensor, settings: SiftSettings) -> tuple[torch.Tensor, ...]:
+    """The static-shape front of :func:`detect` (replayed as one CUDA graph by the extractor):
+    (B, H, W) images in 0..255 -> the flattened DoG stacks, where OpenCV looks for extrema
+    (bool, same layout), and the flattened gradients dx, dy (:func:`gradient_maps`)."""
     octaves = gaussian_pyramid(gray, settings)
     dogs = [stack[:, 1:] - stack[:, :-1] for stack in octaves]
     threshold = math.floor(0.5 * settings.contrast_threshold / settings.levels * 255)
     masks = [extrema_mask(dog, threshold, settings.levels) for dog in dogs]
-    candidates = torch.cat([m.reshape(-1) for m in masks]).nonzero()[:, 0]
-    store = FlatStore(dogs)
+    return (flatten(dogs), flatten(masks), *gradient_maps(octaves, settings.levels))
+
+
+def detect(gray: torch.Tensor, settings: SiftSettings, space: tuple[torch.Tensor, ...] | None = None
+           ) -> tuple[Detections, FlatStore, FlatStore]:
+    """(B, H, W) images in 0..255 (float32) -> every oriented point and the gradient stores.
+    ``space``: :func:`scale_space` of ``gray`` when the caller made it."""
+    dog_values, extrema, dx_values, dy_values = scale_space(gray, settings) if space is None else space
+    shapes = stack_shapes(*gray.shape, settings)
+    candidates = extrema.nonzero()[:, 0]
+    store = FlatStore(dog_values, shapes)
     if len(candidates) > PREFILTER_CANDIDATES:  # mostly ties in flat regions: drop the settled ones first
         candidates = candidates[~settled_and_rejected(store, candidates, settings)]
     *where, offset, response, alive = refine(store, candidates, settings)
@@ -499,7 +528,8 @@ def detect(gray: torch.Tensor, settings: SiftSettings) -> tuple[Detections, Flat
     octave, image, level, row, col = (t[keep] for t in where)
     offset, response = offset[keep], response[keep]
     sigma = settings.sigma * 2.0 ** ((level.to(offset) + offset[:, 2]) / settings.levels)
-    dx_store, dy_store = gradient_maps(octaves, settings.levels)
+    gradient_shapes = [(b, settings.levels, h, w) for b, _, h, w in shapes]
+    dx_store, dy_store = FlatStore(dx_values, gradient_shapes), FlatStore(dy_values, gradient_shapes)
     point, angle = orientations(dx_store, dy_store, octave, image, level, row, col, sigma, settings)
     octave_xy = torch.stack((col.to(offset) + offset[:, 0], row.to(offset) + offset[:, 1]), dim=1)[point]
     to_image = 2.0 ** (octave[point].to(offset) + settings.first_octave)

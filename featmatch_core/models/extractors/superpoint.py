@@ -10,6 +10,7 @@ Descriptors are bilinearly sampled from the coarse (H/8, W/8) descriptor map.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import cv2
@@ -209,6 +210,11 @@ def sample_unit_descriptors(descriptors: torch.Tensor, grid: torch.Tensor) -> to
     return F.normalize(sampled.reshape(d, -1), p=2, dim=0).t()
 
 
+def suppress(scores: torch.Tensor, radius: int, border: int) -> torch.Tensor:
+    """Non-maximum suppression (:func:`nms`), then :func:`remove_borders`."""
+    return remove_borders(nms(scores, radius), border)
+
+
 class SuperPoint(Extractor):
     """SuperPoint detector and descriptor. Input: grayscale; output keypoints in pixel centres."""
 
@@ -251,8 +257,13 @@ class SuperPoint(Extractor):
         self.convDa = nn.Conv2d(c4, c5, 3, padding=1)
         self.convDb = nn.Conv2d(c5, self.descriptor_dim, 1)
 
-    def dense_outputs(self, images: torch.Tensor):
-        """(B, 1, H, W) -> score map (B, 8h, 8w) in float32 and descriptor map (B, D, h, w), h = H // 8."""
+    def dense_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, H, W) -> score map (B, 8h, 8w) in float32 and descriptor map (B, D, h, w),
+        h = H // 8: :meth:`network`, one CUDA graph per image size on CUDA."""
+        return self.graphed(self.network, images)
+
+    def network(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The outputs of :meth:`dense_outputs`, computed."""
         if images.device.type == "cpu":
             # channels_last: oneDNN's direct NHWC convolutions and a fast vectorised max pooling;
             # strips keep the first blocks' maps in cache (vgg_block)
@@ -282,8 +293,8 @@ class SuperPoint(Extractor):
                              f"(after resizing), got {w}x{h}")
         scores, descriptors = self.dense_outputs(images)
         threshold = float(conf.detection_threshold)
-        scores = nms(scores, int(conf.nms_radius))
-        scores = remove_borders(scores, int(conf.remove_borders))
+        radius, border = int(conf.nms_radius), int(conf.remove_borders)
+        scores = self.graphed(functools.partial(suppress, radius=radius, border=border), scores)
 
         if images.device.type != "cpu":
             return self.select_batched(scores, descriptors, threshold)

@@ -47,6 +47,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from ..cuda_graphs import capture
 from .common import compact_matches
 from .lightglue import (
     LightGlue,
@@ -67,7 +68,6 @@ logger = logging.getLogger(__name__)
 # builds (18 for a 1024-point camera with buckets of 256; each a few MB of buffers and graph memory)
 MAX_CACHED_PASSES = 24
 REDUCED_DTYPES = (torch.float16, torch.bfloat16)  # autocast dtypes the layers run wholly in
-GRAPH_WARMUP_RUNS = 2  # eager runs on a side stream before a capture (lazy cuBLAS/attention set-up)
 COMPILED_VARIANTS_LIMIT = 256  # compiled variants of the layer code (padded sizes x masks) dynamo may keep
 
 
@@ -295,25 +295,9 @@ class StaticPass:
             # more compilation of the same layer code, beyond dynamo's default limit of 8
             with torch._dynamo.config.patch(recompile_limit=COMPILED_VARIANTS_LIMIT):
                 run()
-        self.steps[name] = self.capture(run) if self.key.use_graphs else run
-
-    def capture(self, run: Callable[[], None]) -> Callable[[], None]:
-        """``run`` as a CUDA graph: warmed up on a side stream, captured, replayed."""
-        device = self.key.device
-        if self.pool is None:
+        if self.key.use_graphs and self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(GRAPH_WARMUP_RUNS):
-                run()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: a capture in the tracking thread must not fail the extraction thread's
-        # allocations (the default, global, errors on unsafe calls from any thread)
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            run()
-        return graph.replay
+        self.steps[name] = capture(run, self.key.device, self.pool) if self.key.use_graphs else run
 
     # ---- one call ------------------------------------------------------------------------
     def load_inputs(self, sides: tuple[tuple[Tensor, Tensor, Tensor | None], ...]) -> None:

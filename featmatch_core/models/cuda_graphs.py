@@ -1,0 +1,145 @@
+"""CUDA graphs: static-shape work captured once and replayed with one launch.
+
+On a GPU a small model is bound by kernel launches (several microseconds of host work each),
+not by arithmetic. The dense part of an extractor (the network, and for SIFT the scale space
+and the extremum test) has the same shapes for every frame of a camera, so it can be captured
+as a CUDA graph and replayed: a hundred or more launches become one. What depends on the data
+(how many points are found) stays eager around it.
+
+:func:`capture` is the capture itself (also used by LightGlue's static pass);
+:class:`GraphedCalls` replays a function of tensors per input signature, with eager calls
+wherever a graph cannot apply (CPU tensors, autograd, a capture already running).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_map
+
+logger = logging.getLogger(__name__)
+
+GRAPH_WARMUP_RUNS = 2  # eager runs on a side stream before a capture (lazy cuBLAS/cuDNN set-up)
+
+
+def capture(run: Callable[[], None], device: torch.device, pool: Any = None) -> Callable[[], None]:
+    """``run`` as a CUDA graph (warmed up on a side stream, then captured); returns its replay.
+    Raises what the capture raises (e.g. a read of a device value inside ``run``)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(GRAPH_WARMUP_RUNS):
+            run()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: a capture in one thread (a node's tracking stage) must not fail another
+    # thread's allocations (the default, global, errors on unsafe calls from any thread)
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        run()
+    return graph.replay
+
+
+def function_identity(fn: Callable[..., Any]) -> Hashable:
+    """What makes two callables the same computation: a bound method's function (the module is
+    the cache's own), a partial's function and arguments (which must be hashable)."""
+    if isinstance(fn, functools.partial):
+        return function_identity(fn.func), fn.args, tuple(sorted(fn.keywords.items()))
+    return getattr(fn, "__func__", fn)
+
+
+class _Replay:
+    """One captured signature: the input buffers the graph reads, the outputs it writes."""
+
+    def __init__(self, fn: Callable[..., Any], inputs: tuple[Tensor, ...], use_graph: bool) -> None:
+        with torch.inference_mode(False):  # normal tensors: written in place under any grad mode
+            self.inputs = tuple(torch.empty_like(x) for x in inputs)
+        for buffer, x in zip(self.inputs, inputs, strict=True):
+            buffer.copy_(x)
+        self.outputs: Any = None
+
+        def run() -> None:
+            self.outputs = fn(*self.inputs)
+
+        self.replay = capture(run, inputs[0].device) if use_graph else run
+
+    def __call__(self, inputs: tuple[Tensor, ...]) -> Any:
+        for buffer, x in zip(self.inputs, inputs, strict=True):
+            buffer.copy_(x)
+        self.replay()
+        # copies: the next replay overwrites the graph's outputs
+        return tree_map(lambda t: t.clone() if isinstance(t, Tensor) else t, self.outputs)
+
+
+class GraphedCalls:
+    """Calls of static-shape functions of one module, replayed as CUDA graphs.
+
+    ``graphs(fn, *inputs, key=...)`` returns ``fn(*inputs)`` (any nest of tensors). On CUDA,
+    without autograd, the first call of each signature (``fn`` (:func:`function_identity`),
+    ``key``, input shapes, dtypes
+    and device, the autocast in force, where the module's parameters live) captures a graph,
+    and later calls copy the inputs into its buffers, replay it and return copies of its
+    outputs. ``fn`` must be a pure function of its inputs, the module's parameters and what
+    ``key`` names (settings read from the config): nothing else it reads may change between
+    calls, and it must not read device values (the capture then fails and the signature runs
+    eagerly, with a warning). Elsewhere it is a plain call.
+
+    ``use_graphs``: None (default) captures on CUDA; False keeps the buffers and copies without
+    capturing, on any device: how the CPU tests run this path.
+    """
+
+    def __init__(self, module: nn.Module, max_cached: int = 4, use_graphs: bool | None = None) -> None:
+        # the module is not kept (it keeps this cache): its parameter and buffer slots are, so
+        # that a moved or replaced tensor gives a new signature
+        self.module_type = type(module).__name__
+        self.max_cached = max_cached
+        self.use_graphs = use_graphs
+        self.replays: OrderedDict[tuple, _Replay | None] = OrderedDict()  # None: runs eagerly
+        self.captures = 0  # signatures built so far (tests read it)
+        self.slots = [(m._parameters, n) for m in module.modules() for n in m._parameters] + \
+                     [(m._buffers, n) for m in module.modules() for n in m._buffers]
+
+    def __call__(self, fn: Callable[..., Any], *inputs: Tensor, key: Hashable = (), enabled: bool = True) -> Any:
+        device = inputs[0].device
+        use_graphs = device.type == "cuda" if self.use_graphs is None else self.use_graphs
+        if (not enabled or torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or (self.use_graphs is None and not use_graphs)
+                or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())):
+            return fn(*inputs)
+        signature = self.signature(fn, inputs, key, use_graphs)
+        replay = self.replays.get(signature, False)
+        if replay is False:
+            replay = self.build(signature, fn, inputs, use_graphs)
+        else:
+            self.replays.move_to_end(signature)
+        return fn(*inputs) if replay is None else replay(inputs)
+
+    def signature(self, fn: Callable[..., Any], inputs: tuple[Tensor, ...], key: Hashable, use_graphs: bool) -> tuple:
+        device = inputs[0].device
+        autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        weights = tuple([None if slots[name] is None else slots[name].data_ptr() for slots, name in self.slots])
+        shapes = tuple((x.shape, x.dtype, x.device) for x in inputs)
+        return (function_identity(fn), key, shapes, autocast, torch.is_inference_mode_enabled(),
+                weights, use_graphs)
+
+    def build(self, signature: tuple, fn: Callable[..., Any], inputs: tuple[Tensor, ...], use_graphs: bool
+              ) -> _Replay | None:
+        while len(self.replays) >= self.max_cached:
+            self.replays.popitem(last=False)
+        try:
+            replay: _Replay | None = _Replay(fn, inputs, use_graphs)
+        except RuntimeError as err:
+            if not use_graphs:
+                raise
+            logger.warning("%s: CUDA graph capture of %s failed (%s); it runs uncaptured",
+                           self.module_type, getattr(fn, "__name__", "a function"),
+                           str(err).splitlines()[0] if str(err) else type(err).__name__)
+            replay = None
+        self.replays[signature] = replay
+        self.captures += 1
+        return replay

@@ -1,0 +1,173 @@
+"""CUDA graphs of static-shape work (GraphedCalls) and the extractors that replay their dense
+part through it. On CPUs the buffered path (``use_graphs=False``: inputs copied into fixed
+buffers, outputs copied out) stands in for the graphs; the CUDA tests replay real graphs."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featmatch_core.models.cuda_graphs import GraphedCalls, function_identity
+from featmatch_core.models.extractors.aliked import ALIKED
+from featmatch_core.models.extractors.disk import DISK
+from featmatch_core.models.extractors.sift import SIFT
+from featmatch_core.models.extractors.superpoint import SuperPoint
+
+pytestmark = pytest.mark.timeout(120)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+class Scale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor(2.0))
+
+    def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"scaled": x * self.weight, "parts": [x + 1, x.sum()]}
+
+
+def buffered(module: nn.Module, **kwargs) -> GraphedCalls:
+    return GraphedCalls(module, use_graphs=False, **kwargs)
+
+
+def test_buffered_calls_follow_their_inputs_and_return_copies():
+    module = Scale()
+    calls = buffered(module)
+    with torch.inference_mode():
+        first = calls(module.run, torch.ones(3))
+        second = calls(module.run, torch.full((3,), 5.0))
+        assert calls.captures == 1  # same signature: the buffers were reused
+        assert torch.equal(first["scaled"], torch.full((3,), 2.0))  # not overwritten by the second call
+        assert torch.equal(second["scaled"], torch.full((3,), 10.0))
+        assert torch.equal(second["parts"][0], torch.full((3,), 6.0)) and second["parts"][1].item() == 15.0
+        second["scaled"].zero_()
+        assert torch.equal(calls(module.run, torch.full((3,), 5.0))["scaled"], torch.full((3,), 10.0))
+
+
+def test_a_new_signature_for_shapes_keys_autocast_and_replaced_weights():
+    module = Scale()
+    calls = buffered(module)
+    with torch.inference_mode():
+        calls(module.run, torch.ones(3))
+        calls(module.run, torch.ones(4))  # shape
+        calls(module.run, torch.ones(4, dtype=torch.float64))  # dtype
+        calls(module.run, torch.ones(4), key=("radius", 3))  # settings
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            calls(module.run, torch.ones(4))
+        assert calls.captures == 5
+        module.weight = nn.Parameter(torch.tensor(3.0))  # a replaced parameter: other memory
+        assert torch.equal(calls(module.run, torch.ones(4))["scaled"], torch.full((4,), 3.0))
+        assert calls.captures == 6
+        with torch.no_grad():
+            module.weight.fill_(4.0)  # updated in place: the same memory, read at each replay
+        assert torch.equal(calls(module.run, torch.ones(4))["scaled"], torch.full((4,), 4.0))
+        assert calls.captures == 6
+
+
+def test_plain_calls_with_autograd_or_when_disabled_and_bounded_cache():
+    module = Scale()
+    calls = buffered(module, max_cached=2)
+    out = calls(module.run, torch.ones(3))  # autograd on: eager, gradients flow
+    out["scaled"].sum().backward()
+    assert module.weight.grad.item() == 3.0 and calls.captures == 0
+    with torch.inference_mode():
+        calls(module.run, torch.ones(3), enabled=False)
+        assert calls.captures == 0
+        for n in (1, 2, 3):
+            calls(module.run, torch.ones(n))
+    assert calls.captures == 3 and len(calls.replays) == 2  # the least recently used was dropped
+    assert GraphedCalls(module).use_graphs is None
+    with torch.inference_mode():  # by default, CPU tensors take plain calls: no buffers, no copies
+        default = GraphedCalls(module)
+        default(module.run, torch.ones(3))
+        assert default.captures == 0
+
+
+def test_function_identity_of_methods_and_partials():
+    a, b = Scale(), Scale()
+    assert function_identity(a.run) == function_identity(b.run)  # one computation; the cache is per module
+    def pad(size: int) -> functools.partial:
+        return functools.partial(F.pad, pad=(size, size))
+
+    assert function_identity(pad(1)) == function_identity(pad(1)) != function_identity(pad(2))
+
+
+def extractors() -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    return {
+        "superpoint": SuperPoint({"resize": None, "weights": None, "max_num_keypoints": 256}),
+        "aliked": ALIKED({"resize": None, "weights": None, "max_num_keypoints": 256}),
+        # top-k mode: the whole extraction is one graph
+        "aliked-topk": ALIKED({"resize": None, "weights": None, "max_num_keypoints": 256, "detection_threshold": -1}),
+        "disk": DISK({"resize": None, "weights": None, "max_num_keypoints": 256}),
+        "sift-torch": SIFT({"resize": None, "backend": "torch", "max_num_keypoints": 256}),
+    }
+
+
+def textures(seed: int, size: tuple[int, int] = (120, 152)) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return F.avg_pool2d(torch.rand(1, 3, *size, generator=gen), 3, 1, 1)
+
+
+@pytest.mark.parametrize("name", ["superpoint", "aliked", "aliked-topk", "disk", "sift-torch"])
+def test_extractors_through_the_buffers_equal_plain_calls(name):
+    model = extractors()[name].eval()
+    model.graphed_calls.use_graphs = False
+    plain = copy.deepcopy(model)
+    assert "_graphed_calls" not in plain.__dict__  # copies start without the original's buffers
+    plain.conf.cuda_graphs = False
+    with torch.inference_mode():
+        for seed in (1, 2, 1):  # the buffers hold each new image
+            ours, expected = model({"image": textures(seed)}), plain({"image": textures(seed)})
+            assert ours.keys() == expected.keys() and len(expected["keypoints"][0]) > 20
+            for key, value in expected.items():
+                torch.testing.assert_close(ours[key], value, rtol=0, atol=0, msg=f"{name}: {key}")
+    assert model.graphed_calls.captures >= 1 and plain.graphed_calls.captures == 0
+
+
+def test_disk_equals_kornias_forward():
+    model = extractors()["disk"].eval()
+    image = textures(3, (100, 130))  # padded to 112 x 144 for the U-Net
+    with torch.inference_mode():
+        ours = model({"image": image})
+        (theirs,) = model.model(image, n=256, window_size=5, score_threshold=0.0, pad_if_not_divisible=True)
+    torch.testing.assert_close(ours["keypoints"][0], theirs.keypoints.float())
+    torch.testing.assert_close(ours["descriptors"][0], theirs.descriptors)
+    torch.testing.assert_close(ours["keypoint_scores"][0], theirs.detection_scores)
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["superpoint", "aliked", "aliked-topk", "disk", "sift-torch"])
+def test_cuda_graph_replays_equal_eager_calls(name):
+    model = extractors()[name].eval().cuda()
+    eager = copy.deepcopy(model)
+    eager.conf.cuda_graphs = False
+    with torch.inference_mode():
+        for seed in (1, 2, 3):
+            image = textures(seed).cuda()
+            ours, expected = model({"image": image}), eager({"image": image})
+            for key, value in expected.items():
+                torch.testing.assert_close(ours[key], value, msg=f"{name}: {key}")
+    captured = [replay for replay in model.graphed_calls.replays.values() if replay is not None]
+    assert len(captured) == model.graphed_calls.captures >= 1  # every signature captured, once
+
+
+@needs_cuda
+def test_cuda_capture_of_a_device_read_falls_back_to_eager(caplog):
+    module = Scale().cuda()
+    calls = GraphedCalls(module)
+
+    def reads(x: torch.Tensor) -> torch.Tensor:
+        return x[: int(x.sum().item())]  # a read: not capturable
+
+    with torch.inference_mode(), caplog.at_level(logging.WARNING):
+        out = calls(reads, torch.ones(4, device="cuda"))
+        again = calls(reads, torch.ones(4, device="cuda"))
+    assert len(out) == 4 and len(again) == 4 and calls.captures == 1
+    assert "runs uncaptured" in caplog.text
