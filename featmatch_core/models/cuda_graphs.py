@@ -93,7 +93,7 @@ class GraphedCalls:
     capturing, on any device: how the CPU tests run this path.
     """
 
-    def __init__(self, module: nn.Module, max_cached: int = 4, use_graphs: bool | None = None) -> None:
+    def __init__(self, module: nn.Module, max_cached: int = 16, use_graphs: bool | None = None) -> None:
         # the module is not kept (it keeps this cache): its parameter and buffer slots are, so
         # that a moved or replaced tensor gives a new signature
         self.module_type = type(module).__name__
@@ -104,13 +104,16 @@ class GraphedCalls:
         self.slots = [(m._parameters, n) for m in module.modules() for n in m._parameters] + \
                      [(m._buffers, n) for m in module.modules() for n in m._buffers]
 
+    def applies(self, device: torch.device) -> bool:
+        """Whether calls on ``device`` go through captured graphs (or buffers, ``use_graphs=False``)."""
+        return self.use_graphs is not None or device.type == "cuda"
+
     def __call__(self, fn: Callable[..., Any], *inputs: Tensor, key: Hashable = (), enabled: bool = True) -> Any:
         device = inputs[0].device
-        use_graphs = device.type == "cuda" if self.use_graphs is None else self.use_graphs
-        if (not enabled or torch.is_grad_enabled() or torch.compiler.is_compiling()
-                or (self.use_graphs is None and not use_graphs)
+        if (not enabled or not self.applies(device) or torch.is_grad_enabled() or torch.compiler.is_compiling()
                 or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())):
             return fn(*inputs)
+        use_graphs = device.type == "cuda" if self.use_graphs is None else self.use_graphs
         signature = self.signature(fn, inputs, key, use_graphs)
         replay = self.replays.get(signature, False)
         if replay is False:

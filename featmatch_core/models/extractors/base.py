@@ -70,6 +70,11 @@ class Extractor(BaseModel):
             calls = self.__dict__["_graphed_calls"] = GraphedCalls(self)
         return calls
 
+    def graphs_apply(self, device: torch.device) -> bool:
+        """Whether :meth:`graphed` captures (or, in tests, buffers) on ``device``: callers that
+        pad their inputs to fixed sizes for it skip the padding elsewhere."""
+        return bool(self.conf.cuda_graphs) and self.graphed_calls.applies(device)
+
     def graphed(self, fn: Callable[..., Any], *inputs: torch.Tensor, key: Hashable = ()) -> Any:
         """``fn(*inputs)``, replayed as a CUDA graph per image size where that applies (see
         :class:`~..cuda_graphs.GraphedCalls`; ``key``: the settings ``fn`` reads)."""

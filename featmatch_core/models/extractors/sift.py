@@ -40,9 +40,7 @@ within 0.5 px of an OpenCV point, with the same scale and orientations 0.8 degre
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import cv2
@@ -163,7 +161,9 @@ class SIFT(Extractor):
         if backend == "auto":  # the same points either way (see the module's docstring)
             backend = "opencv" if images.device.type == "cpu" or self._settings is None else "torch"
         if backend == "torch":
-            return _run_torch(images, self.conf, self._settings, self.scale_space)
+            # its static-shape steps replayed as CUDA graphs where they apply
+            return _run_torch(images, self.conf, self._settings,
+                              self.graphed if self.graphs_apply(images.device) else None)
         out: list[Features] = []
         for image in images:
             gray = to_uint8_numpy(image)
@@ -173,11 +173,6 @@ class SIFT(Extractor):
                 det = select(_run_pycolmap(self._detector, gray), gray.shape, self.conf)
             out.append(self._to_features(det, images.device))
         return out
-
-    def scale_space(self, gray: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The torch back end's static-shape front (:func:`~.sift_torch.scale_space`): one CUDA
-        graph per image size, about a quarter of its kernels."""
-        return self.graphed(functools.partial(sift_torch.scale_space, settings=self._settings), gray)
 
     def _to_features(self, det: Detections, device: torch.device) -> Features:
         if len(det["keypoints"]) == 0:
@@ -229,14 +224,13 @@ def torch_sift_settings(conf: DictConfig, name: str) -> sift_torch.SiftSettings:
 
 
 def _run_torch(images: torch.Tensor, conf: DictConfig, settings: sift_torch.SiftSettings,
-               scale_space: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None) -> list[Features]:
+               runner: sift_torch.Runner | None = None) -> list[Features]:
     """(B, 1, H, W) images in [0, 1] (or uint8) -> the OpenCV back end's features, on their
-    device, the whole batch at once (``scale_space``: the front's runner, e.g. a graphed one)."""
+    device, the whole batch at once (``runner``: see :func:`~.sift_torch.detect`)."""
     # the 8-bit images OpenCV would be given, in fp32 whatever the pipeline's autocast
     gray = images[:, 0].float() if images.dtype == torch.uint8 else (images[:, 0].float().clamp(0, 1) * 255).round()
     with torch.autocast(images.device.type, enabled=False):
-        space = None if scale_space is None else scale_space(gray)
-        found, dx, dy = sift_torch.detect(gray, settings, space)
+        found, dx, dy = sift_torch.detect(gray, settings, runner)
         oris = wrap_angle_torch(torch.deg2rad(found.angle))
         index = select_torch(found.xy, found.response, oris, found.image, tuple(gray.shape[-2:]), conf)
         chosen, oris = found.take(index), oris[index]

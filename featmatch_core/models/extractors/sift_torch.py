@@ -24,7 +24,9 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,7 @@ BORDER = 5  # pixels of each DoG map where no extremum is searched
 INTERPOLATION_STEPS = 5
 # above this many DoG extrema, one cheap step first drops those that settle and fail at once
 PREFILTER_CANDIDATES = 100_000
+POINT_BUCKET_MIN = 4096  # smallest padded point set of a graphed runner (see point_bucket)
 INIT_SIGMA = 0.5  # the blur assumed in the input image
 ORI_BINS = 36
 ORI_SIGMA_FACTOR = 1.5
@@ -399,10 +402,11 @@ def window_budget(device: torch.device) -> int:
     return WINDOW_CHUNK_ELEMENTS.get(device.type, WINDOW_CHUNK_ELEMENTS["cpu"])
 
 
-def orientations(dx_store: FlatStore, dy_store: FlatStore, octave, image, level, row, col, sigma: torch.Tensor,
-                 settings: SiftSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """OpenCV's dominant orientations: (point index, angle in degrees) for every histogram peak.
-    The histograms are made in chunks of points (bounded memory on large images)."""
+def smoothed_histograms(dx_store: FlatStore, dy_store: FlatStore, octave, image, level, row, col,
+                        sigma: torch.Tensor, settings: SiftSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV's orientation histograms of the points, smoothed (N, 36), and where they peak (bool,
+    N, 36; :func:`histogram_peaks` gives the dominant orientations), made in chunks of points
+    (bounded memory on large images)."""
     largest_sigma = settings.sigma * 2.0 ** ((settings.levels + 0.5) / settings.levels)
     radius_max = int(math.floor(ORI_RADIUS_FACTOR * largest_sigma + 0.5))
     chunk = max(1, window_budget(row.device) // (2 * radius_max + 1) ** 2)
@@ -412,10 +416,14 @@ def orientations(dx_store: FlatStore, dy_store: FlatStore, octave, image, level,
     histogram = torch.cat(parts) if parts else torch.zeros(0, ORI_BINS, device=row.device)
     smooth = ((histogram.roll(2, 1) + histogram.roll(-2, 1)) * (1 / 16)
               + (histogram.roll(1, 1) + histogram.roll(-1, 1)) * (4 / 16) + histogram * (6 / 16))
-    left, right = smooth.roll(1, 1), smooth.roll(-1, 1)
-    peaks = (smooth > left) & (smooth > right) & (smooth >= ORI_PEAK_RATIO * smooth.max(dim=1, keepdim=True).values)
+    highest = smooth.max(dim=1, keepdim=True).values
+    return smooth, (smooth > smooth.roll(1, 1)) & (smooth > smooth.roll(-1, 1)) & (smooth >= ORI_PEAK_RATIO * highest)
+
+
+def histogram_peaks(smooth: torch.Tensor, peaks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(point index, angle in degrees) of every peak, interpolated by a parabola (OpenCV's)."""
     point, peak = peaks.nonzero(as_tuple=True)
-    before, centre, after = left[point, peak], smooth[point, peak], right[point, peak]
+    before, centre, after = smooth[point, peak - 1], smooth[point, peak], smooth[point, (peak + 1) % ORI_BINS]
     position = peak.to(centre) + 0.5 * (before - after) / (before - 2 * centre + after)
     position = torch.where(position < 0, position + ORI_BINS, position)
     position = torch.where(position >= ORI_BINS, position - ORI_BINS, position)
@@ -513,24 +521,65 @@ def scale_space(gray: torch.Tensor, settings: SiftSettings) -> tuple[torch.Tenso
     return (flatten(dogs), flatten(masks), *gradient_maps(octaves, settings.levels))
 
 
-def detect(gray: torch.Tensor, settings: SiftSettings, space: tuple[torch.Tensor, ...] | None = None
+def refine_flat(dog_values: torch.Tensor, candidates: torch.Tensor, shapes: tuple, settings: SiftSettings):
+    """:func:`refine` on the flattened DoG stacks of ``shapes`` (a function of tensors only)."""
+    return refine(FlatStore(dog_values, list(shapes)), candidates, settings)
+
+
+def smoothed_histograms_flat(dx_values: torch.Tensor, dy_values: torch.Tensor, *points: torch.Tensor, shapes: tuple,
+                             settings: SiftSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`smoothed_histograms` on the flattened gradient stacks of ``shapes``."""
+    stores = FlatStore(dx_values, list(shapes)), FlatStore(dy_values, list(shapes))
+    return smoothed_histograms(*stores, *points, settings)
+
+
+Runner = Callable[..., Any]  # runner(fn, *tensors) -> fn(*tensors), e.g. Extractor.graphed
+
+
+def point_bucket(count: int) -> int:
+    """Point sets are padded to a power of two (at least POINT_BUCKET_MIN) for a graphed runner:
+    a handful of captured sizes serve every frame."""
+    return max(POINT_BUCKET_MIN, 1 << max(count - 1, 0).bit_length())
+
+
+def run_per_point(runner: Runner | None, fn: Callable[..., Any], fixed: tuple[torch.Tensor, ...],
+                  points: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """``fn(*fixed, *points)`` for a function whose outputs are per point (first dimension); with
+    a runner, the points are padded to :func:`point_bucket` (copies of the last one) and the
+    outputs cut back."""
+    count = len(points[0])
+    if runner is None or count == 0:
+        return fn(*fixed, *points)
+    size = point_bucket(count)
+    padded = [torch.cat((t, t[-1:].expand(size - count, *t.shape[1:]))) for t in points]
+    return tuple(t[:count] for t in runner(fn, *fixed, *padded))
+
+
+def detect(gray: torch.Tensor, settings: SiftSettings, runner: Runner | None = None
            ) -> tuple[Detections, FlatStore, FlatStore]:
     """(B, H, W) images in 0..255 (float32) -> every oriented point and the gradient stores.
-    ``space``: :func:`scale_space` of ``gray`` when the caller made it."""
-    dog_values, extrema, dx_values, dy_values = scale_space(gray, settings) if space is None else space
+
+    ``runner``: how the static-shape steps run (the scale space, the refinement and the
+    orientation histograms, the last two on point sets padded to a bucket), e.g. as CUDA graphs
+    (the extractor's ``graphed``); None: plain calls, unpadded."""
+    scale_space_of = functools.partial(scale_space, settings=settings)
+    dog_values, extrema, dx_values, dy_values = scale_space_of(gray) if runner is None else runner(scale_space_of, gray)
     shapes = stack_shapes(*gray.shape, settings)
     candidates = extrema.nonzero()[:, 0]
     store = FlatStore(dog_values, shapes)
     if len(candidates) > PREFILTER_CANDIDATES:  # mostly ties in flat regions: drop the settled ones first
         candidates = candidates[~settled_and_rejected(store, candidates, settings)]
-    *where, offset, response, alive = refine(store, candidates, settings)
+    refined = functools.partial(refine_flat, shapes=tuple(shapes), settings=settings)
+    *where, offset, response, alive = run_per_point(runner, refined, (dog_values,), (candidates,))
     keep = alive.nonzero()[:, 0]
     octave, image, level, row, col = (t[keep] for t in where)
     offset, response = offset[keep], response[keep]
     sigma = settings.sigma * 2.0 ** ((level.to(offset) + offset[:, 2]) / settings.levels)
-    gradient_shapes = [(b, settings.levels, h, w) for b, _, h, w in shapes]
-    dx_store, dy_store = FlatStore(dx_values, gradient_shapes), FlatStore(dy_values, gradient_shapes)
-    point, angle = orientations(dx_store, dy_store, octave, image, level, row, col, sigma, settings)
+    gradient_shapes = tuple((b, settings.levels, h, w) for b, _, h, w in shapes)
+    histograms = functools.partial(smoothed_histograms_flat, shapes=gradient_shapes, settings=settings)
+    smooth, peaks = run_per_point(runner, histograms, (dx_values, dy_values), (octave, image, level, row, col, sigma))
+    point, angle = histogram_peaks(smooth, peaks)
+    dx_store, dy_store = FlatStore(dx_values, list(gradient_shapes)), FlatStore(dy_values, list(gradient_shapes))
     octave_xy = torch.stack((col.to(offset) + offset[:, 0], row.to(offset) + offset[:, 1]), dim=1)[point]
     to_image = 2.0 ** (octave[point].to(offset) + settings.first_octave)
     found = Detections(
