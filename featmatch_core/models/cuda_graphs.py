@@ -108,9 +108,9 @@ class GraphedCalls:
         """Whether calls on ``device`` go through captured graphs (or buffers, ``use_graphs=False``)."""
         return self.use_graphs is not None or device.type == "cuda"
 
-    def __call__(self, fn: Callable[..., Any], *inputs: Tensor, key: Hashable = (), enabled: bool = True) -> Any:
+    def __call__(self, fn: Callable[..., Any], *inputs: Tensor, key: Hashable = ()) -> Any:
         device = inputs[0].device
-        if (not enabled or not self.applies(device) or torch.is_grad_enabled() or torch.compiler.is_compiling()
+        if (not self.applies(device) or torch.is_grad_enabled() or torch.compiler.is_compiling()
                 or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())):
             return fn(*inputs)
         use_graphs = device.type == "cuda" if self.use_graphs is None else self.use_graphs

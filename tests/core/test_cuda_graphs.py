@@ -70,15 +70,13 @@ def test_a_new_signature_for_shapes_keys_autocast_and_replaced_weights():
         assert calls.captures == 6
 
 
-def test_plain_calls_with_autograd_or_when_disabled_and_bounded_cache():
+def test_plain_calls_with_autograd_and_bounded_cache():
     module = Scale()
     calls = buffered(module, max_cached=2)
     out = calls(module.run, torch.ones(3))  # autograd on: eager, gradients flow
     out["scaled"].sum().backward()
     assert module.weight.grad.item() == 3.0 and calls.captures == 0
     with torch.inference_mode():
-        calls(module.run, torch.ones(3), enabled=False)
-        assert calls.captures == 0
         for n in (1, 2, 3):
             calls(module.run, torch.ones(n))
     assert calls.captures == 3 and len(calls.replays) == 2  # the least recently used was dropped
@@ -171,3 +169,19 @@ def test_cuda_capture_of_a_device_read_falls_back_to_eager(caplog):
         again = calls(reads, torch.ones(4, device="cuda"))
     assert len(out) == 4 and len(again) == 4 and calls.captures == 1
     assert "runs uncaptured" in caplog.text
+
+
+def test_graphs_only_for_small_batches_with_cuda_graphs_on():
+    """Training batches are bound by arithmetic: a graph would only pin their activations."""
+    from featmatch_core.models.extractors.base import GRAPH_MAX_BATCH
+
+    model = extractors()["superpoint"].eval()
+    model.graphed_calls.use_graphs = False
+    with torch.inference_mode():
+        model({"image": torch.rand(GRAPH_MAX_BATCH + 1, 1, 64, 64)})
+        assert model.graphed_calls.captures == 0
+        model({"image": torch.rand(2, 1, 64, 64)})
+        assert model.graphed_calls.captures == 2  # the network and the suppression
+        model.conf.cuda_graphs = False
+        model({"image": torch.rand(2, 1, 48, 48)})
+        assert model.graphed_calls.captures == 2

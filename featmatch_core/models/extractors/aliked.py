@@ -287,14 +287,14 @@ class ALIKED(Extractor):
         settings = {"radius": int(conf.nms_radius), "top_k": top_k, "threshold": float(conf.detection_threshold),
                     "limit": limit}
         if top_k > 0:  # every shape is fixed: the whole extraction is one CUDA graph
-            return self.graphed(functools.partial(self.features, **settings, graph_network=False), images)
+            return self.run_static(functools.partial(self.features, **settings, graph_network=False), images)
         return self.features(images, **settings, graph_network=True)
 
     def features(self, images: torch.Tensor, radius: int, top_k: int, threshold: float, limit: int,
                  graph_network: bool) -> list[Features]:
         """Per image the features (:func:`detect_keypoints`'s settings; ``graph_network``: run the
         network as its own CUDA graph)."""
-        feature_map, score_map = self.graphed(self.network, images) if graph_network else self.network(images)
+        feature_map, score_map = self.run_static(self.network, images) if graph_network else self.network(images)
         detections = detect_keypoints(score_map, radius, top_k, threshold, limit)
         normalised = [keypoints for keypoints, _ in detections]
         descriptors = describe(self.model.desc_head, feature_map, normalised)

@@ -28,6 +28,8 @@ from ..cuda_graphs import GraphedCalls
 
 T = TypeVar("T", torch.Tensor, np.ndarray)
 
+GRAPH_MAX_BATCH = 8  # images per call up to which the static-shape steps are CUDA-graphed
+
 Features = dict[str, torch.Tensor]
 
 
@@ -70,15 +72,23 @@ class Extractor(BaseModel):
             calls = self.__dict__["_graphed_calls"] = GraphedCalls(self)
         return calls
 
-    def graphs_apply(self, device: torch.device) -> bool:
-        """Whether :meth:`graphed` captures (or, in tests, buffers) on ``device``: callers that
-        pad their inputs to fixed sizes for it skip the padding elsewhere."""
-        return bool(self.conf.cuda_graphs) and self.graphed_calls.applies(device)
+    def graphs_apply(self, images: torch.Tensor) -> bool:
+        """Whether the static-shape steps of a call on ``images`` replay as CUDA graphs (or, in
+        tests, run through the graphs' buffers): ``cuda_graphs`` on, a device where graphs apply
+        and at most GRAPH_MAX_BATCH images. Larger batches (training) are bound by arithmetic,
+        not launches, and a graph would keep the memory of all their activations."""
+        return (bool(self.conf.cuda_graphs) and len(images) <= GRAPH_MAX_BATCH
+                and self.graphed_calls.applies(images.device))
 
     def graphed(self, fn: Callable[..., Any], *inputs: torch.Tensor, key: Hashable = ()) -> Any:
-        """``fn(*inputs)``, replayed as a CUDA graph per image size where that applies (see
-        :class:`~..cuda_graphs.GraphedCalls`; ``key``: the settings ``fn`` reads)."""
-        return self.graphed_calls(fn, *inputs, key=key, enabled=bool(self.conf.cuda_graphs))
+        """``fn(*inputs)`` replayed as a CUDA graph (:class:`~..cuda_graphs.GraphedCalls`; ``key``:
+        the settings ``fn`` reads), for callers that checked :meth:`graphs_apply`."""
+        return self.graphed_calls(fn, *inputs, key=key)
+
+    def run_static(self, fn: Callable[[torch.Tensor], Any], images: torch.Tensor) -> Any:
+        """``fn(images)`` for a function of a batch of images (or of maps of them) whose shapes
+        follow the images': graphed where :meth:`graphs_apply`, else a plain call."""
+        return self.graphed(fn, images) if self.graphs_apply(images) else fn(images)
 
     def __getstate__(self) -> dict[str, Any]:
         # the captured graphs belong to this instance's tensors: never pickled or deep-copied

@@ -71,7 +71,7 @@ class DISK(Extractor):
                              "set pad_if_not_divisible=True or resize the input")
         # kornia's DISK.forward, its network (the U-Net) replayed as one CUDA graph per image size
         padded = F.pad(images, (0, -w % 16, 0, -h % 16), value=0.0) if h % 16 or w % 16 else images
-        heatmaps, descriptors = self.graphed(self.model.heatmap_and_dense_descriptors, padded)
+        heatmaps, descriptors = self.run_static(self.model.heatmap_and_dense_descriptors, padded)
         k = self.conf.max_num_keypoints
         keypoints = heatmap_to_keypoints(heatmaps[..., :h, :w], n=None if k is None else int(k),
                                          window_size=int(self.conf.nms_window_size),

@@ -163,7 +163,7 @@ class SIFT(Extractor):
         if backend == "torch":
             # its static-shape steps replayed as CUDA graphs where they apply
             return _run_torch(images, self.conf, self._settings,
-                              self.graphed if self.graphs_apply(images.device) else None)
+                              self.graphed if self.graphs_apply(images) else None)
         out: list[Features] = []
         for image in images:
             gray = to_uint8_numpy(image)

@@ -260,7 +260,7 @@ class SuperPoint(Extractor):
     def dense_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1, H, W) -> score map (B, 8h, 8w) in float32 and descriptor map (B, D, h, w),
         h = H // 8: :meth:`network`, one CUDA graph per image size on CUDA."""
-        return self.graphed(self.network, images)
+        return self.run_static(self.network, images)
 
     def network(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The outputs of :meth:`dense_outputs`, computed."""
@@ -294,7 +294,7 @@ class SuperPoint(Extractor):
         scores, descriptors = self.dense_outputs(images)
         threshold = float(conf.detection_threshold)
         radius, border = int(conf.nms_radius), int(conf.remove_borders)
-        scores = self.graphed(functools.partial(suppress, radius=radius, border=border), scores)
+        scores = self.run_static(functools.partial(suppress, radius=radius, border=border), scores)
 
         if images.device.type != "cpu":
             return self.select_batched(scores, descriptors, threshold)
