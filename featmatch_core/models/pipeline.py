@@ -183,12 +183,15 @@ class Pipeline(nn.Module):
     @torch.inference_mode()
     def warm_up_extractor(self, height: int, width: int, runs: int = 2) -> None:
         """Run the extractor on a noise image of the camera's size: kernels, cuDNN's algorithm
-        choice and the allocator's blocks are set up before the first real frame."""
+        choice, the allocator's blocks and the CUDA graphs (``Extractor.warm_up``) are set up
+        before the first real frame."""
         if height <= 0 or width <= 0:
             raise ValueError(f"warm-up image size must be positive, got {height}x{width}")
         noise = np.random.default_rng(0).integers(0, 256, (height, width), dtype=np.uint8)
         for _ in range(runs):
             self.extract(noise)
+        with torch.inference_mode():
+            self.extractor.warm_up(upload_image(noise, self.device, self._staging))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 

@@ -185,3 +185,19 @@ def test_graphs_only_for_small_batches_with_cuda_graphs_on():
         model.conf.cuda_graphs = False
         model({"image": torch.rand(2, 1, 48, 48)})
         assert model.graphed_calls.captures == 2
+
+
+def test_sift_warm_up_captures_every_bucket_a_frame_then_uses():
+    from featmatch_core.models.extractors import sift as sift_module
+    from featmatch_core.models.extractors.sift_torch import POINT_BUCKET_MIN
+
+    model = extractors()["sift-torch"].eval()
+    model.graphed_calls.use_graphs = False
+    images = textures(4)
+    buckets = (sift_module.WARM_UP_POINTS // POINT_BUCKET_MIN).bit_length()  # 4096, 8192, ... 65536
+    assert model.warm_up(images) == 1 + 2 * buckets  # the scale space; refinement and histograms per bucket
+    with torch.inference_mode():
+        found = model({"image": images})
+    assert model.graphed_calls.captures == 1 + 2 * buckets and len(found["keypoints"][0]) > 20
+    opencv = SIFT({"resize": None, "backend": "auto"})  # OpenCV on the CPU: nothing to capture
+    assert opencv.warm_up(images) == 0 and "_graphed_calls" not in opencv.__dict__

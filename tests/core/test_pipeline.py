@@ -273,8 +273,10 @@ def test_extractor_warm_up_runs_at_the_camera_size(monkeypatch):
     shapes = []
     original = pipe.extract
     monkeypatch.setattr(pipe, "extract", lambda image: (shapes.append(image.shape), original(image))[1])
+    prepared = []  # then the extractor's own warm-up (graph captures), on the same image
+    monkeypatch.setattr(pipe.extractor, "warm_up", lambda images: prepared.append(tuple(images.shape)) or 0)
     pipe.warm_up_extractor(48, 64)
-    assert shapes == [(48, 64), (48, 64)]
+    assert shapes == [(48, 64), (48, 64)] and prepared == [(1, 1, 48, 64)]
     with pytest.raises(ValueError, match="positive"):
         pipe.warm_up_extractor(0, 64)
 

@@ -90,6 +90,12 @@ class Extractor(BaseModel):
         follow the images': graphed where :meth:`graphs_apply`, else a plain call."""
         return self.graphed(fn, images) if self.graphs_apply(images) else fn(images)
 
+    def warm_up(self, images: torch.Tensor) -> int:
+        """Prepare what the first calls on images like ``images`` would otherwise build while a
+        stream runs (captures beyond those of one call); returns how many were made. Nothing
+        here: one call on them captures every graph of most extractors."""
+        return 0
+
     def __getstate__(self) -> dict[str, Any]:
         # the captured graphs belong to this instance's tensors: never pickled or deep-copied
         return {key: value for key, value in super().__getstate__().items() if key != "_graphed_calls"}

@@ -51,11 +51,14 @@ from omegaconf import DictConfig
 
 from ...image import to_uint8_numpy
 from . import sift_torch
-from .base import Extractor, Features, empty_features
+from .base import Extractor, Features, empty_features, prepare_images
 
 BACKENDS = ("auto", "opencv", "pycolmap", "torch", "kornia")
 # COLMAP's octave resolution (DoG levels per octave), which OpenCV calls nOctaveLayers.
 LEVELS_PER_OCTAVE = 3
+# point sets the torch port's graphs are captured for at warm-up: a 640x480 photo has 10-30 k
+# extremum candidates (more go through bigger buckets, captured when first met)
+WARM_UP_POINTS = 65536
 
 Detections = dict[str, np.ndarray]  # keypoints (N,2), scales, oris, scores (N,), descriptors (N,128)
 
@@ -154,12 +157,29 @@ class SIFT(Extractor):
         if conf.backend == "pycolmap":
             self._detector = _create_pycolmap_sift(conf)
 
+    def backend_for(self, images: torch.Tensor) -> str:
+        """The back end that runs on ``images``: ``auto`` is OpenCV for images on the CPU (or
+        settings the port does not support), the torch port elsewhere."""
+        if self.conf.backend != "auto":  # the same points either way (see the module's docstring)
+            return str(self.conf.backend)
+        return "opencv" if images.device.type == "cpu" or self._settings is None else "torch"
+
+    def warm_up(self, images: torch.Tensor) -> int:
+        """Capture the torch port's graphs for ``images``' size (a batch as the camera gives it)
+        and for every padded point set of up to WARM_UP_POINTS points, so that no frame waits
+        for a capture; returns how many signatures were built (0 where nothing is graphed)."""
+        resized, _ = prepare_images(self, images)
+        if self.backend_for(resized) != "torch" or not self.graphs_apply(resized):
+            return 0
+        before = self.graphed_calls.captures
+        with torch.inference_mode():
+            sift_torch.warm_up(to_sift_gray(resized), self._settings, self.graphed, WARM_UP_POINTS)
+        return self.graphed_calls.captures - before
+
     def _extract(self, images: torch.Tensor) -> list[Features]:
-        if self.conf.backend == "kornia":
+        backend = self.backend_for(images)
+        if backend == "kornia":
             return [_run_kornia(self._kornia, image, self.conf) for image in images]
-        backend = self.conf.backend
-        if backend == "auto":  # the same points either way (see the module's docstring)
-            backend = "opencv" if images.device.type == "cpu" or self._settings is None else "torch"
         if backend == "torch":
             # its static-shape steps replayed as CUDA graphs where they apply
             return _run_torch(images, self.conf, self._settings,
@@ -223,12 +243,17 @@ def torch_sift_settings(conf: DictConfig, name: str) -> sift_torch.SiftSettings:
         edge_threshold=float(conf.edge_threshold))
 
 
+def to_sift_gray(images: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) images in [0, 1] (or uint8) -> (B, H, W) float32 in 0..255: the 8-bit images
+    OpenCV would be given, in fp32 whatever the pipeline's autocast."""
+    return images[:, 0].float() if images.dtype == torch.uint8 else (images[:, 0].float().clamp(0, 1) * 255).round()
+
+
 def _run_torch(images: torch.Tensor, conf: DictConfig, settings: sift_torch.SiftSettings,
                runner: sift_torch.Runner | None = None) -> list[Features]:
     """(B, 1, H, W) images in [0, 1] (or uint8) -> the OpenCV back end's features, on their
     device, the whole batch at once (``runner``: see :func:`~.sift_torch.detect`)."""
-    # the 8-bit images OpenCV would be given, in fp32 whatever the pipeline's autocast
-    gray = images[:, 0].float() if images.dtype == torch.uint8 else (images[:, 0].float().clamp(0, 1) * 255).round()
+    gray = to_sift_gray(images)
     with torch.autocast(images.device.type, enabled=False):
         found, dx, dy = sift_torch.detect(gray, settings, runner)
         oris = wrap_angle_torch(torch.deg2rad(found.angle))

@@ -555,6 +555,28 @@ def run_per_point(runner: Runner | None, fn: Callable[..., Any], fixed: tuple[to
     return tuple(t[:count] for t in runner(fn, *fixed, *padded))
 
 
+def warm_up(gray: torch.Tensor, settings: SiftSettings, runner: Runner, max_points: int) -> None:
+    """Run ``runner``'s steps of :func:`detect` for ``gray``'s size and for every point bucket up
+    to ``max_points``, on stand-in points (a pixel inside the first octave), so that a graphed
+    runner captures them now rather than in the middle of a stream."""
+    dog_values, _, dx_values, dy_values = runner(functools.partial(scale_space, settings=settings), gray)
+    shapes = stack_shapes(*gray.shape, settings)
+    gradient_shapes = tuple((b, settings.levels, h, w) for b, _, h, w in shapes)
+    refined = functools.partial(refine_flat, shapes=tuple(shapes), settings=settings)
+    histograms = functools.partial(smoothed_histograms_flat, shapes=gradient_shapes, settings=settings)
+    device = gray.device
+    size = POINT_BUCKET_MIN
+    while size <= max(max_points, POINT_BUCKET_MIN):
+        def constant(value: float, dtype: torch.dtype = torch.long, size: int = size) -> torch.Tensor:
+            return torch.full((size,), value, dtype=dtype, device=device)
+
+        pixel = FlatStore(dog_values, shapes).index(*(constant(v) for v in (0, 0, 1, BORDER, BORDER)))
+        run_per_point(runner, refined, (dog_values,), (pixel,))
+        points = (*(constant(v) for v in (0, 0, 1, BORDER, BORDER)), constant(settings.sigma, torch.float32))
+        run_per_point(runner, histograms, (dx_values, dy_values), points)
+        size *= 2
+
+
 def detect(gray: torch.Tensor, settings: SiftSettings, runner: Runner | None = None
            ) -> tuple[Detections, FlatStore, FlatStore]:
     """(B, H, W) images in 0..255 (float32) -> every oriented point and the gradient stores.
