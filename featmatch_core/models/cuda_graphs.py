@@ -13,6 +13,7 @@ wherever a graph cannot apply (CPU tensors, autograd, a capture already running)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections import OrderedDict
@@ -33,16 +34,25 @@ def capture(run: Callable[[], None], device: torch.device, pool: Any = None) -> 
     Raises what the capture raises (e.g. a read of a device value inside ``run``)."""
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
+    with torch.cuda.stream(side), uncached_autocast(device):
         for _ in range(GRAPH_WARMUP_RUNS):
             run()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     # thread_local: a capture in one thread (a node's tracking stage) must not fail another
     # thread's allocations (the default, global, errors on unsafe calls from any thread)
-    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+    with uncached_autocast(device), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
         run()
     return graph.replay
+
+
+def uncached_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast in force without its cache of weight casts. A graph captured with the cache
+    would read a cast the cache owns, and frees when the autocast region ends (pytorch#71631);
+    without it the graph casts the weights itself at each replay."""
+    if not torch.is_autocast_enabled(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.get_autocast_dtype(device.type), cache_enabled=False)
 
 
 def function_identity(fn: Callable[..., Any]) -> Hashable:
@@ -80,9 +90,9 @@ class GraphedCalls:
     """Calls of static-shape functions of one module, replayed as CUDA graphs.
 
     ``graphs(fn, *inputs, key=...)`` returns ``fn(*inputs)`` (any nest of tensors). On CUDA,
-    without autograd, the first call of each signature (``fn`` (:func:`function_identity`),
-    ``key``, input shapes, dtypes
-    and device, the autocast in force, where the module's parameters live) captures a graph,
+    without autograd, the first call of each signature (``fn`` as :func:`function_identity`
+    sees it, ``key``, input shapes, dtypes and device, the autocast in force, where the
+    module's parameters live) captures a graph,
     and later calls copy the inputs into its buffers, replay it and return copies of its
     outputs. ``fn`` must be a pure function of its inputs, the module's parameters and what
     ``key`` names (settings read from the config): nothing else it reads may change between

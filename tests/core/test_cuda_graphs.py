@@ -201,3 +201,30 @@ def test_sift_warm_up_captures_every_bucket_a_frame_then_uses():
     assert model.graphed_calls.captures == 1 + 2 * buckets and len(found["keypoints"][0]) > 20
     opencv = SIFT({"resize": None, "backend": "auto"})  # OpenCV on the CPU: nothing to capture
     assert opencv.warm_up(images) == 0 and "_graphed_calls" not in opencv.__dict__
+
+
+@needs_cuda
+def test_cuda_graphs_under_fp16_autocast_cast_the_current_weights_at_each_replay():
+    """Captured without autocast's cache of weight casts (which is freed when each autocast
+    region ends): later replays, in other regions, after other allocations and after the
+    weights change in place, give what eager calls give."""
+    model = extractors()["superpoint"].eval().cuda()
+    eager = copy.deepcopy(model)
+    eager.conf.cuda_graphs = False
+    with torch.inference_mode():
+        for seed in (1, 2, 3):
+            image = textures(seed).cuda()
+            with torch.autocast("cuda", dtype=torch.float16):
+                ours = model({"image": image})
+            with torch.autocast("cuda", dtype=torch.float16):
+                expected = eager({"image": image})
+            torch.testing.assert_close(ours["descriptors"], expected["descriptors"], atol=1e-3, rtol=1e-3)
+            torch.testing.assert_close(ours["keypoints"], expected["keypoints"])
+            garbage = [torch.randn(1 << 20, device="cuda") for _ in range(8)]  # reuse of freed blocks
+            del garbage
+            with torch.no_grad():  # new weights, in place: the graphs read them at the next replay
+                for mine, theirs in zip(model.parameters(), eager.parameters(), strict=True):
+                    new = torch.randn_like(mine) * mine.std()
+                    mine.copy_(new)
+                    theirs.copy_(new)
+    assert model.graphed_calls.captures == 2  # the network and the suppression, once
