@@ -18,6 +18,9 @@ from featmatch_core.models.extractors.aliked import (
     dense_maps,
     describe,
     detect_keypoints,
+    refine,
+    suppressed_scores,
+    threshold_selection,
 )
 from featmatch_core.models.extractors.superpoint import nms_torch
 
@@ -85,6 +88,23 @@ def test_detection_is_the_official_one(top_k, threshold, limit, radius):
         assert keypoints.shape == expected_keypoints.shape
         torch.testing.assert_close(keypoints, expected_keypoints, rtol=0, atol=1e-6)
         torch.testing.assert_close(scores, expected_scores, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("threshold, limit", [(0.5, 50), (0.2, 20000), (0.95, 10), (2.0, 30)])
+def test_threshold_selection_is_the_detection_in_fixed_shapes(threshold, limit):
+    """The GPU's padded selection (one graph, no reads) keeps the eager detection's pixels in
+    its order: raster order, by score past the limit (ties on the plateau in raster order), the
+    mean-score fallback where nothing passes (threshold 2)."""
+    maps = smooth_scores(3, 40, 60, seed=7, plateau=True)
+    expected = detect_keypoints(maps, 2, -1, threshold, limit)
+    indices, counts = threshold_selection(*suppressed_scores(maps, 2), threshold, limit)
+    assert indices.shape == (3, min(limit, 40 * 60))
+    for i, (keypoints, scores) in enumerate(expected):
+        n = int(counts[i])
+        assert n == len(keypoints) > 0
+        found, found_scores = refine(maps[i], indices[i, :n], 2)
+        assert torch.equal(found, keypoints) and torch.equal(found_scores, scores)
+        assert (indices[i, n:] == 0).all()  # padding: pixel 0
 
 
 def test_detection_selection_rules():

@@ -136,25 +136,51 @@ def detect_keypoints(score_map: torch.Tensor, radius: int, top_k: int, threshold
     raster order, the ``limit`` best if there are more. Each is refined by a soft-argmax over
     its (2r+1)^2 window and scored by bilinear lookup.
     """
+    scores, suppressed = suppressed_scores(score_map, radius)
+    if top_k > 0:
+        indices = list(torch.topk(suppressed, min(top_k, suppressed.shape[1])).indices)
+    else:
+        indices = []
+        for image_scores, image_suppressed in zip(scores, suppressed, strict=True):
+            kept = image_suppressed > threshold
+            if not kept.any():
+                kept = image_suppressed > image_scores.mean()
+            found = kept.nonzero()[:, 0]
+            if len(found) > limit:  # ties in raster order (the official sort leaves them open)
+                found = found[image_scores[found].sort(descending=True, stable=True).indices[:limit]]
+            indices.append(found)
+    return [refine(score_map[i], found, radius) for i, found in enumerate(indices)]
+
+
+def suppressed_scores(score_map: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 1, H, W) score map -> its scores and the suppressed ones (``simple_nms``, the border of
+    width r at 0), both flattened (B, H * W)."""
     b, _, h, w = score_map.shape
     scores = score_map.detach()[:, 0]
     suppressed = nms(scores, radius)
     inside = torch.zeros_like(suppressed)
     inside[:, radius:h - radius, radius:w - radius] = 1.0  # the border of width r is dropped
-    suppressed = (suppressed * inside).reshape(b, -1)
-    if top_k > 0:
-        indices = list(torch.topk(suppressed, min(top_k, h * w)).indices)
-    else:
-        indices = []
-        for image_scores, image_suppressed in zip(scores.reshape(b, -1), suppressed, strict=True):
-            kept = image_suppressed > threshold
-            if not kept.any():
-                kept = image_suppressed > image_scores.mean()
-            found = kept.nonzero()[:, 0]
-            if len(found) > limit:
-                found = found[image_scores[found].sort(descending=True).indices[:limit]]
-            indices.append(found)
-    return [refine(score_map[i], found, radius) for i, found in enumerate(indices)]
+    return scores.reshape(b, -1), (suppressed * inside).reshape(b, -1)
+
+
+def threshold_selection(scores: torch.Tensor, suppressed: torch.Tensor, threshold: float, limit: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The threshold mode of :func:`detect_keypoints` for all images at once, in fixed shapes
+    and without reading the device: per image the flat indices (B, L) of its selected pixels,
+    L = min(limit, H * W), in the same order (raster order, or by descending score when more
+    than ``limit`` pass, ties in raster order), padded with pixel 0, and how many are real (B,)."""
+    b, n = suppressed.shape
+    kept = suppressed > threshold
+    none = ~kept.any(dim=1, keepdim=True)  # an image without any: those above its mean score
+    kept = torch.where(none, suppressed > scores.mean(dim=1, keepdim=True), kept)
+    counts = kept.sum(dim=1)
+    limit = min(limit, n)
+    pixel = torch.arange(n, device=scores.device)
+    raster = torch.where(kept, pixel, n).topk(limit, dim=1, largest=False).values  # ascending
+    ranked = torch.where(kept, scores, -torch.inf).sort(dim=1, descending=True, stable=True).indices[:, :limit]
+    indices = torch.where((counts > limit)[:, None], ranked, raster)
+    real = torch.arange(limit, device=scores.device) < counts[:, None]
+    return torch.where(real, indices, 0), counts.clamp(max=limit)
 
 
 def refine(score_map: torch.Tensor, indices: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,15 +313,36 @@ class ALIKED(Extractor):
         settings = {"radius": int(conf.nms_radius), "top_k": top_k, "threshold": float(conf.detection_threshold),
                     "limit": limit}
         if top_k > 0:  # every shape is fixed: the whole extraction is one CUDA graph
-            return self.run_static(functools.partial(self.features, **settings, graph_network=False), images)
-        return self.features(images, **settings, graph_network=True)
+            return self.run_static(functools.partial(self.features, **settings), images)
+        if self.graphs_apply(images):  # threshold mode made static by padding: one graph, one read
+            del settings["top_k"]
+            padded = self.graphed(functools.partial(self.padded_features, **settings), images)
+            counts = padded.pop("counts").tolist()
+            return [{key: value[i, :n] for key, value in padded.items()} if n else
+                    empty_features(self.descriptor_dim, device=images.device) for i, n in enumerate(counts)]
+        return self.features(images, **settings)
 
-    def features(self, images: torch.Tensor, radius: int, top_k: int, threshold: float, limit: int,
-                 graph_network: bool) -> list[Features]:
-        """Per image the features (:func:`detect_keypoints`'s settings; ``graph_network``: run the
-        network as its own CUDA graph)."""
-        feature_map, score_map = self.run_static(self.network, images) if graph_network else self.network(images)
+    def features(self, images: torch.Tensor, radius: int, top_k: int, threshold: float, limit: int) -> list[Features]:
+        """Per image the features (:func:`detect_keypoints`'s settings)."""
+        feature_map, score_map = self.network(images)
         detections = detect_keypoints(score_map, radius, top_k, threshold, limit)
+        return self.described(images, feature_map, detections)
+
+    def padded_features(self, images: torch.Tensor, radius: int, threshold: float,
+                        limit: int) -> dict[str, torch.Tensor]:
+        """The threshold mode of :meth:`features` with fixed shapes (for a CUDA graph): every
+        image's features padded to ``limit`` points, stacked, and ``counts`` (B,) of real ones.
+        The same points in the same order (:func:`threshold_selection`)."""
+        feature_map, score_map = self.network(images)
+        indices, counts = threshold_selection(*suppressed_scores(score_map, radius), threshold, limit)
+        detections = [refine(score_map[i], found, radius) for i, found in enumerate(indices)]
+        per_image = self.described(images, feature_map, detections)
+        return {**{key: torch.stack([f[key] for f in per_image]) for key in per_image[0]}, "counts": counts}
+
+    def described(self, images: torch.Tensor, feature_map: torch.Tensor,
+                  detections: list[tuple[torch.Tensor, torch.Tensor]]) -> list[Features]:
+        """Per image the features of the detections (normalised keypoints and scores): keypoints
+        in pixels and the SDDH descriptors."""
         normalised = [keypoints for keypoints, _ in detections]
         descriptors = describe(self.model.desc_head, feature_map, normalised)
         h, w = images.shape[-2:]
