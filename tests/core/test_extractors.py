@@ -457,6 +457,27 @@ def test_disk_loads_nested_and_flat_checkpoints(tmp_path):
         DISK({"desc_dim": 64}).load_checkpoint_state_dict(flat)
 
 
+@pytest.mark.parametrize("n", [1, 7, 40, 5000])
+def test_disk_padded_selection_is_kornias(n):
+    """top_maxima (the GPU's fixed-shape selection) keeps kornia's points in kornia's order:
+    strict maxima above the threshold, the n strongest with ties at the n-th score in raster
+    order (quantised logits make many), raster order; an image without maxima keeps none."""
+    from kornia.feature.disk.detector import heatmap_to_keypoints
+
+    from featmatch_core.models.extractors.disk import top_maxima
+
+    gen = torch.Generator().manual_seed(n)
+    heatmaps = (torch.rand(3, 1, 30, 44, generator=gen) * 8).round() - 2  # logits in -2..6, ties
+    heatmaps[2] = -1.0  # nothing above the threshold 0
+    indices, counts = top_maxima(heatmaps, n, 3, 0.0)
+    assert indices.shape == (3, n if n < 30 * 44 else 30 * 44)
+    for i, expected in enumerate(heatmap_to_keypoints(heatmaps, n=n, window_size=3, score_threshold=0.0)):
+        count = int(counts[i])
+        assert count == len(expected.xys) and (count > 0) == (i < 2)
+        xy = torch.stack((indices[i, :count] % 44, indices[i, :count] // 44), dim=1)
+        assert torch.equal(xy, expected.xys) and (indices[i, count:] == 0).all()
+
+
 def test_disk_rejects_unpadded_odd_sizes():
     model = build("disk", pad_if_not_divisible=False)
     with pytest.raises(ValueError, match="multiple of 16"):
