@@ -259,7 +259,7 @@ def _run_torch(images: torch.Tensor, conf: DictConfig, settings: sift_torch.Sift
         oris = wrap_angle_torch(torch.deg2rad(found.angle))
         index = select_torch(found.xy, found.response, oris, found.image, tuple(gray.shape[-2:]), conf)
         chosen, oris = found.take(index), oris[index]
-        descriptors = sift_torch.descriptors(dx, dy, chosen, settings)
+        descriptors = sift_torch.descriptors(dx, dy, chosen, settings, runner)
         descriptors = rootsift(descriptors) if conf.rootsift else F.normalize(descriptors, p=2, dim=-1)
     counts = torch.bincount(chosen.image, minlength=len(images)).tolist()
     out: list[Features] = []

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ INTERPOLATION_STEPS = 5
 # above this many DoG extrema, one cheap step first drops those that settle and fail at once
 PREFILTER_CANDIDATES = 100_000
 POINT_BUCKET_MIN = 4096  # smallest padded point set of a graphed runner (see point_bucket)
+DESCRIBE_CHUNK = 512  # points per graphed descriptor call: windows of 77^2 pixels, ~50 M floats of votes
 INIT_SIGMA = 0.5  # the blur assumed in the input image
 ORI_BINS = 36
 ORI_SIGMA_FACTOR = 1.5
@@ -180,9 +181,9 @@ class FlatStore:
     """Per-octave (B, L, h, w) stacks in one flat tensor (:func:`flatten`), addressed by
     (octave, image, level, row, col); ``shapes`` are the stacks' (B, L, h, w)."""
 
-    def __init__(self, values: torch.Tensor, shapes: list[tuple[int, int, int, int]]) -> None:
+    def __init__(self, values: torch.Tensor, shapes: Sequence[tuple[int, int, int, int]]) -> None:
         device = values.device
-        self.values = values
+        self.values, self.shapes = values, tuple(shapes)
         sizes = [math.prod(shape) for shape in shapes]
         self.levels = shapes[0][1]
         self.starts = device_constant((0, *itertools.accumulate(sizes[:-1])), device, torch.long)
@@ -443,11 +444,20 @@ def descriptor_radius(sigma: torch.Tensor) -> torch.Tensor:
     return torch.round(DESC_SCALE_FACTOR * sigma * math.sqrt(2) * (DESC_WIDTH + 1) * 0.5).long()
 
 
-def descriptors(dx_store: FlatStore, dy_store: FlatStore, found: Detections, settings: SiftSettings) -> torch.Tensor:
-    """OpenCV's 128-d descriptors (before its x512 scaling), in chunks of points of similar
+def descriptors(dx_store: FlatStore, dy_store: FlatStore, found: Detections, settings: SiftSettings,
+                runner: Runner | None = None) -> torch.Tensor:
+    """OpenCV's 128-d descriptors (before its x512 scaling). With a ``runner`` (CUDA graphs):
+    chunks of DESCRIBE_CHUNK points (the last padded), each with the window of the largest
+    scale the settings allow, one signature for all. Otherwise chunks of points of similar
     scale, each with a window as large as its largest point needs (one read of the scales)."""
     if len(found.xy) == 0:
         return torch.zeros(0, DESC_WIDTH * DESC_WIDTH * DESC_BINS, device=found.xy.device)
+    if runner is not None:
+        describe_chunk = functools.partial(describe_flat, shapes=dx_store.shapes, radius_max=largest_radius(settings))
+        points = point_fields(found)
+        return torch.cat([run_per_point(runner, describe_chunk, (dx_store.values, dy_store.values),
+                                        tuple(t[start:start + DESCRIBE_CHUNK] for t in points), DESCRIBE_CHUNK)[0]
+                          for start in range(0, len(found.xy), DESCRIBE_CHUNK)])
     order = torch.argsort(found.sigma, descending=True)
     radii = descriptor_radius(found.sigma[order]).tolist()
     budget = window_budget(found.xy.device)
@@ -455,20 +465,37 @@ def descriptors(dx_store: FlatStore, dy_store: FlatStore, found: Detections, set
     while start < len(radii):
         radius = radii[start]
         stop = start + max(1, budget // (2 * radius + 1) ** 2)
-        parts.append(describe(dx_store, dy_store, found.take(order[start:stop]), radius))
+        parts.append(describe(dx_store, dy_store, *point_fields(found.take(order[start:stop])), radius))
         start = stop
     described = torch.cat(parts)
     return described[torch.argsort(order)]
 
 
-def describe(dx_store: FlatStore, dy_store: FlatStore, found: Detections, radius_max: int) -> torch.Tensor:
-    """The descriptors of ``found``, whose windows fit in ``radius_max``."""
+def largest_radius(settings: SiftSettings) -> int:
+    """The descriptor window radius of the largest scale a refined point can have (level
+    ``levels`` + 0.5), and a pixel of margin (each point's window is masked to its own radius)."""
+    largest = settings.sigma * 2.0 ** ((settings.levels + 0.5) / settings.levels)
+    return int(descriptor_radius(torch.tensor(largest))) + 1
+
+
+def point_fields(found: Detections) -> tuple[torch.Tensor, ...]:
+    """What :func:`describe` reads of each point: octave, image, level, octave_xy, sigma, angle."""
+    return found.octave, found.image, found.level, found.octave_xy, found.sigma, found.angle
+
+
+def describe_flat(dx_values: torch.Tensor, dy_values: torch.Tensor, *points: torch.Tensor, shapes: tuple,
+                  radius_max: int) -> tuple[torch.Tensor]:
+    """:func:`describe` on the flattened gradient stacks of ``shapes`` (a function of tensors)."""
+    return (describe(FlatStore(dx_values, shapes), FlatStore(dy_values, shapes), *points, radius_max),)
+
+
+def describe(dx_store: FlatStore, dy_store: FlatStore, octave: torch.Tensor, image: torch.Tensor, level: torch.Tensor,
+             octave_xy: torch.Tensor, sigma: torch.Tensor, angle: torch.Tensor, radius_max: int) -> torch.Tensor:
+    """The descriptors of points (:func:`point_fields`) whose windows fit in ``radius_max``."""
     d, n = DESC_WIDTH, DESC_BINS
-    octave, level, sigma = found.octave, found.level, found.sigma
-    centre = torch.round(found.octave_xy).long()
-    angle = reversed_degrees(found.angle)
-    dx, dy, valid, steps = window(dx_store, dy_store, octave, found.image, level, centre[:, 1], centre[:, 0],
-                                  radius_max)
+    centre = torch.round(octave_xy).long()
+    angle = reversed_degrees(angle)
+    dx, dy, valid, steps = window(dx_store, dy_store, octave, image, level, centre[:, 1], centre[:, 0], radius_max)
     hist_width = DESC_SCALE_FACTOR * sigma
     radius = descriptor_radius(sigma)
     radians = torch.deg2rad(angle)
@@ -497,7 +524,7 @@ def describe(dx_store: FlatStore, dy_store: FlatStore, found: Detections, radius
 
 # ---- the whole extraction -----------------------------------------------------------------
 
-def stack_shapes(batch: int, height: int, width: int, settings: SiftSettings) -> list[tuple[int, int, int, int]]:
+def stack_shapes(batch: int, height: int, width: int, settings: SiftSettings) -> tuple[tuple[int, int, int, int], ...]:
     """(B, L, h, w) of each octave's DoG stack (L = levels + 2; the gradient stacks have
     ``levels`` levels) for images of (height, width)."""
     count = octave_count(height, width, settings)
@@ -507,7 +534,7 @@ def stack_shapes(batch: int, height: int, width: int, settings: SiftSettings) ->
     for _ in range(count):
         shapes.append((batch, settings.levels + 2, height, width))
         height, width = height // 2, width // 2
-    return shapes
+    return tuple(shapes)
 
 
 def scale_space(gray: torch.Tensor, settings: SiftSettings) -> tuple[torch.Tensor, ...]:
@@ -523,13 +550,13 @@ def scale_space(gray: torch.Tensor, settings: SiftSettings) -> tuple[torch.Tenso
 
 def refine_flat(dog_values: torch.Tensor, candidates: torch.Tensor, shapes: tuple, settings: SiftSettings):
     """:func:`refine` on the flattened DoG stacks of ``shapes`` (a function of tensors only)."""
-    return refine(FlatStore(dog_values, list(shapes)), candidates, settings)
+    return refine(FlatStore(dog_values, shapes), candidates, settings)
 
 
 def smoothed_histograms_flat(dx_values: torch.Tensor, dy_values: torch.Tensor, *points: torch.Tensor, shapes: tuple,
                              settings: SiftSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`smoothed_histograms` on the flattened gradient stacks of ``shapes``."""
-    stores = FlatStore(dx_values, list(shapes)), FlatStore(dy_values, list(shapes))
+    stores = FlatStore(dx_values, shapes), FlatStore(dy_values, shapes)
     return smoothed_histograms(*stores, *points, settings)
 
 
@@ -543,38 +570,46 @@ def point_bucket(count: int) -> int:
 
 
 def run_per_point(runner: Runner | None, fn: Callable[..., Any], fixed: tuple[torch.Tensor, ...],
-                  points: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+                  points: tuple[torch.Tensor, ...], size: int | None = None) -> tuple[torch.Tensor, ...]:
     """``fn(*fixed, *points)`` for a function whose outputs are per point (first dimension); with
-    a runner, the points are padded to :func:`point_bucket` (copies of the last one) and the
-    outputs cut back."""
+    a runner, the points are padded to ``size`` (default :func:`point_bucket`; copies of the
+    last point) and the outputs cut back."""
     count = len(points[0])
     if runner is None or count == 0:
         return fn(*fixed, *points)
-    size = point_bucket(count)
+    size = point_bucket(count) if size is None else size
     padded = [torch.cat((t, t[-1:].expand(size - count, *t.shape[1:]))) for t in points]
     return tuple(t[:count] for t in runner(fn, *fixed, *padded))
 
 
 def warm_up(gray: torch.Tensor, settings: SiftSettings, runner: Runner, max_points: int) -> None:
-    """Run ``runner``'s steps of :func:`detect` for ``gray``'s size and for every point bucket up
-    to ``max_points``, on stand-in points (a pixel inside the first octave), so that a graphed
-    runner captures them now rather than in the middle of a stream."""
+    """Run ``runner``'s steps of :func:`detect` and :func:`descriptors` for ``gray``'s size and
+    for every point bucket up to ``max_points``, on stand-in points (a pixel inside the first
+    octave), so that a graphed runner captures them now rather than in the middle of a stream."""
     dog_values, _, dx_values, dy_values = runner(functools.partial(scale_space, settings=settings), gray)
     shapes = stack_shapes(*gray.shape, settings)
     gradient_shapes = tuple((b, settings.levels, h, w) for b, _, h, w in shapes)
-    refined = functools.partial(refine_flat, shapes=tuple(shapes), settings=settings)
+    refined = functools.partial(refine_flat, shapes=shapes, settings=settings)
     histograms = functools.partial(smoothed_histograms_flat, shapes=gradient_shapes, settings=settings)
-    device = gray.device
+    described = functools.partial(describe_flat, shapes=gradient_shapes, radius_max=largest_radius(settings))
+
+    def stand_in(size: int) -> tuple[torch.Tensor, ...]:
+        """octave, image, level, row, col, sigma, octave_xy and angle of ``size`` points."""
+        pixel = (0, 0, 1, BORDER, BORDER)
+        where = tuple(torch.full((size,), value, dtype=torch.long, device=gray.device) for value in pixel)
+        sigma, angle = (torch.full((size,), value, device=gray.device) for value in (settings.sigma, 0.0))
+        return (*where, sigma, torch.full((size, 2), float(BORDER), device=gray.device), angle)
+
     size = POINT_BUCKET_MIN
     while size <= max(max_points, POINT_BUCKET_MIN):
-        def constant(value: float, dtype: torch.dtype = torch.long, size: int = size) -> torch.Tensor:
-            return torch.full((size,), value, dtype=dtype, device=device)
-
-        pixel = FlatStore(dog_values, shapes).index(*(constant(v) for v in (0, 0, 1, BORDER, BORDER)))
-        run_per_point(runner, refined, (dog_values,), (pixel,))
-        points = (*(constant(v) for v in (0, 0, 1, BORDER, BORDER)), constant(settings.sigma, torch.float32))
-        run_per_point(runner, histograms, (dx_values, dy_values), points)
+        octave, image, level, row, col, sigma, _, _ = stand_in(size)
+        candidates = FlatStore(dog_values, shapes).index(octave, image, level, row, col)
+        run_per_point(runner, refined, (dog_values,), (candidates,))
+        run_per_point(runner, histograms, (dx_values, dy_values), (octave, image, level, row, col, sigma))
         size *= 2
+    octave, image, level, _, _, sigma, octave_xy, angle = stand_in(DESCRIBE_CHUNK)
+    run_per_point(runner, described, (dx_values, dy_values), (octave, image, level, octave_xy, sigma, angle),
+                  DESCRIBE_CHUNK)
 
 
 def detect(gray: torch.Tensor, settings: SiftSettings, runner: Runner | None = None
@@ -591,7 +626,7 @@ def detect(gray: torch.Tensor, settings: SiftSettings, runner: Runner | None = N
     store = FlatStore(dog_values, shapes)
     if len(candidates) > PREFILTER_CANDIDATES:  # mostly ties in flat regions: drop the settled ones first
         candidates = candidates[~settled_and_rejected(store, candidates, settings)]
-    refined = functools.partial(refine_flat, shapes=tuple(shapes), settings=settings)
+    refined = functools.partial(refine_flat, shapes=shapes, settings=settings)
     *where, offset, response, alive = run_per_point(runner, refined, (dog_values,), (candidates,))
     keep = alive.nonzero()[:, 0]
     octave, image, level, row, col = (t[keep] for t in where)
@@ -601,7 +636,7 @@ def detect(gray: torch.Tensor, settings: SiftSettings, runner: Runner | None = N
     histograms = functools.partial(smoothed_histograms_flat, shapes=gradient_shapes, settings=settings)
     smooth, peaks = run_per_point(runner, histograms, (dx_values, dy_values), (octave, image, level, row, col, sigma))
     point, angle = histogram_peaks(smooth, peaks)
-    dx_store, dy_store = FlatStore(dx_values, list(gradient_shapes)), FlatStore(dy_values, list(gradient_shapes))
+    dx_store, dy_store = FlatStore(dx_values, gradient_shapes), FlatStore(dy_values, gradient_shapes)
     octave_xy = torch.stack((col.to(offset) + offset[:, 0], row.to(offset) + offset[:, 1]), dim=1)[point]
     to_image = 2.0 ** (octave[point].to(offset) + settings.first_octave)
     found = Detections(
