@@ -88,6 +88,18 @@ def test_detections_and_descriptors_are_opencvs(image):
     assert cosine.median() > 0.999 and cosine.min() > 0.98
 
 
+def test_closed_form_solve_equals_lu_and_flags_singular_matrices():
+    gen = torch.Generator().manual_seed(0)
+    matrix = torch.randn(500, 3, 3, generator=gen)
+    rhs = torch.randn(500, 3, generator=gen)
+    matrix[:3] = 0.0  # flat regions' Hessians: singular, no step
+    matrix[2, 0, 0] = 1.0  # a rank-one one
+    solution, regular = sift_torch.solve3x3(matrix, rhs)
+    expected = torch.linalg.solve(matrix[3:].double(), rhs[3:].double()[..., None])[..., 0]
+    assert not regular[:3].any() and regular[3:].all()
+    torch.testing.assert_close(solution[3:].double(), expected, rtol=1e-3, atol=1e-4)
+
+
 def test_dropping_settled_candidates_first_changes_nothing(monkeypatch):
     """Flat regions (here: constant squares and a smooth ramp, like rendered frames) give many tie
     extrema; dropping those that settle and fail at the first step leaves the same points."""
