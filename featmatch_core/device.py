@@ -5,13 +5,51 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 AUTO = "auto"  # the reduced precision the hardware runs natively, else fp32 (see auto_precision)
+
+F = TypeVar("F", bound=Callable[..., Any])
+_holders = threading.local()  # per thread: the lists of holding_constants blocks in progress
+
+
+def cached_constant(maxsize: int) -> Callable[[F], F]:
+    """``functools.lru_cache`` for functions that make device tensors (constants), whose results
+    :func:`holding_constants` also collects, cache hits included."""
+    def decorate(make: F) -> F:
+        cached = functools.lru_cache(maxsize=maxsize)(make)
+
+        @functools.wraps(make)
+        def get(*args: Any, **kwargs: Any) -> Any:
+            value = cached(*args, **kwargs)
+            for held in getattr(_holders, "lists", ()):
+                held.append(value)
+            return value
+
+        get.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+        get.cache_info = cached.cache_info  # type: ignore[attr-defined]
+        return get  # type: ignore[return-value]
+    return decorate
+
+
+@contextlib.contextmanager
+def holding_constants() -> Iterator[list[Any]]:
+    """Collect the cached constants (:func:`cached_constant`) this thread makes or reuses inside
+    the block. A CUDA graph reads them at fixed addresses when replayed, so it must keep them
+    alive: a cache may drop an entry later, and its memory would then be reused."""
+    held: list[Any] = []
+    _holders.lists = (*getattr(_holders, "lists", ()), held)
+    try:
+        yield held
+    finally:
+        _holders.lists = tuple(h for h in _holders.lists if h is not held)
+
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
@@ -26,7 +64,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-@functools.lru_cache(maxsize=512)
+@cached_constant(maxsize=512)
 def device_constant(values: tuple, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A small constant tensor made once per (values, device, dtype) and then shared.
 

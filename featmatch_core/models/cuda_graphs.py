@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
+from ..device import holding_constants
+
 logger = logging.getLogger(__name__)
 
 GRAPH_WARMUP_RUNS = 2  # eager runs on a side stream before a capture (lazy cuBLAS/cuDNN set-up)
@@ -34,16 +36,21 @@ def capture(run: Callable[[], None], device: torch.device, pool: Any = None) -> 
     Raises what the capture raises (e.g. a read of a device value inside ``run``)."""
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side), uncached_autocast(device):
-        for _ in range(GRAPH_WARMUP_RUNS):
-            run()
-    torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    # thread_local: a capture in one thread (a node's tracking stage) must not fail another
-    # thread's allocations (the default, global, errors on unsafe calls from any thread)
-    with uncached_autocast(device), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-        run()
-    return graph.replay
+    with holding_constants() as constants:  # read by the graph: kept as long as it is
+        with torch.cuda.stream(side), uncached_autocast(device):
+            for _ in range(GRAPH_WARMUP_RUNS):
+                run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        # thread_local: a capture in one thread (a node's tracking stage) must not fail another
+        # thread's allocations (the default, global, errors on unsafe calls from any thread)
+        with uncached_autocast(device), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            run()
+
+    def replay(graph: torch.cuda.CUDAGraph = graph, constants: list = constants) -> None:
+        graph.replay()
+
+    return replay
 
 
 def uncached_autocast(device: torch.device) -> contextlib.AbstractContextManager:

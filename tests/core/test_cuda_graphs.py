@@ -232,3 +232,37 @@ def test_cuda_graphs_under_fp16_autocast_cast_the_current_weights_at_each_replay
                     mine.copy_(new)
                     theirs.copy_(new)
     assert model.graphed_calls.captures == 2  # the network and the suppression, once
+
+
+def test_holding_constants_collects_made_and_reused_cached_constants():
+    from featmatch_core.device import device_constant, holding_constants
+
+    cpu = torch.device("cpu")
+    outside = device_constant((3.0, 1.0), cpu)
+    with holding_constants() as held:
+        made = device_constant((1.0, 2.0, 123.0), cpu)
+        with holding_constants() as inner:
+            reused = device_constant((1.0, 2.0, 123.0), cpu)  # a cache hit: collected as well
+    device_constant((4.0,), cpu)  # after the block: not collected
+    assert made is reused and [id(t) for t in held] == [id(made)] * 2 and [id(t) for t in inner] == [id(made)]
+    assert not any(t is outside for t in held)
+
+
+@needs_cuda
+def test_cuda_graphs_keep_their_constants_when_the_caches_drop_them():
+    from featmatch_core.device import device_constant
+    from featmatch_core.models.extractors import aliked, sift_torch
+
+    model = extractors()["sift-torch"].eval().cuda()
+    eager = copy.deepcopy(model)
+    eager.conf.cuda_graphs = False
+    image = textures(5).cuda()
+    with torch.inference_mode():
+        model({"image": image})  # captured
+        for cache in (device_constant, sift_torch.reflect101, sift_torch.difference_operator, aliked.tap_grid):
+            cache.cache_clear()
+        garbage = [torch.full((1 << 16,), 7.0, device="cuda") for _ in range(64)]  # reuse freed blocks
+        ours, expected = model({"image": image}), eager({"image": image})
+        del garbage
+    for key, value in expected.items():
+        torch.testing.assert_close(ours[key], value)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from kornia.feature.aliked.aliked import DeformableConv2d, InputPadder
 from omegaconf import DictConfig
 
-from ...device import device_constant
+from ...device import cached_constant, device_constant
 from ..base import strict_load
 from .base import Extractor, Features, empty_features, strip_prefix
 from .superpoint import nms
@@ -69,7 +69,7 @@ def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, b
     return out.view(b, c_out, h_out, w_out)
 
 
-@functools.lru_cache(maxsize=64)
+@cached_constant(maxsize=64)
 def tap_grid(kh: int, kw: int, h: int, w: int, padding: int, device: torch.device,
              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The undeformed taps of a kh x kw kernel over an (h, w) map as ``grid_sample`` positions,

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ...device import device_constant
+from ...device import cached_constant, device_constant
 from .superpoint import max_filter
 
 BORDER = 5  # pixels of each DoG map where no extremum is searched
@@ -98,7 +98,7 @@ def gaussian_kernel(sigma: float) -> tuple[float, ...]:
     return tuple((weights / weights.sum()).tolist())
 
 
-@functools.lru_cache(maxsize=256)
+@cached_constant(maxsize=256)
 def reflect101(n: int, pad: int, device: torch.device) -> torch.Tensor:
     """Indices of a length-n axis padded by ``pad`` on both sides with OpenCV's BORDER_REFLECT_101
     (any pad, also beyond the axis length)."""
@@ -224,7 +224,7 @@ def neighbour_max(volume: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.maximum(planar[:, :-2], planar[:, 1:-1]), planar[:, 2:])
 
 
-@functools.lru_cache(maxsize=8)
+@cached_constant(maxsize=8)
 def difference_operator(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(27, 12) coefficients of OpenCV's finite differences at the centre of a flattened 3x3x3
     cube [level, row, col] of 0..255 values: the gradient (x, y, level) and the Hessian's 9
