@@ -448,6 +448,9 @@ class _MatcherCore:
         self.stream = FeatureStream(self.pipeline)
         # kernels for every point-set size now, not during the first minutes of frames (CPU bf16)
         self.pipeline.warm_up()
+        # on a GPU, the first frame of each image size warms the extractor up first: its CUDA
+        # graphs (for SIFT, of every point-set bucket) are captured then, not in later frames
+        self.warm_up_new_sizes = self.pipeline.device.type == "cuda"
         # what a threshold parameter at P.MODEL_VALUE restores: the value the matcher was loaded with
         matcher_conf = self.pipeline.matcher.conf
         self._model_thresholds = {key: matcher_conf[key] for keys in P.MATCHER_CONF_KEYS.values()
@@ -516,6 +519,9 @@ class _MatcherCore:
         resize = int(self.params["resize"]) if self._owns_pipeline else None
         if resize is not None:
             self.pipeline.extractor.conf.resize = resize if 0 < resize < max(image.shape[:2]) else None
+        size = (int(image.shape[0]), int(image.shape[1]))
+        if self.warm_up_new_sizes and size not in self.pipeline.warmed_sizes:
+            self.pipeline.warm_up_extractor(*size)
         return self.stream.extract(image, stamp)
 
     # ---- diagnostics --------------------------------------------------------------------------

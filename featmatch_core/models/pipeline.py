@@ -117,6 +117,7 @@ class Pipeline(nn.Module):
         self.conf.precision = precision_for(self.device, self.conf.precision)
         # camera frames reach a GPU through one reused page-locked buffer (upload_image)
         self._staging = PinnedStaging() if self.device.type == "cuda" else None
+        self.warmed_sizes: set[tuple[int, int]] = set()  # (height, width) of warm_up_extractor's runs
         self.to(self.device).eval()
 
     @classmethod
@@ -192,6 +193,7 @@ class Pipeline(nn.Module):
             self.extract(noise)
         with torch.inference_mode():
             self.extractor.warm_up(upload_image(noise, self.device, self._staging))
+        self.warmed_sizes.add((height, width))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 

@@ -401,3 +401,22 @@ def test_threshold_parameters_default_to_the_models_own_values(frames):
     assert fm.process(*_msgs(frames[3])).record["stop_layer"] == 2
     assert fm.set_params({"max_layers": P.MODEL_VALUE_INT})[0]
     assert fm.process(*_msgs(frames[4])).record["stop_layer"] == 6
+
+
+def test_first_frame_of_each_size_warms_the_extractor_up_on_a_gpu(frames, monkeypatch):
+    """On CUDA (``warm_up_new_sizes``) the extractor's graphs are captured before the first frame
+    of each image size, once; on CPUs nothing is added to the first frame."""
+    fm = FrameMatcher(FAST)
+    assert fm.warm_up_new_sizes is False  # this machine: the CPU
+    warmed = []
+    original = fm.pipeline.warm_up_extractor
+    monkeypatch.setattr(fm.pipeline, "warm_up_extractor", lambda h, w: (warmed.append((h, w)), original(h, w)))
+    fm.warm_up_new_sizes = True  # as on CUDA
+    half = [f.image[::2, ::2].copy() for f in frames[:2]]
+    for i, frame in enumerate(frames[:3]):
+        image, info, depth = _msgs(frame)
+        fm.process(image, info, depth)
+        header = cv.make_header(TYPES, frame.stamp_ns + 1, "camera_optical")
+        fm.process(cv.numpy_to_image(TYPES, half[i % 2], "mono8", header))
+    assert warmed == [(H, W), (H // 2, W // 2)]
+    assert fm.pipeline.warmed_sizes == {(H, W), (H // 2, W // 2)}
