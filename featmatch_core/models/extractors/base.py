@@ -12,7 +12,7 @@ Output contract (see docs/architecture.md):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -44,7 +44,8 @@ class Extractor(BaseModel):
     default_conf: ClassVar[dict[str, Any]] = {
         "resize": 1024,  # long side in pixels, None to keep the input size
         "max_num_keypoints": None,
-        "cuda_graphs": True,  # replay the dense, static-shape part as a CUDA graph (on CUDA, without autograd)
+        # replay the static-shape work as CUDA graphs (on CUDA, without autograd, up to 8 images)
+        "cuda_graphs": True,
     }
     grayscale: ClassVar[bool] = True
     descriptor_dim: ClassVar[int] = 0
@@ -80,10 +81,11 @@ class Extractor(BaseModel):
         return (bool(self.conf.cuda_graphs) and len(images) <= GRAPH_MAX_BATCH
                 and self.graphed_calls.applies(images.device))
 
-    def graphed(self, fn: Callable[..., Any], *inputs: torch.Tensor, key: Hashable = ()) -> Any:
-        """``fn(*inputs)`` replayed as a CUDA graph (:class:`~..cuda_graphs.GraphedCalls`; ``key``:
-        the settings ``fn`` reads), for callers that checked :meth:`graphs_apply`."""
-        return self.graphed_calls(fn, *inputs, key=key)
+    def graphed(self, fn: Callable[..., Any], *inputs: torch.Tensor) -> Any:
+        """``fn(*inputs)`` replayed as a CUDA graph (:class:`~..cuda_graphs.GraphedCalls`; settings
+        it reads go in as the arguments of a ``functools.partial``), for callers that checked
+        :meth:`graphs_apply`."""
+        return self.graphed_calls(fn, *inputs)
 
     def run_static(self, fn: Callable[[torch.Tensor], Any], images: torch.Tensor) -> Any:
         """``fn(images)`` for a function of a batch of images (or of maps of them) whose shapes
