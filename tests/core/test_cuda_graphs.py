@@ -184,10 +184,28 @@ def test_graphs_only_for_small_batches_with_cuda_graphs_on():
         model({"image": torch.rand(GRAPH_MAX_BATCH + 1, 1, 64, 64)})
         assert model.graphed_calls.captures == 0
         model({"image": torch.rand(2, 1, 64, 64)})
-        assert model.graphed_calls.captures == 2  # the network and the suppression
+        assert model.graphed_calls.captures == 1  # the whole extraction (max_num_keypoints set)
         model.conf.cuda_graphs = False
         model({"image": torch.rand(2, 1, 48, 48)})
-        assert model.graphed_calls.captures == 2
+        assert model.graphed_calls.captures == 1
+
+
+def test_superpoint_keeps_its_dense_maps_for_a_caller_that_records_them():
+    """Wireframe records SuperPoint's descriptor map through dense_outputs: while it does, the
+    network and the suppression are graphed apart, and the map reaches it."""
+    from featmatch_core.models.lines.wireframe import capture_dense_descriptors
+
+    model = extractors()["superpoint"].eval()
+    model.graphed_calls.use_graphs = False
+    image = textures(6)[:, :1]
+    with torch.inference_mode():
+        whole = model({"image": image})
+        with capture_dense_descriptors(model) as captured:
+            apart = model({"image": image})
+    assert len(captured) == 1 and captured[0].shape == (1, 256, 15, 19)
+    assert model.graphed_calls.captures == 3  # the whole extraction; the network; the suppression
+    for key, value in whole.items():
+        torch.testing.assert_close(apart[key], value, rtol=0, atol=0)
 
 
 def test_sift_warm_up_captures_every_bucket_a_frame_then_uses():
@@ -231,7 +249,7 @@ def test_cuda_graphs_under_fp16_autocast_cast_the_current_weights_at_each_replay
                     new = torch.randn_like(mine) * mine.std()
                     mine.copy_(new)
                     theirs.copy_(new)
-    assert model.graphed_calls.captures == 2  # the network and the suppression, once
+    assert model.graphed_calls.captures == 1  # the whole extraction, once
 
 
 def test_holding_constants_collects_made_and_reused_cached_constants():

@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 
 from ...device import cached_constant, device_constant
 from ..base import strict_load
-from .base import Extractor, Features, empty_features, strip_prefix
+from .base import Extractor, Features, empty_features, padded_selection, strip_prefix, unpadded
 from .superpoint import nms
 
 SOFT_ARGMAX_TEMPERATURE = 0.1  # the official DKD's tuned temperature
@@ -169,18 +169,10 @@ def threshold_selection(scores: torch.Tensor, suppressed: torch.Tensor, threshol
     and without reading the device: per image the flat indices (B, L) of its selected pixels,
     L = min(limit, H * W), in the same order (raster order, or by descending score when more
     than ``limit`` pass, ties in raster order), padded with pixel 0, and how many are real (B,)."""
-    b, n = suppressed.shape
     kept = suppressed > threshold
     none = ~kept.any(dim=1, keepdim=True)  # an image without any: those above its mean score
     kept = torch.where(none, suppressed > scores.mean(dim=1, keepdim=True), kept)
-    counts = kept.sum(dim=1)
-    limit = min(limit, n)
-    pixel = torch.arange(n, device=scores.device)
-    raster = torch.where(kept, pixel, n).topk(limit, dim=1, largest=False).values  # ascending
-    ranked = torch.where(kept, scores, -torch.inf).sort(dim=1, descending=True, stable=True).indices[:, :limit]
-    indices = torch.where((counts > limit)[:, None], ranked, raster)
-    real = torch.arange(limit, device=scores.device) < counts[:, None]
-    return torch.where(real, indices, 0), counts.clamp(max=limit)
+    return padded_selection(scores, kept, limit)
 
 
 def refine(score_map: torch.Tensor, indices: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,10 +308,8 @@ class ALIKED(Extractor):
             return self.run_static(functools.partial(self.features, **settings), images)
         if self.graphs_apply(images):  # threshold mode made static by padding: one graph, one read
             del settings["top_k"]
-            padded = self.graphed(functools.partial(self.padded_features, **settings), images)
-            counts = padded.pop("counts").tolist()
-            return [{key: value[i, :n] for key, value in padded.items()} if n else
-                    empty_features(self.descriptor_dim, device=images.device) for i, n in enumerate(counts)]
+            return unpadded(self.graphed(functools.partial(self.padded_features, **settings), images),
+                            self.descriptor_dim)
         return self.features(images, **settings)
 
     def features(self, images: torch.Tensor, radius: int, top_k: int, threshold: float, limit: int) -> list[Features]:

@@ -126,6 +126,32 @@ class Extractor(BaseModel):
         return batch
 
 
+def padded_selection(scores: torch.Tensor, kept: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image of (B, N) flat scores, the selection the per-image detections make of the
+    ``kept`` pixels: all of them in raster order or, when more than ``limit`` are kept, the
+    ``limit`` best by descending score (ties in raster order). In fixed shapes and without
+    reading the device (for a CUDA graph): flat indices (B, L), L = min(limit, N), padded with
+    pixel 0, and how many are real (B,)."""
+    n = scores.shape[1]
+    counts = kept.sum(dim=1)
+    limit = min(limit, n)
+    pixel = torch.arange(n, device=scores.device)
+    raster = torch.where(kept, pixel, n).topk(limit, dim=1, largest=False).values  # ascending
+    ranked = torch.where(kept, scores, -torch.inf).sort(dim=1, descending=True, stable=True).indices[:, :limit]
+    indices = torch.where((counts > limit)[:, None], ranked, raster)
+    real = torch.arange(limit, device=scores.device) < counts[:, None]
+    return torch.where(real, indices, 0), counts.clamp(max=limit)
+
+
+def unpadded(padded: dict[str, torch.Tensor], descriptor_dim: int) -> list[Features]:
+    """Per-image features of padded ones (B, L, ...) with their ``counts`` (B,): the counts are
+    read (the one wait for the device of a graphed extraction) and each image's tensors cut."""
+    counts = padded.pop("counts").tolist()
+    device = padded["keypoints"].device
+    return [{key: value[i, :n] for key, value in padded.items()} if n else empty_features(descriptor_dim, device=device)
+            for i, n in enumerate(counts)]
+
+
 def autocast_allowed(model: nn.Module, device: torch.device) -> bool:
     """Whether ``model`` (an extractor, or a model wrapping one) may run under autocast on ``device``."""
     return device.type in getattr(model, "autocast_devices", Extractor.autocast_devices)

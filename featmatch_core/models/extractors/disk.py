@@ -19,7 +19,7 @@ from kornia.geometry.subpix import nms2d
 from omegaconf import DictConfig
 
 from ..base import strict_load
-from .base import Extractor, Features, empty_features, strip_prefix
+from .base import Extractor, Features, empty_features, strip_prefix, unpadded
 
 
 def top_maxima(heatmaps: torch.Tensor, n: int, window: int, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,10 +110,8 @@ class DISK(Extractor):
         k = self.conf.max_num_keypoints
         settings = {"window": int(self.conf.nms_window_size), "threshold": float(self.conf.detection_threshold)}
         if k is not None and self.graphs_apply(images):  # static by padding to k: one graph, one read
-            padded = self.graphed(functools.partial(self.padded_features, n=int(k), **settings), images)
-            counts = padded.pop("counts").tolist()
-            return [{key: value[i, :n] for key, value in padded.items()} if n else
-                    empty_features(self.descriptor_dim, device=images.device) for i, n in enumerate(counts)]
+            return unpadded(self.graphed(functools.partial(self.padded_features, n=int(k), **settings), images),
+                            self.descriptor_dim)
         # kornia's DISK.forward, its network (the U-Net) replayed as one CUDA graph per image size
         heatmaps, descriptors = self.run_static(self.dense_maps, images)
         keypoints = heatmap_to_keypoints(heatmaps, n=None if k is None else int(k), window_size=settings["window"],

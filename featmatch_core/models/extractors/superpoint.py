@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ...device import device_constant
-from .base import Extractor, Features, empty_features
+from .base import Extractor, Features, empty_features, padded_selection, unpadded
 
 CELL = 8  # the score map is predicted per 8x8 cell
 
@@ -291,9 +291,16 @@ class SuperPoint(Extractor):
         if h < CELL or w < CELL:
             raise ValueError(f"{type(self).__name__} needs images of at least {CELL}x{CELL} pixels "
                              f"(after resizing), got {w}x{h}")
-        scores, descriptors = self.dense_outputs(images)
         threshold = float(conf.detection_threshold)
         radius, border = int(conf.nms_radius), int(conf.remove_borders)
+        k = conf.max_num_keypoints
+        # a caller recording the dense maps wraps dense_outputs (Wireframe): then the two graphs below
+        if k is not None and "dense_outputs" not in vars(self) and self.graphs_apply(images):
+            # every shape fixed by padding to k: the whole extraction is one CUDA graph, one read
+            settings = {"threshold": threshold, "radius": radius, "border": border, "limit": int(k)}
+            return unpadded(self.graphed(functools.partial(self.padded_features, **settings), images),
+                            self.descriptor_dim)
+        scores, descriptors = self.dense_outputs(images)
         scores = self.run_static(functools.partial(suppress, radius=radius, border=border), scores)
 
         if images.device.type != "cpu":
@@ -313,6 +320,20 @@ class SuperPoint(Extractor):
                 "descriptors": sample_descriptors(keypoints, desc),
             })
         return out
+
+    def padded_features(self, images: torch.Tensor, threshold: float, radius: int, border: int,
+                        limit: int) -> dict[str, torch.Tensor]:
+        """:meth:`_extract` with fixed shapes (for a CUDA graph): every image's features padded to
+        ``limit`` points (:func:`~.base.padded_selection`: the same points in the same order, ties
+        in raster order), stacked, and ``counts`` (B,) of real ones."""
+        scores, descriptors = self.network(images)
+        width = scores.shape[-1]
+        flat = suppress(scores, radius, border).flatten(1)
+        indices, counts = padded_selection(flat, flat > threshold, limit)
+        keypoints = torch.stack((indices % width, indices // width), dim=-1).float()
+        sampled = [sample_descriptors(points, desc) for points, desc in zip(keypoints, descriptors, strict=True)]
+        return {"keypoints": keypoints, "keypoint_scores": flat.gather(1, indices),
+                "descriptors": torch.stack(sampled), "counts": counts}
 
     def select_batched(self, scores: torch.Tensor, descriptors: torch.Tensor, threshold: float) -> list[Features]:
         """The per-image selection of :meth:`_extract` for a whole batch with one read of the
