@@ -57,8 +57,10 @@ BACKENDS = ("auto", "opencv", "pycolmap", "torch", "kornia")
 # COLMAP's octave resolution (DoG levels per octave), which OpenCV calls nOctaveLayers.
 LEVELS_PER_OCTAVE = 3
 # point sets the torch port's graphs are captured for at warm-up: a 640x480 photo has 10-30 k
-# extremum candidates (more go through bigger buckets, captured when first met)
+# extremum candidates and 2-8 k oriented points (more go through bigger buckets, captured when
+# first met)
 WARM_UP_POINTS = 65536
+WARM_UP_DESCRIBED = 8192  # per image, without max_num_keypoints
 
 Detections = dict[str, np.ndarray]  # keypoints (N,2), scales, oris, scores (N,), descriptors (N,128)
 
@@ -173,7 +175,8 @@ class SIFT(Extractor):
             return 0
         before = self.graphed_calls.captures
         with torch.inference_mode():
-            sift_torch.warm_up(to_sift_gray(resized), self._settings, self.graphed, WARM_UP_POINTS)
+            described = len(resized) * int(self.conf.max_num_keypoints or WARM_UP_DESCRIBED)
+            sift_torch.warm_up(to_sift_gray(resized), self._settings, self.graphed, WARM_UP_POINTS, described)
         return self.graphed_calls.captures - before
 
     def _extract(self, images: torch.Tensor) -> list[Features]:

@@ -463,17 +463,16 @@ def descriptor_radius(sigma: torch.Tensor) -> torch.Tensor:
 def descriptors(dx_store: FlatStore, dy_store: FlatStore, found: Detections, settings: SiftSettings,
                 runner: Runner | None = None) -> torch.Tensor:
     """OpenCV's 128-d descriptors (before its x512 scaling). With a ``runner`` (CUDA graphs):
-    chunks of DESCRIBE_CHUNK points (the last padded), each with the window of the largest
-    scale the settings allow, one signature for all. Otherwise chunks of points of similar
-    scale, each with a window as large as its largest point needs (one read of the scales)."""
+    one call on the points padded to a power of two (at least DESCRIBE_CHUNK), in chunks of
+    DESCRIBE_CHUNK points each with the window of the largest scale the settings allow.
+    Otherwise chunks of points of similar scale, each with a window as large as its largest
+    point needs (one read of the scales)."""
     if len(found.xy) == 0:
         return torch.zeros(0, DESC_WIDTH * DESC_WIDTH * DESC_BINS, device=found.xy.device)
     if runner is not None:
-        describe_chunk = functools.partial(describe_flat, shapes=dx_store.shapes, radius_max=largest_radius(settings))
-        points = point_fields(found)
-        return torch.cat([run_per_point(runner, describe_chunk, (dx_store.values, dy_store.values),
-                                        tuple(t[start:start + DESCRIBE_CHUNK] for t in points), DESCRIBE_CHUNK)[0]
-                          for start in range(0, len(found.xy), DESCRIBE_CHUNK)])
+        described = functools.partial(describe_in_chunks, shapes=dx_store.shapes, radius_max=largest_radius(settings))
+        size = point_bucket(len(found.xy), DESCRIBE_CHUNK)
+        return run_per_point(runner, described, (dx_store.values, dy_store.values), point_fields(found), size)[0]
     order = torch.argsort(found.sigma, descending=True)
     radii = descriptor_radius(found.sigma[order]).tolist()
     budget = window_budget(found.xy.device)
@@ -491,7 +490,7 @@ def largest_radius(settings: SiftSettings) -> int:
     """The descriptor window radius of the largest scale a refined point can have (level
     ``levels`` + 0.5), and a pixel of margin (each point's window is masked to its own radius)."""
     largest = settings.sigma * 2.0 ** ((settings.levels + 0.5) / settings.levels)
-    return int(descriptor_radius(torch.tensor(largest))) + 1
+    return round(DESC_SCALE_FACTOR * largest * math.sqrt(2) * (DESC_WIDTH + 1) * 0.5) + 1  # descriptor_radius
 
 
 def point_fields(found: Detections) -> tuple[torch.Tensor, ...]:
@@ -499,10 +498,13 @@ def point_fields(found: Detections) -> tuple[torch.Tensor, ...]:
     return found.octave, found.image, found.level, found.octave_xy, found.sigma, found.angle
 
 
-def describe_flat(dx_values: torch.Tensor, dy_values: torch.Tensor, *points: torch.Tensor, shapes: tuple,
-                  radius_max: int) -> tuple[torch.Tensor]:
-    """:func:`describe` on the flattened gradient stacks of ``shapes`` (a function of tensors)."""
-    return (describe(FlatStore(dx_values, shapes), FlatStore(dy_values, shapes), *points, radius_max),)
+def describe_in_chunks(dx_values: torch.Tensor, dy_values: torch.Tensor, *points: torch.Tensor, shapes: tuple,
+                       radius_max: int) -> tuple[torch.Tensor]:
+    """:func:`describe` on the flattened gradient stacks of ``shapes`` (a function of tensors),
+    DESCRIBE_CHUNK points at a time (bounded memory)."""
+    stores = FlatStore(dx_values, shapes), FlatStore(dy_values, shapes)
+    return (torch.cat([describe(*stores, *(t[start:start + DESCRIBE_CHUNK] for t in points), radius_max)
+                       for start in range(0, len(points[0]), DESCRIBE_CHUNK)]),)
 
 
 def describe(dx_store: FlatStore, dy_store: FlatStore, octave: torch.Tensor, image: torch.Tensor, level: torch.Tensor,
@@ -579,10 +581,10 @@ def smoothed_histograms_flat(dx_values: torch.Tensor, dy_values: torch.Tensor, *
 Runner = Callable[..., Any]  # runner(fn, *tensors) -> fn(*tensors), e.g. Extractor.graphed
 
 
-def point_bucket(count: int) -> int:
-    """Point sets are padded to a power of two (at least POINT_BUCKET_MIN) for a graphed runner:
-    a handful of captured sizes serve every frame."""
-    return max(POINT_BUCKET_MIN, 1 << max(count - 1, 0).bit_length())
+def point_bucket(count: int, smallest: int = POINT_BUCKET_MIN) -> int:
+    """Point sets are padded to a power of two (at least ``smallest``) for a graphed runner: a
+    handful of captured sizes serve every frame."""
+    return max(smallest, 1 << max(count - 1, 0).bit_length())
 
 
 def run_per_point(runner: Runner | None, fn: Callable[..., Any], fixed: tuple[torch.Tensor, ...],
@@ -598,16 +600,17 @@ def run_per_point(runner: Runner | None, fn: Callable[..., Any], fixed: tuple[to
     return tuple(t[:count] for t in runner(fn, *fixed, *padded))
 
 
-def warm_up(gray: torch.Tensor, settings: SiftSettings, runner: Runner, max_points: int) -> None:
-    """Run ``runner``'s steps of :func:`detect` and :func:`descriptors` for ``gray``'s size and
-    for every point bucket up to ``max_points``, on stand-in points (a pixel inside the first
-    octave), so that a graphed runner captures them now rather than in the middle of a stream."""
+def warm_up(gray: torch.Tensor, settings: SiftSettings, runner: Runner, max_points: int, max_described: int) -> None:
+    """Run ``runner``'s steps of :func:`detect` and :func:`descriptors` for ``gray``'s size, for
+    every point bucket up to ``max_points`` and every bucket of described points up to
+    ``max_described``, on stand-in points (a pixel inside the first octave), so that a graphed
+    runner captures them now rather than in the middle of a stream."""
     dog_values, _, dx_values, dy_values = runner(functools.partial(scale_space, settings=settings), gray)
     shapes = stack_shapes(*gray.shape, settings)
     gradient_shapes = tuple((b, settings.levels, h, w) for b, _, h, w in shapes)
     refined = functools.partial(refine_flat, shapes=shapes, settings=settings)
     histograms = functools.partial(smoothed_histograms_flat, shapes=gradient_shapes, settings=settings)
-    described = functools.partial(describe_flat, shapes=gradient_shapes, radius_max=largest_radius(settings))
+    described = functools.partial(describe_in_chunks, shapes=gradient_shapes, radius_max=largest_radius(settings))
 
     def stand_in(size: int) -> tuple[torch.Tensor, ...]:
         """octave, image, level, row, col, sigma, octave_xy and angle of ``size`` points."""
@@ -623,9 +626,11 @@ def warm_up(gray: torch.Tensor, settings: SiftSettings, runner: Runner, max_poin
         run_per_point(runner, refined, (dog_values,), (candidates,))
         run_per_point(runner, histograms, (dx_values, dy_values), (octave, image, level, row, col, sigma))
         size *= 2
-    octave, image, level, _, _, sigma, octave_xy, angle = stand_in(DESCRIBE_CHUNK)
-    run_per_point(runner, described, (dx_values, dy_values), (octave, image, level, octave_xy, sigma, angle),
-                  DESCRIBE_CHUNK)
+    size = DESCRIBE_CHUNK
+    while size <= max(max_described, DESCRIBE_CHUNK):
+        octave, image, level, _, _, sigma, octave_xy, angle = stand_in(size)
+        run_per_point(runner, described, (dx_values, dy_values), (octave, image, level, octave_xy, sigma, angle), size)
+        size *= 2
 
 
 def detect(gray: torch.Tensor, settings: SiftSettings, runner: Runner | None = None
