@@ -110,7 +110,7 @@ class GraphedCalls:
     capturing, on any device: how the CPU tests run this path.
     """
 
-    def __init__(self, module: nn.Module, max_cached: int = 16, use_graphs: bool | None = None) -> None:
+    def __init__(self, module: nn.Module, max_cached: int = 32, use_graphs: bool | None = None) -> None:
         # the module is not kept (it keeps this cache): its parameter and buffer slots are, so
         # that a moved or replaced tensor gives a new signature
         self.module_type = type(module).__name__

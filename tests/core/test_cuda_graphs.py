@@ -216,11 +216,11 @@ def test_sift_warm_up_captures_every_bucket_a_frame_then_uses():
     model.graphed_calls.use_graphs = False
     images = textures(4)
     buckets = (sift_module.WARM_UP_POINTS // POINT_BUCKET_MIN).bit_length()  # 4096, 8192, ... 65536
-    # the scale space, the refinement and histograms per bucket, the descriptor chunk
-    assert model.warm_up(images) == 1 + 2 * buckets + 1
+    # the scale space; the refinement, histograms and selection per bucket; the described points
+    assert model.warm_up(images) == 1 + 3 * buckets + 1
     with torch.inference_mode():
         found = model({"image": images})
-    assert model.graphed_calls.captures == 1 + 2 * buckets + 1 and len(found["keypoints"][0]) > 20
+    assert model.graphed_calls.captures == 1 + 3 * buckets + 1 and len(found["keypoints"][0]) > 20
     opencv = SIFT({"resize": None, "backend": "auto"})  # OpenCV on the CPU: nothing to capture
     assert opencv.warm_up(images) == 0 and "_graphed_calls" not in opencv.__dict__
 

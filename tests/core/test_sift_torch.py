@@ -23,6 +23,7 @@ from featmatch_core.models.extractors.sift import (
     _canonical_order,
     rootsift,
     select,
+    select_padded,
     select_torch,
     wrap_angle,
     wrap_angle_torch,
@@ -181,6 +182,25 @@ def test_torch_selection_equals_the_numpy_selection_per_image(nms_radius, k):
         np.testing.assert_array_equal(merged["oris"][mine], det["oris"])
     angles = torch.linspace(-10, 10, 101)
     np.testing.assert_allclose(wrap_angle_torch(angles).numpy(), wrap_angle(angles.numpy()), atol=1e-6)
+
+
+@pytest.mark.parametrize("nms_radius, k", [(0, 40), (None, 40), (0, None), (0, 1000)])
+def test_padded_selection_equals_the_selection(nms_radius, k):
+    """The GPU's fixed-shape selection (a table of each image's rows, the padding never chosen)
+    keeps the eager selection's points in its order; a third image has no points."""
+    images = [random_detections(1), random_detections(2)]
+    slots = torch.from_numpy(np.random.default_rng(3).permutation(np.repeat([0, 1], 300)))
+    merged = {key: torch.from_numpy(np.concatenate([det[key] for det in images]))
+              for key in ("keypoints", "scores", "oris")}
+    conf = SIFT({"nms_radius": nms_radius, "max_num_keypoints": k}).conf
+    expected = select_torch(merged["keypoints"], merged["scores"], merged["oris"], slots, (20, 20), conf)
+    padded = [torch.cat((t, t[-1:].expand(1024 - 600, *t.shape[1:]))) for t in
+              (merged["keypoints"], merged["scores"], merged["oris"], slots)]
+    valid = torch.arange(1024) < 600
+    table, counts = select_padded(*padded, valid, (20, 20), 3, nms_radius, k)
+    assert table.shape == (3, 1024 if k is None else min(k, 1024)) and counts[2] == 0
+    mine = torch.cat([table[i, :counts[i]] for i in range(3)])
+    assert torch.equal(mine, expected) and (table[:, counts.max():] == 0).all()
 
 
 def test_a_batch_equals_its_images_one_by_one():

@@ -40,6 +40,7 @@ within 0.5 px of an OpenCV point, with the same scale and orientations 0.8 degre
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, ClassVar
 
@@ -174,9 +175,18 @@ class SIFT(Extractor):
         if self.backend_for(resized) != "torch" or not self.graphs_apply(resized):
             return 0
         before = self.graphed_calls.captures
+        batch, shape = len(resized), tuple(resized.shape[-2:])
         with torch.inference_mode():
-            described = len(resized) * int(self.conf.max_num_keypoints or WARM_UP_DESCRIBED)
+            described = batch * int(self.conf.max_num_keypoints or WARM_UP_DESCRIBED)
             sift_torch.warm_up(to_sift_gray(resized), self._settings, self.graphed, WARM_UP_POINTS, described)
+            selected = functools.partial(select_padded, shape=shape, batch=batch, nms_radius=self.conf.nms_radius,
+                                         limit=self.conf.max_num_keypoints)
+            size = sift_torch.POINT_BUCKET_MIN
+            while size <= WARM_UP_POINTS:  # the selection, on stand-in points
+                zeros = torch.zeros(size, device=resized.device)
+                self.graphed(selected, torch.zeros(size, 2, device=resized.device), zeros, zeros,
+                             zeros.long(), torch.ones(size, dtype=torch.bool, device=resized.device))
+                size *= 2
         return self.graphed_calls.captures - before
 
     def _extract(self, images: torch.Tensor) -> list[Features]:
@@ -257,21 +267,37 @@ def _run_torch(images: torch.Tensor, conf: DictConfig, settings: sift_torch.Sift
     """(B, 1, H, W) images in [0, 1] (or uint8) -> the OpenCV back end's features, on their
     device, the whole batch at once (``runner``: see :func:`~.sift_torch.detect`)."""
     gray = to_sift_gray(images)
+    batch, shape = len(images), tuple(gray.shape[-2:])
     with torch.autocast(images.device.type, enabled=False):
         found, dx, dy = sift_torch.detect(gray, settings, runner)
         oris = wrap_angle_torch(torch.deg2rad(found.angle))
-        index = select_torch(found.xy, found.response, oris, found.image, tuple(gray.shape[-2:]), conf)
+        if runner is None or len(found.xy) == 0:
+            index = select_torch(found.xy, found.response, oris, found.image, shape, conf)
+            counts = None
+        else:  # the selection as a graph too: a table of the images' rows, read once with the counts
+            size = sift_torch.point_bucket(len(found.xy))
+            valid = torch.arange(size, device=found.xy.device) < len(found.xy)
+            points = sift_torch.pad_points((found.xy, found.response, oris, found.image), size)
+            selected = functools.partial(select_padded, shape=shape, batch=batch,
+                                         nms_radius=conf.nms_radius, limit=conf.max_num_keypoints)
+            table, counts = runner(selected, *points, valid)
+            index = table.flatten()
         chosen, oris = found.take(index), oris[index]
         descriptors = sift_torch.descriptors(dx, dy, chosen, settings, runner)
         descriptors = rootsift(descriptors) if conf.rootsift else F.normalize(descriptors, p=2, dim=-1)
-    counts = torch.bincount(chosen.image, minlength=len(images)).tolist()
+    if counts is None:  # consecutive runs per image
+        sizes = torch.bincount(chosen.image, minlength=batch).tolist()
+        starts = [sum(sizes[:i]) for i in range(batch)]
+    else:  # one row of the table per image
+        sizes, starts = counts.tolist(), [i * table.shape[1] for i in range(batch)]
     out: list[Features] = []
-    for feats in zip(*(t.split(counts) for t in (chosen.xy, chosen.response, descriptors, chosen.size, oris)),
-                     strict=True):
-        if len(feats[0]) == 0:
+    for start, n in zip(starts, sizes, strict=True):
+        if n == 0:
             out.append(empty_features(128, with_scale_ori=True, device=images.device))
             continue
-        out.append(dict(zip(("keypoints", "keypoint_scores", "descriptors", "scales", "oris"), feats, strict=True)))
+        feats = (chosen.xy, chosen.response, descriptors, chosen.size, oris)
+        out.append(dict(zip(("keypoints", "keypoint_scores", "descriptors", "scales", "oris"),
+                            (t[start:start + n] for t in feats), strict=True)))
     return out
 
 
@@ -287,32 +313,68 @@ def select_torch(xy: torch.Tensor, scores: torch.Tensor, oris: torch.Tensor, ima
     score, then the smallest |orientation|) unless ``nms_radius`` is None, then the top
     ``max_num_keypoints`` by score (ties by index), ordered by image, then strongest first, ties
     by y, x and orientation."""
-    kept = torch.ones_like(scores, dtype=torch.bool)
-    if conf.nms_radius is not None:
-        h, w = shape
-        col = torch.floor(xy[:, 0] + 0.5).clamp(0, w - 1).long()
-        row = torch.floor(xy[:, 1] + 0.5).clamp(0, h - 1).long()
-        pixel = (image * h + row) * w + col
-        order = stable_lexsort(pixel, -scores, oris.abs())
-        first = torch.ones_like(kept)
-        first[1:] = pixel[order[1:]] != pixel[order[:-1]]
-        kept = torch.zeros_like(kept).index_put_((order,), first)
-    ranked = stable_lexsort(image, torch.where(kept, -scores, torch.inf))  # per image, kept points first
+    kept = one_per_pixel(xy, scores, oris, image, shape) if conf.nms_radius is not None else \
+        torch.ones_like(scores, dtype=torch.bool)
+    ranked, group, rank = ranked_per_image(scores, image, kept)
     chosen = kept[ranked]
     if conf.max_num_keypoints is not None:
-        group = image[ranked]
-        rank = torch.arange(len(ranked), device=ranked.device) - torch.searchsorted(group, group)
         chosen &= rank < int(conf.max_num_keypoints)
     top = ranked[chosen]
     return top[stable_lexsort(image[top], -scores[top], xy[top, 1], xy[top, 0], oris[top])]
 
 
+def select_padded(xy: torch.Tensor, scores: torch.Tensor, oris: torch.Tensor, image: torch.Tensor,
+                  valid: torch.Tensor, shape: tuple[int, int], batch: int, nms_radius: int | None,
+                  limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`select_torch` on a padded point set (``valid``: the real points) in fixed shapes and
+    without reading the device (for a CUDA graph): a (batch, K) table of point indices, each row
+    an image's selection in the same order, K = ``limit`` (or every point), padded with point
+    0, and how many are real per image (batch,)."""
+    image = torch.where(valid, image, batch)  # the padding after every image
+    kept = valid if nms_radius is None else one_per_pixel(xy, scores, oris, image, shape) & valid
+    ranked, group, rank = ranked_per_image(scores, image, kept)
+    k = len(scores) if limit is None else min(limit, len(scores))
+    chosen = kept[ranked] & (rank < k)
+    slot = torch.where(chosen, group * k + rank, batch * k)  # the others to a slot cut off below
+    table = torch.full((batch * k + 1,), -1, dtype=torch.long, device=scores.device)
+    table = table.index_put_((slot,), ranked)[:-1].view(batch, k)
+    counts = torch.zeros(batch + 1, dtype=torch.long, device=scores.device)
+    counts = counts.scatter_add_(0, torch.where(chosen, group, batch), chosen.long())[:-1]
+    padding, point = table < 0, table.clamp(min=0)
+    order = stable_lexsort(padding, -scores[point], xy[point, 1], xy[point, 0], oris[point])
+    return point.gather(1, order), counts
+
+
+def one_per_pixel(xy: torch.Tensor, scores: torch.Tensor, oris: torch.Tensor, image: torch.Tensor,
+                  shape: tuple[int, int]) -> torch.Tensor:
+    """Which points are the best of their pixel (rounded position) in their image: the highest
+    score, then the smallest |orientation|, then the first."""
+    h, w = shape
+    col = torch.floor(xy[:, 0] + 0.5).clamp(0, w - 1).long()
+    row = torch.floor(xy[:, 1] + 0.5).clamp(0, h - 1).long()
+    pixel = (image * h + row) * w + col
+    order = stable_lexsort(pixel, -scores, oris.abs())
+    first = torch.ones_like(pixel, dtype=torch.bool)
+    first[1:] = pixel[order[1:]] != pixel[order[:-1]]
+    return torch.zeros_like(first).index_put_((order,), first)
+
+
+def ranked_per_image(scores: torch.Tensor, image: torch.Tensor, kept: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The points ordered by image, each image's kept points first by descending score (ties by
+    index); each ranked point's image and its rank within that image."""
+    ranked = stable_lexsort(image, torch.where(kept, -scores, torch.inf))
+    group = image[ranked]
+    return ranked, group, torch.arange(len(ranked), device=ranked.device) - torch.searchsorted(group, group)
+
+
 def stable_lexsort(*keys: torch.Tensor) -> torch.Tensor:
     """The order sorting by the first key, ties by the next and so on (numpy's lexsort with the
-    keys reversed)."""
-    order = torch.arange(len(keys[0]), device=keys[0].device)
+    keys reversed), along the last dimension (each row of 2-D keys on its own)."""
+    first = keys[0]
+    order = torch.arange(first.shape[-1], device=first.device).expand_as(first)
     for key in reversed(keys):
-        order = order[torch.sort(key[order], stable=True).indices]
+        order = order.gather(-1, torch.sort(key.gather(-1, order), dim=-1, stable=True).indices)
     return order
 
 

@@ -595,9 +595,13 @@ def run_per_point(runner: Runner | None, fn: Callable[..., Any], fixed: tuple[to
     count = len(points[0])
     if runner is None or count == 0:
         return fn(*fixed, *points)
-    size = point_bucket(count) if size is None else size
-    padded = [torch.cat((t, t[-1:].expand(size - count, *t.shape[1:]))) for t in points]
+    padded = pad_points(points, point_bucket(count) if size is None else size)
     return tuple(t[:count] for t in runner(fn, *fixed, *padded))
+
+
+def pad_points(points: tuple[torch.Tensor, ...], size: int) -> tuple[torch.Tensor, ...]:
+    """Per-point tensors (a first dimension of N > 0) padded to ``size`` with copies of the last point."""
+    return tuple(torch.cat((t, t[-1:].expand(size - len(t), *t.shape[1:]))) for t in points)
 
 
 def warm_up(gray: torch.Tensor, settings: SiftSettings, runner: Runner, max_points: int, max_described: int) -> None:
