@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from ..device import holding_constants
 
@@ -71,26 +71,47 @@ def function_identity(fn: Callable[..., Any]) -> Hashable:
 
 
 class _Replay:
-    """One captured signature: the input buffers the graph reads, the outputs it writes."""
+    """One captured signature: the inputs the graph reads (its own buffers, or tensors it reads
+    where they are, which it keeps alive) and the outputs it writes."""
 
-    def __init__(self, fn: Callable[..., Any], inputs: tuple[Tensor, ...], use_graph: bool) -> None:
+    def __init__(self, fn: Callable[..., Any], inputs: tuple[Tensor, ...], direct: tuple[bool, ...],
+                 use_graph: bool) -> None:
         with torch.inference_mode(False):  # normal tensors: written in place under any grad mode
-            self.inputs = tuple(torch.empty_like(x) for x in inputs)
-        for buffer, x in zip(self.inputs, inputs, strict=True):
-            buffer.copy_(x)
+            self.arguments = tuple(x if read_there else torch.empty_like(x)
+                                   for x, read_there in zip(inputs, direct, strict=True))
+        self.direct = direct
+        self.load(inputs)
         self.outputs: Any = None
 
         def run() -> None:
-            self.outputs = fn(*self.inputs)
+            self.outputs = fn(*self.arguments)
 
-        self.replay = capture(run, inputs[0].device) if use_graph else run
+        def run_into_outputs() -> None:  # without a graph: the outputs still keep their memory
+            outputs = fn(*self.arguments)
+            if self.outputs is None:
+                self.outputs = outputs
+                return
+            for kept, new in zip(tree_leaves(self.outputs), tree_leaves(outputs), strict=True):
+                if isinstance(kept, Tensor):
+                    kept.copy_(new)
 
-    def __call__(self, inputs: tuple[Tensor, ...]) -> Any:
-        for buffer, x in zip(self.inputs, inputs, strict=True):
-            buffer.copy_(x)
+        self.replay = capture(run, inputs[0].device) if use_graph else run_into_outputs
+
+    def load(self, inputs: tuple[Tensor, ...]) -> None:
+        for argument, x, read_there in zip(self.arguments, inputs, self.direct, strict=True):
+            if not read_there:
+                argument.copy_(x)
+
+    def __call__(self, inputs: tuple[Tensor, ...], copy_outputs: bool) -> Any:
+        self.load(inputs)
         self.replay()
+        if not copy_outputs:
+            return self.outputs
         # copies: the next replay overwrites the graph's outputs
         return tree_map(lambda t: t.clone() if isinstance(t, Tensor) else t, self.outputs)
+
+    def output_addresses(self) -> set[int]:
+        return {t.data_ptr() for t in tree_leaves(self.outputs) if isinstance(t, Tensor)}
 
 
 class GraphedCalls:
@@ -106,6 +127,11 @@ class GraphedCalls:
     calls, and it must not read device values (the capture then fails and the signature runs
     eagerly, with a warning). Elsewhere it is a plain call.
 
+    Chained graphs need no copies: ``copy_outputs=False`` returns a graph's own outputs (valid
+    until its next replay), and a later call given them among its first ``in_place`` inputs
+    reads them where they are (their addresses join its signature; it keeps them alive). Other
+    tensors among those inputs (e.g. the outputs of an eager fallback) are copied as usual.
+
     ``use_graphs``: None (default) captures on CUDA; False keeps the buffers and copies without
     capturing, on any device: how the CPU tests run this path.
     """
@@ -118,6 +144,7 @@ class GraphedCalls:
         self.use_graphs = use_graphs
         self.replays: OrderedDict[tuple, _Replay | None] = OrderedDict()  # None: runs eagerly
         self.captures = 0  # signatures built so far (tests read it)
+        self.lent: set[int] = set()  # addresses of the outputs returned without copies
         self.slots = [(m._parameters, n) for m in module.modules() for n in m._parameters] + \
                      [(m._buffers, n) for m in module.modules() for n in m._buffers]
 
@@ -125,34 +152,45 @@ class GraphedCalls:
         """Whether calls on ``device`` go through captured graphs (or buffers, ``use_graphs=False``)."""
         return self.use_graphs is not None or device.type == "cuda"
 
-    def __call__(self, fn: Callable[..., Any], *inputs: Tensor, key: Hashable = ()) -> Any:
+    def __call__(self, fn: Callable[..., Any], *inputs: Tensor, key: Hashable = (), in_place: int = 0,
+                 copy_outputs: bool = True) -> Any:
         device = inputs[0].device
         if (not self.applies(device) or torch.is_grad_enabled() or torch.compiler.is_compiling()
                 or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())):
             return fn(*inputs)
         use_graphs = device.type == "cuda" if self.use_graphs is None else self.use_graphs
-        signature = self.signature(fn, inputs, key, use_graphs)
+        direct = tuple(i < in_place and x.data_ptr() in self.lent for i, x in enumerate(inputs))
+        signature = self.signature(fn, inputs, direct, key, use_graphs)
         replay = self.replays.get(signature, False)
         if replay is False:
-            replay = self.build(signature, fn, inputs, use_graphs)
+            replay = self.build(signature, fn, inputs, direct, use_graphs)
         else:
             self.replays.move_to_end(signature)
-        return fn(*inputs) if replay is None else replay(inputs)
+        if replay is None:
+            return fn(*inputs)
+        result = replay(inputs, copy_outputs)
+        if not copy_outputs:
+            self.lent |= replay.output_addresses()
+        return result
 
-    def signature(self, fn: Callable[..., Any], inputs: tuple[Tensor, ...], key: Hashable, use_graphs: bool) -> tuple:
+    def signature(self, fn: Callable[..., Any], inputs: tuple[Tensor, ...], direct: tuple[bool, ...],
+                  key: Hashable, use_graphs: bool) -> tuple:
         device = inputs[0].device
         autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
         weights = tuple([None if slots[name] is None else slots[name].data_ptr() for slots, name in self.slots])
-        shapes = tuple((x.shape, x.dtype, x.device) for x in inputs)
+        shapes = tuple((x.shape, x.dtype, x.device, x.data_ptr() if read_there else None)
+                       for x, read_there in zip(inputs, direct, strict=True))
         return (function_identity(fn), key, shapes, autocast, torch.is_inference_mode_enabled(),
                 weights, use_graphs)
 
-    def build(self, signature: tuple, fn: Callable[..., Any], inputs: tuple[Tensor, ...], use_graphs: bool
-              ) -> _Replay | None:
+    def build(self, signature: tuple, fn: Callable[..., Any], inputs: tuple[Tensor, ...], direct: tuple[bool, ...],
+              use_graphs: bool) -> _Replay | None:
         while len(self.replays) >= self.max_cached:
-            self.replays.popitem(last=False)
+            _, dropped = self.replays.popitem(last=False)
+            if dropped is not None:  # its outputs are no longer this cache's to lend
+                self.lent -= dropped.output_addresses()
         try:
-            replay: _Replay | None = _Replay(fn, inputs, use_graphs)
+            replay: _Replay | None = _Replay(fn, inputs, direct, use_graphs)
         except RuntimeError as err:
             if not use_graphs:
                 raise

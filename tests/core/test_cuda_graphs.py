@@ -87,6 +87,31 @@ def test_plain_calls_with_autograd_and_bounded_cache():
         assert default.captures == 0
 
 
+def test_chained_calls_read_lent_outputs_where_they_are():
+    """A graph's own outputs (copy_outputs=False) keep their memory across replays, and a later
+    call reads them in place; any other tensor among its in-place inputs is copied as usual."""
+    calls = buffered(Scale())
+
+    def double(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b
+
+    with torch.inference_mode():
+        produced = calls(double, torch.ones(3), copy_outputs=False)
+        again = calls(double, torch.full((3,), 2.0), copy_outputs=False)
+        assert again.data_ptr() == produced.data_ptr() and torch.equal(produced, torch.full((3,), 4.0))
+        total = calls(add, again, torch.ones(3), in_place=1)
+        assert torch.equal(total, torch.full((3,), 5.0))
+        calls(double, torch.full((3,), 3.0), copy_outputs=False)  # rewrites the read-in-place input
+        assert torch.equal(calls(add, again, torch.ones(3), in_place=1), torch.full((3,), 7.0))
+        eager = torch.full((3,), 10.0)  # not lent by the cache: copied
+        assert torch.equal(calls(add, eager, torch.ones(3), in_place=1), torch.full((3,), 11.0))
+    directs = [replay.direct for replay in calls.replays.values()]
+    assert directs == [(False,), (True, False), (False, False)] and calls.captures == 3
+
+
 def test_function_identity_of_methods_and_partials():
     a, b = Scale(), Scale()
     assert function_identity(a.run) == function_identity(b.run)  # one computation; the cache is per module

@@ -81,11 +81,11 @@ class Extractor(BaseModel):
         return (bool(self.conf.cuda_graphs) and len(images) <= GRAPH_MAX_BATCH
                 and self.graphed_calls.applies(images.device))
 
-    def graphed(self, fn: Callable[..., Any], *inputs: torch.Tensor) -> Any:
-        """``fn(*inputs)`` replayed as a CUDA graph (:class:`~..cuda_graphs.GraphedCalls`; settings
-        it reads go in as the arguments of a ``functools.partial``), for callers that checked
-        :meth:`graphs_apply`."""
-        return self.graphed_calls(fn, *inputs)
+    def graphed(self, fn: Callable[..., Any], *inputs: torch.Tensor, **options: Any) -> Any:
+        """``fn(*inputs)`` replayed as a CUDA graph (:class:`~..cuda_graphs.GraphedCalls`, whose
+        ``options`` chain graphs without copies; settings ``fn`` reads go in as the arguments of
+        a ``functools.partial``), for callers that checked :meth:`graphs_apply`."""
+        return self.graphed_calls(fn, *inputs, **options)
 
     def run_static(self, fn: Callable[[torch.Tensor], Any], images: torch.Tensor) -> Any:
         """``fn(images)`` for a function of a batch of images (or of maps of them) whose shapes

@@ -578,7 +578,9 @@ def smoothed_histograms_flat(dx_values: torch.Tensor, dy_values: torch.Tensor, *
     return smoothed_histograms(*stores, *points, settings)
 
 
-Runner = Callable[..., Any]  # runner(fn, *tensors) -> fn(*tensors), e.g. Extractor.graphed
+# runner(fn, *tensors, in_place=..., copy_outputs=...) -> fn(*tensors), e.g. Extractor.graphed: the
+# scale space's outputs stay the graph's own and the per-point graphs read them where they are
+Runner = Callable[..., Any]
 
 
 def point_bucket(count: int, smallest: int = POINT_BUCKET_MIN) -> int:
@@ -596,7 +598,7 @@ def run_per_point(runner: Runner | None, fn: Callable[..., Any], fixed: tuple[to
     if runner is None or count == 0:
         return fn(*fixed, *points)
     padded = pad_points(points, point_bucket(count) if size is None else size)
-    return tuple(t[:count] for t in runner(fn, *fixed, *padded))
+    return tuple(t[:count] for t in runner(fn, *fixed, *padded, in_place=len(fixed)))
 
 
 def pad_points(points: tuple[torch.Tensor, ...], size: int) -> tuple[torch.Tensor, ...]:
@@ -609,7 +611,8 @@ def warm_up(gray: torch.Tensor, settings: SiftSettings, runner: Runner, max_poin
     every point bucket up to ``max_points`` and every bucket of described points up to
     ``max_described``, on stand-in points (a pixel inside the first octave), so that a graphed
     runner captures them now rather than in the middle of a stream."""
-    dog_values, _, dx_values, dy_values = runner(functools.partial(scale_space, settings=settings), gray)
+    dog_values, _, dx_values, dy_values = runner(functools.partial(scale_space, settings=settings), gray,
+                                                 copy_outputs=False)
     shapes = stack_shapes(*gray.shape, settings)
     gradient_shapes = tuple((b, settings.levels, h, w) for b, _, h, w in shapes)
     refined = functools.partial(refine_flat, shapes=shapes, settings=settings)
@@ -645,7 +648,8 @@ def detect(gray: torch.Tensor, settings: SiftSettings, runner: Runner | None = N
     orientation histograms, the last two on point sets padded to a bucket), e.g. as CUDA graphs
     (the extractor's ``graphed``); None: plain calls, unpadded."""
     scale_space_of = functools.partial(scale_space, settings=settings)
-    dog_values, extrema, dx_values, dy_values = scale_space_of(gray) if runner is None else runner(scale_space_of, gray)
+    dog_values, extrema, dx_values, dy_values = (scale_space_of(gray) if runner is None else
+                                                 runner(scale_space_of, gray, copy_outputs=False))
     shapes = stack_shapes(*gray.shape, settings)
     candidates = extrema.nonzero()[:, 0]
     store = FlatStore(dog_values, shapes)
