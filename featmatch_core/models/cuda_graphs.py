@@ -118,14 +118,14 @@ class GraphedCalls:
     """Calls of static-shape functions of one module, replayed as CUDA graphs.
 
     ``graphs(fn, *inputs, key=...)`` returns ``fn(*inputs)`` (any nest of tensors). On CUDA,
-    without autograd, the first call of each signature (``fn`` as :func:`function_identity`
-    sees it, ``key``, input shapes, dtypes and device, the autocast in force, where the
-    module's parameters live) captures a graph,
-    and later calls copy the inputs into its buffers, replay it and return copies of its
-    outputs. ``fn`` must be a pure function of its inputs, the module's parameters and what
-    ``key`` names (settings read from the config): nothing else it reads may change between
-    calls, and it must not read device values (the capture then fails and the signature runs
-    eagerly, with a warning). Elsewhere it is a plain call.
+    without autograd, the first call of each signature captures a graph; later calls copy the
+    inputs into its buffers, replay it and return copies of its outputs. The signature is
+    ``fn`` as :func:`function_identity` sees it, ``key``, the input shapes, dtypes and device,
+    the autocast in force and where the module's parameters live. ``fn`` must be a pure
+    function of its inputs, the module's parameters and its settings (a partial's arguments,
+    or ``key``): nothing else it reads may change between calls, and it must not read device
+    values (the capture then fails and the signature runs eagerly, with a warning). Elsewhere
+    it is a plain call.
 
     Chained graphs need no copies: ``copy_outputs=False`` returns a graph's own outputs (valid
     until its next replay), and a later call given them among its first ``in_place`` inputs
@@ -194,9 +194,9 @@ class GraphedCalls:
         except RuntimeError as err:
             if not use_graphs:
                 raise
-            logger.warning("%s: CUDA graph capture of %s failed (%s); it runs uncaptured",
-                           self.module_type, getattr(fn, "__name__", "a function"),
-                           str(err).splitlines()[0] if str(err) else type(err).__name__)
+            name = getattr(fn.func if isinstance(fn, functools.partial) else fn, "__name__", "a function")
+            logger.warning("%s: CUDA graph capture of %s failed (%s); it runs uncaptured", self.module_type,
+                           name, str(err).splitlines()[0] if str(err) else type(err).__name__)
             replay = None
         self.replays[signature] = replay
         self.captures += 1
