@@ -295,7 +295,7 @@ class ALIKED(Extractor):
         strict_load(self.model, strip_prefix(state_dict, "model."), origin, self.release_extras)
 
     def network(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`dense_maps` of this model (one CUDA graph per image size on CUDA)."""
+        """:func:`dense_maps` of this model: the feature map and the score map."""
         return dense_maps(self.model, images)
 
     def _extract(self, images: torch.Tensor) -> list[Features]:

@@ -259,7 +259,7 @@ class SuperPoint(Extractor):
 
     def dense_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1, H, W) -> score map (B, 8h, 8w) in float32 and descriptor map (B, D, h, w),
-        h = H // 8: :meth:`network`, one CUDA graph per image size on CUDA."""
+        h = H // 8: :meth:`network`, one CUDA graph per image size where graphs apply."""
         return self.run_static(self.network, images)
 
     def network(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
