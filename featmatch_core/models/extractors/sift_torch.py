@@ -457,7 +457,7 @@ def reversed_degrees(angle: torch.Tensor) -> torch.Tensor:
 def descriptor_radius(sigma: torch.Tensor) -> torch.Tensor:
     """OpenCV's window radius of a descriptor: the 4x4 cells of 3 sigma, rotated (sqrt 2), with a
     half cell of interpolation on each side."""
-    return torch.round(DESC_SCALE_FACTOR * sigma * math.sqrt(2) * (DESC_WIDTH + 1) * 0.5).long()
+    return torch.round(DESC_SCALE_FACTOR * sigma * math.sqrt(2) * (DESC_WIDTH + 1) * 0.5).long()  # OpenCV's order
 
 
 def descriptors(dx_store: FlatStore, dy_store: FlatStore, found: Detections, settings: SiftSettings,
@@ -486,11 +486,12 @@ def descriptors(dx_store: FlatStore, dy_store: FlatStore, found: Detections, set
     return described[torch.argsort(order)]
 
 
+@functools.lru_cache(maxsize=16)
 def largest_radius(settings: SiftSettings) -> int:
     """The descriptor window radius of the largest scale a refined point can have (level
     ``levels`` + 0.5), and a pixel of margin (each point's window is masked to its own radius)."""
     largest = settings.sigma * 2.0 ** ((settings.levels + 0.5) / settings.levels)
-    return round(DESC_SCALE_FACTOR * largest * math.sqrt(2) * (DESC_WIDTH + 1) * 0.5) + 1  # descriptor_radius
+    return int(descriptor_radius(torch.tensor(largest))) + 1
 
 
 def point_fields(found: Detections) -> tuple[torch.Tensor, ...]:
