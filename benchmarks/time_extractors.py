@@ -8,10 +8,11 @@ are handed our state dict in place of their download), the same settings (at mos
 ``--max-keypoints``, top-k selection) and the same RGB texture; each is called directly on the
 image (no resizing). Runs of the two are interleaved so that load from other processes
 affects them alike. Per case the table gives the median time over ``--repeat`` calls after
-``--warmup`` (synchronised with the device), the launches per call (operators that are not
-views, each a kernel launch on a GPU, so this shows where a small image is launch-bound; our
-CUDA-graphed dense parts count one each, also on a CPU, where they run through their buffers)
-and the reads of device values (syncs), and how many of our keypoints lie within 1 px of one of the reference's.
+``--warmup`` (synchronised with the device; on CUDA ours also without its CUDA graphs, in the
+same rounds), the launches per call (operators that are not views, each a kernel launch on a
+GPU, so this shows where a small image is launch-bound; each of our CUDA graphs counts one,
+also on a CPU, where they run through their buffers) and the reads of device values (syncs),
+and how many of our keypoints lie within 1 px of one of the reference's.
 The reference's ALIKED needs torchvision (its deformable convolutions and ResNet blocks); without
 it that row says so. SIFT compares our torch back end (the GPU path) with the reference's OpenCV
 SIFT, which runs on the CPU whatever the device; their points differ by design (the reference
@@ -152,6 +153,10 @@ def table_row(name: str, size: str, precision: str, ours: torch.nn.Module, their
         return call
 
     runners["ours"] = run(ours, ours_amp)
+    if device.type == "cuda" and ours.conf.cuda_graphs:  # the graphs' gain, in the same run
+        eager = copy.deepcopy(ours)
+        eager.conf.cuda_graphs = False
+        runners["eager"] = run(eager, ours_amp)
     if not isinstance(theirs, str):
         runners["reference"] = run(theirs, precision)
     for key, call in list(runners.items()):
@@ -159,7 +164,7 @@ def table_row(name: str, size: str, precision: str, ours: torch.nn.Module, their
             for _ in range(warmup):
                 call()
         except (RuntimeError, NotImplementedError) as err:  # e.g. an operator without a kernel for this dtype
-            if key == "ours":
+            if key != "reference":
                 raise
             del runners[key]
             theirs = f"reference fails: {str(err).splitlines()[0][:60]}"
@@ -171,11 +176,12 @@ def table_row(name: str, size: str, precision: str, ours: torch.nn.Module, their
     sides = {"ours": (ours, ours_amp), "reference": (theirs, precision)}
     work = {key: host_work(model, functools.partial(run, amp=amp), device)
             for key, (model, amp) in sides.items() if key in runners}
+    eager_ms = f"{ms['eager']:.2f}" if "eager" in ms else "-"
     if isinstance(theirs, str):
-        return (f"| {name} | {size} | {precision} | {theirs} | {ms['ours']:.2f} | | - / {work['ours'][0]} | "
-                f"- / {work['ours'][1]} | |")
+        return (f"| {name} | {size} | {precision} | {theirs} | {ms['ours']:.2f} | {eager_ms} | | "
+                f"- / {work['ours'][0]} | - / {work['ours'][1]} | |")
     agreement = keypoint_agreement(runners["ours"]()["keypoints"][0], runners["reference"]()["keypoints"][0])
-    return (f"| {name} | {size} | {precision} | {ms['reference']:.2f} | {ms['ours']:.2f} | "
+    return (f"| {name} | {size} | {precision} | {ms['reference']:.2f} | {ms['ours']:.2f} | {eager_ms} | "
             f"{ms['ours'] / ms['reference']:.2f} | {work['reference'][0]} / {work['ours'][0]} | "
             f"{work['reference'][1]} / {work['ours'][1]} | {agreement:.3f} |")
 
@@ -194,9 +200,9 @@ def main() -> int:
     device = resolve_device(args.device)
     reference = reference_modules(args.reference) if args.reference is not None else None
     print(f"device {device}, at most {args.max_keypoints} keypoints, median of {args.repeat} calls")
-    print("| extractor | size | precision | reference ms | ours ms | ours / reference | "
+    print("| extractor | size | precision | reference ms | ours ms | ours without graphs ms | ours / reference | "
           "launches ref / ours | reads ref / ours | keypoints within 1 px |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.extractors:
         ours, theirs = build_pair(name, reference, args.max_keypoints, device)
         for size in args.sizes:
