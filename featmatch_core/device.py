@@ -51,7 +51,6 @@ def holding_constants() -> Iterator[list[Any]]:
         _holders.lists = tuple(h for h in _holders.lists if h is not held)
 
 
-
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU raises."""
     if isinstance(name, torch.device):

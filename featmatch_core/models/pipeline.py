@@ -191,8 +191,7 @@ class Pipeline(nn.Module):
         noise = np.random.default_rng(0).integers(0, 256, (height, width), dtype=np.uint8)
         for _ in range(runs):
             self.extract(noise)
-        with torch.inference_mode():
-            self.extractor.warm_up(upload_image(noise, self.device, self._staging))
+        self.extractor.warm_up(upload_image(noise, self.device, self._staging))
         self.warmed_sizes.add((height, width))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -815,9 +815,6 @@ class LightGlue(BaseModel):
         kept = tuple(None if mask is None or next(full) else mask for mask in masks)
         return kept, all(mask_flags[1::2])
 
-    def _pruning_min_keypoints(self, device: torch.device) -> int:
-        return pruning_min_keypoints(self.conf.pruning_min_keypoints, device)
-
     # ---- static-shape inference (lightglue_static) -----------------------------------------
     def uses_static_pass(self, device: torch.device, collect: bool) -> bool:
         """Whether inference takes the static pass: ``static_shapes`` (None: on CUDA), never
@@ -988,7 +985,7 @@ class _Run:
         self.thresholds = model.exit_thresholds()
         # the padding that rounds sizes up to the bucket is the model's own: pruning handles it
         self.prune = conf.width_confidence > 0 and not collect and (bucket_padded or not padded)
-        self.min_keypoints = model._pruning_min_keypoints(device)
+        self.min_keypoints = pruning_min_keypoints(conf.pruning_min_keypoints, device)
         self.compacted = False  # index0/index1 no longer the identity
         self.reduced_layers, self.bucket = reduced_layers, bucket  # see LightGlue.inference_layers
         self.valid0, self.valid1 = mask0, mask1
