@@ -179,8 +179,7 @@ class SIFT(Extractor):
         with torch.inference_mode():
             described = batch * int(self.conf.max_num_keypoints or WARM_UP_DESCRIBED)
             sift_torch.warm_up(to_sift_gray(resized), self._settings, self.graphed, WARM_UP_POINTS, described)
-            selected = functools.partial(select_padded, shape=shape, batch=batch, nms_radius=self.conf.nms_radius,
-                                         limit=self.conf.max_num_keypoints)
+            selected = padded_selector(self.conf, shape, batch)
             size = sift_torch.POINT_BUCKET_MIN
             while size <= WARM_UP_POINTS:  # the selection, on stand-in points
                 zeros = torch.zeros(size, device=resized.device)
@@ -278,9 +277,7 @@ def _run_torch(images: torch.Tensor, conf: DictConfig, settings: sift_torch.Sift
             size = sift_torch.point_bucket(len(found.xy))
             valid = torch.arange(size, device=found.xy.device) < len(found.xy)
             points = sift_torch.pad_points((found.xy, found.response, oris, found.image), size)
-            selected = functools.partial(select_padded, shape=shape, batch=batch,
-                                         nms_radius=conf.nms_radius, limit=conf.max_num_keypoints)
-            table, counts = runner(selected, *points, valid)
+            table, counts = runner(padded_selector(conf, shape, batch), *points, valid)
             index = table.flatten()
         chosen, oris = found.take(index), oris[index]
         descriptors = sift_torch.descriptors(dx, dy, chosen, settings, runner)
@@ -343,6 +340,13 @@ def select_padded(xy: torch.Tensor, scores: torch.Tensor, oris: torch.Tensor, im
     padding, point = table < 0, table.clamp(min=0)
     order = stable_lexsort(padding, -scores[point], xy[point, 1], xy[point, 0], oris[point])
     return point.gather(1, order), counts
+
+
+def padded_selector(conf: DictConfig, shape: tuple[int, int], batch: int) -> functools.partial:
+    """:func:`select_padded` with the settings of ``conf`` for a batch of images of ``shape``
+    (one function, so that the warm-up captures the signature the extraction replays)."""
+    return functools.partial(select_padded, shape=shape, batch=batch, nms_radius=conf.nms_radius,
+                             limit=conf.max_num_keypoints)
 
 
 def one_per_pixel(xy: torch.Tensor, scores: torch.Tensor, oris: torch.Tensor, image: torch.Tensor,
