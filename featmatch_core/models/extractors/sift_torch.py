@@ -470,7 +470,7 @@ def descriptors(dx_store: FlatStore, dy_store: FlatStore, found: Detections, set
     if len(found.xy) == 0:
         return torch.zeros(0, DESC_WIDTH * DESC_WIDTH * DESC_BINS, device=found.xy.device)
     if runner is not None:
-        described = functools.partial(describe_in_chunks, shapes=dx_store.shapes, radius_max=largest_radius(settings))
+        described = describe_step(dx_store.shapes, settings)
         size = point_bucket(len(found.xy), DESCRIBE_CHUNK)
         return run_per_point(runner, described, (dx_store.values, dy_store.values), point_fields(found), size)[0]
     order = torch.argsort(found.sigma, descending=True)
@@ -579,6 +579,29 @@ def smoothed_histograms_flat(dx_values: torch.Tensor, dy_values: torch.Tensor, *
     return smoothed_histograms(*stores, *points, settings)
 
 
+def gradient_shapes(shapes: tuple, settings: SiftSettings) -> tuple:
+    """(B, levels, h, w) of the gradient stacks beside DoG stacks of ``shapes``."""
+    return tuple((b, settings.levels, h, w) for b, _, h, w in shapes)
+
+
+# The steps as the runner sees them, made in one place each, so that the warm-up captures the
+# signatures that detect and descriptors replay.
+def scale_space_step(settings: SiftSettings) -> functools.partial:
+    return functools.partial(scale_space, settings=settings)
+
+
+def refine_step(shapes: tuple, settings: SiftSettings) -> functools.partial:
+    return functools.partial(refine_flat, shapes=shapes, settings=settings)
+
+
+def histogram_step(gradients: tuple, settings: SiftSettings) -> functools.partial:
+    return functools.partial(smoothed_histograms_flat, shapes=gradients, settings=settings)
+
+
+def describe_step(gradients: tuple, settings: SiftSettings) -> functools.partial:
+    return functools.partial(describe_in_chunks, shapes=gradients, radius_max=largest_radius(settings))
+
+
 # runner(fn, *tensors, in_place=..., copy_outputs=...) -> fn(*tensors), e.g. Extractor.graphed: the
 # scale space's outputs stay the graph's own and the per-point graphs read them where they are
 Runner = Callable[..., Any]
@@ -612,13 +635,11 @@ def warm_up(gray: torch.Tensor, settings: SiftSettings, runner: Runner, max_poin
     every point bucket up to ``max_points`` and every bucket of described points up to
     ``max_described``, on stand-in points (a pixel inside the first octave), so that a graphed
     runner captures them now rather than in the middle of a stream."""
-    dog_values, _, dx_values, dy_values = runner(functools.partial(scale_space, settings=settings), gray,
-                                                 copy_outputs=False)
+    dog_values, _, dx_values, dy_values = runner(scale_space_step(settings), gray, copy_outputs=False)
     shapes = stack_shapes(*gray.shape, settings)
-    gradient_shapes = tuple((b, settings.levels, h, w) for b, _, h, w in shapes)
-    refined = functools.partial(refine_flat, shapes=shapes, settings=settings)
-    histograms = functools.partial(smoothed_histograms_flat, shapes=gradient_shapes, settings=settings)
-    described = functools.partial(describe_in_chunks, shapes=gradient_shapes, radius_max=largest_radius(settings))
+    gradients = gradient_shapes(shapes, settings)
+    refined, histograms = refine_step(shapes, settings), histogram_step(gradients, settings)
+    described = describe_step(gradients, settings)
 
     def stand_in(size: int) -> tuple[torch.Tensor, ...]:
         """octave, image, level, row, col, sigma, octave_xy and angle of ``size`` points."""
@@ -648,7 +669,7 @@ def detect(gray: torch.Tensor, settings: SiftSettings, runner: Runner | None = N
     ``runner``: how the static-shape steps run (the scale space, the refinement and the
     orientation histograms, the last two on point sets padded to a bucket), e.g. as CUDA graphs
     (the extractor's ``graphed``); None: plain calls, unpadded."""
-    scale_space_of = functools.partial(scale_space, settings=settings)
+    scale_space_of = scale_space_step(settings)
     dog_values, extrema, dx_values, dy_values = (scale_space_of(gray) if runner is None else
                                                  runner(scale_space_of, gray, copy_outputs=False))
     shapes = stack_shapes(*gray.shape, settings)
@@ -656,17 +677,16 @@ def detect(gray: torch.Tensor, settings: SiftSettings, runner: Runner | None = N
     store = FlatStore(dog_values, shapes)
     if len(candidates) > PREFILTER_CANDIDATES:  # mostly ties in flat regions: drop the settled ones first
         candidates = candidates[~settled_and_rejected(store, candidates, settings)]
-    refined = functools.partial(refine_flat, shapes=shapes, settings=settings)
-    *where, offset, response, alive = run_per_point(runner, refined, (dog_values,), (candidates,))
+    *where, offset, response, alive = run_per_point(runner, refine_step(shapes, settings), (dog_values,), (candidates,))
     keep = alive.nonzero()[:, 0]
     octave, image, level, row, col = (t[keep] for t in where)
     offset, response = offset[keep], response[keep]
     sigma = settings.sigma * 2.0 ** ((level.to(offset) + offset[:, 2]) / settings.levels)
-    gradient_shapes = tuple((b, settings.levels, h, w) for b, _, h, w in shapes)
-    histograms = functools.partial(smoothed_histograms_flat, shapes=gradient_shapes, settings=settings)
+    gradients = gradient_shapes(shapes, settings)
+    histograms = histogram_step(gradients, settings)
     smooth, peaks = run_per_point(runner, histograms, (dx_values, dy_values), (octave, image, level, row, col, sigma))
     point, angle = histogram_peaks(smooth, peaks)
-    dx_store, dy_store = FlatStore(dx_values, gradient_shapes), FlatStore(dy_values, gradient_shapes)
+    dx_store, dy_store = FlatStore(dx_values, gradients), FlatStore(dy_values, gradients)
     octave_xy = torch.stack((col.to(offset) + offset[:, 0], row.to(offset) + offset[:, 1]), dim=1)[point]
     to_image = 2.0 ** (octave[point].to(offset) + settings.first_octave)
     found = Detections(
