@@ -108,10 +108,11 @@ def test_compact_matches_lists_each_pairs_matches_in_order(batch):
     matches0 = torch.randint(-1, 20, (batch, 30), generator=gen)
     matches0[:1, :] = -1  # a pair without matches
     scores0 = torch.rand(batch, 30, generator=gen)
-    matches, scores = compact_matches(matches0, scores0)
-    assert len(matches) == len(scores) == batch
-    for k in range(batch):
-        rows = [i for i in range(30) if matches0[k, i] >= 0]
-        assert matches[k].tolist() == [[i, int(matches0[k, i])] for i in rows]
-        assert torch.equal(scores[k], scores0[k, rows])
-        assert matches[k].shape == (len(rows), 2) and matches[k].dtype == torch.long
+    counts = (matches0 >= 0).sum(1).tolist()  # as a caller that read them already gives them
+    for matches, scores in (compact_matches(matches0, scores0), compact_matches(matches0, scores0, counts)):
+        assert len(matches) == len(scores) == batch
+        for k in range(batch):
+            rows = [i for i in range(30) if matches0[k, i] >= 0]
+            assert matches[k].tolist() == [[i, int(matches0[k, i])] for i in rows]
+            assert torch.equal(scores[k], scores0[k, rows])
+            assert matches[k].shape == (len(rows), 2) and matches[k].dtype == torch.long

@@ -8,20 +8,26 @@ import torch
 from torch import Tensor
 
 
-def compact_matches(matches0: Tensor, scores0: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+def compact_matches(matches0: Tensor, scores0: Tensor,
+                    counts: Sequence[int] | None = None) -> tuple[list[Tensor], list[Tensor]]:
     """Per pair: (K, 2) index pairs (i, matches0[i]) of the matched points and their (K,) scores.
 
     The counts are data-dependent, so the host waits for the device: once for one pair, twice
-    for a batch of any size (not once per pair)."""
+    for a batch of any size (not once per pair). A caller that already read the number of
+    matches of each pair (``counts``, e.g. together with other values it had to read) gets
+    them without any wait."""
     valid = matches0 >= 0
-    if len(matches0) <= 1:
+    if counts is not None:
+        items, rows = torch.nonzero_static(valid, size=sum(counts)).unbind(1)
+    elif len(matches0) <= 1:
         rows = [torch.nonzero(pair).squeeze(1) for pair in valid]
         return ([torch.stack([r, m[r]], -1) for r, m in zip(rows, matches0, strict=True)],
                 [s[r] for r, s in zip(rows, scores0, strict=True)])
-    items, rows = torch.nonzero(valid, as_tuple=True)
-    counts = torch.bincount(items, minlength=len(matches0)).tolist()
+    else:
+        items, rows = torch.nonzero(valid, as_tuple=True)
+        counts = torch.bincount(items, minlength=len(matches0)).tolist()
     pairs = torch.stack([rows, matches0[items, rows]], -1)
-    return list(pairs.split(counts)), list(scores0[items, rows].split(counts))
+    return list(pairs.split(list(counts))), list(scores0[items, rows].split(list(counts)))
 
 
 def check_point_features(owner: str, feats: Mapping[str, Tensor], name: str,

@@ -19,7 +19,8 @@ each layer and each assignment head can be captured once as a CUDA graph and rep
   state between layers has two slots, so an exit drops that layer's work and keeps the state
   before it): the GPU does not wait for the host. Full depth reads nothing until the matches
   come back.
-- The finite-input check runs on the device and is read with the results.
+- The finite-input check runs on the device and is read with the number of matches of each
+  pair: a full-depth pass waits for the device once.
 - ``static_compile``: the layers go through torch.compile before the capture (fused
   element-wise work; one compiled graph serves every layer of a padded size).
 
@@ -334,11 +335,16 @@ class StaticPass:
                 self.send_exit_flag(index)
                 pending = index
         self.steps[f"head{stop - 1}"]()
-        if not bool(self.finite.all()):
-            names = [name for name, ok in zip(("image0", "image1"), self.finite.tolist(), strict=True) if not ok]
+        m, n = sides[0][1].shape[1], sides[1][1].shape[1]
+        # the one wait of a full-depth pass: the finite flags and the number of matches of each
+        # pair (which compacting the matches needs) come back together
+        values = torch.cat([self.finite.long(), (self.matches[:, :m] >= 0).sum(1)]).tolist()
+        finite, counts = values[:2], values[2:]
+        if not all(finite):
+            names = [name for name, ok in zip(("image0", "image1"), finite, strict=True) if not ok]
             raise ValueError(f"LightGlue: {' and '.join(names)} features (keypoints, scales, oris, image_size "
                              "or descriptors) contain NaN or infinite values")
-        return self.outputs(stop, sides[0][1].shape[1], sides[1][1].shape[1])
+        return self.outputs(stop, m, n, counts)
 
     def send_exit_flag(self, index: int) -> None:
         """Queue the copy of layer ``index``'s exit flag to the host (asynchronous on CUDA)."""
@@ -352,15 +358,16 @@ class StaticPass:
             self.flag_copied[index].synchronize()
         return bool(self.exit_host[index])
 
-    def outputs(self, stop: int, m: int, n: int) -> dict[str, Any]:
-        """Copies of the output buffers (the next call overwrites them), cropped to (m, n) points."""
+    def outputs(self, stop: int, m: int, n: int, counts: list[int]) -> dict[str, Any]:
+        """Copies of the output buffers (the next call overwrites them), cropped to (m, n) points;
+        ``counts``: the number of matches of each pair, read already."""
         size0 = self.key.size0
         # one copy each (the views of it are the outputs); pruned_at: the slot of the last layer kept
         matches, scores, pruned_at = (t.clone() for t in (self.matches, self.scores, self.pruned_at[stop % 2]))
         matches0, matches1 = matches[:, :m], matches[:, size0:size0 + n]
         scores0, scores1 = scores[:, :m], scores[:, size0:size0 + n]
         prune0, prune1 = pruned_at[:, :m], pruned_at[:, size0:size0 + n]
-        matches, scores = compact_matches(matches0, scores0)
+        matches, scores = compact_matches(matches0, scores0, counts)
         return {"matches0": matches0, "matches1": matches1, "matching_scores0": scores0,
                 "matching_scores1": scores1, "matches": matches, "scores": scores, "stop": stop,
                 "prune0": prune0, "prune1": prune1,
