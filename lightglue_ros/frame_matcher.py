@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import threading
@@ -227,36 +228,54 @@ class FrameWorker:
             }
 
 
+STAGE_NAMES = {2: ("extract", "track"), 3: ("extract", "match", "track")}
+
+
 class FramePipeline:
-    """Two ``FrameWorker`` stages in a row, each on its own thread: ``front(item)`` (prepare and
-    extract) and ``back(front's output)`` (track and publish). Frame n+1 is extracted while
-    frame n is matched and its pose estimated, so on two cores the throughput is set by the
-    slower stage, not by their sum.
+    """``FrameWorker`` stages in a row, each on its own thread: ``front(item)`` (prepare and
+    extract), optionally ``middle`` (match ahead: ``FrameMatcher.match_ahead``), and
+    ``back(previous stage's output)`` (track and publish). Frame n+1 is extracted while frame
+    n is matched and its pose estimated, so the throughput is set by the slowest stage, not by
+    their sum. With three stages, frame n+1 is also matched while frame n's pose is estimated.
 
     Frames are dropped only at the entrance (``submit`` without ``block`` keeps the newest, as
-    ``FrameWorker``). The hand-over between the stages is a rendezvous: an extracted frame
-    waits until the tracking stage is idle, so every extracted frame is tracked, in order, and
-    the extraction never runs more than one frame ahead. A frame's latency is then at most
-    about two tracking times (plus its wait at the entrance); a queue between the stages
-    would add one more stage time without adding throughput.
+    ``FrameWorker``). Each hand-over between stages is a rendezvous: an item waits until the
+    next stage is idle, so every item that passed the entrance reaches the last stage, in
+    order, and no stage runs more than one item ahead of the next. A frame's latency is then
+    at most about one slowest-stage time per stage (plus its wait at the entrance); a queue
+    between the stages would add time without adding throughput.
     """
 
     def __init__(
         self,
-        front: Callable[[Any], Any],
-        back: Callable[[Any], Any],
+        *stages: Callable[[Any], Any],
         queue_size: int = 1,
         name: str = "lightglue",
         log: logging.Logger | None = None,
         device: torch.device | None = None,
     ) -> None:
-        self.back = FrameWorker(back, queue_size=1, name=f"{name}_track", log=log, device=device)
-        self.front = FrameWorker(front, queue_size, name=f"{name}_extract", log=log, device=device,
-                                 then=self._hand_over)
+        if len(stages) < 2:
+            raise ValueError(f"a FramePipeline has at least two stages, got {len(stages)}")
+        names = STAGE_NAMES.get(len(stages), tuple(f"stage{i}" for i in range(len(stages))))
+        workers: list[FrameWorker] = []
+        for index in reversed(range(len(stages))):  # the last first: each stage hands over to the next
+            then = functools.partial(self._hand_over, workers[0]) if workers else None
+            workers.insert(0, FrameWorker(stages[index], queue_size if index == 0 else 1,
+                                          f"{name}_{names[index]}", log, device, then))
+        self.workers = workers
 
-    def _hand_over(self, extracted: Any) -> None:
-        self.back.wait_idle()
-        self.back.submit(extracted, block=True)
+    @property
+    def front(self) -> FrameWorker:
+        return self.workers[0]
+
+    @property
+    def back(self) -> FrameWorker:
+        return self.workers[-1]
+
+    @staticmethod
+    def _hand_over(next_stage: FrameWorker, item: Any) -> None:
+        next_stage.wait_idle()
+        next_stage.submit(item, block=True)
 
     def submit(self, item: Any, block: bool = False) -> bool:
         return self.front.submit(item, block)
@@ -267,27 +286,26 @@ class FramePipeline:
 
     @property
     def pending(self) -> int:
-        return self.front.pending + self.back.pending
+        return sum(worker.pending for worker in self.workers)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self.front.wait_idle(timeout):
-            return False
-        return self.back.wait_idle(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        for worker in self.workers:  # in order: each stage's last item then reaches the next
+            if not worker.wait_idle(None if deadline is None else max(0.0, deadline - time.monotonic())):
+                return False
+        return True
 
     def stop(self, drain: bool = True, timeout: float | None = 10.0) -> None:
-        """The entrance first (its frame in hand still reaches the tracking stage), then the rest."""
-        self.front.stop(drain, timeout)
-        self.back.stop(drain, timeout)
+        """The entrance first (its frame in hand still reaches the later stages), then the rest."""
+        for worker in self.workers:
+            worker.stop(drain, timeout)
 
     def counters(self) -> dict[str, int]:
-        front, back = self.front.counters(), self.back.counters()
+        counters = [worker.counters() for worker in self.workers]
         return {
-            "frames_in": front["frames_in"],
-            "frames_processed": back["frames_processed"],
-            "frames_dropped": front["frames_dropped"] + back["frames_dropped"],
-            "worker_errors": front["worker_errors"] + back["worker_errors"],
-            "queued": front["queued"] + back["queued"],
+            "frames_in": counters[0]["frames_in"],
+            "frames_processed": counters[-1]["frames_processed"],
+            **{key: sum(c[key] for c in counters) for key in ("frames_dropped", "worker_errors", "queued")},
         }
 
 
@@ -463,6 +481,10 @@ class _MatcherCore:
         self._frames_timed = 0
         self.last: dict[str, Any] = {}
         self._lock = threading.Lock()
+        # the matcher is used by one stage at a time: its CUDA graphs' buffers and its settings
+        # are shared, and with ``match_ahead`` two stages may match (the middle one ahead, the
+        # last one again after a wrong guess)
+        self._matching = threading.Lock()
         self._dirty = True
         self._warned: set[str] = set()
         self.worker: FrameWorker | None = None  # set by the owner, for the diagnostics counters
@@ -485,10 +507,11 @@ class _MatcherCore:
             self._dirty = False
             params = dict(self.params)
         matcher_conf = self.pipeline.matcher.conf
-        for param, key in P.MATCHER_CONF_KEYS.get(params["matcher"], {}).items():
-            if key in matcher_conf:
-                value = params[param]
-                matcher_conf[key] = self._model_thresholds[key] if value == P.MODEL_VALUE else value
+        with self._matching:  # never in the middle of a match
+            for param, key in P.MATCHER_CONF_KEYS.get(params["matcher"], {}).items():
+                if key in matcher_conf:
+                    value = params[param]
+                    matcher_conf[key] = self._model_thresholds[key] if value == P.MODEL_VALUE else value
         self._configure(params)
 
     def _configure(self, params: dict[str, Any]) -> None:
@@ -524,6 +547,10 @@ class _MatcherCore:
             self.pipeline.warm_up_extractor(*size)
         return self.stream.extract(image, stamp)
 
+    def _match(self, frame0: Frame, frame1: Frame) -> TwoViewMatches:
+        with self._matching:
+            return self.stream.match(frame0, frame1)
+
     # ---- diagnostics --------------------------------------------------------------------------
     def _device_values(self) -> dict[str, Any]:
         device = self.pipeline.device
@@ -556,6 +583,7 @@ class _MatcherCore:
             **counters,
             "frames_skipped": self.counts["skipped"],
             "resets": self.counts["resets"],
+            "frames_rematched": self.counts["rematched"],
             **self.problems.values(),
             **{f"latency_{k}_ms": v for k, v in self.latency.percentiles().items()},
             **{f"processing_{k}_ms": v for k, v in self.processing.percentiles((50, 95)).items()},
@@ -597,6 +625,15 @@ class Reference:
 
 
 @dataclass
+class EarlyMatch:
+    """A frame's matches made ahead (``match_ahead``), against the reference it was expected to get."""
+
+    reference: Frame
+    pred: TwoViewMatches
+    match_ms: float
+
+
+@dataclass
 class PreparedFrame:
     """A frame after ``prepare``: decoded, with its checked calibration and depth."""
 
@@ -607,6 +644,7 @@ class PreparedFrame:
     features: Frame | None = None  # set by ``extract``
     started: float = field(default_factory=time.perf_counter)  # processing time counts from here
     received_ns: int | None = None
+    early: EarlyMatch | None = None  # set by ``match_ahead``, used (and dropped) by ``track``
 
     @property
     def K(self) -> np.ndarray | None:
@@ -634,6 +672,11 @@ class FrameMatcher(_MatcherCore):
         self.calibrations = S.CalibrationCache()
         self.calibration_problem = ""
         self.estimator = None
+        self.ahead_previous: Frame | None = None  # the last frame ``match_ahead`` saw
+        # a pipelined matcher's stages: extract, [match ahead,] track (``FramePipeline``)
+        choice = self.params["match_ahead"]
+        self.matches_ahead = bool(self.params["pipelined"]) and (
+            choice == "always" or (choice == "auto" and self.pipeline.device.type == "cuda"))
 
     def _configure(self, params: dict[str, Any]) -> None:
         conf = {
@@ -648,6 +691,7 @@ class FrameMatcher(_MatcherCore):
     def reset(self) -> None:
         """Forget the reference frame and restart the odometry (a bag loop, a jump in time)."""
         self.last_stamp_ns = None
+        self.ahead_previous = None
         self._reset_tracking()
 
     def _reset_tracking(self) -> None:
@@ -678,6 +722,28 @@ class FrameMatcher(_MatcherCore):
         if frame.result.skipped is None:
             frame.features = self.extract(frame)
         return frame
+
+    def match_ahead(self, frame: PreparedFrame) -> PreparedFrame:
+        """The middle stage of three (``match_ahead`` on): match an extracted frame while the
+        frame before it is still in ``track``, against the reference it is expected to get.
+        That is the frame before it (policy 'previous': it becomes the reference whenever it
+        gets a pose) or the current keyframe ('keyframe'). ``track`` takes these matches when
+        the guess was right and matches again when not (the frame before got no pose, or became
+        the keyframe): counted as ``rematched``. Reads the tracking state, never writes it."""
+        if frame.result.skipped is not None:
+            return frame
+        expected = self._expected_reference()
+        if expected is not None and not frame.result.record.get("reset"):  # a reset frame starts anew
+            pred, match_ms = _timed(self._match, expected, frame.features)
+            frame.early = EarlyMatch(expected, pred, match_ms)
+        self.ahead_previous = frame.features
+        return frame
+
+    def _expected_reference(self) -> Frame | None:
+        reference = self.reference  # one read: ``track`` may replace it meanwhile
+        if self.params["keyframe_policy"] == "keyframe" and reference is not None:
+            return reference.frame
+        return self.ahead_previous
 
     def finish(self, frame: PreparedFrame, want_debug: bool = False) -> FrameResult:
         """The back stage: ``track`` a prepared and extracted frame, and time it (skipped: as is)."""
@@ -714,13 +780,14 @@ class FrameMatcher(_MatcherCore):
             self._reset_tracking()  # the time jump ``prepare`` found
         result = frame.result
         result.record.update(stamp_ns=result.stamp_ns, calibrated=frame.K is not None)
+        early, frame.early = frame.early, None
         result.record["queued_ms"] = (time.perf_counter() - frame.started) * 1e3 - sum(
             result.record.get(k, 0.0) for k in ("decode_ms", "extract_ms")
-        )
+        ) - (early.match_ms if early is not None else 0.0)
         ref = self.reference
         if ref is None:
             return self._start_from(frame, features)
-        pred, match_ms = _timed(self.stream.match, ref.frame, features)
+        pred, match_ms = self._matches_with(ref, features, early, result)
         pts0, pts1 = pred.points0.astype(np.float64), pred.points1.astype(np.float64)
         und0, und1 = (cv.undistort_points(p, frame.calibration) if frame.calibration else p for p in (pts0, pts1))
         estimate, estimate_ms = _timed(
@@ -798,6 +865,17 @@ class FrameMatcher(_MatcherCore):
             return None
 
     # ---- track ------------------------------------------------------------------------------------
+    def _matches_with(
+        self, ref: Reference, features: Frame, early: EarlyMatch | None, result: FrameResult
+    ) -> tuple[TwoViewMatches, float]:
+        """The frame's matches to ``ref``: those made ahead when they were made against it."""
+        if early is not None and early.reference is ref.frame:
+            return early.pred, early.match_ms
+        if early is not None:
+            self.counts["rematched"] += 1
+            result.record["rematched"] = True
+        return _timed(self._match, ref.frame, features)
+
     def _reference_of(self, frame: PreparedFrame, features: Frame) -> Reference:
         result = frame.result
         return Reference(
@@ -973,7 +1051,7 @@ class StereoMatcher(_MatcherCore):
         (f_left, f_right), extract_ms = _timed(
             lambda: (self._extract(left.matcher, result.stamp_ns), self._extract(right.matcher, result.stamp_ns))
         )
-        pred, match_ms = _timed(self.stream.match, f_left, f_right)
+        pred, match_ms = _timed(self._match, f_left, f_right)
         result.record.update(
             stamp_ns=result.stamp_ns,
             keypoints0=len(pred.keypoints0),

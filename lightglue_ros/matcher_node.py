@@ -232,14 +232,17 @@ class MatcherNode(MatcherNodeBase):
         return FrameMatcher(values, log=self.log)
 
     def make_worker(self, values: dict[str, Any]) -> FrameWorker | FramePipeline:
-        """Pipelined: extraction on one thread, tracking and publishing on another (``FramePipeline``)."""
+        """Pipelined: extraction on one thread, tracking and publishing on another, and with
+        ``match_ahead`` the matching on a third (``FramePipeline``)."""
         # this process is the node's: the thread counts are set once, for good
         if set_cpu_threads(values["pipelined"], self.core.pipeline.device) is not None:
             torch_threads, cv_threads = cpu_threads(values["pipelined"])
             self.log.info(f"CPU threads: torch {torch_threads}, OpenCV {cv_threads}")
         if not values["pipelined"]:
             return super().make_worker(values)
-        return FramePipeline(self._front, self._back, queue_size=values["queue_size"], log=self.log,
+        middle = (self.core.match_ahead,) if self.core.matches_ahead else ()
+        stages = (self._front, *middle, self._back)
+        return FramePipeline(*stages, queue_size=values["queue_size"], log=self.log,
                              device=self.core.pipeline.device)  # on CUDA: a stream per stage
 
     def wire(self, values: dict[str, Any], qos: QoSProfile) -> None:

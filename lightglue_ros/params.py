@@ -354,6 +354,17 @@ SCHEMA: tuple[Param, ...] = (
         nodes=MONO,
     ),
     Param(
+        "match_ahead",
+        "auto",
+        "pipelined only: a third stage matches frame n+1 (against the frame it is expected to be "
+        "matched with) while frame n's pose is estimated, so that on a GPU the match overlaps the "
+        "CPU's estimation; a wrong guess (frame n got no pose, or became the keyframe) is matched "
+        "again. auto: with CUDA only (on CPUs matching and estimation share the cores); always; "
+        "never",
+        choices=("auto", "always", "never"),
+        nodes=MONO,
+    ),
+    Param(
         "sync_slop",
         0.02,
         "ApproximateTimeSynchronizer slop, seconds (stereo pairs, image + depth)",

@@ -649,9 +649,13 @@ class ResultSink:
         """The worker thread's handler: process, and leave the writing to the bag's thread."""
         self._handed_over.put((item, self.process(item)))
 
-    # the two stages of a ``FramePipeline`` (extract on one thread, track on the other)
+    # the stages of a ``FramePipeline`` (extract, [match ahead,] track: each on a thread)
     def front(self, item: Item) -> tuple[Item, PreparedFrame]:
         return item, self.matcher.prepare_and_extract(item.image, item.info, item.depth, item.received_ns)
+
+    def middle(self, prepared: tuple[Item, PreparedFrame]) -> tuple[Item, PreparedFrame]:
+        item, frame = prepared
+        return item, self.matcher.match_ahead(frame)
 
     def back(self, prepared: tuple[Item, PreparedFrame]) -> None:
         item, frame = prepared
@@ -722,7 +726,9 @@ def play(
     pipelined = matcher.params["pipelined"]
     realtime = args.rate == "realtime"
     if pipelined:
-        worker: FrameWorker | FramePipeline | None = FramePipeline(sink.front, sink.back, queue_size=queue_size,
+        middle = (sink.middle,) if matcher.matches_ahead else ()
+        stages = (sink.front, *middle, sink.back)
+        worker: FrameWorker | FramePipeline | None = FramePipeline(*stages, queue_size=queue_size,
                                                                    device=matcher.pipeline.device)
     else:
         worker = FrameWorker(sink.handover, queue_size=queue_size) if realtime else None
@@ -798,6 +804,8 @@ def summarise(
             "frames_dropped": diag["frames_dropped"],
             "frames_skipped": diag["frames_skipped"],
             "resets": diag["resets"],
+            "stages": 1 + bool(matcher.params["pipelined"]) + matcher.matches_ahead,
+            "frames_rematched": diag["frames_rematched"],
             "worker_errors": diag["worker_errors"],
             "warnings": {k.removeprefix("warnings_"): v for k, v in matcher.problems.values().items()},
             "wall_s": played.wall_s,
@@ -871,7 +879,8 @@ def report(summary: dict[str, Any]) -> str:
         f"model {summary['model']} on {summary['device']}, images {summary['image_size']}, rate {summary['rate']}",
         f"frames: {summary['frames_read']} read, {summary['frames_processed']} processed, "
         f"{summary['frames_dropped']} dropped, {summary['frames_skipped']} skipped, "
-        f"{summary['resets']} resets",
+        f"{summary['resets']} resets; {summary['stages']} stage(s)"
+        + (f", {summary['frames_rematched']} matched again" if summary["stages"] == 3 else ""),
         "warnings: " + (", ".join(f"{k} {v}" for k, v in summary.get("warnings", {}).items() if v) or "none"),
     ]
     if summary.get("pairs_with_gt"):

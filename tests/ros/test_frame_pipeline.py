@@ -1,4 +1,4 @@
-"""FramePipeline: two stages on two threads, in order, dropping only at the entrance."""
+"""FramePipeline: two or three stages on as many threads, in order, dropping only at the entrance."""
 
 from __future__ import annotations
 
@@ -66,6 +66,45 @@ def test_extraction_runs_at_most_one_frame_ahead_of_tracking() -> None:
     assert sorted(track_finished) == list(range(8))
     for i in range(2, 8):
         assert extract_started[i] >= track_finished[i - 2], i
+
+
+def test_three_stages_keep_every_item_in_order_and_overlap() -> None:
+    """A middle stage (matching ahead) works on item n+1 while the last stage holds item n, and
+    runs at most one item ahead of it (rendezvous), as the front does of the middle."""
+    track_busy = threading.Event()
+    overlapped: list[bool] = []
+    matched_started: dict[int, float] = {}
+    track_finished: dict[int, float] = {}
+    seen: list[int] = []
+
+    def middle(i: int) -> int:
+        matched_started[i] = time.monotonic()
+        time.sleep(0.01)
+        overlapped.append(track_busy.is_set())
+        return i * 10
+
+    def back(x: int) -> None:
+        track_busy.set()
+        time.sleep(0.03)
+        seen.append(x)
+        track_finished[x // 10] = time.monotonic()
+        track_busy.clear()
+
+    pipe = FramePipeline(lambda i: i, middle, back)
+    for i in range(8):
+        assert pipe.submit(i, block=True)
+    pipe.stop(drain=True, timeout=10)
+    assert seen == [i * 10 for i in range(8)]
+    assert any(overlapped[1:])
+    for i in range(2, 8):
+        assert matched_started[i] >= track_finished[i - 2], i
+    counters = pipe.counters()
+    assert counters["frames_in"] == counters["frames_processed"] == 8 and counters["frames_dropped"] == 0
+
+
+def test_a_pipeline_has_at_least_two_stages() -> None:
+    with pytest.raises(ValueError, match="at least two stages, got 1"):
+        FramePipeline(lambda i: i)
 
 
 def test_wait_ready_returns_when_a_new_frame_would_start_at_once() -> None:

@@ -102,6 +102,21 @@ def test_replay_end_to_end(bags, tmp_path, storage, capsys):
     assert not list(out_dir.glob(".*partial*"))
 
 
+def test_replay_matching_ahead_gives_the_same_poses(bags, tmp_path, capsys):
+    """Three stages (``match_ahead``) against two: the same matches and poses, none matched again."""
+    summaries = {}
+    for choice in ("never", "always"):
+        out_dir = tmp_path / choice
+        assert replay.main([str(bags["sqlite3"]), "--out-dir", str(out_dir), "--no-plots", "--no-bag",
+                            "-p", f"match_ahead={choice}", *FAST]) == 0
+        summaries[choice] = json.loads((out_dir / "summary.json").read_text())
+    assert "3 stage(s), 0 matched again" in capsys.readouterr().out
+    two, three = summaries["never"], summaries["always"]
+    assert (two["stages"], three["stages"]) == (2, 3) and three["frames_rematched"] == 0
+    for key in ("matches_mean", "inliers_mean", "pose_success_rate", "pose_auc@5", "pose_error_median"):
+        assert three[key] == pytest.approx(two[key], abs=1e-9), key
+
+
 def test_realtime_loop_drops_and_resets(bags, tmp_path):
     out_dir = tmp_path / "rt"
     args = replay.parse_args(

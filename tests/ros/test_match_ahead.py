@@ -1,0 +1,130 @@
+"""``match_ahead``: a third stage matches frame n+1 while frame n is tracked, against the
+reference frame n+1 is expected to get; ``track`` checks the guess and matches again after a
+wrong one, so the results are those of the two-stage path whatever the guesses."""
+
+import numpy as np
+import pytest
+
+from featmatch_core.datasets import room as synthetic
+from lightglue_ros import conversions as cv
+from lightglue_ros import params as P
+from lightglue_ros.frame_matcher import FrameMatcher, FramePipeline
+
+TYPES = cv.rosbags_types()
+W, H = 320, 240
+FAST = {"max_keypoints": 512}
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return synthetic.sequence(6, W, H, step=0.1, seed=1)
+
+
+def _msgs(frame, image=None):
+    header = cv.make_header(TYPES, frame.stamp_ns, "camera_optical")
+    image = frame.image if image is None else image
+    return (cv.numpy_to_image(TYPES, image, "mono8", header), cv.make_camera_info(TYPES, header, W, H, frame.K))
+
+
+def _sequential(values, messages):
+    fm = FrameMatcher(values)
+    return fm, [fm.process(*msg) for msg in messages]
+
+
+def _three_stages_interleaved(values, messages):
+    """The order of the three stages when each holds a frame: frame n+1 is extracted and
+    matched ahead before frame n is tracked (deterministic, on one thread)."""
+    fm = FrameMatcher(values)
+    matched = []
+    original = fm._match
+    fm._match = lambda f0, f1: (matched.append((f0.index, f1.index)), original(f0, f1))[1]
+    results, pending = [], None
+    for msg in messages:
+        frame = fm.match_ahead(fm.prepare_and_extract(*msg))
+        if pending is not None:
+            results.append(fm.finish(pending))
+        pending = frame
+    results.append(fm.finish(pending))
+    return fm, results, matched
+
+
+def _assert_same_tracking(a, b):
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("matches", "inliers", "success", "ref_stamp_ns", "new_reference", "keypoints0", "first"):
+            assert ra.record.get(key) == rb.record.get(key), (key, ra.record, rb.record)
+        if "T_0to1" in ra.record:
+            np.testing.assert_allclose(ra.record["T_0to1"], rb.record["T_0to1"], atol=1e-9)
+        if ra.odometry is not None:
+            np.testing.assert_allclose(ra.odometry.T_odom_cam, rb.odometry.T_odom_cam, atol=1e-9)
+
+
+def test_right_guesses_are_used_and_match_each_frame_once(frames):
+    messages = [_msgs(f) for f in frames]
+    _, expected = _sequential(FAST, messages)
+    fm, results, matched = _three_stages_interleaved(FAST, messages)
+    _assert_same_tracking(results, expected)
+    assert matched == [(i - 1, i) for i in range(1, len(frames))]  # each frame matched once, ahead
+    assert fm.counts["rematched"] == 0 and fm.diagnostics()["values"]["frames_rematched"] == 0
+    assert all(r.record["success"] for r in results[1:])
+
+
+def test_a_frame_without_a_pose_makes_the_next_frame_match_again(frames):
+    """A blank frame gets no pose, so the reference stays the frame before it; the frame after
+    it was matched ahead against the blank one and is matched again against the reference."""
+    messages = [_msgs(f) for f in frames[:5]]
+    messages[2] = _msgs(frames[2], np.full((H, W), 128, np.uint8))
+    _, expected = _sequential(FAST, messages)
+    assert not expected[2].record["success"] and expected[3].record["success"]
+    fm, results, matched = _three_stages_interleaved(FAST, messages)
+    _assert_same_tracking(results, expected)
+    assert fm.counts["rematched"] == 1 and results[3].record["rematched"]
+    assert (2, 3) in matched and (1, 3) in matched  # the wrong guess, then the reference
+    assert results[3].record["ref_stamp_ns"] == frames[1].stamp_ns
+
+
+@pytest.mark.parametrize("min_inliers, rematched", [(5, 0), (100000, 3)])
+def test_keyframe_policy_guesses_the_current_keyframe(frames, min_inliers, rematched):
+    """'keyframe': the guess is the keyframe of the moment. With a keyframe that keeps its grip
+    every guess is right; when every frame becomes the keyframe (too few inliers for the
+    threshold), the guess for frame n+1 was made before frame n took over, and is wrong."""
+    values = {**FAST, "keyframe_policy": "keyframe", "keyframe_min_inliers": min_inliers,
+              "keyframe_max_flow": 1000.0}
+    messages = [_msgs(f) for f in frames[:5]]
+    _, expected = _sequential(values, messages)
+    fm, results, _ = _three_stages_interleaved(values, messages)
+    _assert_same_tracking(results, expected)
+    assert fm.counts["rematched"] == rematched
+
+
+def test_three_threads_give_the_two_stage_results(frames):
+    messages = [_msgs(f) for f in frames]
+    values = {**FAST, "match_ahead": "always"}
+    _, expected = _sequential(values, messages)
+    fm = FrameMatcher(values)
+    assert fm.matches_ahead
+    results = []
+    pipe = FramePipeline(lambda msg: fm.prepare_and_extract(*msg), fm.match_ahead,
+                         lambda frame: results.append(fm.finish(frame)))
+    assert [w._thread.name for w in pipe.workers] == ["lightglue_extract", "lightglue_match", "lightglue_track"]
+    for msg in messages:
+        assert pipe.submit(msg, block=True)
+    pipe.stop(drain=True, timeout=60)
+    _assert_same_tracking(results, expected)
+    assert pipe.counters()["frames_processed"] == len(frames) and pipe.counters()["worker_errors"] == 0
+    assert fm.counts["rematched"] == 0
+
+
+@pytest.mark.parametrize("values, on", [
+    ({}, False),  # auto: CUDA only (these tests run the CPU)
+    ({"match_ahead": "always"}, True),
+    ({"match_ahead": "always", "pipelined": False}, False),  # one stage: nothing to match ahead of
+    ({"match_ahead": "never"}, False),
+])
+def test_match_ahead_parameter(values, on):
+    assert FrameMatcher({**FAST, **values}).matches_ahead is on
+
+
+def test_match_ahead_refuses_values_a_yaml_parser_would_turn_into_booleans():
+    with pytest.raises(ValueError, match="match_ahead.*auto, always, never"):
+        P.validate("matcher", {"match_ahead": "on"})
