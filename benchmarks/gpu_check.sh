@@ -115,6 +115,9 @@ step "SIFT extraction on the device (torch and kornia back ends)" 60 python3 ben
 step "streaming replay, sift+lightglue (bundled), SIFT backend torch, --rate max" 90 \
     python3 -m lightglue_ros.replay --demo "$FRAMES" --conf sift+lightglue -p "device=$DEVICE" --no-plots \
     --overwrite --out-dir outputs/gpu_check/replay_sift_torch extractor.backend=torch
+step "streaming replay, the same with two stages (match_ahead=never: the third stage's gain)" 60 \
+    python3 -m lightglue_ros.replay --demo "$FRAMES" --conf sift+lightglue -p "device=$DEVICE" -p match_ahead=never \
+    --no-plots --no-bag --overwrite --out-dir outputs/gpu_check/replay_sift_torch_two_stages extractor.backend=torch
 step "streaming replay, superpoint+lightglue (random weights), --rate max" 90 \
     python3 -m lightglue_ros.replay --demo "$FRAMES" --conf superpoint+lightglue -p "device=$DEVICE" --no-plots \
     --overwrite --out-dir outputs/gpu_check/replay extractor.weights=null matcher.weights=null

@@ -13,6 +13,11 @@
      keyframe), undistort, estimate the relative pose, scale it (depth), decide the next
      reference, chain the odometry.
 
+  ``FramePipeline`` runs ``prepare`` + ``extract`` and ``track`` on two threads; with
+  ``match_ahead`` a third, ``match_ahead``, matches each frame against the reference it is
+  expected to get while the frame before it is tracked, and ``track`` keeps those matches
+  when the guess was right.
+
   ``messages.frame_messages`` turns a ``FrameResult`` into the ROS messages (the nodes and the
   replay both use it); their content is described there.
 
@@ -673,6 +678,7 @@ class FrameMatcher(_MatcherCore):
         self.calibration_problem = ""
         self.estimator = None
         self.ahead_previous: Frame | None = None  # the last frame ``match_ahead`` saw
+        self.last_became_reference = True  # the guess of ``match_ahead`` under 'previous'
         # a pipelined matcher's stages: extract, [match ahead,] track (``FramePipeline``)
         choice = self.params["match_ahead"]
         self.matches_ahead = bool(self.params["pipelined"]) and (
@@ -725,11 +731,10 @@ class FrameMatcher(_MatcherCore):
 
     def match_ahead(self, frame: PreparedFrame) -> PreparedFrame:
         """The middle stage of three (``match_ahead`` on): match an extracted frame while the
-        frame before it is still in ``track``, against the reference it is expected to get.
-        That is the frame before it (policy 'previous': it becomes the reference whenever it
-        gets a pose) or the current keyframe ('keyframe'). ``track`` takes these matches when
-        the guess was right and matches again when not (the frame before got no pose, or became
-        the keyframe): counted as ``rematched``. Reads the tracking state, never writes it."""
+        frame before it is still in ``track``, against the reference it is expected to get
+        (``_expected_reference``). ``track`` takes these matches when the guess was right and
+        matches again when not: counted as ``rematched``. Reads the tracking state, never
+        writes it."""
         if frame.result.skipped is not None:
             return frame
         expected = self._expected_reference()
@@ -740,8 +745,16 @@ class FrameMatcher(_MatcherCore):
         return frame
 
     def _expected_reference(self) -> Frame | None:
-        reference = self.reference  # one read: ``track`` may replace it meanwhile
-        if self.params["keyframe_policy"] == "keyframe" and reference is not None:
+        """The reference the frame after ``ahead_previous`` is expected to be matched with, while
+        ``ahead_previous`` is in ``track``. 'keyframe': the keyframe of the moment (keyframes
+        change rarely). 'previous': ``ahead_previous`` if the last tracked frame became the
+        reference (it had a pose), else the reference of the moment: failures come in runs
+        (blur, a blank wall, untrained weights), during which the reference stays. A wrong
+        guess costs one match more; reads that race with ``track`` can only make a guess wrong."""
+        reference = self.reference
+        if reference is None:  # the frame in ``track`` starts the tracking
+            return self.ahead_previous
+        if self.params["keyframe_policy"] == "keyframe" or not self.last_became_reference:
             return reference.frame
         return self.ahead_previous
 
@@ -820,6 +833,7 @@ class FrameMatcher(_MatcherCore):
             result.debug = self._debug_drawing(ref, frame, pred, status)
         if new_reference:
             self.reference = self._reference_of(frame, features)
+        self.last_became_reference = new_reference
         self.last = {
             **{k: result.record[k] for k in ("keypoints0", "keypoints1", "matches", "inliers", "stop_layer")},
             "level": status.level,
@@ -891,6 +905,7 @@ class FrameMatcher(_MatcherCore):
         """The first frame (or the first after a reset) becomes the reference; odometry at rest."""
         result = frame.result
         self.reference = self._reference_of(frame, features)
+        self.last_became_reference = True
         result.record.update(first=True, level="OK", message="first frame")
         result.odometry = self._odometry_state(result, np.zeros(3), np.zeros(3))
         self.last = {

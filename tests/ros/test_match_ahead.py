@@ -69,18 +69,36 @@ def test_right_guesses_are_used_and_match_each_frame_once(frames):
     assert all(r.record["success"] for r in results[1:])
 
 
-def test_a_frame_without_a_pose_makes_the_next_frame_match_again(frames):
-    """A blank frame gets no pose, so the reference stays the frame before it; the frame after
-    it was matched ahead against the blank one and is matched again against the reference."""
-    messages = [_msgs(f) for f in frames[:5]]
+def test_a_frame_without_a_pose_costs_two_wrong_guesses(frames):
+    """A blank frame gets no pose, so the reference stays the frame before it. The frame after
+    it was matched ahead against the blank one (its predecessor became the reference) and is
+    matched again against the reference; the frame after that was guessed to keep that
+    reference (the blank frame failed), became its successor's reference, and is matched again."""
+    messages = [_msgs(f) for f in frames]
     messages[2] = _msgs(frames[2], np.full((H, W), 128, np.uint8))
     _, expected = _sequential(FAST, messages)
-    assert not expected[2].record["success"] and expected[3].record["success"]
+    assert not expected[2].record["success"] and all(expected[i].record["success"] for i in (1, 3, 4, 5))
     fm, results, matched = _three_stages_interleaved(FAST, messages)
     _assert_same_tracking(results, expected)
-    assert fm.counts["rematched"] == 1 and results[3].record["rematched"]
-    assert (2, 3) in matched and (1, 3) in matched  # the wrong guess, then the reference
+    assert fm.counts["rematched"] == 2 and results[3].record["rematched"] and results[4].record["rematched"]
+    # in stage order: frame n+1 is matched ahead before frame n is tracked (and maybe matched again)
+    assert matched == [(0, 1), (1, 2), (2, 3), (1, 4), (1, 3), (4, 5), (3, 4)]
     assert results[3].record["ref_stamp_ns"] == frames[1].stamp_ns
+
+
+def test_a_run_of_failures_keeps_guessing_the_reference(frames):
+    """Frames that keep failing keep the reference (until ``max_failures`` in a row replace it):
+    the guess follows, so a run of failures is not matched twice per frame."""
+    blank = np.full((H, W), 128, np.uint8)
+    messages = [_msgs(frames[0]), _msgs(frames[1])] + [_msgs(f, blank) for f in frames[2:]]
+    _, expected = _sequential(FAST, messages)
+    assert not any(r.record["success"] for r in expected[2:])
+    fm, results, matched = _three_stages_interleaved(FAST, messages)
+    _assert_same_tracking(results, expected)
+    # frame 3 was guessed against frame 2 (frame 1 had a pose): wrong; frame 4 against the
+    # reference, frame 1 (frame 2 failed): right; frame 5 against frame 1 too, but frame 4, the
+    # third failure in a row, had replaced it: wrong
+    assert fm.counts["rematched"] == 2 and len(matched) == len(messages) - 1 + 2
 
 
 @pytest.mark.parametrize("min_inliers, rematched", [(5, 0), (100000, 3)])

@@ -335,6 +335,26 @@ def test_matcher_node_wiring(node_modules):
     assert node.destroyed
 
 
+def test_matcher_node_matches_ahead_on_a_third_thread(node_modules):
+    mono, _ = node_modules
+    _Node.overrides = {"max_keypoints": 384, "match_ahead": "always"}
+    node = mono.MatcherNode(types=TYPES)
+    assert [w._thread.name for w in node.worker.workers] == ["lightglue_extract", "lightglue_match",
+                                                             "lightglue_track"]
+    _, on_image, _ = node.subscriptions["image"]
+    _, on_info, _ = node.subscriptions["camera_info"]
+    for i, f in enumerate(synthetic.sequence(4, W, H, step=0.1, seed=4)):
+        header = cv.make_header(TYPES, f.stamp_ns, "cam")
+        on_info(cv.make_camera_info(TYPES, header, W, H, f.K))
+        on_image(cv.numpy_to_image(TYPES, f.image, "mono8", header))
+        _wait(node, i + 1)
+    assert len(node.publishers["relative_pose"].messages) == 3 and node.core.counts["rematched"] == 0
+    node.timers[0][1]()
+    values = cv.status_values(node.publishers["/diagnostics"].messages[-1].status[0])
+    assert values["frames_processed"] == "4" and values["frames_rematched"] == "0"
+    node.destroy_node()
+
+
 def test_matcher_node_uses_its_clock_and_counts_bad_input(node_modules):
     """Latency and frame age on the node's clock (sim time with use_sim_time), and bad input
     (an unknown encoding, a camera_info OpenCV refuses) counted by reason on /diagnostics."""
