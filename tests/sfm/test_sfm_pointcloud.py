@@ -45,6 +45,27 @@ def test_triangulation_recovers_exact_points():
     assert errors.max() < 1e-6 and (z > 0).all()
 
 
+@pytest.mark.parametrize("baseline", [0.5, 0.01])
+def test_triangulation_is_the_smallest_singular_vector_of_the_dlt_system(baseline):
+    """Noisy pixels, wide and video-like (1 cm) baselines: the points are those of an SVD of the
+    (row-normalised) DLT system, so solving through its Gram matrix loses nothing."""
+    K, T0, T1 = two_cameras()
+    T1[:3, 3] *= baseline / np.linalg.norm(T1[:3, 3])
+    rng = np.random.default_rng(1)
+    X = np.column_stack([rng.uniform(-1, 1, 200), rng.uniform(-1, 1, 200), rng.uniform(3, 8, 200)])
+    x0 = project(transform_points(T0, X), K)[0] + rng.normal(0, 0.5, (200, 2))
+    x1 = project(transform_points(T1, X), K)[0] + rng.normal(0, 0.5, (200, 2))
+    P0, P1 = projection_matrix(K, T0), projection_matrix(K, T1)
+    X_est = triangulate_dlt(x0, x1, P0, P1)
+    rows = np.stack([x0[:, :1] * P0[2] - P0[0], x0[:, 1:] * P0[2] - P0[1],
+                     x1[:, :1] * P1[2] - P1[0], x1[:, 1:] * P1[2] - P1[1]], 1)
+    rows /= np.linalg.norm(rows, axis=-1, keepdims=True)
+    homogeneous = np.linalg.svd(rows)[2][:, -1]
+    np.testing.assert_allclose(X_est, homogeneous[:, :3] / homogeneous[:, 3:], rtol=1e-8)
+    if baseline == 0.5:  # well posed: near the true points
+        assert np.median(np.abs(X_est[:, 2] - X[:, 2])) < 0.1  # 0.5 px noise, 3-8 m deep
+
+
 def synthetic_cloud(seed: int = 0) -> tuple[PointCloud, int]:
     rng = np.random.default_rng(seed)
     surface = np.column_stack([rng.uniform(-1, 1, 2000), rng.uniform(-1, 1, 2000), rng.normal(5, 0.01, 2000)])
