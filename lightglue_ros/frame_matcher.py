@@ -38,6 +38,7 @@ turns it into ``diagnostic_msgs``.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import ctypes
 import functools
@@ -630,12 +631,26 @@ class Reference:
 
 
 @dataclass
+class Estimated:
+    """A frame's matched points (pixels, and undistorted) and the pose estimated from them."""
+
+    pts0: np.ndarray
+    pts1: np.ndarray
+    und0: np.ndarray
+    und1: np.ndarray
+    estimate: S.PoseEstimate
+    estimate_ms: float
+
+
+@dataclass
 class EarlyMatch:
-    """A frame's matches made ahead (``match_ahead``), against the reference it was expected to get."""
+    """A frame's matches made ahead (``match_ahead``), against the reference it was expected to
+    get, and the estimation from them, running beside the stages."""
 
     reference: Frame
     pred: TwoViewMatches
     match_ms: float
+    estimated: concurrent.futures.Future[Estimated]
 
 
 @dataclass
@@ -679,10 +694,12 @@ class FrameMatcher(_MatcherCore):
         self.estimator = None
         self.ahead_previous: Frame | None = None  # the last frame ``match_ahead`` saw
         self.last_became_reference = True  # the guess of ``match_ahead`` under 'previous'
+        self._estimation_pool: concurrent.futures.ThreadPoolExecutor | None = None
         # a pipelined matcher's stages: extract, [match ahead,] track (``FramePipeline``)
         choice = self.params["match_ahead"]
         self.matches_ahead = bool(self.params["pipelined"]) and (
             choice == "always" or (choice == "auto" and self.pipeline.device.type == "cuda"))
+        self._apply_params()  # the estimators exist before any frame: one matched ahead needs them
 
     def _configure(self, params: dict[str, Any]) -> None:
         conf = {
@@ -740,9 +757,18 @@ class FrameMatcher(_MatcherCore):
         expected = self._expected_reference()
         if expected is not None and not frame.result.record.get("reset"):  # a reset frame starts anew
             pred, match_ms = _timed(self._match, expected, frame.features)
-            frame.early = EarlyMatch(expected, pred, match_ms)
+            frame.early = EarlyMatch(expected, pred, match_ms, self._estimations().submit(self._estimated, frame, pred))
         self.ahead_previous = frame.features
         return frame
+
+    def _estimations(self) -> concurrent.futures.ThreadPoolExecutor:
+        """Threads for the estimations of frames matched ahead, made at first use: a frame's
+        pose is estimated while the next frame is matched and the one before is tracked, so
+        that neither stage waits for it (the estimators release the GIL). Two are enough: the
+        rendezvous between the stages keeps at most two such frames in flight."""
+        if self._estimation_pool is None:
+            self._estimation_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="lightglue_estimate")
+        return self._estimation_pool
 
     def _expected_reference(self) -> Frame | None:
         """The reference the frame after ``ahead_previous`` is expected to be matched with, while
@@ -800,12 +826,9 @@ class FrameMatcher(_MatcherCore):
         ref = self.reference
         if ref is None:
             return self._start_from(frame, features)
-        pred, match_ms = self._matches_with(ref, features, early, result)
-        pts0, pts1 = pred.points0.astype(np.float64), pred.points1.astype(np.float64)
-        und0, und1 = (cv.undistort_points(p, frame.calibration) if frame.calibration else p for p in (pts0, pts1))
-        estimate, estimate_ms = _timed(
-            S.estimate_relative_pose, und0, und1, frame.K, self.estimator, self.uncalibrated, self.params["min_matches"]
-        )
+        pred, match_ms, estimated = self._matches_with(ref, frame, features, early, result)
+        pts0, pts1, und0, und1 = estimated.pts0, estimated.pts1, estimated.und0, estimated.und1
+        estimate, estimate_ms = estimated.estimate, estimated.estimate_ms
         structure = S.scale_and_structure(estimate, und0, und1, pts0, frame.K, ref.depth)
         result.record.update(
             ref_stamp_ns=ref.stamp_ns,
@@ -880,15 +903,26 @@ class FrameMatcher(_MatcherCore):
 
     # ---- track ------------------------------------------------------------------------------------
     def _matches_with(
-        self, ref: Reference, features: Frame, early: EarlyMatch | None, result: FrameResult
-    ) -> tuple[TwoViewMatches, float]:
-        """The frame's matches to ``ref``: those made ahead when they were made against it."""
+        self, ref: Reference, frame: PreparedFrame, features: Frame, early: EarlyMatch | None, result: FrameResult
+    ) -> tuple[TwoViewMatches, float, Estimated]:
+        """The frame's matches to ``ref`` and the pose estimated from them: those made ahead when
+        they were made against it."""
         if early is not None and early.reference is ref.frame:
-            return early.pred, early.match_ms
+            return early.pred, early.match_ms, early.estimated.result()
         if early is not None:
             self.counts["rematched"] += 1
             result.record["rematched"] = True
-        return _timed(self._match, ref.frame, features)
+        pred, match_ms = _timed(self._match, ref.frame, features)
+        return pred, match_ms, self._estimated(frame, pred)
+
+    def _estimated(self, frame: PreparedFrame, pred: TwoViewMatches) -> Estimated:
+        """Undistort the matched points and estimate the pose (or the uncalibrated model)."""
+        pts0, pts1 = pred.points0.astype(np.float64), pred.points1.astype(np.float64)
+        und0, und1 = (cv.undistort_points(p, frame.calibration) if frame.calibration else p for p in (pts0, pts1))
+        estimate, estimate_ms = _timed(
+            S.estimate_relative_pose, und0, und1, frame.K, self.estimator, self.uncalibrated, self.params["min_matches"]
+        )
+        return Estimated(pts0, pts1, und0, und1, estimate, estimate_ms)
 
     def _reference_of(self, frame: PreparedFrame, features: Frame) -> Reference:
         result = frame.result

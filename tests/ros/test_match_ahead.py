@@ -2,12 +2,15 @@
 reference frame n+1 is expected to get; ``track`` checks the guess and matches again after a
 wrong one, so the results are those of the two-stage path whatever the guesses."""
 
+import threading
+
 import numpy as np
 import pytest
 
 from featmatch_core.datasets import room as synthetic
 from lightglue_ros import conversions as cv
 from lightglue_ros import params as P
+from lightglue_ros import stages as S
 from lightglue_ros.frame_matcher import FrameMatcher, FramePipeline
 
 TYPES = cv.rosbags_types()
@@ -59,10 +62,16 @@ def _assert_same_tracking(a, b):
             np.testing.assert_allclose(ra.odometry.T_odom_cam, rb.odometry.T_odom_cam, atol=1e-9)
 
 
-def test_right_guesses_are_used_and_match_each_frame_once(frames):
+def test_right_guesses_are_used_and_match_each_frame_once(frames, monkeypatch):
     messages = [_msgs(f) for f in frames]
     _, expected = _sequential(FAST, messages)
+    threads = []
+    estimate = S.estimate_relative_pose
+    monkeypatch.setattr(S, "estimate_relative_pose",
+                        lambda *a: (threads.append(threading.current_thread().name), estimate(*a))[1])
     fm, results, matched = _three_stages_interleaved(FAST, messages)
+    # the poses of frames matched ahead are estimated beside the stages, not in ``track``
+    assert len(threads) == len(frames) - 1 and all(t.startswith("lightglue_estimate") for t in threads)
     _assert_same_tracking(results, expected)
     assert matched == [(i - 1, i) for i in range(1, len(frames))]  # each frame matched once, ahead
     assert fm.counts["rematched"] == 0 and fm.diagnostics()["values"]["frames_rematched"] == 0
