@@ -121,6 +121,9 @@ step "streaming replay, the same with two stages (match_ahead=never: the third s
 step "streaming replay, superpoint+lightglue (random weights), --rate max" 90 \
     python3 -m lightglue_ros.replay --demo "$FRAMES" --conf superpoint+lightglue -p "device=$DEVICE" --no-plots \
     --overwrite --out-dir outputs/gpu_check/replay extractor.weights=null matcher.weights=null
+step "the node's CPU work alone (features and matches from a first pass): two stages, three" 90 \
+    python3 benchmarks/stream_stages.py --frames "$FRAMES" --out outputs/gpu_check/stream_cached -p "device=$DEVICE" \
+    --cases sift+lightglue:pipelined:cached:match_ahead=never sift+lightglue:pipelined:cached:match_ahead=always
 step "batched matching (SfM): pairs/s at batch 1 / 8 / 32, full depth" 60 \
     python3 benchmarks/batched_matching.py --device "$DEVICE" "${BATCHED[@]}" --out outputs/gpu_check/batched.json
 step "SIFT extraction (CPU, OpenCV) against plain OpenCV" 30 python3 benchmarks/time_sift.py --repeat 3

@@ -6,9 +6,14 @@
 
 Replays the generated 640x480 room sequence (``lightglue_ros.replay --demo``: known poses and
 depth) through ``FrameMatcher`` exactly as the node runs it, one case per fresh subprocess so
-that peak memory and CPU time are the case's own. A case is ``CONF[:pipelined][:random][:PARAM=VALUE ...]``:
-``pipelined`` extracts frame n+1 on a second thread while frame n is matched, ``random`` runs
-the matcher with random weights (``matcher.weights=null``, e.g. superpoint+lightglue offline).
+that peak memory and CPU time are the case's own. A case is
+``CONF[:pipelined][:random][:cached][:PARAM=VALUE ...]``: ``pipelined`` extracts frame n+1 on a
+second thread while frame n is matched, ``random`` runs the matcher with random weights
+(``matcher.weights=null``, e.g. superpoint+lightglue offline). ``cached`` replays the bag twice
+and times the second pass, whose features and matches come from the first pass's results (a
+lookup instead of the networks): what is left is the node's CPU work per frame (decoding,
+estimation, structure, decisions, messages), the ceiling of a stream whose extraction and
+matching a GPU makes nearly free.
 ``sift+lightglue`` runs the bundled ``sift_lightglue_cpu`` when the official weights are absent
 (the node's offline fallback, with the thresholds of the fallback config).
 
@@ -62,23 +67,50 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def parse_case(case: str) -> tuple[str, bool, bool, list[str]]:
-    """``CONF[:pipelined][:random][:PARAM=VALUE ...]`` -> conf, pipelined, random, node parameters."""
+FLAGS = ("pipelined", "random", "cached")
+
+
+def parse_case(case: str) -> tuple[str, set[str], list[str]]:
+    """``CONF[:pipelined][:random][:cached][:PARAM=VALUE ...]`` -> conf, flags, node parameters."""
     conf, *flags = case.split(":")
     params = [f for f in flags if "=" in f]
     flags = [f for f in flags if "=" not in f]
-    unknown = set(flags) - {"pipelined", "random"}
+    unknown = set(flags) - set(FLAGS)
     if unknown:
-        raise SystemExit(f"case {case!r}: unknown flag(s) {sorted(unknown)}; flags are pipelined, random "
+        raise SystemExit(f"case {case!r}: unknown flag(s) {sorted(unknown)}; flags are {', '.join(FLAGS)} "
                          "and node parameters as name=value")
-    return conf, "pipelined" in flags, "random" in flags, params
+    return conf, set(flags), params
+
+
+def cache_features_and_matches() -> None:
+    """Make ``FeatureStream`` remember each frame's features (by stamp) and each pair's matches
+    (by stamps), and give them back when asked again: the second pass over a bag then costs
+    the networks nothing (a pair the first pass never matched is matched for real)."""
+    from featmatch_core.models.pipeline import FeatureStream
+
+    features, matches = {}, {}
+    extract, match = FeatureStream.extract, FeatureStream.match
+
+    def cached_extract(self, image, stamp=None):
+        if stamp not in features:
+            features[stamp] = extract(self, image, stamp)
+        return features[stamp]
+
+    def cached_match(self, frame0, frame1):
+        key = (frame0.stamp, frame1.stamp)
+        if key not in matches:
+            matches[key] = match(self, frame0, frame1)
+        return matches[key]
+
+    FeatureStream.extract, FeatureStream.match = cached_extract, cached_match
 
 
 def run_case(case: str, args: argparse.Namespace) -> dict:
     """One replay in this process (the child): its summary, per-stage percentiles, CPU and memory."""
     from lightglue_ros import replay
 
-    conf, pipelined, random_weights, params = parse_case(case)
+    conf, flags, params = parse_case(case)
+    pipelined, random_weights = "pipelined" in flags, "random" in flags
     out_dir = args.out / case.replace(":", "_").replace("+", "_").replace("=", "-")
     # the output bag is written, as the node publishes: "publish" times building the messages
     argv = [str(args.bag), "--conf", conf, "--rate", args.rate, "--loop", str(args.loop), "--overwrite",
@@ -89,6 +121,9 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     if random_weights:  # every network of the pipeline (SuperPoint too), not only the matcher
         argv += ["matcher.weights=null"] + (["extractor.weights=null"] if not conf.startswith("sift") else [])
     replay_args = replay.parse_args(argv)
+    if "cached" in flags:
+        cache_features_and_matches()
+        replay.run(replay_args)  # the first pass fills the caches
     ticks0, cpu0, wall0 = cpu_ticks(), os.times(), time.perf_counter()
     result = replay.run(replay_args)
     ticks1, cpu1, wall = cpu_ticks(), os.times(), time.perf_counter() - wall0
@@ -149,7 +184,7 @@ def main() -> int:
     parser.add_argument("--loop", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=5, help="frames left out of the percentiles")
     parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES),
-                        help="CONF[:pipelined][:random][:PARAM=VALUE ...], e.g."
+                        help="CONF[:pipelined][:random][:cached][:PARAM=VALUE ...], e.g."
                              " sift+lightglue:pipelined:precision=bf16")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                         help="node parameter for every case (repeatable)")
