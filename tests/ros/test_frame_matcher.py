@@ -171,7 +171,7 @@ def test_free_heap_is_returned_every_n_frames(frames, monkeypatch):
 def test_runtime_parameters_thresholds_yes_model_no(frames):
     fm = FrameMatcher(FAST)
     fm.process(*_msgs(frames[0]))
-    assert fm.estimator.conf.min_iters == 30  # the node's RANSAC floor, below the evaluation's 1000
+    assert fm.estimator.conf.min_iters == 10  # the node's RANSAC floor, below the evaluation's 1000
     ok, reason = fm.set_params({"ransac_threshold": 2.5, "nn_ratio_threshold": 0.7, "ransac_min_iterations": 40})
     assert ok, reason
     fm.process(*_msgs(frames[1]))
