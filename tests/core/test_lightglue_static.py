@@ -14,6 +14,7 @@ import pytest
 import test_lightglue as dynamic  # tests/core is on sys.path
 import torch
 from test_lightglue import permuted_copy, pruning_model, random_features, run, set_head, small_model
+from test_sift_torch import synchronizations
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -340,6 +341,20 @@ def test_cuda_graph_replays_follow_new_inputs_without_syncs():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+@needs_cuda
+def test_a_full_depth_cuda_call_waits_for_the_device_once():
+    """The finiteness flags and the match counts come back in one read; compacting the matches
+    (``nonzero_static`` with the counts given) adds no second wait."""
+    model = small_model(depth_confidence=-1, width_confidence=-1).cuda().eval()
+    model.conf.static_shapes = True
+    data = cuda_pair(permuted_copy(random_features(40, seed=1)))
+    expected = run(model, data)  # captures the graphs
+    assert len(expected["matches"][0]) > 0
+    got = {}
+    assert synchronizations(lambda: got.update(run(model, data))) == 1
+    assert torch.equal(got["matches"][0], expected["matches"][0])
 
 
 @needs_cuda

@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from featmatch_core.datasets import room as synthetic
 from lightglue_ros import conversions as cv
@@ -143,13 +144,18 @@ def test_three_threads_give_the_two_stage_results(frames):
 
 
 @pytest.mark.parametrize("values, on", [
-    ({}, False),  # auto: CUDA only (these tests run the CPU)
+    ({"device": "cpu"}, False),  # auto: CUDA only
     ({"match_ahead": "always"}, True),
     ({"match_ahead": "always", "pipelined": False}, False),  # one stage: nothing to match ahead of
     ({"match_ahead": "never"}, False),
 ])
 def test_match_ahead_parameter(values, on):
     assert FrameMatcher({**FAST, **values}).matches_ahead is on
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_match_ahead_is_on_by_default_with_cuda():
+    assert FrameMatcher({**FAST, "device": "cuda"}).matches_ahead
 
 
 def test_match_ahead_refuses_values_a_yaml_parser_would_turn_into_booleans():
