@@ -143,6 +143,24 @@ def test_three_threads_give_the_two_stage_results(frames):
     assert fm.counts["rematched"] == 0
 
 
+def test_runtime_changes_while_three_threads_run(frames):
+    """Parameters changed from another thread (as a node's parameter callback does) while the
+    stages run: no stage fails, every frame is tracked, and the changes reach the matcher."""
+    messages = [_msgs(f) for f in frames] * 3
+    fm = FrameMatcher({**FAST, "match_ahead": "always"})
+    results = []
+    pipe = FramePipeline(lambda msg: fm.prepare_and_extract(*msg), fm.match_ahead,
+                         lambda frame: results.append(fm.finish(frame)))
+    for i, msg in enumerate(messages):
+        policy = ("previous", "keyframe")[i % 2]
+        assert fm.set_params({"keyframe_policy": policy, "nn_ratio_threshold": 0.8 + 0.01 * (i % 5)})[0]
+        pipe.submit(msg, block=True)
+    pipe.stop(drain=True, timeout=60)
+    assert pipe.counters()["worker_errors"] == 0 and len(results) == len(messages)
+    assert fm.pipeline.matcher.conf.ratio_thresh == pytest.approx(0.8 + 0.01 * ((len(messages) - 1) % 5))
+    assert sum(r.record.get("success", False) for r in results) >= len(frames) - 1
+
+
 @pytest.mark.parametrize("values, on", [
     ({"device": "cpu"}, False),  # auto: CUDA only
     ({"match_ahead": "always"}, True),
