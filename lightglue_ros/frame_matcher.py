@@ -632,14 +632,14 @@ class Reference:
 
 @dataclass
 class Estimated:
-    """A frame's matched points (pixels, and undistorted) and the pose estimated from them."""
+    """A frame's matched points (pixels), the pose estimated from them (undistorted) and the
+    structure (triangulation, scale from the reference's depth) that pose gives."""
 
     pts0: np.ndarray
     pts1: np.ndarray
-    und0: np.ndarray
-    und1: np.ndarray
     estimate: S.PoseEstimate
     estimate_ms: float
+    structure: S.Structure
 
 
 @dataclass
@@ -650,7 +650,7 @@ class EarlyMatch:
     reference: Frame
     pred: TwoViewMatches
     match_ms: float
-    estimated: concurrent.futures.Future[Estimated]
+    estimated: concurrent.futures.Future[Estimated]  # with the guessed reference's depth
 
 
 @dataclass
@@ -692,7 +692,7 @@ class FrameMatcher(_MatcherCore):
         self.calibrations = S.CalibrationCache()
         self.calibration_problem = ""
         self.estimator = None
-        self.ahead_previous: Frame | None = None  # the last frame ``match_ahead`` saw
+        self.ahead_previous: PreparedFrame | None = None  # the last frame ``match_ahead`` saw
         self.last_became_reference = True  # the guess of ``match_ahead`` under 'previous'
         self._estimation_pool: concurrent.futures.ThreadPoolExecutor | None = None
         # a pipelined matcher's stages: extract, [match ahead,] track (``FramePipeline``)
@@ -756,9 +756,11 @@ class FrameMatcher(_MatcherCore):
             return frame
         expected = self._expected_reference()
         if expected is not None and not frame.result.record.get("reset"):  # a reset frame starts anew
-            pred, match_ms = _timed(self._match, expected, frame.features)
-            frame.early = EarlyMatch(expected, pred, match_ms, self._estimations().submit(self._estimated, frame, pred))
-        self.ahead_previous = frame.features
+            reference, depth = expected
+            pred, match_ms = _timed(self._match, reference, frame.features)
+            estimated = self._estimations().submit(self._estimated, frame, pred, depth)
+            frame.early = EarlyMatch(reference, pred, match_ms, estimated)
+        self.ahead_previous = frame
         return frame
 
     def _estimations(self) -> concurrent.futures.ThreadPoolExecutor:
@@ -770,19 +772,19 @@ class FrameMatcher(_MatcherCore):
             self._estimation_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="lightglue_estimate")
         return self._estimation_pool
 
-    def _expected_reference(self) -> Frame | None:
-        """The reference the frame after ``ahead_previous`` is expected to be matched with, while
+    def _expected_reference(self) -> tuple[Frame, np.ndarray | None] | None:
+        """The reference (features, depth) the frame after ``ahead_previous`` is expected to be
+        matched with, while
         ``ahead_previous`` is in ``track``. 'keyframe': the keyframe of the moment (keyframes
         change rarely). 'previous': ``ahead_previous`` if the last tracked frame became the
         reference (it had a pose), else the reference of the moment: failures come in runs
         (blur, a blank wall, untrained weights), during which the reference stays. A wrong
         guess costs one match more; reads that race with ``track`` can only make a guess wrong."""
-        reference = self.reference
-        if reference is None:  # the frame in ``track`` starts the tracking
-            return self.ahead_previous
-        if self.params["keyframe_policy"] == "keyframe" or not self.last_became_reference:
-            return reference.frame
-        return self.ahead_previous
+        reference, previous = self.reference, self.ahead_previous
+        if reference is not None and (self.params["keyframe_policy"] == "keyframe" or not self.last_became_reference):
+            return reference.frame, reference.depth
+        # no reference yet (the frame in ``track`` starts the tracking), or it is to follow
+        return (previous.features, previous.depth) if previous is not None else None
 
     def finish(self, frame: PreparedFrame, want_debug: bool = False) -> FrameResult:
         """The back stage: ``track`` a prepared and extracted frame, and time it (skipped: as is)."""
@@ -827,9 +829,7 @@ class FrameMatcher(_MatcherCore):
         if ref is None:
             return self._start_from(frame, features)
         pred, match_ms, estimated = self._matches_with(ref, frame, features, early, result)
-        pts0, pts1, und0, und1 = estimated.pts0, estimated.pts1, estimated.und0, estimated.und1
-        estimate, estimate_ms = estimated.estimate, estimated.estimate_ms
-        structure = S.scale_and_structure(estimate, und0, und1, pts0, frame.K, ref.depth)
+        pts0, pts1, estimate, structure = estimated.pts0, estimated.pts1, estimated.estimate, estimated.structure
         result.record.update(
             ref_stamp_ns=ref.stamp_ns,
             keypoints0=len(pred.keypoints0),
@@ -837,7 +837,7 @@ class FrameMatcher(_MatcherCore):
             match_ms=match_ms,
             stop_layer=pred.info.get("stop_layer", -1),
             inliers=int(estimate.inliers.sum()),
-            estimate_ms=estimate_ms,
+            estimate_ms=estimated.estimate_ms,
             success=structure.T_0to1 is not None,
             scale=structure.scale,
             metric_scale=structure.metric,
@@ -905,24 +905,26 @@ class FrameMatcher(_MatcherCore):
     def _matches_with(
         self, ref: Reference, frame: PreparedFrame, features: Frame, early: EarlyMatch | None, result: FrameResult
     ) -> tuple[TwoViewMatches, float, Estimated]:
-        """The frame's matches to ``ref`` and the pose estimated from them: those made ahead when
-        they were made against it."""
+        """The frame's matches to ``ref``, the pose and the structure from them: those made ahead
+        when they were made against it (and with its depth: the depth of that same frame)."""
         if early is not None and early.reference is ref.frame:
             return early.pred, early.match_ms, early.estimated.result()
         if early is not None:
             self.counts["rematched"] += 1
             result.record["rematched"] = True
         pred, match_ms = _timed(self._match, ref.frame, features)
-        return pred, match_ms, self._estimated(frame, pred)
+        return pred, match_ms, self._estimated(frame, pred, ref.depth)
 
-    def _estimated(self, frame: PreparedFrame, pred: TwoViewMatches) -> Estimated:
-        """Undistort the matched points and estimate the pose (or the uncalibrated model)."""
+    def _estimated(self, frame: PreparedFrame, pred: TwoViewMatches, ref_depth: np.ndarray | None) -> Estimated:
+        """Undistort the matched points, estimate the pose (or the uncalibrated model), and
+        triangulate and scale with the reference frame's depth."""
         pts0, pts1 = pred.points0.astype(np.float64), pred.points1.astype(np.float64)
         und0, und1 = (cv.undistort_points(p, frame.calibration) if frame.calibration else p for p in (pts0, pts1))
         estimate, estimate_ms = _timed(
             S.estimate_relative_pose, und0, und1, frame.K, self.estimator, self.uncalibrated, self.params["min_matches"]
         )
-        return Estimated(pts0, pts1, und0, und1, estimate, estimate_ms)
+        structure = S.scale_and_structure(estimate, und0, und1, pts0, frame.K, ref_depth)
+        return Estimated(pts0, pts1, estimate, estimate_ms, structure)
 
     def _reference_of(self, frame: PreparedFrame, features: Frame) -> Reference:
         result = frame.result

@@ -25,9 +25,11 @@ def frames():
 
 
 def _msgs(frame, image=None):
+    """Image, camera_info and depth (the structure is scaled by the reference frame's depth)."""
     header = cv.make_header(TYPES, frame.stamp_ns, "camera_optical")
     image = frame.image if image is None else image
-    return (cv.numpy_to_image(TYPES, image, "mono8", header), cv.make_camera_info(TYPES, header, W, H, frame.K))
+    return (cv.numpy_to_image(TYPES, image, "mono8", header), cv.make_camera_info(TYPES, header, W, H, frame.K),
+            cv.numpy_to_image(TYPES, frame.depth, "32FC1", header))
 
 
 def _sequential(values, messages):
@@ -55,8 +57,11 @@ def _three_stages_interleaved(values, messages):
 def _assert_same_tracking(a, b):
     assert len(a) == len(b)
     for ra, rb in zip(a, b, strict=True):
-        for key in ("matches", "inliers", "success", "ref_stamp_ns", "new_reference", "keypoints0", "first"):
+        for key in ("matches", "inliers", "success", "ref_stamp_ns", "new_reference", "keypoints0", "first",
+                    "scale", "metric_scale"):
             assert ra.record.get(key) == rb.record.get(key), (key, ra.record, rb.record)
+        if ra.cloud is not None:
+            np.testing.assert_allclose(ra.cloud.xyz, rb.cloud.xyz, atol=1e-9)
         if "T_0to1" in ra.record:
             np.testing.assert_allclose(ra.record["T_0to1"], rb.record["T_0to1"], atol=1e-9)
         if ra.odometry is not None:
@@ -74,6 +79,7 @@ def test_right_guesses_are_used_and_match_each_frame_once(frames, monkeypatch):
     # the poses of frames matched ahead are estimated beside the stages, not in ``track``
     assert len(threads) == len(frames) - 1 and all(t.startswith("lightglue_estimate") for t in threads)
     _assert_same_tracking(results, expected)
+    assert all(r.record["metric_scale"] for r in results[1:])  # scaled by the depth of the guessed reference
     assert matched == [(i - 1, i) for i in range(1, len(frames))]  # each frame matched once, ahead
     assert fm.counts["rematched"] == 0 and fm.diagnostics()["values"]["frames_rematched"] == 0
     assert all(r.record["success"] for r in results[1:])
