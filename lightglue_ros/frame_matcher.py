@@ -473,8 +473,12 @@ class _MatcherCore:
         # kernels for every point-set size now, not during the first minutes of frames (CPU bf16)
         self.pipeline.warm_up()
         # on a GPU, the first frame of each image size warms the extractor up first: its CUDA
-        # graphs (for SIFT, of every point-set bucket) are captured then, not in later frames
+        # graphs (for SIFT, of every point-set bucket) are captured then, not in later frames;
+        # with the camera's size given, before any frame
         self.warm_up_new_sizes = self.pipeline.device.type == "cuda"
+        size = P.warm_up_size(self.params)
+        if size is not None:
+            self.warm_up_extractor(*size)
         # what a threshold parameter at P.MODEL_VALUE restores: the value the matcher was loaded with
         matcher_conf = self.pipeline.matcher.conf
         self._model_thresholds = {key: matcher_conf[key] for keys in P.MATCHER_CONF_KEYS.values()
@@ -545,13 +549,26 @@ class _MatcherCore:
 
     def _extract(self, image: np.ndarray, stamp: int) -> Frame:
         """Extract once; the 'resize' parameter shrinks large images but never enlarges small ones."""
-        resize = int(self.params["resize"]) if self._owns_pipeline else None
-        if resize is not None:
-            self.pipeline.extractor.conf.resize = resize if 0 < resize < max(image.shape[:2]) else None
         size = (int(image.shape[0]), int(image.shape[1]))
+        self._resize_for(size)
         if self.warm_up_new_sizes and size not in self.pipeline.warmed_sizes:
             self.pipeline.warm_up_extractor(*size)
         return self.stream.extract(image, stamp)
+
+    def _resize_for(self, size: tuple[int, int]) -> None:
+        resize = int(self.params["resize"]) if self._owns_pipeline else None
+        if resize is not None:
+            self.pipeline.extractor.conf.resize = resize if 0 < resize < max(size) else None
+
+    def warm_up_extractor(self, height: int, width: int) -> None:
+        """Warm the extractor up for the camera's images, at the size it will run them at (the
+        'resize' rule applied: ``Pipeline.warm_up_extractor`` alone would warm a 640x480
+        camera up at the extractor's resize, 1024x768, and the first real frames would then
+        capture their own graphs). A size warmed up already is not warmed up again."""
+        if (height, width) in self.pipeline.warmed_sizes:
+            return
+        self._resize_for((height, width))
+        self.pipeline.warm_up_extractor(height, width)
 
     def _match(self, frame0: Frame, frame1: Frame) -> TwoViewMatches:
         with self._matching:

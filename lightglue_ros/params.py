@@ -122,6 +122,16 @@ SCHEMA: tuple[Param, ...] = (
         min=0,
         max=8192,
     ),
+    Param(
+        "warm_up_width",
+        0,
+        "with warm_up_height: the camera's image size, to warm the extractor up at start-up (its "
+        "kernels, and on CUDA its graphs) instead of at the first frame of that size; 0: no "
+        "start-up warm-up (on CUDA the first frame of each size still warms up)",
+        min=0,
+        max=16384,
+    ),
+    Param("warm_up_height", 0, "see warm_up_width", min=0, max=16384),
     Param("device", "auto", "compute device; auto picks CUDA when present", choices=("auto", "cuda", "cpu")),
     Param("precision", "auto", "network precision (fp16 on CUDA only; auto: fp16 on CUDA, bf16 on CPUs with "
           "native bf16 (AMX / AVX512-BF16: LightGlue ~1.8x faster, same matches), else fp32)",
@@ -450,6 +460,14 @@ MATCHER_CONF_KEYS = {
 
 
 LINE_MATCHERS = ("gluestick",)  # matchers that also match line segments (their extractor adds LSD)
+
+
+def warm_up_size(values: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(height, width) to warm the extractor up at start-up, or None; one of the two alone is an error."""
+    width, height = int(values["warm_up_width"]), int(values["warm_up_height"])
+    if (width > 0) != (height > 0):
+        raise ParamError(f"set both warm_up_width and warm_up_height (or neither), got {width} x {height}")
+    return (height, width) if width > 0 else None
 
 
 def pipeline_name(values: Mapping[str, Any]) -> str:

@@ -555,7 +555,7 @@ def run(args: argparse.Namespace) -> ReplayResult:
         matcher = FrameMatcher(values)  # the model is loaded once, here (the matcher warmed up)
         sizes = [(int(info.height), int(info.width)) for _, info in inputs.infos[:1]]
         if sizes and min(sizes[0]) > 0:  # the extractor too, at the camera's size: no set-up in the first frames
-            matcher.pipeline.warm_up_extractor(*sizes[0])
+            matcher.warm_up_extractor(*sizes[0])
         rss_start = rss_mb()
         out_bag = (
             None

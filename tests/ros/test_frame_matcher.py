@@ -420,3 +420,23 @@ def test_first_frame_of_each_size_warms_the_extractor_up_on_a_gpu(frames, monkey
         fm.process(cv.numpy_to_image(TYPES, half[i % 2], "mono8", header))
     assert warmed == [(H, W), (H // 2, W // 2)]
     assert fm.pipeline.warmed_sizes == {(H, W), (H // 2, W // 2)}
+
+
+def test_the_camera_size_warms_the_extractor_up_at_start_up_as_it_will_run(monkeypatch):
+    """``warm_up_width`` / ``warm_up_height``: the extractor is warmed up in the constructor, at the
+    size it will run the camera's images at: 'resize' (1024) shrinks larger images and leaves a
+    320x240 camera as it is, so the warm-up must not run at 1024x768."""
+    from featmatch_core.models.pipeline import Pipeline
+    from lightglue_ros import params as P
+
+    seen = []
+    original = Pipeline.warm_up_extractor
+    monkeypatch.setattr(Pipeline, "warm_up_extractor", lambda self, h, w, runs=2: (
+        seen.append((h, w, self.extractor.conf.resize)), original(self, h, w, runs))[1])
+    fm = FrameMatcher({**FAST, "warm_up_width": W, "warm_up_height": H})
+    assert seen == [(H, W, None)] and fm.pipeline.warmed_sizes == {(H, W)}
+    fm.warm_up_extractor(H, W)  # warmed already: nothing more
+    fm.warm_up_extractor(2000, 1500)  # a larger camera is shrunk to the 'resize' long side
+    assert seen == [(H, W, None), (2000, 1500, 1024)]
+    with pytest.raises(P.ParamError, match="set both warm_up_width and warm_up_height"):
+        FrameMatcher({**FAST, "warm_up_width": W})
