@@ -55,6 +55,7 @@ from .frame_matcher import (
     PreparedFrame,
     cpu_threads,
     set_cpu_threads,
+    startup_objects_frozen,
 )
 from .messages import diagnostics_message, frame_messages
 from .problems import Throttle, with_held_count
@@ -313,7 +314,8 @@ def run(node_class: type, args: list[str] | None = None) -> int:
             logger.debug(traceback.format_exc())
             logger.fatal(f"{node_class.__name__}: {what}: {type(err).__name__}: {err}")
             return 1
-        rclpy.spin(node)
+        with startup_objects_frozen():  # no full garbage collection of the model in mid-stream
+            rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -49,7 +49,15 @@ from featmatch_core.geometry.epipolar import relative_pose_error
 
 from . import conversions as cv
 from . import params as P
-from .frame_matcher import FrameMatcher, FramePipeline, FrameResult, FrameWorker, PreparedFrame, thread_budget
+from .frame_matcher import (
+    FrameMatcher,
+    FramePipeline,
+    FrameResult,
+    FrameWorker,
+    PreparedFrame,
+    startup_objects_frozen,
+    thread_budget,
+)
 from .make_bag import BAG_VERSION, finish_bag, storage_plugin, temp_bag_path
 from .messages import diagnostics_message, frame_messages
 
@@ -569,7 +577,7 @@ def run(args: argparse.Namespace) -> ReplayResult:
             def items() -> Iterator[Item]:  # one pass over the bag
                 return checked(frames(reader, inputs.topics, inputs.infos, slop_ns), bag, reader)
 
-            with thread_budget(values["pipelined"], matcher.pipeline.device):
+            with thread_budget(values["pipelined"], matcher.pipeline.device), startup_objects_frozen():
                 played = play(items, matcher, sink, args, values["queue_size"], inputs.num_images * args.loop)
             if out_bag is not None:
                 sink.finish(inputs.gt)

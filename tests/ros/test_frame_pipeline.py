@@ -200,3 +200,21 @@ def test_each_stage_has_its_own_stream_on_cuda(device: str) -> None:
         default = torch.cuda.default_stream().cuda_stream
         assert len(streams["front"]) == len(streams["back"]) == 1  # one stream per stage, for good
         assert streams["front"] != streams["back"] and default not in streams["front"] | streams["back"]
+
+
+def test_startup_objects_are_frozen_for_the_stream_only() -> None:
+    """Inside the block a full collection does not scan what existed before it (the model);
+    objects made inside are collected as usual, and everything is unfrozen after."""
+    import gc
+
+    from lightglue_ros.frame_matcher import startup_objects_frozen
+
+    before = [object() for _ in range(10)]
+    with startup_objects_frozen():
+        assert gc.get_freeze_count() > 0
+        tracked = {id(o) for o in gc.get_objects()}
+        assert id(before) not in tracked
+        made = [[] for _ in range(3)]
+        assert id(made) in {id(o) for o in gc.get_objects()}
+    assert gc.get_freeze_count() == 0
+    assert id(before) in {id(o) for o in gc.get_objects()}

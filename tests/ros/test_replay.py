@@ -1,5 +1,6 @@
 """make_bag + replay end to end on tiny generated bags (sqlite3 and MCAP), without ROS."""
 
+import gc
 import json
 
 import numpy as np
@@ -117,17 +118,23 @@ def test_replay_matching_ahead_gives_the_same_poses(bags, tmp_path, capsys):
         assert three[key] == pytest.approx(two[key], abs=1e-9), key
 
 
-def test_replay_warms_the_extractor_up_at_the_size_it_runs_the_bag_at(bags, tmp_path, monkeypatch):
+def test_replay_warms_up_at_the_size_it_runs_the_bag_at_and_freezes_the_start_up(bags, tmp_path, monkeypatch):
     """Before the first frame, at the camera_info's size with the node's 'resize' rule applied
-    (a 320x240 bag is not enlarged to the extractor's resize, 1024)."""
+    (a 320x240 bag is not enlarged to the extractor's resize, 1024); then the stream runs with
+    the start-up objects out of the garbage collector's reach."""
     from featmatch_core.models.pipeline import Pipeline
 
     seen = []
     original = Pipeline.warm_up_extractor
     monkeypatch.setattr(Pipeline, "warm_up_extractor", lambda self, h, w, runs=2: (
         seen.append((h, w, self.extractor.conf.resize)), original(self, h, w, runs))[1])
+    frozen = []
+    play = replay.play
+    monkeypatch.setattr(replay, "play", lambda *a: (frozen.append(gc.get_freeze_count()), play(*a))[1])
     assert replay.main([str(bags["sqlite3"]), "--out-dir", str(tmp_path), "--no-plots", "--no-bag", *FAST]) == 0
     assert seen == [(240, 320, None)]
+    # the stream runs with the start-up objects (the model) frozen, and only the stream
+    assert frozen[0] > 10_000 and gc.get_freeze_count() == 0
 
 
 def test_realtime_loop_drops_and_resets(bags, tmp_path):
