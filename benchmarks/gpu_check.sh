@@ -110,19 +110,24 @@ step "extraction against the reference" 120 python3 benchmarks/time_extractors.p
 # SIFT on the device: our torch back end (OpenCV's algorithm) and kornia's; 2048 points at 640x480
 step "SIFT extraction on the device (torch and kornia back ends)" 60 python3 benchmarks/bench_speed.py --devices "$DEVICE" \
     "${EXTRACT[@]}" --no-matching --repeats 5 --out outputs/gpu_check/extract_speed.json
+# the demo sequence's bag, rendered once (on the CPU, ~20 s for 300 frames) for every streaming step
+BAG=outputs/demo/room_bag
+step "the demo bag for the streaming steps ($FRAMES frames, 640x480)" 60 \
+    python3 -c "from lightglue_ros.replay import make_demo_bag; make_demo_bag($FRAMES)"
 # trained weights (bundled) on SIFT on the device (torch back end): real matches, so that
 # estimation is timed too, and the whole frame path on the GPU
 step "streaming replay, sift+lightglue (bundled), SIFT backend torch, --rate max" 90 \
-    python3 -m lightglue_ros.replay --demo "$FRAMES" --conf sift+lightglue -p "device=$DEVICE" --no-plots \
+    python3 -m lightglue_ros.replay "$BAG" --conf sift+lightglue -p "device=$DEVICE" --no-plots \
     --overwrite --out-dir outputs/gpu_check/replay_sift_torch extractor.backend=torch
 step "streaming replay, the same with two stages (match_ahead=never: the third stage's gain)" 60 \
-    python3 -m lightglue_ros.replay --demo "$FRAMES" --conf sift+lightglue -p "device=$DEVICE" -p match_ahead=never \
+    python3 -m lightglue_ros.replay "$BAG" --conf sift+lightglue -p "device=$DEVICE" -p match_ahead=never \
     --no-plots --no-bag --overwrite --out-dir outputs/gpu_check/replay_sift_torch_two_stages extractor.backend=torch
 step "streaming replay, superpoint+lightglue (random weights), --rate max" 90 \
-    python3 -m lightglue_ros.replay --demo "$FRAMES" --conf superpoint+lightglue -p "device=$DEVICE" --no-plots \
+    python3 -m lightglue_ros.replay "$BAG" --conf superpoint+lightglue -p "device=$DEVICE" --no-plots \
     --overwrite --out-dir outputs/gpu_check/replay extractor.weights=null matcher.weights=null
 step "the node's CPU work alone (features and matches from a first pass): two stages, three" 90 \
-    python3 benchmarks/stream_stages.py --frames "$FRAMES" --out outputs/gpu_check/stream_cached -p "device=$DEVICE" \
+    python3 benchmarks/stream_stages.py --bag "$BAG" --frames "$FRAMES" --out outputs/gpu_check/stream_cached \
+    -p "device=$DEVICE" \
     --cases sift+lightglue:pipelined:cached:match_ahead=never sift+lightglue:pipelined:cached:match_ahead=always
 step "batched matching (SfM): pairs/s at batch 1 / 8 / 32, full depth" 60 \
     python3 benchmarks/batched_matching.py --device "$DEVICE" "${BATCHED[@]}" --out outputs/gpu_check/batched.json

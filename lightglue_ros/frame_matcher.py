@@ -781,9 +781,9 @@ class FrameMatcher(_MatcherCore):
     def match_ahead(self, frame: PreparedFrame) -> PreparedFrame:
         """The middle stage of three (``match_ahead`` on): match an extracted frame while the
         frame before it is still in ``track``, against the reference it is expected to get
-        (``_expected_reference``). ``track`` takes these matches when the guess was right and
-        matches again when not: counted as ``rematched``. Reads the tracking state, never
-        writes it."""
+        (``_expected_reference``), and hand the pose and structure from them to the pool
+        (``_estimations``). ``track`` takes all three when the guess was right and redoes them
+        when not: counted as ``rematched``. Reads the tracking state, never writes it."""
         if frame.result.skipped is not None:
             return frame
         expected = self._expected_reference()
