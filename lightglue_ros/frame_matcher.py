@@ -69,8 +69,10 @@ logger = logging.getLogger("lightglue_ros")
 
 # glibc keeps freed heap pages of its per-thread arenas; with extraction and matching spread
 # over torch/OpenCV threads the resident size of a long run then creeps up in steps (measured:
-# +190 MB over 2000 castle frames, flat at +0 with a trim every 100 frames). Hand them back.
-TRIM_HEAP_EVERY = 100
+# +190 MB over 2000 castle frames, flat at +0 with a trim every 100 frames, ~10 s on a CPU).
+# Hand them back, by time: a trim stalls the tracking stage 4-13 ms (measured in a replay), so
+# "every 100 frames" would put a stall at exactly the 99th percentile of a fast GPU stream.
+TRIM_HEAP_PERIOD_S = 10.0
 
 
 def trim_heap() -> bool:
@@ -503,7 +505,7 @@ class _MatcherCore:
         self.age = LatencyStats(self.params["latency_window"])  # header stamp -> result
         self.counts: collections.Counter[str] = collections.Counter()
         self.problems = Problems(self.log)
-        self._frames_timed = 0
+        self._last_trim = time.monotonic()  # of the heap (``trim_heap``)
         self.last: dict[str, Any] = {}
         self._lock = threading.Lock()
         # the matcher is used by one stage at a time: its CUDA graphs' buffers and its settings
@@ -642,9 +644,9 @@ class _MatcherCore:
         self.processing.add(total_ms)
         self.latency.add(latency_ms)
         self.age.add(result.record["age_ms"])
-        self._frames_timed += 1
-        if self._frames_timed % TRIM_HEAP_EVERY == 0:
+        if time.monotonic() - self._last_trim >= TRIM_HEAP_PERIOD_S:
             trim_heap()
+            self._last_trim = time.monotonic()
 
 
 # ---------------------------------------------------------------------------------------

@@ -155,17 +155,19 @@ def test_time_going_back_resets_the_state(frames):
     assert fm.process(*_msgs(frames[1])).record["success"]
 
 
-def test_free_heap_is_returned_every_n_frames(frames, monkeypatch):
+@pytest.mark.parametrize("period_s, trims", [(0.0, 5), (3600.0, 0)])
+def test_free_heap_is_returned_once_per_period(frames, monkeypatch, period_s, trims):
+    """By time, not by frame count: a trim stalls the tracking stage for milliseconds."""
     from lightglue_ros import frame_matcher
 
     assert frame_matcher.trim_heap() is True  # glibc (Linux CI); other C libraries return False
     calls = []
-    monkeypatch.setattr(frame_matcher, "TRIM_HEAP_EVERY", 2)
+    monkeypatch.setattr(frame_matcher, "TRIM_HEAP_PERIOD_S", period_s)
     monkeypatch.setattr(frame_matcher, "trim_heap", lambda: calls.append(1) or True)
     fm = FrameMatcher(FAST)
     for f in frames[:5]:
         fm.process(*_msgs(f))
-    assert len(calls) == 2
+    assert len(calls) == trims
 
 
 def test_runtime_parameters_thresholds_yes_model_no(frames):
