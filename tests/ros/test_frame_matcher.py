@@ -30,9 +30,11 @@ def _processed(fm, *args, **kwargs):
     return result, frame_messages(TYPES, result)
 
 
-def _msgs(frame, frame_id="camera_optical", encoding="mono8"):
+def _msgs(frame, frame_id="camera_optical", encoding="mono8", image=None):
+    """Image (the frame's, or ``image`` at its stamp), camera_info and depth messages of a frame."""
     header = cv.make_header(TYPES, frame.stamp_ns, frame_id)
-    image = frame.image if encoding == "mono8" else np.repeat(frame.image[..., None], 3, -1)
+    image = frame.image if image is None else image
+    image = image if encoding == "mono8" else np.repeat(image[..., None], 3, -1)
     return (
         cv.numpy_to_image(TYPES, image, encoding, header),
         cv.make_camera_info(TYPES, header, W, H, frame.K),

@@ -8,28 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+from test_frame_matcher import FAST, H, W, _msgs  # tests/ros is on sys.path
+
 from featmatch_core.datasets import room as synthetic
-from lightglue_ros import conversions as cv
 from lightglue_ros import params as P
 from lightglue_ros import stages as S
 from lightglue_ros.frame_matcher import FrameMatcher, FramePipeline
-
-TYPES = cv.rosbags_types()
-W, H = 320, 240
-FAST = {"max_keypoints": 512}
 
 
 @pytest.fixture(scope="module")
 def frames():
     return synthetic.sequence(6, W, H, step=0.1, seed=1)
-
-
-def _msgs(frame, image=None):
-    """Image, camera_info and depth (the structure is scaled by the reference frame's depth)."""
-    header = cv.make_header(TYPES, frame.stamp_ns, "camera_optical")
-    image = frame.image if image is None else image
-    return (cv.numpy_to_image(TYPES, image, "mono8", header), cv.make_camera_info(TYPES, header, W, H, frame.K),
-            cv.numpy_to_image(TYPES, frame.depth, "32FC1", header))
 
 
 def _sequential(values, messages):
@@ -91,7 +80,7 @@ def test_a_frame_without_a_pose_costs_two_wrong_guesses(frames):
     matched again against the reference; the frame after that was guessed to keep that
     reference (the blank frame failed), became its successor's reference, and is matched again."""
     messages = [_msgs(f) for f in frames]
-    messages[2] = _msgs(frames[2], np.full((H, W), 128, np.uint8))
+    messages[2] = _msgs(frames[2], image=np.full((H, W), 128, np.uint8))
     _, expected = _sequential(FAST, messages)
     assert not expected[2].record["success"] and all(expected[i].record["success"] for i in (1, 3, 4, 5))
     fm, results, matched = _three_stages_interleaved(FAST, messages)
@@ -106,7 +95,7 @@ def test_a_run_of_failures_keeps_guessing_the_reference(frames):
     """Frames that keep failing keep the reference (until ``max_failures`` in a row replace it):
     the guess follows, so a run of failures is not matched twice per frame."""
     blank = np.full((H, W), 128, np.uint8)
-    messages = [_msgs(frames[0]), _msgs(frames[1])] + [_msgs(f, blank) for f in frames[2:]]
+    messages = [_msgs(frames[0]), _msgs(frames[1])] + [_msgs(f, image=blank) for f in frames[2:]]
     _, expected = _sequential(FAST, messages)
     assert not any(r.record["success"] for r in expected[2:])
     fm, results, matched = _three_stages_interleaved(FAST, messages)
