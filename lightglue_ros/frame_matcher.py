@@ -567,9 +567,9 @@ class _MatcherCore:
     def _extract(self, image: np.ndarray, stamp: int) -> Frame:
         """Extract once; the 'resize' parameter shrinks large images but never enlarges small ones."""
         size = (int(image.shape[0]), int(image.shape[1]))
+        if self.warm_up_new_sizes:
+            self.warm_up_extractor(*size)  # once per size
         self._resize_for(size)
-        if self.warm_up_new_sizes and size not in self.pipeline.warmed_sizes:
-            self.pipeline.warm_up_extractor(*size)
         return self.stream.extract(image, stamp)
 
     def _resize_for(self, size: tuple[int, int]) -> None:
