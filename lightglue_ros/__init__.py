@@ -27,6 +27,9 @@ Design notes:
   a standard message with a header and key/values, so no custom message package is needed.
 - The nodes' default robust estimator is poselib: featmatch_core's OpenCV relative-pose back
   end keeps very few inliers on the small motions between consecutive video frames.
-- Monocular translation is unit-norm; with an aligned depth image (``use_depth``) the
-  relative pose and the odometry get a metric scale (median of measured / triangulated depth).
+- Monocular translation is unit-norm; with an aligned depth image (``use_depth``) the pose
+  comes from PnP on the reference frame's depth (``pose_from_depth``): metric, and well posed
+  on a planar scene and a pure rotation, where the essential matrix is not. Where too few
+  matches have depth it falls back to the essential matrix scaled by the median of measured /
+  triangulated depth.
 """

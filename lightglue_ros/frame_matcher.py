@@ -744,6 +744,7 @@ class FrameMatcher(_MatcherCore):
         }
         self.estimator = get_estimator("relative_pose", conf)
         self.uncalibrated = get_estimator(params["uncalibrated_model"], conf)
+        self.absolute = get_estimator("absolute_pose", conf) if params["pose_from_depth"] else None
 
     def reset(self) -> None:
         """Forget the reference frame and restart the odometry (a bag loop, a jump in time)."""
@@ -875,6 +876,7 @@ class FrameMatcher(_MatcherCore):
             success=structure.T_0to1 is not None,
             scale=structure.scale,
             metric_scale=structure.metric,
+            pose_model=estimate.model,
             line_matches=len(pred.line_matches) if pred.lines0 is not None else -1,
         )
         if estimate.model_fit is not None:
@@ -950,14 +952,19 @@ class FrameMatcher(_MatcherCore):
         return pred, match_ms, self._estimated(frame, pred, ref.depth)
 
     def _estimated(self, frame: PreparedFrame, pred: TwoViewMatches, ref_depth: np.ndarray | None) -> Estimated:
-        """Undistort the matched points, estimate the pose (or the uncalibrated model), and
-        triangulate and scale with the reference frame's depth."""
+        """Undistort the matched points, estimate the pose (by PnP on the reference frame's depth
+        where it has one, else the essential matrix; uncalibrated: the fitted model), and
+        triangulate, scaled by that depth."""
         pts0, pts1 = pred.points0.astype(np.float64), pred.points1.astype(np.float64)
         und0, und1 = (cv.undistort_points(p, frame.calibration) if frame.calibration else p for p in (pts0, pts1))
+        lifted = None
+        if frame.K is not None and ref_depth is not None:
+            lifted = S.lift_with_depth(und0, pts0, frame.K, ref_depth)
         estimate, estimate_ms = _timed(
-            S.estimate_relative_pose, und0, und1, frame.K, self.estimator, self.uncalibrated, self.params["min_matches"]
+            S.estimate_relative_pose, und0, und1, frame.K, self.estimator, self.uncalibrated,
+            self.params["min_matches"], lifted, self.absolute,
         )
-        structure = S.scale_and_structure(estimate, und0, und1, pts0, frame.K, ref_depth)
+        structure = S.scale_and_structure(estimate, und0, und1, frame.K, lifted)
         return Estimated(pts0, pts1, estimate, estimate_ms, structure)
 
     def _reference_of(self, frame: PreparedFrame, features: Frame) -> Reference:
@@ -1059,6 +1066,7 @@ class FrameMatcher(_MatcherCore):
             "model": self.model_name,
             **{k: record[k] for k in ("keypoints0", "keypoints1", "matches", "inliers", "stop_layer", "line_matches")},
             "pose": has_pose,
+            "pose_model": record["pose_model"],
             "metric_scale": structure.metric,
             "scale": structure.scale,
             "keyframe_policy": self.params["keyframe_policy"],

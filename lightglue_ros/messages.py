@@ -13,11 +13,12 @@ output topics by name (``matches``, ``line_matches``, ``matches_info``, ``relati
   optical frame (metres), 0 where not triangulated.
 * ``matches_info`` (``diagnostic_msgs/DiagnosticArray``, same stamp): the companion of
   ``matches``: ``reference_stamp`` (sec.nanosec) and ``reference_frame_id`` of frame 0, the
-  model, keypoint / match / inlier counts, LightGlue's stop layer, the estimator outcome.
+  model, keypoint / match / inlier counts, LightGlue's stop layer, the estimator outcome
+  (``pose_model``: pnp, essential, or the uncalibrated model).
 * ``relative_pose`` (``geometry_msgs/PoseWithCovarianceStamped``): the pose of the current
   optical frame in the reference optical frame (``inv(T_0to1)``), header = current stamp and
   the reference image's frame_id. Monocular: the translation has unit norm unless a depth
-  image gave it a metric scale (``matches_info`` ``metric_scale``). The covariance is a rough
+  image made it metric (``matches_info`` ``metric_scale``: PnP on it, or its scale). The covariance is a rough
   isotropic guess from the inlier count.
 * ``odometry`` (``nav_msgs/Odometry``) chaining the relative poses: ``odom_frame`` (REP 105;
   the first camera pose, turned so that x is forward and z up as REP 103 wants) to the

@@ -210,6 +210,16 @@ SCHEMA: tuple[Param, ...] = (
         nodes=MONO,
     ),
     Param(
+        "pose_from_depth",
+        True,
+        "with depth on the reference frame, the pose by PnP on it (metric; well posed on a "
+        "planar scene and a pure rotation, where the essential matrix is not) when at least "
+        "min_matches matches have depth; the essential matrix otherwise. false: always the "
+        "essential matrix, the depth giving only its scale",
+        runtime=True,
+        nodes=MONO,
+    ),
+    Param(
         "ransac_threshold",
         1.0,
         "RANSAC inlier threshold, pixels",

@@ -383,6 +383,7 @@ def evaluate(
             "matches": rec["matches"],
             "inliers": rec["inliers"],
             "success": bool(rec.get("success")),
+            "pose_model": rec.get("pose_model", ""),
         }
         if gt is not None:
             T0, T1 = gt.at(rec["ref_stamp_ns"]), gt.at(rec["stamp_ns"])
@@ -403,6 +404,8 @@ def evaluate(
         summary["matches_mean"] = float(np.mean([p["matches"] for p in pairs]))
         summary["inliers_mean"] = float(np.mean([p["inliers"] for p in pairs]))
         summary["pose_success_rate"] = float(np.mean([p["success"] for p in pairs]))
+        models = [p["pose_model"] for p in pairs if p["success"] and p["pose_model"]]
+        summary["pose_models"] = {model: models.count(model) for model in sorted(set(models))}
     errors = [p["pose_error"] for p in pairs if "pose_error" in p]
     summary["pairs_with_gt"] = len(errors)
     if errors:
@@ -901,7 +904,8 @@ def report(summary: dict[str, Any]) -> str:
         lines.append("relative pose AUC: no ground truth")
     lines += [
         f"per pair: {f('matches_mean')} matches, {f('inliers_mean')} inliers, "
-        f"pose found {f('pose_success_rate', '{:.0%}')}",
+        f"pose found {f('pose_success_rate', '{:.0%}')}"
+        + "".join(f", {count} by {model}" for model, count in summary.get("pose_models", {}).items()),
         f"latency ms: p50 {f('latency_p50_ms')}  p95 {f('latency_p95_ms')}  p99 {f('latency_p99_ms')}"
         f"   (processing p50 {f('processing_p50_ms')})",
         f"throughput: {f('throughput_fps', '{:.2f}')} frames/s",

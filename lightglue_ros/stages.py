@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from featmatch_core.geometry.depth import image_to_camera, invert_transform, sample_depth
+from featmatch_core.geometry.epipolar import fundamental_from_pose, sampson_error
 from featmatch_core.geometry.triangulation import triangulate_dlt
 
 from . import conversions as cv
@@ -170,40 +171,94 @@ def rotation_angle_deg(R: np.ndarray) -> float:
 @dataclass
 class PoseEstimate:
     inliers: np.ndarray  # (n,) bool
-    T_0to1: np.ndarray | None = None  # calibrated and good enough: unit-norm translation
+    T_0to1: np.ndarray | None = None  # calibrated and good enough: unit-norm translation, or metric
     model_fit: bool | None = None  # None: not attempted (too few matches)
     problem: str = ""  # why there is no pose; empty with a pose (or an uncalibrated model fit)
     too_few: bool = False  # the problem is a count below min_matches
+    metric: bool = False  # T_0to1 is metric: PnP on the reference frame's depth
+    model: str = ""  # "pnp", "essential", or the uncalibrated model's kind
+
+
+@dataclass
+class DepthPoints:
+    """The reference frame's matched points lifted with its depth image."""
+
+    xyz0: np.ndarray  # (n, 3) in the reference camera, metres; NaN where the depth is missing
+    valid: np.ndarray  # (n,) bool: a positive, finite depth at the match's pixel
+
+
+def lift_with_depth(und0: np.ndarray, pts0: np.ndarray, K: np.ndarray, depth: np.ndarray) -> DepthPoints:
+    """3D points of the reference's matches: the depth at the raw pixel ``pts0`` (nearest; the
+    depth image is registered to the raw image) along the undistorted ray of ``und0``."""
+    measured = sample_depth(pts0, depth.astype(np.float64), mode="nearest")[0]
+    valid = np.isfinite(measured) & (measured > 0)
+    rays = np.hstack([image_to_camera(und0, K), np.ones((len(und0), 1))])
+    return DepthPoints(np.where(valid[:, None], rays * measured[:, None], np.nan), valid)
 
 
 def estimate_relative_pose(
-    und0: np.ndarray, und1: np.ndarray, K: np.ndarray | None, estimator: Any, uncalibrated: Any, min_matches: int
+    und0: np.ndarray,
+    und1: np.ndarray,
+    K: np.ndarray | None,
+    estimator: Any,
+    uncalibrated: Any,
+    min_matches: int,
+    ref_points: DepthPoints | None = None,
+    absolute: Any = None,
 ) -> PoseEstimate:
     """Relative pose (calibrated) or a fundamental matrix / homography (uncalibrated) of
-    undistorted matches; at least ``min_matches`` matches and inliers for a pose."""
+    undistorted matches; at least ``min_matches`` matches and inliers for a pose. With the
+    reference's depth (``ref_points``) and a PnP estimator (``absolute``) the pose comes from
+    PnP when enough matches have depth and PnP finds one; else from the essential matrix."""
     n = len(und0)
     if n < min_matches:
         return PoseEstimate(
             np.zeros(n, bool), problem=f"too few matches ({n} < min_matches {min_matches})", too_few=True
         )
+    if K is not None and ref_points is not None and absolute is not None:
+        from_depth = pose_from_depth(und0, und1, K, ref_points, absolute, min_matches)
+        if from_depth is not None:
+            return from_depth
     if K is not None:
         est = estimator({"m_kpts0": und0, "m_kpts1": und1, "camera0": K, "camera1": K})
     else:
         est = uncalibrated({"m_kpts0": und0, "m_kpts1": und1})
+    model = "essential" if K is not None else uncalibrated.kind
     inliers = np.asarray(est["inliers"], bool).reshape(-1)
     num_inliers = int(inliers.sum())
     if not est["success"]:
-        return PoseEstimate(inliers, model_fit=False, problem="estimation failed")
+        return PoseEstimate(inliers, model_fit=False, problem="estimation failed", model=model)
     if num_inliers < min_matches:
         problem = f"too few inliers ({num_inliers} < min_matches {min_matches})"
-        return PoseEstimate(inliers, model_fit=True, problem=problem, too_few=True)
+        return PoseEstimate(inliers, model_fit=True, problem=problem, too_few=True, model=model)
     T_0to1 = np.asarray(est["model"], dtype=np.float64) if K is not None else None
-    return PoseEstimate(inliers, T_0to1, model_fit=True)
+    return PoseEstimate(inliers, T_0to1, model_fit=True, model=model)
+
+
+def pose_from_depth(
+    und0: np.ndarray, und1: np.ndarray, K: np.ndarray, ref_points: DepthPoints, absolute: Any, min_matches: int
+) -> PoseEstimate | None:
+    """The metric pose by PnP on the matches with depth, or None when fewer than ``min_matches``
+    of them have depth, or PnP fails or keeps fewer inliers. Inliers: PnP's among the matches
+    with depth; the others pass on their Sampson distance to the pose's epipolar geometry."""
+    valid = ref_points.valid
+    if valid.sum() < min_matches:
+        return None
+    est = absolute({"m_points3d0": ref_points.xyz0[valid], "m_kpts1": und1[valid], "camera1": K})
+    if not est["success"] or est["inliers"].sum() < min_matches:
+        return None
+    T_0to1 = np.asarray(est["model"], dtype=np.float64)
+    inliers = np.zeros(len(und0), bool)
+    inliers[valid] = est["inliers"]
+    if not valid.all():
+        F = fundamental_from_pose(K, K, T_0to1)
+        inliers[~valid] = sampson_error(und0[~valid], und1[~valid], F) <= absolute.conf.ransac_th
+    return PoseEstimate(inliers, T_0to1, model_fit=True, metric=True, model="pnp")
 
 
 @dataclass
 class Structure:
-    xyz: np.ndarray  # (n, 3) per match in the current optical frame (triangulated, bearing, or 0)
+    xyz: np.ndarray  # (n, 3) per match in the current optical frame (triangulated, from depth, bearing, or 0)
     T_0to1: np.ndarray | None  # the pose with the translation scaled
     scale: float = 1.0
     metric: bool = False  # the scale comes from the reference frame's depth
@@ -213,12 +268,12 @@ def scale_and_structure(
     estimate: PoseEstimate,
     und0: np.ndarray,
     und1: np.ndarray,
-    pts0: np.ndarray,
     K: np.ndarray | None,
-    ref_depth: np.ndarray | None,
+    ref_points: DepthPoints | None,
 ) -> Structure:
     """Triangulate the matches; with the reference frame's depth, the metric scale (median ratio
-    of measured to triangulated depth over at least 5 inliers). Without a pose: the bearings
+    of measured to triangulated depth over at least 5 inliers), unless the pose is metric
+    already (PnP), and the points that have depth placed by it. Without a pose: the bearings
     (x/z, y/z, 1) of the current frame's points with calibration, else zeros."""
     n = len(und0)
     if estimate.T_0to1 is None:
@@ -226,14 +281,17 @@ def scale_and_structure(
         return Structure(xyz, None)
     T_0to1 = estimate.T_0to1.copy()
     X0 = triangulate(image_to_camera(und0, K), image_to_camera(und1, K), T_0to1)
-    scale, metric = 1.0, False
-    if ref_depth is not None:
-        measured = sample_depth(pts0, ref_depth.astype(np.float64), mode="nearest")[0]
-        ok = estimate.inliers & np.isfinite(X0[:, 2]) & (measured > 0)
+    scale, metric = 1.0, estimate.metric
+    if ref_points is not None and not metric:
+        measured = ref_points.xyz0[:, 2]
+        ok = estimate.inliers & np.isfinite(X0[:, 2]) & ref_points.valid
         if ok.sum() >= 5:
             scale, metric = float(np.median(measured[ok] / X0[ok, 2])), True
     T_0to1[:3, 3] *= scale
-    xyz = (X0 * scale) @ T_0to1[:3, :3].T + T_0to1[:3, 3]
+    X0 = X0 * scale
+    if ref_points is not None and estimate.metric:  # measured beats triangulated (and a rotation has no baseline)
+        X0[ref_points.valid] = ref_points.xyz0[ref_points.valid]
+    xyz = X0 @ T_0to1[:3, :3].T + T_0to1[:3, 3]
     return Structure(xyz, T_0to1, scale, metric)
 
 

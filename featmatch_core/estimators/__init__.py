@@ -20,6 +20,11 @@ Kinds and back ends (``conf.name``):
   unit-norm t.
 - ``fundamental``: ``opencv`` (``method`` usac_default by default), ``poselib``, ``pycolmap``. Model: 3x3 F with
   ``x1^T F x0 = 0``, scaled to unit Frobenius norm.
+- ``absolute_pose``: ``opencv`` (solvePnPRansac, P3P samples, then Levenberg-Marquardt on the
+  inliers), ``poselib`` (estimate_absolute_pose), ``pycolmap`` (estimate_and_refine_absolute_pose).
+  Input: 3D points ``m_points3d0`` (K, 3) in camera 0's frame (from a depth image, say) and
+  their pixels ``m_kpts1`` (K, 2) in image 1, ``camera1`` (3x3 K). Model: 4x4 metric ``T_0to1``;
+  ``ransac_th`` is the reprojection error in image 1.
 
 Common configuration: ``ransac_th`` is in PIXELS for every back end: the homography
 reprojection error in image 1, and for epipolar models a point-to-epipolar-line /
@@ -70,19 +75,24 @@ REGISTRY: dict[str, dict[str, str]] = {
         "poselib": "featmatch_core.estimators.relative_pose:PoselibFundamental",
         "pycolmap": "featmatch_core.estimators.relative_pose:PycolmapFundamental",
     },
+    "absolute_pose": {
+        "opencv": "featmatch_core.estimators.absolute_pose:OpenCVAbsolutePose",
+        "poselib": "featmatch_core.estimators.absolute_pose:PoselibAbsolutePose",
+        "pycolmap": "featmatch_core.estimators.absolute_pose:PycolmapAbsolutePose",
+    },
 }
 DEFAULT_NAME = "opencv"
 
 
-def as_points(value: Any, key: str) -> np.ndarray:
-    """(K, 2) float64 numpy array from numpy / torch / lists."""
+def as_points(value: Any, key: str, dim: int = 2) -> np.ndarray:
+    """(K, dim) float64 numpy array from numpy / torch / lists."""
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
     array = np.asarray(value, dtype=np.float64)
     if array.size == 0:
-        return array.reshape(0, 2)
-    if array.ndim != 2 or array.shape[1] != 2:
-        raise ValueError(f"'{key}' must have shape (K, 2), got {array.shape}")
+        return array.reshape(0, dim)
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise ValueError(f"'{key}' must have shape (K, {dim}), got {array.shape}")
     return array
 
 
@@ -115,6 +125,7 @@ class BaseEstimator:
 
     kind = ""
     min_points = 4
+    point_inputs: tuple[tuple[str, int], ...] = (("m_kpts0", 2), ("m_kpts1", 2))  # (key, dimension) of each side
     model_shape: tuple[int, int] = (3, 3)
     default_conf: ClassVar[dict[str, Any]] = {
         "name": "", "ransac_th": 1.0, "confidence": 0.9999, "max_iters": 10000, "min_iters": 1000, "seed": 0,
@@ -151,13 +162,13 @@ class BaseEstimator:
         return model
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        for key in ("m_kpts0", "m_kpts1"):
+        for key, _ in self.point_inputs:
             if key not in data:
                 raise KeyError(f"{self.kind} estimator needs '{key}' in its input, got keys {sorted(data)}")
-        points0 = as_points(data["m_kpts0"], "m_kpts0")
-        points1 = as_points(data["m_kpts1"], "m_kpts1")
+        (key0, dim0), (key1, dim1) = self.point_inputs
+        points0, points1 = as_points(data[key0], key0, dim0), as_points(data[key1], key1, dim1)
         if len(points0) != len(points1):
-            raise ValueError(f"m_kpts0 and m_kpts1 differ in length: {len(points0)} vs {len(points1)}")
+            raise ValueError(f"{key0} and {key1} differ in length: {len(points0)} vs {len(points1)}")
         extra = self._prepare(data)
         failure = self.failure(len(points0))
         finite = np.isfinite(points0).all(1) & np.isfinite(points1).all(1)

@@ -120,6 +120,67 @@ def test_fundamental_estimators(name):
     check_inliers(result["inliers"], truth, recall=0.7)
 
 
+def absolute_pose_scene(outlier_ratio=0.3, noise=0.5, seed=0, planar=False):
+    """pose_scene's cameras and motion, with camera 0's 3D points (a wall 6 m away if ``planar``)."""
+    data, T, _ = pose_scene(num=300, outlier_ratio=0.0, noise=0.0, seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    X0 = np.c_[rng.uniform(-2, 2, 300), rng.uniform(-1.5, 1.5, 300),
+               np.full(300, 6.0) if planar else rng.uniform(4, 8, 300)]
+    x1 = (X0 @ T[:3, :3].T + T[:3, 3]) @ data["camera1"].T
+    points1, inliers = corrupt(x1[:, :2] / x1[:, 2:] + rng.normal(0, noise, (300, 2)), rng, outlier_ratio)
+    return {"m_points3d0": X0, "m_kpts1": points1, "camera1": data["camera1"]}, T, inliers
+
+
+@pytest.mark.parametrize("planar", [False, True])
+@pytest.mark.parametrize("name", ["opencv", "poselib", "pycolmap"])
+def test_absolute_pose_estimators(name, planar):
+    """A metric pose (no unit-norm translation) from 3D points of camera 0, on a wall too."""
+    data, T, truth = absolute_pose_scene(planar=planar)
+    result = get_estimator("absolute_pose", {"name": name})(data)
+    assert result["success"] is True
+    model = result["model"]
+    assert model.shape == (4, 4)
+    np.testing.assert_allclose(model[3], [0, 0, 0, 1])
+    err_R, _ = relative_pose_error(T, model[:3, :3], model[:3, 3])
+    assert err_R < 0.3
+    assert np.linalg.norm(model[:3, 3] - T[:3, 3]) < 0.03  # metres, of a 1.02 m motion
+    check_inliers(result["inliers"], truth)
+    torch_data = {k: torch.from_numpy(v) for k, v in data.items()}
+    assert get_estimator("absolute_pose", {"name": name})(torch_data)["success"]
+
+
+@pytest.mark.parametrize("name", ["opencv", "poselib", "pycolmap"])
+def test_absolute_pose_threshold_is_the_reprojection_error_in_pixels(name):
+    data, T, truth = absolute_pose_scene(seed=3)
+    loose = get_estimator("absolute_pose", {"name": name, "ransac_th": 3.0})(data)
+    check_inliers(loose["inliers"], truth, recall=0.97, false_rate=0.05)
+    tight = get_estimator("absolute_pose", {"name": name, "ransac_th": 0.2})(data)
+    assert tight["inliers"].sum() < 0.8 * loose["inliers"].sum()
+
+
+def test_absolute_pose_needs_camera1_and_3d_points():
+    data, _, _ = absolute_pose_scene()
+    estimator = get_estimator("absolute_pose", {"name": "poselib"})
+    with pytest.raises(KeyError, match="camera1"):
+        estimator({k: v for k, v in data.items() if k != "camera1"})
+    with pytest.raises(KeyError, match="m_points3d0"):
+        estimator({"m_kpts0": data["m_kpts1"], "m_kpts1": data["m_kpts1"], "camera1": data["camera1"]})
+    with pytest.raises(ValueError, match=r"'m_points3d0' must have shape \(K, 3\)"):
+        estimator({**data, "m_points3d0": data["m_points3d0"][:, :2]})
+    with pytest.raises(ValueError, match="m_points3d0 and m_kpts1 differ in length"):
+        estimator({**data, "m_kpts1": data["m_kpts1"][:-1]})
+
+
+def test_reprojection_errors_are_pixels_and_infinite_behind_the_camera():
+    from featmatch_core.estimators.absolute_pose import reprojection_errors
+
+    K = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
+    points3d = np.array([[0.0, 0, 2], [0.2, -0.1, 4], [0, 0, -1]])
+    errors = reprojection_errors(points3d, np.array([[323.0, 244], [345, 227.5], [320, 240]]), np.eye(4), K)
+    np.testing.assert_allclose(errors[:2], [5.0, 0.0])
+    assert errors[2] == np.inf
+
+
 DEGENERATE = {
     "three": (np.array([[0.0, 0], [10, 0], [0, 10]]), np.array([[1.0, 1], [11, 1], [1, 11]])),
     "identical": (np.tile([[100.0, 50.0]], (30, 1)), np.tile([[120.0, 40.0]], (30, 1))),
@@ -135,9 +196,11 @@ def test_degenerate_input_is_a_failure_not_an_exception(kind, name, case):
     points0, points1 = DEGENERATE[case]
     data = {"m_kpts0": points0, "m_kpts1": points1, "camera0": np.eye(3) * [500, 500, 1],
             "camera1": np.eye(3) * [500, 500, 1]}
+    if kind == "absolute_pose":  # the same points, lifted 5 m in front of camera 0
+        data["m_points3d0"] = np.c_[points0, np.full(len(points0), 5.0)]
     result = get_estimator(kind, {"name": name})(data)
     assert result["success"] is False
-    size = 4 if kind == "relative_pose" else 3
+    size = 4 if kind in ("relative_pose", "absolute_pose") else 3
     np.testing.assert_array_equal(result["model"], np.eye(size))
     assert result["inliers"].shape == (len(points0),) and not result["inliers"].any()
 

@@ -80,7 +80,8 @@ def test_replay_end_to_end(bags, tmp_path, storage, capsys):
     assert "relative pose AUC" in text and "latency ms: p50" in text and "throughput" in text
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["frames_processed"] == 4 and summary["pairs_with_gt"] == 3
-    assert summary["pose_success_rate"] == 1.0
+    assert summary["pose_success_rate"] == 1.0 and summary["pose_models"] == {"pnp": 3}  # the bag has depth
+    assert "pose found 100%, 3 by pnp" in text
     assert summary["pose_auc@20"] > 0.5  # synthetic scene: poses are right within a few degrees
     assert summary["trajectory_scale"] == "metric (depth)" and summary["ate_rmse_m"] < 0.05
     for name in ("trajectory.png", "latency.png", "matches.png", "trajectory.tum", "groundtruth.tum"):

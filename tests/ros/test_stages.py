@@ -2,6 +2,7 @@
 stages run out of order as a pipelined worker would (extraction of frame n+1 before frame n is
 tracked)."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -92,10 +93,13 @@ def test_estimate_scale_and_keyframe_stages_on_exact_matches():
     depth = np.zeros((240, 320), np.float32)
     u, v = np.round(pts0).astype(int).T
     depth[v, u] = X0[:, 2]
-    structure = S.scale_and_structure(estimate, pts0, pts1, pts0, K, depth)
+    lifted = S.lift_with_depth(pts0, pts0, K, depth)
+    assert lifted.valid.all()
+    np.testing.assert_allclose(lifted.xyz0[:, 2], X0[:, 2], rtol=1e-6)
+    structure = S.scale_and_structure(estimate, pts0, pts1, K, lifted)
     assert structure.metric and structure.scale == pytest.approx(np.linalg.norm(T[:3, 3]), rel=0.02)
     np.testing.assert_allclose(structure.xyz, X1, rtol=0.03, atol=0.03)  # in the current frame
-    bearings = S.scale_and_structure(S.PoseEstimate(estimate.inliers), pts0, pts1, pts0, K, None)
+    bearings = S.scale_and_structure(S.PoseEstimate(estimate.inliers), pts0, pts1, K, None)
     np.testing.assert_allclose(bearings.xyz[:, :2], X1[:, :2] / X1[:, 2:], atol=1e-9)
     # keyframe decisions
     flow = S.median_flow(pts0, pts1, estimate.inliers)
@@ -116,6 +120,82 @@ def test_estimate_scale_and_keyframe_stages_on_exact_matches():
     odometry.chain(odometry.T_odom_cam, motion)
     np.testing.assert_allclose(odometry.T_odom_cam[:3, 3], S.T_BODY_OPTICAL[:3, :3] @ (-2 * T[:3, 3]), atol=0.02)
     np.testing.assert_allclose(odometry.covariance, 2 * motion.covariance)
+
+
+def _plane_scene(T, num=300, outliers=0.2, noise=0.3, seed=1):
+    """Points on one wall 2 m away seen from two cameras ``T`` apart, the reference's depth image,
+    and which matches are outliers."""
+    rng = np.random.default_rng(seed)
+    K = np.array([[300.0, 0, 160], [0, 300, 120], [0, 0, 1]])
+    X0 = np.column_stack([rng.uniform(-1, 1, num), rng.uniform(-0.7, 0.7, num), np.full(num, 2.0)])
+    X1 = X0 @ T[:3, :3].T + T[:3, 3]
+    pts0 = (X0 @ K.T)[:, :2] / X0[:, 2:]
+    pts1 = (X1 @ K.T)[:, :2] / X1[:, 2:] + rng.normal(0, noise, (num, 2))
+    wrong = rng.random(num) < outliers
+    pts1[wrong] = rng.uniform([0, 0], [320, 240], (wrong.sum(), 2))
+    depth = np.full((240, 320), 2.0, np.float32)  # the wall
+    return K, X0, X1, pts0, pts1, depth, wrong
+
+
+def _pose(degrees, t):
+    T = np.eye(4)
+    T[:3, :3] = cv2.Rodrigues(np.deg2rad(degrees) * np.array([0.3, 1.0, 0.1]) / np.linalg.norm([0.3, 1.0, 0.1]))[0]
+    T[:3, 3] = t
+    return T
+
+
+@pytest.mark.parametrize("motion", ["sideways", "pure rotation"])
+def test_the_pose_from_depth_is_metric_on_a_plane_and_without_translation(motion):
+    """A wall fills the view (the essential matrix is degenerate there) or the camera only turns
+    (it has no translation to find): PnP on the reference's depth gives the metric pose, and the
+    structure takes the measured points."""
+    T = _pose(2.0, [0.1, 0.02, 0.03] if motion == "sideways" else [0.0, 0.0, 0.0])
+    K, X0, X1, pts0, pts1, depth, wrong = _plane_scene(T)
+    estimator = get_estimator("relative_pose", {"name": "poselib"})
+    absolute = get_estimator("absolute_pose", {"name": "poselib", "ransac_th": 1.0})
+    lifted = S.lift_with_depth(pts0, pts0, K, depth)
+    estimate = S.estimate_relative_pose(pts0, pts1, K, estimator, None, 15, lifted, absolute)
+    assert estimate.model == "pnp" and estimate.metric
+    # 0.3 px of noise on a 300 px focal: a turn and a sideways shift of the same image motion
+    # are told apart by perspective alone, hence 0.1 deg and 4 mm, traded against each other
+    rotation_error = S.rotation_angle_deg(estimate.T_0to1[:3, :3] @ T[:3, :3].T)
+    assert rotation_error < 0.25
+    assert np.linalg.norm(estimate.T_0to1[:3, 3] - T[:3, 3]) < 0.01  # metres
+    assert (estimate.inliers == ~wrong).mean() > 0.98
+    structure = S.scale_and_structure(estimate, pts0, pts1, K, lifted)
+    assert structure.metric and structure.scale == 1.0
+    np.testing.assert_allclose(structure.xyz, X1, atol=0.01)  # from depth, even with no baseline
+
+
+def test_the_pose_falls_back_to_the_essential_matrix_where_depth_is_missing():
+    T = _pose(3.0, [0.3, 0.0, 0.05])
+    rng = np.random.default_rng(2)
+    K, X0, X1, pts0, pts1, _, wrong = _plane_scene(T, seed=2)
+    X0[:, 2] = rng.uniform(2, 4, len(X0))  # a scene with relief, for the essential matrix
+    X0[:, :2] *= X0[:, 2:] / 2
+    X1 = X0 @ T[:3, :3].T + T[:3, 3]
+    pts1 = np.where(wrong[:, None], pts1, (X1 @ K.T)[:, :2] / X1[:, 2:])
+    estimator = get_estimator("relative_pose", {"name": "poselib"})
+    absolute = get_estimator("absolute_pose", {"name": "poselib", "ransac_th": 1.0})
+    depth = np.zeros((240, 320), np.float32)
+    u, v = np.round(pts0).astype(int).T
+    half = np.arange(len(pts0)) % 2 == 0  # every other match has depth
+    depth[v[half], u[half]] = X0[half, 2]
+    lifted = S.lift_with_depth(pts0, pts0, K, depth)
+    assert (lifted.valid == half).all() and np.isnan(lifted.xyz0[~half]).all()
+    estimate = S.estimate_relative_pose(pts0, pts1, K, estimator, None, 15, lifted, absolute)
+    assert estimate.model == "pnp"
+    # the matches without depth are judged by their epipolar distance to the PnP pose
+    assert (estimate.inliers[~half] == ~wrong[~half]).mean() > 0.97
+    # fewer matches with depth than min_matches: the essential matrix, scaled by the depth
+    sparse = np.zeros_like(depth)
+    sparse[v[:12], u[:12]] = X0[:12, 2]
+    few = S.lift_with_depth(pts0, pts0, K, sparse)
+    estimate = S.estimate_relative_pose(pts0, pts1, K, estimator, None, 15, few, absolute)
+    assert estimate.model == "essential" and not estimate.metric
+    assert np.linalg.norm(estimate.T_0to1[:3, 3]) == pytest.approx(1.0)
+    structure = S.scale_and_structure(estimate, pts0, pts1, K, few)
+    assert structure.metric and structure.scale == pytest.approx(np.linalg.norm(T[:3, 3]), rel=0.05)
 
 
 def test_rectified_triangulation():
