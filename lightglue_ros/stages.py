@@ -280,18 +280,21 @@ def scale_and_structure(
         xyz = np.hstack([image_to_camera(und1, K), np.ones((n, 1))]) if K is not None and n else np.zeros((n, 3))
         return Structure(xyz, None)
     T_0to1 = estimate.T_0to1.copy()
+    if estimate.metric and ref_points is not None:
+        # measured beats triangulated (and a rotation has no baseline): triangulate the rest only
+        X0, missing = ref_points.xyz0.copy(), ~ref_points.valid
+        if missing.any():
+            X0[missing] = triangulate(image_to_camera(und0[missing], K), image_to_camera(und1[missing], K), T_0to1)
+        return Structure(X0 @ T_0to1[:3, :3].T + T_0to1[:3, 3], T_0to1, 1.0, True)
     X0 = triangulate(image_to_camera(und0, K), image_to_camera(und1, K), T_0to1)
-    scale, metric = 1.0, estimate.metric
-    if ref_points is not None and not metric:
+    scale, metric = 1.0, False
+    if ref_points is not None:
         measured = ref_points.xyz0[:, 2]
         ok = estimate.inliers & np.isfinite(X0[:, 2]) & ref_points.valid
         if ok.sum() >= 5:
             scale, metric = float(np.median(measured[ok] / X0[ok, 2])), True
     T_0to1[:3, 3] *= scale
-    X0 = X0 * scale
-    if ref_points is not None and estimate.metric:  # measured beats triangulated (and a rotation has no baseline)
-        X0[ref_points.valid] = ref_points.xyz0[ref_points.valid]
-    xyz = X0 @ T_0to1[:3, :3].T + T_0to1[:3, 3]
+    xyz = (X0 * scale) @ T_0to1[:3, :3].T + T_0to1[:3, 3]
     return Structure(xyz, T_0to1, scale, metric)
 
 

@@ -205,6 +205,17 @@ def test_degenerate_input_is_a_failure_not_an_exception(kind, name, case):
     assert result["inliers"].shape == (len(points0),) and not result["inliers"].any()
 
 
+def test_distinct_points_are_counted_exactly_on_grids_and_repeats():
+    from featmatch_core.estimators import num_distinct
+
+    grid = np.stack(np.meshgrid(np.arange(40.0), np.arange(30.0)), -1).reshape(-1, 2)  # pixel centres
+    assert num_distinct(grid) == 1200
+    assert num_distinct(np.concatenate([grid, grid[::-1], grid[:7]])) == 1200
+    assert num_distinct(np.c_[grid, grid[:, :1] * 0.5]) == 1200  # 3D points on a plane
+    repeated = np.repeat(np.array([[1.0, 2.0], [3.0, 5.0], [1.0, 2.0 + 1e-9]]), 50, axis=0)
+    assert num_distinct(repeated) == 3
+
+
 def test_nonfinite_matches_are_outliers_and_the_rest_is_used():
     points0, points1, _ = homography_scene(outlier_ratio=0.0)
     points0[:5] = np.nan
