@@ -326,7 +326,9 @@ def depth_to_metres(image: np.ndarray, encoding: str) -> np.ndarray:
     if encoding in ("16UC1", "mono16"):
         return image.astype(np.float32) / 1000.0
     if encoding == "32FC1":
-        return np.where(np.isfinite(image) & (image > 0), image, 0.0).astype(np.float32)
+        valid = image > 0  # NaN compares False
+        valid &= image < np.inf
+        return np.where(valid, image, np.float32(0)).astype(np.float32, copy=False)
     raise ImageConversionError(f"depth images must be 32FC1 (m) or 16UC1 (mm), got '{encoding}'")
 
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
@@ -753,8 +755,23 @@ def _distributed_worker(rank: int, world_size: int, port: int, conf: dict[str, A
     try:
         Trainer(conf, exp_dir, restore=restore, run_benchmarks=run_benchmarks, rank=rank,
                 world_size=world_size, port=port).fit()
+        distributed.barrier()  # every process done before any tears the group down (not on failure:
+        # the others would wait out the timeout)
     finally:
         distributed.cleanup()
+    _exit_finished_worker()
+
+
+def _exit_finished_worker() -> None:
+    """End a worker whose training finished, without the interpreter's teardown. With gloo, that
+    teardown sometimes aborts a finished process ("terminate called without an active
+    exception" from a C++ destructor, no Python frame left): 2-50 % of two-process runs here
+    without the barrier above, about 2 % with it, none in 100 with this exit. Everything is written
+    and closed by now (checkpoints, metrics, the event file); only the streams need a flush."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def train(exp_dir: str | Path, conf: ConfLike, *, restore: bool = False, distributed_run: bool = False,

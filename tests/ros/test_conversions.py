@@ -114,7 +114,8 @@ def test_matcher_input_and_display():
     depth = cv.depth_to_metres(np.array([[1500, 0]], np.uint16), "16UC1")
     np.testing.assert_allclose(depth, [[1.5, 0.0]])
     np.testing.assert_array_equal(
-        cv.depth_to_metres(np.array([[np.nan, -1, 2]], np.float32), "32FC1"), [[0, 0, 2]]
+        cv.depth_to_metres(np.array([[np.nan, -1, 2, np.inf, -np.inf, 0.5]], np.float32), "32FC1"),
+        [[0, 0, 2, 0, 0, 0.5]]
     )
 
 
