@@ -723,6 +723,7 @@ class FrameMatcher(_MatcherCore):
         self.last_stamp_ns: int | None = None
         self.odometry = S.Odometry()
         self.failures = 0
+        self.metric_speed: float | None = None  # m/s of the last motion scaled by depth
         self.calibrations = S.CalibrationCache()
         self.calibration_problem = ""
         self.estimator = None
@@ -756,6 +757,7 @@ class FrameMatcher(_MatcherCore):
         self.reference = None
         self.odometry = S.Odometry()
         self.failures = 0
+        self.metric_speed = None
 
     # ---- the per-frame work: prepare -> extract -> track ------------------------------------------
     # ``prepare`` and ``extract`` (the front: in frame order, reading only the stamp and
@@ -864,7 +866,8 @@ class FrameMatcher(_MatcherCore):
         if ref is None:
             return self._start_from(frame, features)
         pred, match_ms, estimated = self._matches_with(ref, frame, features, early, result)
-        pts0, pts1, estimate, structure = estimated.pts0, estimated.pts1, estimated.estimate, estimated.structure
+        pts0, pts1, estimate = estimated.pts0, estimated.pts1, estimated.estimate
+        structure = self._metric_or_speed_scaled(estimated.structure, (result.stamp_ns - ref.stamp_ns) / 1e9)
         result.record.update(
             ref_stamp_ns=ref.stamp_ns,
             keypoints0=len(pred.keypoints0),
@@ -876,6 +879,7 @@ class FrameMatcher(_MatcherCore):
             success=structure.T_0to1 is not None,
             scale=structure.scale,
             metric_scale=structure.metric,
+            speed_scaled=structure.speed_scaled,
             pose_model=estimate.model,
             line_matches=len(pred.line_matches) if pred.lines0 is not None else -1,
         )
@@ -967,6 +971,19 @@ class FrameMatcher(_MatcherCore):
         structure = S.scale_and_structure(estimate, und0, und1, frame.K, lifted)
         return Estimated(pts0, pts1, estimate, estimate_ms, structure)
 
+    def _metric_or_speed_scaled(self, structure: S.Structure, dt_s: float) -> S.Structure:
+        """Remember the speed of a metric motion; once the odometry is metric, give a pose that
+        the depth could not scale the last metric speed instead of a unit (1 m) translation."""
+        if structure.T_0to1 is None:
+            return structure
+        if structure.metric:
+            if dt_s > 0:
+                self.metric_speed = float(np.linalg.norm(structure.T_0to1[:3, 3])) / dt_s
+            return structure
+        if self.metric_speed is None:
+            return structure  # a monocular stream: unit-norm translations, as documented
+        return S.scale_by_speed(structure, self.metric_speed, dt_s)
+
     def _reference_of(self, frame: PreparedFrame, features: Frame) -> Reference:
         result = frame.result
         return Reference(
@@ -1026,6 +1043,7 @@ class FrameMatcher(_MatcherCore):
             num_inliers,
             structure.scale,
             params["ransac_threshold"],
+            guessed_scale=structure.speed_scaled,
         )
         self.odometry.chain(ref.T_odom_cam, motion)
         result.record["T_0to1"] = structure.T_0to1.copy()
@@ -1068,6 +1086,7 @@ class FrameMatcher(_MatcherCore):
             "pose": has_pose,
             "pose_model": record["pose_model"],
             "metric_scale": structure.metric,
+            "speed_scaled": structure.speed_scaled,
             "scale": structure.scale,
             "keyframe_policy": self.params["keyframe_policy"],
         }

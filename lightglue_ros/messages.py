@@ -18,7 +18,9 @@ output topics by name (``matches``, ``line_matches``, ``matches_info``, ``relati
 * ``relative_pose`` (``geometry_msgs/PoseWithCovarianceStamped``): the pose of the current
   optical frame in the reference optical frame (``inv(T_0to1)``), header = current stamp and
   the reference image's frame_id. Monocular: the translation has unit norm unless a depth
-  image made it metric (``matches_info`` ``metric_scale``: PnP on it, or its scale). The covariance is a rough
+  image made it metric (``matches_info`` ``metric_scale``: PnP on it, or its scale). Once a
+  stream's odometry is metric, a frame the depth cannot scale gets the last metric speed
+  (``speed_scaled``), not a 1 m translation. The covariance is a rough
   isotropic guess from the inlier count.
 * ``odometry`` (``nav_msgs/Odometry``) chaining the relative poses: ``odom_frame`` (REP 105;
   the first camera pose, turned so that x is forward and z up as REP 103 wants) to the

@@ -262,6 +262,21 @@ class Structure:
     T_0to1: np.ndarray | None  # the pose with the translation scaled
     scale: float = 1.0
     metric: bool = False  # the scale comes from the reference frame's depth
+    speed_scaled: bool = False  # no depth scale: the translation got the last metric speed (``scale_by_speed``)
+
+
+def scale_by_speed(structure: Structure, speed_m_s: float, dt_s: float) -> Structure:
+    """A unit-norm pose in a stream whose odometry is metric (an earlier frame was scaled by
+    depth) but whose own scale is unknown (its reference has no depth, or too few inliers with
+    depth): the translation gets the last metric speed over ``dt_s`` instead of 1 m, and the
+    points are rescaled with it. The rotation and the direction stay as estimated."""
+    if structure.T_0to1 is None or structure.metric:
+        return structure
+    factor = speed_m_s * max(dt_s, 0.0) / max(float(np.linalg.norm(structure.T_0to1[:3, 3])), 1e-12)
+    T_0to1 = structure.T_0to1.copy()
+    T_0to1[:3, 3] *= factor
+    # xyz = scale * (R X0 + t): scaling the translation and the points together scales xyz
+    return Structure(structure.xyz * factor, T_0to1, structure.scale * factor, False, speed_scaled=True)
 
 
 def scale_and_structure(
@@ -342,12 +357,19 @@ class Motion:
     angular: np.ndarray
 
 
-def motion_from_pose(T_0to1: np.ndarray, dt_s: float, K: np.ndarray, num_inliers: int, scale: float, ransac_px: float):
-    """Pose, a rough isotropic covariance (threshold / focal length over the inlier count) and twist."""
+def motion_from_pose(
+    T_0to1: np.ndarray, dt_s: float, K: np.ndarray, num_inliers: int, scale: float, ransac_px: float,
+    guessed_scale: bool = False,
+):
+    """Pose, a rough isotropic covariance (threshold / focal length over the inlier count) and
+    twist; a translation whose length is a guess (``scale_by_speed``) gets its own length as
+    standard deviation."""
     T_ref_cur = invert_transform(T_0to1)
     focal = float(np.mean(np.diag(K)[:2]))
     var_rot = (ransac_px / focal) ** 2 / max(num_inliers, 1)
     var_t = var_rot * max(scale, 1e-9) ** 2
+    if guessed_scale:
+        var_t = max(var_t, float(np.linalg.norm(T_0to1[:3, 3])) ** 2)
     dt_s = max(dt_s, 1e-9)
     rvec = cv2.Rodrigues(T_ref_cur[:3, :3])[0].ravel()
     R_cur_ref = T_0to1[:3, :3]

@@ -102,6 +102,28 @@ def test_sequence_relative_rotations_and_scale(frames, pose_from_depth):
     assert debug is None  # not asked for
 
 
+def test_a_pose_the_depth_cannot_scale_keeps_the_last_metric_speed(frames):
+    """In a depth stream, a frame whose reference has no usable depth (an all-zero image here)
+    gets the last metric speed, not a unit translation: 1 m in a metric odometry. A stream that
+    never had depth keeps unit-norm translations."""
+    fm = FrameMatcher(FAST)
+    records = []
+    for i, frame in enumerate(frames):
+        image, info, depth = _msgs(frame)
+        if i == 2:
+            depth = cv.numpy_to_image(TYPES, np.zeros_like(frame.depth), "32FC1", depth.header)
+        records.append(fm.process(image, info, depth).record)
+    unscaled = records[3]  # matched against frame 2, whose depth is empty
+    assert unscaled["pose_model"] == "essential" and not unscaled["metric_scale"] and unscaled["speed_scaled"]
+    T_gt = frames[3].T_cam_world @ np.linalg.inv(frames[2].T_cam_world)
+    assert np.linalg.norm(unscaled["T_0to1"][:3, 3]) == pytest.approx(np.linalg.norm(T_gt[:3, 3]), rel=0.25)
+    assert all(r["metric_scale"] and not r["speed_scaled"] for r in records[1:3] + records[4:])
+    mono = FrameMatcher(FAST)
+    for frame in frames[:3]:
+        record = mono.process(*_msgs(frame)[:2]).record
+    assert not record["speed_scaled"] and np.linalg.norm(record["T_0to1"][:3, 3]) == pytest.approx(1.0)
+
+
 def test_keyframe_policy_and_debug_image(frames):
     fm = FrameMatcher({**FAST, "keyframe_policy": "keyframe", "keyframe_min_inliers": 5, "keyframe_max_flow": 1000.0})
     out = [_processed(fm, *_msgs(f)[:2], want_debug=True)[1] for f in frames[:4]]

@@ -198,6 +198,29 @@ def test_the_pose_falls_back_to_the_essential_matrix_where_depth_is_missing():
     assert structure.metric and structure.scale == pytest.approx(np.linalg.norm(T[:3, 3]), rel=0.05)
 
 
+def test_scale_by_speed_gives_a_unit_pose_the_last_metric_speed():
+    T = np.eye(4)
+    T[:3, 3] = [0.6, 0.0, 0.8]  # unit norm
+    xyz = np.array([[0.1, 0.2, 2.0], [-0.3, 0.1, 3.0]])
+    unit = S.Structure(xyz, T, 1.0, False)
+    scaled = S.scale_by_speed(unit, speed_m_s=0.5, dt_s=0.1)  # 5 cm
+    assert scaled.speed_scaled and not scaled.metric
+    np.testing.assert_allclose(scaled.T_0to1[:3, 3], [0.03, 0.0, 0.04])
+    np.testing.assert_allclose(scaled.xyz, xyz * 0.05)
+    assert unit.T_0to1[0, 3] == 0.6  # not modified in place
+    metric = S.Structure(xyz, T, 0.3, True)
+    assert S.scale_by_speed(metric, 0.5, 0.1) is metric
+    no_pose = S.Structure(xyz, None)
+    assert S.scale_by_speed(no_pose, 0.5, 0.1) is no_pose
+    # a guessed length is as uncertain as it is long
+    K = np.array([[300.0, 0, 160], [0, 300, 120], [0, 0, 1]])
+    guessed = S.motion_from_pose(scaled.T_0to1, 0.1, K, 200, scaled.scale, 1.0, guessed_scale=True)
+    measured = S.motion_from_pose(scaled.T_0to1, 0.1, K, 200, scaled.scale, 1.0)
+    np.testing.assert_allclose(guessed.covariance[:3], 0.05**2)
+    assert (measured.covariance[:3] < 1e-6).all()
+    np.testing.assert_array_equal(guessed.covariance[3:], measured.covariance[3:])
+
+
 def test_rectified_triangulation():
     geometry = S.StereoGeometry(np.array([[400.0, 0, 200], [0, 400, 150], [0, 0, 1]]), baseline=0.1)
     pts0 = np.array([[240.0, 150], [210, 190], [300, 100], [250, 150], [260, 150]])
