@@ -171,6 +171,16 @@ def test_absolute_pose_needs_camera1_and_3d_points():
         estimator({**data, "m_kpts1": data["m_kpts1"][:-1]})
 
 
+def test_absolute_pose_ignores_points_without_depth():
+    """Matches whose 3D point is missing (NaN: no depth at the pixel) are outliers; the rest
+    give the pose."""
+    data, T, truth = absolute_pose_scene(outlier_ratio=0.0)
+    data["m_points3d0"][:40] = np.nan
+    result = get_estimator("absolute_pose", {"name": "poselib"})(data)
+    assert result["success"] and not result["inliers"][:40].any() and result["inliers"][40:].mean() > 0.95
+    assert np.linalg.norm(result["model"][:3, 3] - T[:3, 3]) < 0.03
+
+
 def test_reprojection_errors_are_pixels_and_infinite_behind_the_camera():
     from featmatch_core.estimators.absolute_pose import reprojection_errors
 
