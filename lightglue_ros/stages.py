@@ -175,8 +175,12 @@ class PoseEstimate:
     model_fit: bool | None = None  # None: not attempted (too few matches)
     problem: str = ""  # why there is no pose; empty with a pose (or an uncalibrated model fit)
     too_few: bool = False  # the problem is a count below min_matches
-    metric: bool = False  # T_0to1 is metric: PnP on the reference frame's depth
     model: str = ""  # "pnp", "essential", or the uncalibrated model's kind
+
+    @property
+    def metric(self) -> bool:
+        """T_0to1 is metric: PnP on the reference frame's depth."""
+        return self.model == "pnp"
 
 
 @dataclass
@@ -253,7 +257,7 @@ def pose_from_depth(
     if not valid.all():
         F = fundamental_from_pose(K, K, T_0to1)
         inliers[~valid] = sampson_error(und0[~valid], und1[~valid], F) <= absolute.conf.ransac_th
-    return PoseEstimate(inliers, T_0to1, model_fit=True, metric=True, model="pnp")
+    return PoseEstimate(inliers, T_0to1, model_fit=True, model="pnp")
 
 
 @dataclass
