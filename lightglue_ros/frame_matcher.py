@@ -783,6 +783,13 @@ class FrameMatcher(_MatcherCore):
             frame.features = self.extract(frame)
         return frame
 
+    def pipeline_stages(self, front: Callable[..., Any], ahead: Callable[..., Any],
+                        back: Callable[..., Any]) -> tuple[Callable[..., Any], ...]:
+        """The stages of this matcher's ``FramePipeline``, given the caller's wrappers of
+        ``prepare_and_extract``, ``match_ahead`` and ``finish``: the middle one only when it
+        matches ahead."""
+        return (front, ahead, back) if self.matches_ahead else (front, back)
+
     def match_ahead(self, frame: PreparedFrame) -> PreparedFrame:
         """The middle stage of three (``match_ahead`` on): match an extracted frame while the
         frame before it is still in ``track``, against the reference it is expected to get

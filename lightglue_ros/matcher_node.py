@@ -241,8 +241,7 @@ class MatcherNode(MatcherNodeBase):
             self.log.info(f"CPU threads: torch {torch_threads}, OpenCV {cv_threads}")
         if not values["pipelined"]:
             return super().make_worker(values)
-        middle = (self.core.match_ahead,) if self.core.matches_ahead else ()
-        stages = (self._front, *middle, self._back)
+        stages = self.core.pipeline_stages(self._front, self.core.match_ahead, self._back)
         return FramePipeline(*stages, queue_size=values["queue_size"], log=self.log,
                              device=self.core.pipeline.device)  # on CUDA: a stream per stage
 

@@ -737,8 +737,7 @@ def play(
     pipelined = matcher.params["pipelined"]
     realtime = args.rate == "realtime"
     if pipelined:
-        middle = (sink.middle,) if matcher.matches_ahead else ()
-        stages = (sink.front, *middle, sink.back)
+        stages = matcher.pipeline_stages(sink.front, sink.middle, sink.back)
         worker: FrameWorker | FramePipeline | None = FramePipeline(*stages, queue_size=queue_size,
                                                                    device=matcher.pipeline.device)
     else:
