@@ -719,11 +719,8 @@ class FrameMatcher(_MatcherCore):
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         super().__init__(values, pipeline, log, clock_ns)
-        self.reference: Reference | None = None
+        self._reset_tracking()
         self.last_stamp_ns: int | None = None
-        self.odometry = S.Odometry()
-        self.failures = 0
-        self.metric_speed: float | None = None  # m/s of the last motion scaled by depth
         self.calibrations = S.CalibrationCache()
         self.calibration_problem = ""
         self.estimator = None
@@ -754,10 +751,10 @@ class FrameMatcher(_MatcherCore):
         self._reset_tracking()
 
     def _reset_tracking(self) -> None:
-        self.reference = None
+        self.reference: Reference | None = None
         self.odometry = S.Odometry()
         self.failures = 0
-        self.metric_speed = None
+        self.metric_speed: float | None = None  # m/s of the last motion scaled by depth
 
     # ---- the per-frame work: prepare -> extract -> track ------------------------------------------
     # ``prepare`` and ``extract`` (the front: in frame order, reading only the stamp and
