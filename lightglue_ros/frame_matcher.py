@@ -815,8 +815,7 @@ class FrameMatcher(_MatcherCore):
 
     def _expected_reference(self) -> tuple[Frame, np.ndarray | None] | None:
         """The reference (features, depth) the frame after ``ahead_previous`` is expected to be
-        matched with, while
-        ``ahead_previous`` is in ``track``. 'keyframe': the keyframe of the moment (keyframes
+        matched with, while ``ahead_previous`` is in ``track``. 'keyframe': the keyframe of the moment (keyframes
         change rarely). 'previous': ``ahead_previous`` if the last tracked frame became the
         reference (it had a pose), else the reference of the moment: failures come in runs
         (blur, a blank wall, untrained weights), during which the reference stays. A wrong
