@@ -6,9 +6,10 @@ Renders the room sequence (640x480, known poses and exact depth), spoils each de
 consumer RGB-D sensor would (noise of standard deviation ``k z^2`` metres, millimetre steps,
 16x16-pixel holes at a given rate, no depth across depth edges), writes each case as a bag
 (``make_bag``) and replays it through the node's core (``lightglue_ros.replay``, node
-defaults) with ``pose_from_depth`` false (the essential matrix, scaled by the depth) and true
-(PnP on the depth). Prints the replay's relative-pose AUC against the ground truth, its median
-error and which model gave the poses.
+defaults) with three pose models: the essential matrix (``pose_from_depth`` and
+``planar_homography`` false), the homography of the room's wall (``pose_from_depth`` false),
+both scaled by the depth, and PnP on the depth (the default). Prints the replay's
+relative-pose AUC against the ground truth, its median error and which model gave the poses.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from lightglue_ros import replay  # noqa: E402
 from lightglue_ros.make_bag import synthetic_frames, write_bag  # noqa: E402
 
 HOLE_CELL = 16  # pixels
+MODES = {  # the node parameters of each pose model
+    "essential": ["-p", "pose_from_depth=false", "-p", "planar_homography=false"],
+    "planar": ["-p", "pose_from_depth=false"],
+    "pnp (default)": [],
+}
 
 
 def spoiled(depth: np.ndarray, rng: np.random.Generator, k: float, hole_rate: float) -> np.ndarray:
@@ -54,24 +60,25 @@ def main(argv=None) -> int:
     cases = [(float(k), float(h)) for k, h in (case.split(":") for case in args.noise)]
     rng = np.random.default_rng(0)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, tqdm(total=2 * len(cases), desc="cases", unit="case") as progress:
+    total = len(MODES) * len(cases)
+    with tempfile.TemporaryDirectory() as tmp, tqdm(total=total, desc="cases", unit="case") as progress:
         for k, hole_rate in cases:
             bag = Path(tmp) / f"room_{k:g}_{hole_rate:g}"
             frames = synthetic_frames(args.frames, 640, 480, fps=10.0, seed=0, step=args.step)
             spoilt = (dataclasses.replace(frame, depth=spoiled(frame.depth, rng, k, hole_rate)) for frame in frames)
             write_bag(spoilt, bag, total=args.frames)
-            for from_depth in (False, True):
-                out = Path(tmp) / f"{bag.name}_{from_depth}"
-                replay.run(replay.parse_args([str(bag), "--conf", args.conf, "-p", f"pose_from_depth={from_depth}",
+            for mode, params in MODES.items():
+                out = Path(tmp) / f"{bag.name}_{mode}"
+                replay.run(replay.parse_args([str(bag), "--conf", args.conf, *params,
                                               "--no-plots", "--no-bag", "--quiet", "--out-dir", str(out)]))
                 summary = json.loads((out / "summary.json").read_text())
                 used = ", ".join(f"{model} {count}" for model, count in summary["pose_models"].items())
                 auc = " / ".join(f"{100 * summary[f'pose_auc@{t}']:.1f}" for t in (5, 10, 20))
-                rows.append(f"| {k:g} z^2 | {hole_rate:.0%} | {str(from_depth).lower()} | {auc} | "
+                rows.append(f"| {k:g} z^2 | {hole_rate:.0%} | {mode} | {auc} | "
                             f"{summary['pose_error_median']:.2f} | {used} |")
                 progress.update()
     print(f"\n{args.frames} frames 640x480, {args.step} m per frame, {args.conf}\n")
-    print("| depth noise (m) | holes | pose_from_depth | AUC@5 / 10 / 20 % | median error (deg) | poses by |")
+    print("| depth noise (m) | holes | parameters | AUC@5 / 10 / 20 % | median error (deg) | poses by |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0

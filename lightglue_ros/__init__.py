@@ -31,5 +31,7 @@ Design notes:
   comes from PnP on the reference frame's depth (``pose_from_depth``): metric, and well posed
   on a planar scene and a pure rotation, where the essential matrix is not. Where too few
   matches have depth it falls back to the essential matrix scaled by the median of measured /
-  triangulated depth.
+  triangulated depth. Without a PnP pose, a planar scene's pose comes from a homography
+  (``planar_homography``): of the two poses a plane allows, the one the off-plane matches or
+  the last motion support.
 """

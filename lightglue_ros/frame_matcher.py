@@ -48,7 +48,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -674,6 +674,9 @@ class Estimated:
     estimate: S.PoseEstimate
     estimate_ms: float
     structure: S.Structure
+    und0: np.ndarray  # the points undistorted, and the reference's lifted with its depth: for a
+    und1: np.ndarray  # structure anew when tracking picks a planar pose's twin (``prefer_motion``)
+    lifted: S.DepthPoints | None = None
 
 
 @dataclass
@@ -743,6 +746,7 @@ class FrameMatcher(_MatcherCore):
         self.estimator = get_estimator("relative_pose", conf)
         self.uncalibrated = get_estimator(params["uncalibrated_model"], conf)
         self.absolute = get_estimator("absolute_pose", conf) if params["pose_from_depth"] else None
+        self.homography = get_estimator("homography", conf) if params["planar_homography"] else None
 
     def reset(self) -> None:
         """Forget the reference frame and restart the odometry (a bag loop, a jump in time)."""
@@ -755,6 +759,7 @@ class FrameMatcher(_MatcherCore):
         self.odometry = S.Odometry()
         self.failures = 0
         self.metric_speed: float | None = None  # m/s of the last motion scaled by depth
+        self.last_direction: np.ndarray | None = None  # of the last pose (``S.motion_direction``)
 
     # ---- the per-frame work: prepare -> extract -> track ------------------------------------------
     # ``prepare`` and ``extract`` (the front: in frame order, reading only the stamp and
@@ -869,6 +874,7 @@ class FrameMatcher(_MatcherCore):
         if ref is None:
             return self._start_from(frame, features)
         pred, match_ms, estimated = self._matches_with(ref, frame, features, early, result)
+        estimated = self._with_motion_prior(estimated, frame.K)
         pts0, pts1, estimate = estimated.pts0, estimated.pts1, estimated.estimate
         structure = self._metric_or_speed_scaled(estimated.structure, (result.stamp_ns - ref.stamp_ns) / 1e9)
         result.record.update(
@@ -884,6 +890,7 @@ class FrameMatcher(_MatcherCore):
             metric_scale=structure.metric,
             speed_scaled=structure.speed_scaled,
             pose_model=estimate.model,
+            planar_choice=estimate.choice,
             line_matches=len(pred.line_matches) if pred.lines0 is not None else -1,
         )
         if estimate.model_fit is not None:
@@ -960,8 +967,8 @@ class FrameMatcher(_MatcherCore):
 
     def _estimated(self, frame: PreparedFrame, pred: TwoViewMatches, ref_depth: np.ndarray | None) -> Estimated:
         """Undistort the matched points, estimate the pose (by PnP on the reference frame's depth
-        where it has one, else the essential matrix; uncalibrated: the fitted model), and
-        triangulate, scaled by that depth."""
+        where it has one, else the essential matrix or, on a plane, the homography;
+        uncalibrated: the fitted model), and triangulate, scaled by that depth."""
         pts0, pts1 = pred.points0.astype(np.float64), pred.points1.astype(np.float64)
         und0, und1 = (cv.undistort_points(p, frame.calibration) if frame.calibration else p for p in (pts0, pts1))
         lifted = None
@@ -969,10 +976,19 @@ class FrameMatcher(_MatcherCore):
             lifted = S.lift_with_depth(und0, pts0, frame.K, ref_depth)
         estimate, estimate_ms = _timed(
             S.estimate_relative_pose, und0, und1, frame.K, self.estimator, self.uncalibrated,
-            self.params["min_matches"], lifted, self.absolute,
+            self.params["min_matches"], lifted, self.absolute, self.homography,
         )
         structure = S.scale_and_structure(estimate, und0, und1, frame.K, lifted)
-        return Estimated(pts0, pts1, estimate, estimate_ms, structure)
+        return Estimated(pts0, pts1, estimate, estimate_ms, structure, und0, und1, lifted)
+
+    def _with_motion_prior(self, estimated: Estimated, K: np.ndarray | None) -> Estimated:
+        """A planar pose that the matches could not tell from its twin: the one closer to the
+        last motion (in frame order here, so a frame matched ahead gets the same choice)."""
+        chosen = S.prefer_motion(estimated.estimate, self.last_direction)
+        if chosen.T_0to1 is estimated.estimate.T_0to1:
+            return replace(estimated, estimate=chosen)
+        structure = S.scale_and_structure(chosen, estimated.und0, estimated.und1, K, estimated.lifted)
+        return replace(estimated, estimate=chosen, structure=structure)
 
     def _metric_or_speed_scaled(self, structure: S.Structure, dt_s: float) -> S.Structure:
         """Remember the speed of a metric motion; once the odometry is metric, give a pose that
@@ -1049,6 +1065,7 @@ class FrameMatcher(_MatcherCore):
             guessed_scale=structure.speed_scaled,
         )
         self.odometry.chain(ref.T_odom_cam, motion)
+        self.last_direction = S.motion_direction(structure.T_0to1)
         result.record["T_0to1"] = structure.T_0to1.copy()
         result.relative_pose = RelativePose(ref.frame_id, motion.T_ref_cur, motion.covariance)
         result.odometry = self._odometry_state(result, motion.linear, motion.angular)
@@ -1088,6 +1105,7 @@ class FrameMatcher(_MatcherCore):
             **{k: record[k] for k in ("keypoints0", "keypoints1", "matches", "inliers", "stop_layer", "line_matches")},
             "pose": has_pose,
             "pose_model": record["pose_model"],
+            "planar_choice": record["planar_choice"],
             "metric_scale": structure.metric,
             "speed_scaled": structure.speed_scaled,
             "scale": structure.scale,

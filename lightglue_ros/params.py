@@ -220,6 +220,16 @@ SCHEMA: tuple[Param, ...] = (
         nodes=MONO,
     ),
     Param(
+        "planar_homography",
+        True,
+        "calibrated, without a PnP pose: also fit a homography; when it explains at least 80% of "
+        "the essential matrix's inliers (a planar scene), the pose comes from its decomposition: "
+        "of the two poses a plane allows, the one the matches off the plane support, else the one "
+        "closer to the last motion. false: the essential matrix alone (one RANSAC less per frame)",
+        runtime=True,
+        nodes=MONO,
+    ),
+    Param(
         "ransac_threshold",
         1.0,
         "RANSAC inlier threshold, pixels",

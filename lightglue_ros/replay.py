@@ -384,6 +384,7 @@ def evaluate(
             "inliers": rec["inliers"],
             "success": bool(rec.get("success")),
             "pose_model": rec.get("pose_model", ""),
+            "planar_choice": rec.get("planar_choice", ""),
         }
         if gt is not None:
             T0, T1 = gt.at(rec["ref_stamp_ns"]), gt.at(rec["stamp_ns"])

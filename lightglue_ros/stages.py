@@ -16,7 +16,7 @@ caller counts it and skips the frame, or the part of it (a depth image), and goe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import cv2
@@ -24,6 +24,7 @@ import numpy as np
 
 from featmatch_core.geometry.depth import image_to_camera, invert_transform, sample_depth
 from featmatch_core.geometry.epipolar import fundamental_from_pose, sampson_error
+from featmatch_core.geometry.homography import poses_from_homography
 from featmatch_core.geometry.triangulation import triangulate_dlt
 
 from . import conversions as cv
@@ -175,7 +176,9 @@ class PoseEstimate:
     model_fit: bool | None = None  # None: not attempted (too few matches)
     problem: str = ""  # why there is no pose; empty with a pose (or an uncalibrated model fit)
     too_few: bool = False  # the problem is a count below min_matches
-    model: str = ""  # "pnp", "essential", or the uncalibrated model's kind
+    model: str = ""  # "pnp", "essential", "planar" (a homography's decomposition), or the uncalibrated model's kind
+    twin: PoseEstimate | None = None  # planar: the other pose the plane allows, when the matches cannot tell them apart
+    choice: str = ""  # planar: what chose between the twins (see ``planar_pose``)
 
     @property
     def metric(self) -> bool:
@@ -209,11 +212,14 @@ def estimate_relative_pose(
     min_matches: int,
     ref_points: DepthPoints | None = None,
     absolute: Any = None,
+    homography: Any = None,
 ) -> PoseEstimate:
     """Relative pose (calibrated) or a fundamental matrix / homography (uncalibrated) of
     undistorted matches; at least ``min_matches`` matches and inliers for a pose. With the
     reference's depth (``ref_points``) and a PnP estimator (``absolute``) the pose comes from
-    PnP when enough matches have depth and PnP finds one; else from the essential matrix."""
+    PnP when enough matches have depth and PnP finds one; else from the essential matrix, or,
+    given a homography estimator, from the homography when the scene is planar
+    (``planar_pose``)."""
     n = len(und0)
     if n < min_matches:
         return PoseEstimate(
@@ -227,7 +233,16 @@ def estimate_relative_pose(
         est = estimator({"m_kpts0": und0, "m_kpts1": und1, "camera0": K, "camera1": K})
     else:
         est = uncalibrated({"m_kpts0": und0, "m_kpts1": und1})
-    model = "essential" if K is not None else uncalibrated.kind
+    fitted = fitted_model(est, "essential" if K is not None else uncalibrated.kind, K is not None, min_matches)
+    if K is not None and homography is not None:
+        # tried after a failed essential matrix too: a plane is where that one fails
+        return planar_pose(und0, und1, K, homography, fitted, min_matches) or fitted
+    return fitted
+
+
+def fitted_model(est: dict[str, Any], model: str, calibrated: bool, min_matches: int) -> PoseEstimate:
+    """An estimator's result as a ``PoseEstimate``: a pose (calibrated) when it succeeded with
+    at least ``min_matches`` inliers, else why not."""
     inliers = np.asarray(est["inliers"], bool).reshape(-1)
     num_inliers = int(inliers.sum())
     if not est["success"]:
@@ -235,8 +250,80 @@ def estimate_relative_pose(
     if num_inliers < min_matches:
         problem = f"too few inliers ({num_inliers} < min_matches {min_matches})"
         return PoseEstimate(inliers, model_fit=True, problem=problem, too_few=True, model=model)
-    T_0to1 = np.asarray(est["model"], dtype=np.float64) if K is not None else None
+    T_0to1 = np.asarray(est["model"], dtype=np.float64) if calibrated else None
     return PoseEstimate(inliers, T_0to1, model_fit=True, model=model)
+
+
+PLANAR_INLIER_RATIO = 0.8  # COLMAP's max_H_inlier_ratio: above it, a two-view geometry is planar or panoramic
+PLANAR_MARGIN = 0.02  # a twin wins on the matches by more than this share of the plane's matches (and 5)
+
+
+def planar_pose(
+    und0: np.ndarray, und1: np.ndarray, K: np.ndarray, homography: Any, essential: PoseEstimate, min_matches: int
+) -> PoseEstimate | None:
+    """The pose from a homography when it explains at least ``PLANAR_INLIER_RATIO`` of the
+    essential matrix's inliers, else None (keep the essential matrix).
+
+    On a plane the essential matrix is ill-posed: the two poses that the plane allows (the
+    twins of ``poses_from_homography``) explain every match on it alike, and RANSAC returns
+    either, or a blend, from frame to frame (on the README's room, about half of the frames
+    past the 20th are the wrong twin, 15 to 30 deg off). The homography's decomposition gives
+    both. There is no ambiguity when only one of them has the points in front of both cameras,
+    or when one fits more matches by more than ``PLANAR_MARGIN``, as points off the plane make
+    it: the essential matrix, which fits those too, is then well posed and kept (None), or, if
+    it failed, that pose is (``choice``: ``visibility``, ``matches``). Else the one closer to
+    the essential matrix's pose is kept (``essential``), the other as ``twin`` for a motion
+    prior (``prefer_motion``). Inliers: the matches within the Sampson threshold of the pose."""
+    est = homography({"m_kpts0": und0, "m_kpts1": und1})
+    on_plane = np.asarray(est["inliers"], bool).reshape(-1)
+    if not est["success"] or on_plane.sum() < max(min_matches, PLANAR_INLIER_RATIO * essential.inliers.sum()):
+        return None
+    candidates = poses_from_homography(est["model"], K, K, und0[on_plane], und1[on_plane])
+    if len(candidates) == 1 and essential.T_0to1 is not None:
+        # no twin: the essential matrix's own cheirality test rules it out as well, and its pose
+        # also fits the matches off the plane
+        return None
+    poses = []
+    for T_0to1, _ in candidates:
+        error = np.nan_to_num(sampson_error(und0, und1, fundamental_from_pose(K, K, T_0to1)), nan=np.inf)
+        if (inliers := error <= homography.conf.ransac_th).sum() >= min_matches:
+            poses.append(PoseEstimate(inliers, T_0to1, True, model="planar"))
+    if len(poses) <= 1:
+        return replace(poses[0], choice="visibility" if len(candidates) == 1 else "matches") if poses else None
+    poses.sort(key=lambda pose: -int(pose.inliers.sum()))
+    best, second = poses[0], poses[1]
+    if best.inliers.sum() - second.inliers.sum() > max(5, PLANAR_MARGIN * on_plane.sum()):
+        # matches off the plane tell the twins apart: the essential matrix, which fits them too,
+        # is well posed
+        return None if essential.T_0to1 is not None else replace(best, choice="matches")
+    if essential.T_0to1 is not None:
+        best, second = sorted((best, second), key=lambda pose: pose_distance(pose.T_0to1, essential.T_0to1))
+    return replace(best, choice="essential", twin=second)
+
+
+def motion_direction(T_0to1: np.ndarray) -> np.ndarray:
+    """Unit direction of the camera's motion (its new centre, ``-R^T t``) in the old camera's frame."""
+    centre = -T_0to1[:3, :3].T @ T_0to1[:3, 3]
+    return centre / max(float(np.linalg.norm(centre)), 1e-12)
+
+
+def pose_distance(T_a: np.ndarray, T_b: np.ndarray) -> float:
+    """Rotation angle between two poses plus the angle between their motion directions, degrees."""
+    cos = float(np.clip(motion_direction(T_a) @ motion_direction(T_b), -1.0, 1.0))
+    return rotation_angle_deg(T_a[:3, :3].T @ T_b[:3, :3]) + float(np.rad2deg(np.arccos(cos)))
+
+
+def prefer_motion(estimate: PoseEstimate, last_direction: np.ndarray | None) -> PoseEstimate:
+    """A planar pose or its twin, whichever moves the camera closer to ``last_direction`` (the
+    last pose's ``motion_direction``): a camera's motion changes little between frames, the
+    twin's is off by the angle between the motion and the plane's normal."""
+    twin = estimate.twin
+    if twin is None or last_direction is None:
+        return estimate
+    kept = estimate
+    if motion_direction(twin.T_0to1) @ last_direction > motion_direction(estimate.T_0to1) @ last_direction:
+        kept = twin
+    return replace(kept, choice="motion", twin=None)
 
 
 def pose_from_depth(

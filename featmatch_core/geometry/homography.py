@@ -8,6 +8,7 @@ dimensions: points (..., N, 2), homographies (..., 3, 3).
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
@@ -144,3 +145,40 @@ def sym_transfer_error(points0: ArrayLike, points1: ArrayLike, H: ArrayLike) -> 
     forward = warp_points(points0, H)
     backward = warp_points(points1, torch.linalg.inv(H))
     return 0.5 * ((forward - points1).norm(dim=-1) + (backward - points0).norm(dim=-1))
+
+
+def poses_from_homography(
+    H: np.ndarray, K0: np.ndarray, K1: np.ndarray, points0: np.ndarray, points1: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The relative poses a homography between two calibrated views of a plane allows.
+
+    ``H`` maps pixels of image 0 to image 1; ``points0`` / ``points1`` (N, 2) are pixels of the
+    plane seen in both (the homography's inliers). The decomposition (Malis and Vargas, via
+    OpenCV) has four solutions; those that put every point in front of both cameras are kept:
+    two in general, one when the translation is along the plane's normal. They are the planar
+    twins: both explain every match on the plane exactly, so only matches off the plane, a
+    third view or a motion prior can tell them apart.
+
+    Returns ``(T_0to1, normal)`` pairs: 4x4 ``X1 = R X0 + t`` with unit-norm t (zero for a
+    pure rotation), and the plane's unit normal in camera 0, pointing away from it.
+    """
+    H = np.asarray(H, np.float64)
+    if H.shape != (3, 3) or not np.isfinite(H).all():
+        raise ValueError(f"poses_from_homography: H must be a finite 3x3 matrix, got shape {H.shape}")
+    K0, K1 = np.asarray(K0, np.float64), np.asarray(K1, np.float64)
+    # the Euclidean homography of normalised coordinates, decomposed with an identity camera
+    H_norm = np.linalg.inv(K1) @ H @ K0
+    _, rotations, translations, normals = cv2.decomposeHomographyMat(H_norm, np.eye(3))
+    x0 = np.hstack([np.asarray(points0, np.float64), np.ones((len(points0), 1))]) @ np.linalg.inv(K0).T
+    x1 = np.hstack([np.asarray(points1, np.float64), np.ones((len(points1), 1))]) @ np.linalg.inv(K1).T
+    visible = cv2.filterHomographyDecompByVisibleRefpoints(
+        rotations, normals, x0[:, None, :2].astype(np.float32), x1[:, None, :2].astype(np.float32)
+    )
+    poses = []
+    for i in np.asarray(visible if visible is not None else [], int).reshape(-1):
+        t = translations[i].reshape(3)
+        norm = np.linalg.norm(t)
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = rotations[i], t / norm if norm > 1e-12 else 0.0
+        poses.append((T, normals[i].reshape(3)))
+    return poses

@@ -34,6 +34,7 @@ from featmatch_core.geometry.homography import (
     corner_error,
     homography_dlt,
     image_corners,
+    poses_from_homography,
     sym_transfer_error,
     warp_points,
 )
@@ -53,6 +54,42 @@ def pose(R, t):
 
 
 # ---------------------------------------------------------------- homographies
+def _plane_views(t, num=100, seed=0):
+    """Pixels of a tilted plane 3 m away in two 640x480 views; the plane's homography."""
+    rng = np.random.default_rng(seed)
+    K = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
+    normal = np.array([0.2, -0.1, 1.0]) / np.linalg.norm([0.2, -0.1, 1.0])
+    T = pose(rotation([0.4, -1.0, 0.2], 3.2), t)
+    pts0 = rng.uniform([0, 0], [640, 480], (num, 2))
+    rays = np.hstack([pts0, np.ones((num, 1))]) @ np.linalg.inv(K).T
+    X1 = (rays * (3.0 / (rays @ normal))[:, None]) @ T[:3, :3].T + T[:3, 3]
+    pts1 = (X1 @ K.T)[:, :2] / X1[:, 2:]
+    H = K @ (T[:3, :3] + np.outer(T[:3, 3], normal) / 3.0) @ np.linalg.inv(K)
+    return K, T, normal, pts0, pts1, H
+
+
+@pytest.mark.parametrize(("t", "num_poses"), [([0.3, 0.05, 0.1], 1), ([0.02, 0.01, 0.3], 2), ([0.05, 0.0, -0.2], 2)])
+def test_poses_from_homography_are_the_true_pose_and_its_twin(t, num_poses):
+    """A plane allows two poses; the twin is dropped when it puts points behind a camera."""
+    K, T, normal, pts0, pts1, H = _plane_views(t)
+    poses = poses_from_homography(H / H[2, 2], K, K, pts0, pts1)
+    assert len(poses) == num_poses
+    errors = [relative_pose_error(T, P[:3, :3], P[:3, 3]) for P, _ in poses]
+    true = int(np.argmin([max(e) for e in errors]))
+    assert max(errors[true]) < 1e-4
+    np.testing.assert_allclose(poses[true][1], normal, atol=1e-6)
+    assert np.linalg.norm(poses[true][0][:3, 3]) == pytest.approx(1.0)
+    for P, _ in poses:  # every pose explains every match on the plane
+        assert np.abs(sampson_error(pts0, pts1, fundamental_from_pose(K, K, P))).max() < 1e-6
+    if num_poses == 2:
+        assert max(errors[1 - true]) > 5.0  # degrees: a real second solution, not a copy
+
+
+def test_poses_from_homography_rejects_a_matrix_that_is_no_homography():
+    with pytest.raises(ValueError, match="finite 3x3"):
+        poses_from_homography(np.full((3, 3), np.nan), np.eye(3), np.eye(3), np.zeros((4, 2)), np.zeros((4, 2)))
+
+
 
 
 def test_corner_error_of_a_translation_is_its_length():

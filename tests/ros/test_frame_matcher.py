@@ -42,14 +42,22 @@ def _msgs(frame, frame_id="camera_optical", encoding="mono8", image=None):
     )
 
 
-@pytest.mark.parametrize("pose_from_depth", [True, False])
-def test_sequence_relative_rotations_and_scale(frames, pose_from_depth):
-    """With the reference's depth the pose comes from PnP (metric), or from the essential matrix
-    scaled by the depth; both are metric, PnP the closer to the ground truth."""
-    fm = FrameMatcher({**FAST, "pose_from_depth": pose_from_depth})
-    # measured on this sequence: PnP 0.003-0.023 deg, 0.1-1.0 deg, scale within 0.5 %;
-    # the essential matrix 0.007-0.18 deg, 0.5-7 deg, 2 %
-    max_R, max_t, scale_tol = (0.1, 2.0, 0.01) if pose_from_depth else (2.0, 15.0, 0.15)
+POSE_MODELS = {  # the parameters that make each pose model, and its tolerances on this sequence
+    # measured: PnP 0.003-0.023 deg, 0.1-1.0 deg, scale within 0.5 %; the homography (a wall
+    # fills the view) 0.03-0.1 deg, 1.2-4.2 deg, 2 %; the essential matrix 0.007-0.18 deg, 0.5-7 deg, 2 %
+    "pnp": ({}, (0.1, 2.0, 0.01)),
+    "planar": ({"pose_from_depth": False}, (0.5, 8.0, 0.05)),
+    "essential": ({"pose_from_depth": False, "planar_homography": False}, (2.0, 15.0, 0.15)),
+}
+
+
+@pytest.mark.parametrize("pose_model", list(POSE_MODELS))
+def test_sequence_relative_rotations_and_scale(frames, pose_model):
+    """With the reference's depth the pose comes from PnP (metric); without, on this room's wall,
+    from the homography, or from the essential matrix when that is turned off; the depth scales
+    both. All are metric, PnP the closest to the ground truth."""
+    params, (max_R, max_t, scale_tol) = POSE_MODELS[pose_model]
+    fm = FrameMatcher({**FAST, **params})
     results = []
     for i, frame in enumerate(frames):
         image, info, depth = _msgs(frame, encoding="bgr8" if i % 2 else "mono8")
@@ -62,7 +70,7 @@ def test_sequence_relative_rotations_and_scale(frames, pose_from_depth):
         T_gt = frames[i].T_cam_world @ np.linalg.inv(frames[i - 1].T_cam_world)
         err_R, err_t = relative_pose_error(T_gt, rec["T_0to1"][:3, :3], rec["T_0to1"][:3, 3])
         assert err_R < max_R and err_t < max_t, (i, err_R, err_t)
-        assert rec["pose_model"] == ("pnp" if pose_from_depth else "essential")
+        assert rec["pose_model"] == pose_model
         assert rec["metric_scale"]  # depth of the reference frame gives the scale
         assert np.linalg.norm(rec["T_0to1"][:3, 3]) == pytest.approx(np.linalg.norm(T_gt[:3, 3]), rel=scale_tol)
         # the published messages agree with the record
@@ -75,7 +83,11 @@ def test_sequence_relative_rotations_and_scale(frames, pose_from_depth):
         ref_ns = frames[i - 1].stamp_ns
         assert info["reference_stamp"] == f"{ref_ns // 10**9}.{ref_ns % 10**9:09d}"
         assert info["model"] == "sift+nn" and int(info["inliers"]) == rec["inliers"]
-        assert info["pose_model"] == rec["pose_model"]
+        assert info["pose_model"] == rec["pose_model"] and info["planar_choice"] == rec["planar_choice"]
+        # planar: the first pose is the twin nearer to the essential matrix, the next ones the
+        # twin nearer to the last motion
+        expected_choice = ("essential" if i == 1 else "motion") if pose_model == "planar" else ""
+        assert rec["planar_choice"] == expected_choice
     # odometry: trajectory shape matches the ground truth (metric thanks to depth)
     T_w0 = np.linalg.inv(frames[0].T_cam_world)
     for i in (2, len(frames) - 1):
@@ -114,7 +126,8 @@ def test_a_pose_the_depth_cannot_scale_keeps_the_last_metric_speed(frames):
             depth = cv.numpy_to_image(TYPES, np.zeros_like(frame.depth), "32FC1", depth.header)
         records.append(fm.process(image, info, depth).record)
     unscaled = records[3]  # matched against frame 2, whose depth is empty
-    assert unscaled["pose_model"] == "essential" and not unscaled["metric_scale"] and unscaled["speed_scaled"]
+    assert unscaled["pose_model"] in ("essential", "planar")  # the room's wall: the homography
+    assert not unscaled["metric_scale"] and unscaled["speed_scaled"]
     T_gt = frames[3].T_cam_world @ np.linalg.inv(frames[2].T_cam_world)
     assert np.linalg.norm(unscaled["T_0to1"][:3, 3]) == pytest.approx(np.linalg.norm(T_gt[:3, 3]), rel=0.25)
     assert all(r["metric_scale"] and not r["speed_scaled"] for r in records[1:3] + records[4:])

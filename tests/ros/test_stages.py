@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from featmatch_core.estimators import get_estimator
+from featmatch_core.geometry.epipolar import relative_pose_error
 from lightglue_ros import conversions as cv
 from lightglue_ros import stages as S
 from featmatch_core.datasets import room as synthetic
@@ -196,6 +197,59 @@ def test_the_pose_falls_back_to_the_essential_matrix_where_depth_is_missing():
     assert np.linalg.norm(estimate.T_0to1[:3, 3]) == pytest.approx(1.0)
     structure = S.scale_and_structure(estimate, pts0, pts1, K, few)
     assert structure.metric and structure.scale == pytest.approx(np.linalg.norm(T[:3, 3]), rel=0.05)
+
+
+def _pose_error(T_gt, T):
+    return max(relative_pose_error(T_gt, T[:3, :3], T[:3, 3]))
+
+
+def test_on_a_plane_the_pose_comes_from_the_homography_and_the_last_motion_picks_the_twin():
+    """A wall fills the view, no depth: the homography gives the true pose and its twin, which
+    explain the matches alike; the essential matrix's pose, then the last motion, choose."""
+    T = _pose(2.0, [0.1, 0.02, -0.1])
+    K, X0, X1, pts0, pts1, _, wrong = _plane_scene(T)
+    estimator = get_estimator("relative_pose", {"name": "poselib"})
+    homography = get_estimator("homography", {"name": "poselib", "ransac_th": 1.0})
+    essential = S.estimate_relative_pose(pts0, pts1, K, estimator, None, 15)
+    planar = S.estimate_relative_pose(pts0, pts1, K, estimator, None, 15, homography=homography)
+    assert essential.model == "essential" and planar.model == "planar" and planar.choice == "essential"
+    assert (planar.inliers == ~wrong).mean() > 0.98
+    errors = [_pose_error(T, planar.T_0to1), _pose_error(T, planar.twin.T_0to1)]
+    assert min(errors) < 1.0 and max(errors) > 10.0  # degrees: the truth and its twin
+    # the essential matrix lands on (near) one twin; the one nearer to it is kept
+    assert S.pose_distance(planar.T_0to1, essential.T_0to1) < S.pose_distance(planar.twin.T_0to1, essential.T_0to1)
+    assert S.prefer_motion(planar, None) is planar  # no motion yet
+    for direction, error in ((S.motion_direction(T), min(errors)), (-S.motion_direction(T), max(errors))):
+        chosen = S.prefer_motion(planar, direction)
+        assert chosen.choice == "motion" and chosen.twin is None
+        assert _pose_error(T, chosen.T_0to1) == pytest.approx(error)
+
+
+def test_matches_off_the_plane_or_relief_keep_the_essential_matrix():
+    """Points off the plane tell the twins apart, so the essential matrix is well posed and kept;
+    the twin they choose is the pose only when the essential matrix failed."""
+    T = _pose(2.0, [0.1, 0.02, -0.1])
+    K, X0, X1, pts0, pts1, _, wrong = _plane_scene(T)
+    estimator = get_estimator("relative_pose", {"name": "poselib"})
+    homography = get_estimator("homography", {"name": "poselib", "ransac_th": 1.0})
+
+    def matches_of(X0):
+        X1 = X0 @ T[:3, :3].T + T[:3, 3]
+        pts0 = (X0 @ K.T)[:, :2] / X0[:, 2:]
+        return pts0, np.where(wrong[:, None], pts1, (X1 @ K.T)[:, :2] / X1[:, 2:])
+
+    box = np.arange(len(X0)) % 10 == 0  # a tenth of the points on a box 0.8 m in front of the wall
+    on_box = X0.copy()
+    on_box[box] *= 1.2 / 2.0
+    estimate = S.estimate_relative_pose(*matches_of(on_box), K, estimator, None, 15, homography=homography)
+    assert estimate.model == "essential" and _pose_error(T, estimate.T_0to1) < 1.0
+    failed = S.PoseEstimate(np.zeros(len(X0), bool), model_fit=False, problem="estimation failed", model="essential")
+    planar = S.planar_pose(*matches_of(on_box), K, homography, failed, 15)
+    assert planar.model == "planar" and planar.choice == "matches" and planar.twin is None
+    assert _pose_error(T, planar.T_0to1) < 1.0
+    relief = X0 * np.random.default_rng(3).uniform(0.75, 2.0, (len(X0), 1))  # depths 1.5 to 4 m
+    estimate = S.estimate_relative_pose(*matches_of(relief), K, estimator, None, 15, homography=homography)
+    assert estimate.model == "essential" and _pose_error(T, estimate.T_0to1) < 1.0
 
 
 def test_scale_by_speed_gives_a_unit_pose_the_last_metric_speed():
