@@ -408,7 +408,7 @@ class MatchCloud:
 class RelativePose:
     frame_id: str  # the reference image's frame
     T_ref_cur: np.ndarray
-    covariance: np.ndarray  # (6,) variances
+    covariance: np.ndarray  # (6, 6), as ROS has it (``stages.Motion``)
 
 
 @dataclass
@@ -416,7 +416,7 @@ class OdometryState:
     odom_frame: str
     child_frame: str
     T_odom_cam: np.ndarray
-    covariance: np.ndarray  # (6,) accumulated variances
+    covariance: np.ndarray  # (6, 6) of T_odom_cam (``stages.Odometry``)
     linear: np.ndarray
     angular: np.ndarray
 
@@ -662,6 +662,7 @@ class Reference:
     image: np.ndarray  # uint8 gray / RGB, for the debug image
     depth: np.ndarray | None
     T_odom_cam: np.ndarray
+    odom_covariance: np.ndarray  # (6, 6) of T_odom_cam
 
 
 @dataclass
@@ -875,7 +876,7 @@ class FrameMatcher(_MatcherCore):
             return self._start_from(frame, features)
         pred, match_ms, estimated = self._matches_with(ref, frame, features, early, result)
         estimated = self._with_motion_prior(estimated, frame.K)
-        pts0, pts1, estimate = estimated.pts0, estimated.pts1, estimated.estimate
+        estimate = estimated.estimate
         structure = self._metric_or_speed_scaled(estimated.structure, (result.stamp_ns - ref.stamp_ns) / 1e9)
         result.record.update(
             ref_stamp_ns=ref.stamp_ns,
@@ -897,7 +898,7 @@ class FrameMatcher(_MatcherCore):
             result.record["model_fit"] = estimate.model_fit
         if estimate.too_few:
             self.problems.warn(problems.TOO_FEW_MATCHES, f"frame at {result.stamp_ns / 1e9:.6f}: {estimate.problem}")
-        new_reference = self._follow(frame, ref, estimate, structure, pts0, pts1)
+        new_reference = self._follow(frame, ref, estimated, structure)
         status = self._match_status(frame, ref, estimate, structure)
         result.cloud = self._match_cloud(pred, estimate, structure, frame.K)
         result.info = status
@@ -1012,6 +1013,7 @@ class FrameMatcher(_MatcherCore):
             frame.image.display,
             frame.depth,
             self.odometry.T_odom_cam.copy(),
+            self.odometry.covariance.copy(),
         )
 
     def _start_from(self, frame: PreparedFrame, features: Frame) -> FrameResult:
@@ -1033,14 +1035,12 @@ class FrameMatcher(_MatcherCore):
         self,
         frame: PreparedFrame,
         ref: Reference,
-        estimate: S.PoseEstimate,
+        estimated: Estimated,
         structure: S.Structure,
-        pts0: np.ndarray,
-        pts1: np.ndarray,
     ) -> bool:
         """Odometry and relative pose from a pose, or the failure policy without one; returns
         whether the current frame becomes the reference."""
-        result, params = frame.result, self.params
+        result, params, estimate = frame.result, self.params, estimated.estimate
         if structure.T_0to1 is None:
             verdict = S.keyframe_after_failure(self.failures, self.max_failures, frame.K is not None)
             self.failures = verdict.failures
@@ -1054,25 +1054,21 @@ class FrameMatcher(_MatcherCore):
             result.odometry = self._odometry_state(result, np.zeros(3), np.zeros(3))
             return verdict.new_reference
         self.failures = 0
-        num_inliers = int(estimate.inliers.sum())
-        motion = S.motion_from_pose(
-            structure.T_0to1,
-            (result.stamp_ns - ref.stamp_ns) / 1e9,
-            frame.K,
-            num_inliers,
-            structure.scale,
-            params["ransac_threshold"],
-            guessed_scale=structure.speed_scaled,
-        )
-        self.odometry.chain(ref.T_odom_cam, motion)
+        covariance = S.pose_covariance(estimate, structure, estimated.und0, estimated.und1, frame.K, estimated.lifted)
+        motion = S.motion_from_pose(structure.T_0to1, (result.stamp_ns - ref.stamp_ns) / 1e9, covariance)
+        self.odometry.chain(ref.T_odom_cam, ref.odom_covariance, motion)
         self.last_direction = S.motion_direction(structure.T_0to1)
         result.record["T_0to1"] = structure.T_0to1.copy()
         result.relative_pose = RelativePose(ref.frame_id, motion.T_ref_cur, motion.covariance)
         result.odometry = self._odometry_state(result, motion.linear, motion.angular)
-        flow = S.median_flow(pts0, pts1, estimate.inliers)
+        flow = S.median_flow(estimated.pts0, estimated.pts1, estimate.inliers)
         result.record["median_flow_px"] = flow
         return S.keyframe_after_pose(
-            params["keyframe_policy"], num_inliers, flow, params["keyframe_min_inliers"], params["keyframe_max_flow"]
+            params["keyframe_policy"],
+            int(estimate.inliers.sum()),
+            flow,
+            params["keyframe_min_inliers"],
+            params["keyframe_max_flow"],
         )
 
     def _odometry_state(self, result: FrameResult, linear: np.ndarray, angular: np.ndarray) -> OdometryState:

@@ -21,8 +21,11 @@ output topics by name (``matches``, ``line_matches``, ``matches_info``, ``relati
   the reference image's frame_id. Monocular: the translation has unit norm unless a depth
   image made it metric (``matches_info`` ``metric_scale``: PnP on it, or its scale). Once a
   stream's odometry is metric, a frame the depth cannot scale gets the last metric speed
-  (``speed_scaled``), not a 1 m translation. The covariance is a rough
-  isotropic guess from the inlier count.
+  (``speed_scaled``), not a 1 m translation. The covariance (ROS order: position, then
+  rotation about the reference's axes) is first order, from the inliers' residuals: the
+  reprojection errors for PnP, the Sampson distances for a two-view pose, whose translation's
+  length gets its own uncertainty along it (its whole length when unit or guessed, the spread
+  of the depth ratios when scaled by depth).
 * ``odometry`` (``nav_msgs/Odometry``) chaining the relative poses: ``odom_frame`` (REP 105;
   the first camera pose, turned so that x is forward and z up as REP 103 wants) to the
   camera optical frame; ``transform`` the same as a ``TransformStamped`` for tf.
@@ -43,7 +46,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 from featmatch_core.viz import draw_matches
 
@@ -87,9 +89,7 @@ def frame_messages(types: cv.MessageTypes, result: FrameResult) -> FrameMessages
     if result.relative_pose is not None:
         pose = result.relative_pose
         pose_header = cv.make_header(types, result.stamp_ns, pose.frame_id)
-        out.relative_pose = cv.pose_with_covariance_stamped(
-            types, pose_header, pose.T_ref_cur, np.diag(pose.covariance)
-        )
+        out.relative_pose = cv.pose_with_covariance_stamped(types, pose_header, pose.T_ref_cur, pose.covariance)
     if result.odometry is not None:
         out.odometry, out.transform = odometry_messages(types, result.stamp_ns, result.odometry)
     if result.points is not None:
@@ -128,10 +128,9 @@ def status_array(types: cv.MessageTypes, header: Any, name: str, status: Status,
 
 
 def odometry_messages(types: cv.MessageTypes, stamp_ns: int, odom: OdometryState) -> tuple[Any, Any]:
-    """``nav_msgs/Odometry`` (pose covariance on the diagonal, twist in the camera frame) and its tf."""
+    """``nav_msgs/Odometry`` (the chained pose covariance, twist in the camera frame) and its tf."""
     header = cv.make_header(types, stamp_ns, odom.odom_frame)
-    covariance = np.diag(odom.covariance).reshape(-1)
-    odometry = cv.odometry(types, header, odom.child_frame, odom.T_odom_cam, covariance, odom.linear, odom.angular)
+    odometry = cv.odometry(types, header, odom.child_frame, odom.T_odom_cam, odom.covariance, odom.linear, odom.angular)
     return odometry, cv.transform_stamped(types, header, odom.child_frame, odom.T_odom_cam)
 
 

@@ -22,6 +22,13 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from featmatch_core.geometry.covariance import (
+    compose_covariance,
+    covariance_from_residuals,
+    covariance_of_inverse,
+    epipolar_jacobian,
+    reprojection_jacobian,
+)
 from featmatch_core.geometry.depth import image_to_camera, invert_transform, sample_depth
 from featmatch_core.geometry.epipolar import fundamental_from_pose, sampson_error
 from featmatch_core.geometry.homography import poses_from_homography
@@ -354,6 +361,7 @@ class Structure:
     scale: float = 1.0
     metric: bool = False  # the scale comes from the reference frame's depth
     speed_scaled: bool = False  # no depth scale: the translation got the last metric speed (``scale_by_speed``)
+    scale_std: float = 1.0  # relative standard deviation of the translation's length (1: a unit or guessed length)
 
 
 def scale_by_speed(structure: Structure, speed_m_s: float, dt_s: float) -> Structure:
@@ -367,7 +375,7 @@ def scale_by_speed(structure: Structure, speed_m_s: float, dt_s: float) -> Struc
     T_0to1 = structure.T_0to1.copy()
     T_0to1[:3, 3] *= factor
     # xyz = scale * (R X0 + t): scaling the translation and the points together scales xyz
-    return Structure(structure.xyz * factor, T_0to1, structure.scale * factor, False, speed_scaled=True)
+    return Structure(structure.xyz * factor, T_0to1, structure.scale * factor, False, speed_scaled=True, scale_std=1.0)
 
 
 def scale_and_structure(
@@ -391,17 +399,55 @@ def scale_and_structure(
         X0, missing = ref_points.xyz0.copy(), ~ref_points.valid
         if missing.any():
             X0[missing] = triangulate(image_to_camera(und0[missing], K), image_to_camera(und1[missing], K), T_0to1)
-        return Structure(X0 @ T_0to1[:3, :3].T + T_0to1[:3, 3], T_0to1, 1.0, True)
+        return Structure(X0 @ T_0to1[:3, :3].T + T_0to1[:3, 3], T_0to1, 1.0, True, scale_std=0.0)
     X0 = triangulate(image_to_camera(und0, K), image_to_camera(und1, K), T_0to1)
-    scale, metric = 1.0, False
+    scale, metric, scale_std = 1.0, False, 1.0
     if ref_points is not None:
         measured = ref_points.xyz0[:, 2]
         ok = estimate.inliers & np.isfinite(X0[:, 2]) & ref_points.valid
         if ok.sum() >= 5:
-            scale, metric = float(np.median(measured[ok] / X0[ok, 2])), True
+            ratios = measured[ok] / X0[ok, 2]
+            scale, metric = float(np.median(ratios)), True
+            scale_std = median_standard_error(ratios) / max(abs(scale), 1e-12)
     T_0to1[:3, 3] *= scale
     xyz = (X0 * scale) @ T_0to1[:3, :3].T + T_0to1[:3, 3]
-    return Structure(xyz, T_0to1, scale, metric)
+    return Structure(xyz, T_0to1, scale, metric, scale_std=scale_std)
+
+
+def median_standard_error(values: np.ndarray) -> float:
+    """Standard error of the median of ``values``, from their median absolute deviation: a
+    robust sigma (1.4826 MAD) times sqrt(pi / 2) / sqrt(n)."""
+    spread = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+    return 1.2533 * spread / np.sqrt(len(values))
+
+
+def pose_covariance(
+    estimate: PoseEstimate,
+    structure: Structure,
+    und0: np.ndarray,
+    und1: np.ndarray,
+    K: np.ndarray,
+    ref_points: DepthPoints | None,
+) -> np.ndarray:
+    """Covariance (6, 6) of the scaled pose ``structure.T_0to1`` (``delta`` of
+    ``featmatch_core.geometry.covariance``: on the left, in the current camera) from its
+    inliers' residuals. PnP: the reprojection errors of the lifted points (6 degrees of
+    freedom). A two-view pose (essential, planar): the Sampson distances, which see the
+    rotation and the translation's direction (5), scaled with the translation, plus its length
+    with the relative standard deviation ``structure.scale_std`` along it (1 for a unit or a
+    guessed length, the spread of the depth ratios for a depth-scaled one)."""
+    T_0to1, inliers = structure.T_0to1, estimate.inliers
+    if estimate.model == "pnp":
+        use = inliers & ref_points.valid
+        residuals, jacobian = reprojection_jacobian(ref_points.xyz0[use], und1[use], T_0to1, K)
+        return covariance_from_residuals(jacobian, residuals)
+    residuals, jacobian = epipolar_jacobian(und0[inliers], und1[inliers], estimate.T_0to1, K, K)
+    covariance = covariance_from_residuals(jacobian, residuals)
+    length = float(np.linalg.norm(T_0to1[:3, 3])) / max(float(np.linalg.norm(estimate.T_0to1[:3, 3])), 1e-12)
+    covariance[:3] *= length
+    covariance[:, :3] *= length
+    covariance[:3, :3] += structure.scale_std**2 * np.outer(T_0to1[:3, 3], T_0to1[:3, 3])
+    return covariance
 
 
 # ---------------------------------------------------------------------------------------
@@ -443,30 +489,21 @@ class Motion:
     """What a pose between the reference and the current frame says for the messages."""
 
     T_ref_cur: np.ndarray  # pose of the current optical frame in the reference optical frame
-    covariance: np.ndarray  # (6,) variances: x y z (m^2 or unit baseline^2), then rotation (rad^2)
+    covariance: np.ndarray  # (6, 6) of T_ref_cur as ROS has it: position (m or unit baseline), rotation (rad)
     linear: np.ndarray  # twist of the camera in its own (current) frame, per second
     angular: np.ndarray
 
 
-def motion_from_pose(
-    T_0to1: np.ndarray, dt_s: float, K: np.ndarray, num_inliers: int, scale: float, ransac_px: float,
-    guessed_scale: bool = False,
-):
-    """Pose, a rough isotropic covariance (threshold / focal length over the inlier count) and
-    twist; a translation whose length is a guess (``scale_by_speed``) gets its own length as
-    standard deviation."""
+def motion_from_pose(T_0to1: np.ndarray, dt_s: float, covariance: np.ndarray) -> Motion:
+    """Pose, covariance and twist of the current frame relative to the reference, from the
+    scaled ``T_0to1`` and its covariance (``pose_covariance``)."""
     T_ref_cur = invert_transform(T_0to1)
-    focal = float(np.mean(np.diag(K)[:2]))
-    var_rot = (ransac_px / focal) ** 2 / max(num_inliers, 1)
-    var_t = var_rot * max(scale, 1e-9) ** 2
-    if guessed_scale:
-        var_t = max(var_t, float(np.linalg.norm(T_0to1[:3, 3])) ** 2)
     dt_s = max(dt_s, 1e-9)
     rvec = cv2.Rodrigues(T_ref_cur[:3, :3])[0].ravel()
     R_cur_ref = T_0to1[:3, :3]
     return Motion(
         T_ref_cur,
-        np.array([var_t] * 3 + [var_rot] * 3),
+        covariance_of_inverse(covariance, T_0to1),
         R_cur_ref @ T_ref_cur[:3, 3] / dt_s,
         R_cur_ref @ rvec / dt_s,
     )
@@ -475,14 +512,17 @@ def motion_from_pose(
 @dataclass
 class Odometry:
     """The chained relative poses: the camera optical frame in ``odom`` (REP 105: the first
-    camera pose, turned so that x is forward and z up as REP 103 wants)."""
+    camera pose, turned so that x is forward and z up as REP 103 wants), and its covariance (6,
+    6; position in ``odom``, rotation about its axes)."""
 
     T_odom_cam: np.ndarray = field(default_factory=lambda: T_BODY_OPTICAL.copy())
-    covariance: np.ndarray = field(default_factory=lambda: np.zeros(6))  # accumulated variances
+    covariance: np.ndarray = field(default_factory=lambda: np.zeros((6, 6)))
 
-    def chain(self, T_odom_ref: np.ndarray, motion: Motion) -> None:
+    def chain(self, T_odom_ref: np.ndarray, covariance_ref: np.ndarray, motion: Motion) -> None:
+        """The reference's pose and covariance (as the odometry had them when it became the
+        reference) composed with the motion since: matching a keyframe again does not add up."""
         self.T_odom_cam = T_odom_ref @ motion.T_ref_cur
-        self.covariance = self.covariance + motion.covariance
+        self.covariance = compose_covariance(T_odom_ref, covariance_ref, motion.T_ref_cur, motion.covariance)
 
 
 # ---------------------------------------------------------------------------------------

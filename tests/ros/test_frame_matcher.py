@@ -76,6 +76,13 @@ def test_sequence_relative_rotations_and_scale(frames, pose_model):
         # the published messages agree with the record
         pose = cv.pose_from_msg(msgs[i].relative_pose)
         np.testing.assert_allclose(pose, np.linalg.inv(rec["T_0to1"]), atol=1e-9)
+        covariance = np.asarray(msgs[i].relative_pose.pose.covariance).reshape(6, 6)
+        np.testing.assert_allclose(covariance, covariance.T, atol=1e-15)
+        assert np.linalg.eigvalsh(covariance).min() > -1e-15
+        step = np.linalg.norm(T_gt[:3, 3])  # the position's standard deviation, against the step
+        assert 0 < np.sqrt(np.trace(covariance[:3, :3])) < 0.05 * step
+        odometry_variance = np.trace(np.asarray(msgs[i].odometry.pose.covariance).reshape(6, 6))
+        assert odometry_variance > np.trace(np.asarray(msgs[i - 1].odometry.pose.covariance).reshape(6, 6))
         assert msgs[i].relative_pose.header.stamp.sec == msgs[i].matches.header.stamp.sec
         points = cv.pointcloud2_to_array(msgs[i].matches)
         assert len(points) == rec["matches"] and points["inlier"].sum() == rec["inliers"]

@@ -112,15 +112,24 @@ def test_estimate_scale_and_keyframe_stages_on_exact_matches():
     assert S.keyframe_after_failure(0, 3, calibrated=True) == S.FailureVerdict(1, False, False)
     assert S.keyframe_after_failure(2, 3, calibrated=True) == S.FailureVerdict(0, True, True)
     assert S.keyframe_after_failure(2, 3, calibrated=False) == S.FailureVerdict(0, True, False)
-    # odometry: the motion chains onto the reference pose, covariances add up
-    motion = S.motion_from_pose(structure.T_0to1, 0.1, K, 200, structure.scale, 1.0)
+    # odometry: the motion chains onto the reference's pose and covariance
+    covariance = np.diag([1e-4] * 3 + [1e-6] * 3)
+    motion = S.motion_from_pose(structure.T_0to1, 0.1, covariance)
     np.testing.assert_allclose(motion.T_ref_cur[:3, 3], -T[:3, 3], atol=0.01)
     np.testing.assert_allclose(motion.linear, -T[:3, 3] / 0.1, atol=0.1)  # camera frame, per second
+    np.testing.assert_allclose(motion.covariance, covariance, atol=1e-12)  # isotropic: turning keeps it
     odometry = S.Odometry()
-    odometry.chain(odometry.T_odom_cam, motion)
-    odometry.chain(odometry.T_odom_cam, motion)
+    start = odometry.T_odom_cam.copy(), odometry.covariance.copy()
+    odometry.chain(*start, motion)
+    once = odometry.T_odom_cam.copy(), odometry.covariance.copy()
+    odometry.chain(*start, motion)  # the same reference again (a keyframe): nothing adds up
+    np.testing.assert_allclose(odometry.covariance, once[1])
+    odometry.chain(*once, motion)  # the last frame as the reference
     np.testing.assert_allclose(odometry.T_odom_cam[:3, 3], S.T_BODY_OPTICAL[:3, :3] @ (-2 * T[:3, 3]), atol=0.02)
-    np.testing.assert_allclose(odometry.covariance, 2 * motion.covariance)
+    np.testing.assert_allclose(odometry.covariance[3:, 3:], 2e-6 * np.eye(3), atol=1e-15)
+    # the first motion's turn uncertainty swings the second motion's offset: more than 2x
+    position_variance = np.trace(odometry.covariance[:3, :3])
+    assert 6e-4 < position_variance < 6e-4 + 2e-6 * np.linalg.norm(T[:3, 3]) ** 2 + 1e-12
 
 
 def _plane_scene(T, num=300, outliers=0.2, noise=0.3, seed=1):
@@ -266,13 +275,51 @@ def test_scale_by_speed_gives_a_unit_pose_the_last_metric_speed():
     assert S.scale_by_speed(metric, 0.5, 0.1) is metric
     no_pose = S.Structure(xyz, None)
     assert S.scale_by_speed(no_pose, 0.5, 0.1) is no_pose
-    # a guessed length is as uncertain as it is long
-    K = np.array([[300.0, 0, 160], [0, 300, 120], [0, 0, 1]])
-    guessed = S.motion_from_pose(scaled.T_0to1, 0.1, K, 200, scaled.scale, 1.0, guessed_scale=True)
-    measured = S.motion_from_pose(scaled.T_0to1, 0.1, K, 200, scaled.scale, 1.0)
-    np.testing.assert_allclose(guessed.covariance[:3], 0.05**2)
-    assert (measured.covariance[:3] < 1e-6).all()
-    np.testing.assert_array_equal(guessed.covariance[3:], measured.covariance[3:])
+    assert scaled.scale_std == 1.0  # a guessed length is as uncertain as it is long
+
+
+def _along(covariance, direction):
+    direction = direction / np.linalg.norm(direction)
+    return float(direction @ covariance @ direction)
+
+
+def test_pose_covariance_of_each_model_and_scale():
+    """First-order covariances from the inliers' residuals. A two-view pose sees only the
+    translation's direction: along it, the variance is that of its length, all of it when the
+    length is unit or guessed, the depth ratios' spread when the depth scaled it. PnP sees all."""
+    rng = np.random.default_rng(4)
+    T = _pose(2.0, [0.2, 0.03, 0.05])
+    K, X0, X1, pts0, pts1, _, wrong = _plane_scene(T, outliers=0.0, noise=0.5)
+    X0 *= rng.uniform(0.75, 2.0, (len(X0), 1))  # relief, for the essential matrix
+    X1 = X0 @ T[:3, :3].T + T[:3, 3]
+    pts1 = (X1 @ K.T)[:, :2] / X1[:, 2:] + rng.normal(0, 0.5, pts0.shape)
+    depth = np.zeros((240, 320), np.float32)
+    u, v = np.round(pts0).astype(int).T
+    depth[v, u] = X0[:, 2] * rng.normal(1.0, 0.01, len(X0))  # 1 % depth noise
+    lifted = S.lift_with_depth(pts0, pts0, K, depth)
+    estimator = get_estimator("relative_pose", {"name": "poselib"})
+    absolute = get_estimator("absolute_pose", {"name": "poselib", "ransac_th": 2.0})
+    unit = S.estimate_relative_pose(pts0, pts1, K, estimator, None, 15)
+    for ref_points, scale_std in ((None, 1.0), (lifted, None)):
+        structure = S.scale_and_structure(unit, pts0, pts1, K, ref_points)
+        covariance = S.pose_covariance(unit, structure, pts0, pts1, K, ref_points)
+        t = structure.T_0to1[:3, 3]
+        if scale_std is None:  # scaled by depth: the standard error of the ratios' median
+            assert structure.metric and 0.0005 < structure.scale_std < 0.005
+        assert _along(covariance[:3, :3], t) == pytest.approx(structure.scale_std**2 * t @ t, rel=1e-6)
+        across = np.cross(t, [0.0, 1.0, 0.0])
+        assert 0 < _along(covariance[:3, :3], across) < 1e-3 * (t @ t)  # the direction is well seen
+        assert np.all(np.linalg.eigvalsh(covariance[3:, 3:]) > 0)
+        np.testing.assert_allclose(covariance, covariance.T)
+        # published: the camera's position in the reference frame, -R^T t, the same along it
+        motion = S.motion_from_pose(structure.T_0to1, 0.1, covariance)
+        assert _along(motion.covariance[:3, :3], motion.T_ref_cur[:3, 3]) == pytest.approx(
+            structure.scale_std**2 * t @ t, rel=1e-3)
+    pnp = S.estimate_relative_pose(pts0, pts1, K, estimator, None, 15, lifted, absolute)
+    structure = S.scale_and_structure(pnp, pts0, pts1, K, lifted)
+    covariance = S.pose_covariance(pnp, structure, pts0, pts1, K, lifted)
+    assert pnp.model == "pnp" and np.all(np.linalg.eigvalsh(covariance) > 0)
+    assert _along(covariance[:3, :3], structure.T_0to1[:3, 3]) < 1e-4  # metres^2: a few millimetres
 
 
 def test_rectified_triangulation():
