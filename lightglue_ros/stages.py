@@ -290,11 +290,15 @@ def planar_pose(
         # no twin: the essential matrix's own cheirality test rules it out as well, and its pose
         # also fits the matches off the plane
         return None
-    poses = []
-    for T_0to1, _ in candidates:
-        error = np.nan_to_num(sampson_error(und0, und1, fundamental_from_pose(K, K, T_0to1)), nan=np.inf)
-        if (inliers := error <= homography.conf.ransac_th).sum() >= min_matches:
-            poses.append(PoseEstimate(inliers, T_0to1, True, model="planar"))
+    if not candidates:
+        return None
+    poses_T = np.stack([T_0to1 for T_0to1, _ in candidates])
+    errors = sampson_error(und0[None], und1[None], fundamental_from_pose(K, K, poses_T))  # all at once
+    poses = [
+        PoseEstimate(inliers, T_0to1, True, model="planar")
+        for T_0to1, inliers in zip(poses_T, np.nan_to_num(errors, nan=np.inf) <= homography.conf.ransac_th, strict=True)
+        if inliers.sum() >= min_matches
+    ]
     if len(poses) <= 1:
         return replace(poses[0], choice="visibility" if len(candidates) == 1 else "matches") if poses else None
     poses.sort(key=lambda pose: -int(pose.inliers.sum()))

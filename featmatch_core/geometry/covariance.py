@@ -61,18 +61,14 @@ def epipolar_jacobian(
     dF = K1_inv.T @ np.concatenate([_GENERATORS @ R, _GENERATORS @ E]) @ K0_inv  # (6, 3, 3)
     x0 = np.column_stack([points0, np.ones(len(points0))])
     x1 = np.column_stack([points1, np.ones(len(points1))])
-    line1, line0 = x0 @ F.T, x1 @ F  # F x0 (lines in image 1), F^T x1 (lines in image 0)
-    e = np.einsum("ni,ni->n", x1, line1)
-    a = line1[:, 0] ** 2 + line1[:, 1] ** 2 + line0[:, 0] ** 2 + line0[:, 1] ** 2
-    d_line1 = np.einsum("kij,nj->nki", dF, x0)  # (N, 6, 3)
-    d_line0 = np.einsum("kji,nj->nki", dF, x1)
-    d_e = np.einsum("ni,nki->nk", x1, d_line1)
-    d_a = 2 * (
-        line1[:, None, 0] * d_line1[..., 0] + line1[:, None, 1] * d_line1[..., 1]
-        + line0[:, None, 0] * d_line0[..., 0] + line0[:, None, 1] * d_line0[..., 1]
-    )
+    line1, line0 = F @ x0.T, F.T @ x1.T  # (3, N): F x0 (lines in image 1), F^T x1 (lines in image 0)
+    e = (x1.T * line1).sum(0)
+    a = line1[0] ** 2 + line1[1] ** 2 + line0[0] ** 2 + line0[1] ** 2
+    d_line1, d_line0 = dF @ x0.T, dF.transpose(0, 2, 1) @ x1.T  # (6, 3, N)
+    d_e = (x1.T * d_line1).sum(1)  # (6, N)
+    d_a = 2 * ((line1[:2] * d_line1[:, :2]).sum(1) + (line0[:2] * d_line0[:, :2]).sum(1))
     root = np.sqrt(np.maximum(a, 1e-300))
-    return e / root, d_e / root[:, None] - (e / (2 * root**3))[:, None] * d_a
+    return e / root, (d_e / root - e / (2 * root**3) * d_a).T
 
 
 def covariance_from_residuals(jacobian: np.ndarray, residuals: np.ndarray) -> np.ndarray:
