@@ -513,6 +513,8 @@ class _MatcherCore:
         # last one again after a wrong guess)
         self._matching = threading.Lock()
         self._dirty = True
+        self._staged = 0  # generations of parameters: staged by ``set_params``, applied by ``_apply_params``
+        self.applied = 0
         self._warned: set[str] = set()
         self.worker: FrameWorker | None = None  # set by the owner, for the diagnostics counters
 
@@ -525,6 +527,7 @@ class _MatcherCore:
         with self._lock:
             self.params = P.validate(self.node, dict(changes), base=self.params)
             self._dirty = True
+            self._staged += 1
         return True, ""
 
     def _apply_params(self) -> None:
@@ -532,7 +535,7 @@ class _MatcherCore:
             if not self._dirty:
                 return
             self._dirty = False
-            params = dict(self.params)
+            params, generation = dict(self.params), self._staged
         matcher_conf = self.pipeline.matcher.conf
         with self._matching:  # never in the middle of a match
             for param, key in P.MATCHER_CONF_KEYS.get(params["matcher"], {}).items():
@@ -540,6 +543,7 @@ class _MatcherCore:
                     value = params[param]
                     matcher_conf[key] = self._model_thresholds[key] if value == P.MODEL_VALUE else value
         self._configure(params)
+        self.applied = generation
 
     def _configure(self, params: dict[str, Any]) -> None:
         pass
@@ -689,6 +693,7 @@ class EarlyMatch:
     pred: TwoViewMatches
     match_ms: float
     estimated: concurrent.futures.Future[Estimated]  # with the guessed reference's depth
+    params: int  # the generation of parameters it was made with (``_MatcherCore.applied``)
 
 
 @dataclass
@@ -797,8 +802,9 @@ class FrameMatcher(_MatcherCore):
         """The middle stage of three (``match_ahead`` on): match an extracted frame while the
         frame before it is still in ``track``, against the reference it is expected to get
         (``_expected_reference``), and hand the pose and structure from them to the pool
-        (``_estimations``). ``track`` takes all three when the guess was right and redoes them
-        when not: counted as ``rematched``. Reads the tracking state, never writes it."""
+        (``_estimations``). ``track`` takes all three when the guess was right and the
+        parameters have not changed since, and redoes them when not: counted as ``rematched``.
+        Reads the tracking state, never writes it."""
         if frame.result.skipped is not None:
             return frame
         expected = self._expected_reference()
@@ -806,7 +812,7 @@ class FrameMatcher(_MatcherCore):
             reference, depth = expected
             pred, match_ms = _timed(self._match, reference, frame.features)
             estimated = self._estimations().submit(self._estimated, frame, pred, depth)
-            frame.early = EarlyMatch(reference, pred, match_ms, estimated)
+            frame.early = EarlyMatch(reference, pred, match_ms, estimated, self.applied)
         self.ahead_previous = frame
         return frame
 
@@ -957,8 +963,9 @@ class FrameMatcher(_MatcherCore):
         self, ref: Reference, frame: PreparedFrame, features: Frame, early: EarlyMatch | None, result: FrameResult
     ) -> tuple[TwoViewMatches, float, Estimated]:
         """The frame's matches to ``ref``, the pose and the structure from them: those made ahead
-        when they were made against it (and with its depth: the depth of that same frame)."""
-        if early is not None and early.reference is ref.frame:
+        when they were made against it (and with its depth: the depth of that same frame) and
+        with the parameters applied now (a runtime change reaches this very frame)."""
+        if early is not None and early.reference is ref.frame and early.params == self.applied:
             return early.pred, early.match_ms, early.estimated.result()
         if early is not None:
             self.counts["rematched"] += 1

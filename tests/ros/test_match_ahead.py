@@ -156,6 +156,23 @@ def test_runtime_changes_while_three_threads_run(frames):
     assert sum(r.record.get("success", False) for r in results) >= len(frames) - 1
 
 
+def test_a_runtime_change_reaches_the_next_frame_even_if_it_was_matched_ahead(frames):
+    """Frame n+1 is matched and estimated ahead with the old parameters; a change staged before
+    frame n+1 is tracked applies to it: its early work is redone, not used."""
+    fm = FrameMatcher({**FAST, "match_ahead": "always"})
+    messages = [_msgs(f) for f in frames[:3]]
+    first = fm.match_ahead(fm.prepare_and_extract(*messages[0]))
+    second = fm.match_ahead(fm.prepare_and_extract(*messages[1]))  # matched ahead against the first
+    assert fm.finish(first).record["first"]
+    assert fm.finish(second).record["success"]
+    third = fm.match_ahead(fm.prepare_and_extract(*messages[2]))
+    assert third.early is not None and third.early.params == fm.applied
+    assert fm.set_params({"min_matches": 100000})[0]  # no frame can have a pose now
+    result = fm.finish(third)
+    assert result.record["rematched"] and not result.record["success"]
+    assert "too few matches" in result.record["message"] and fm.counts["rematched"] == 1
+
+
 @pytest.mark.parametrize("values, on", [
     ({"device": "cpu"}, False),  # auto: CUDA only
     ({"match_ahead": "always"}, True),
