@@ -513,7 +513,9 @@ class _MatcherCore:
         # last one again after a wrong guess)
         self._matching = threading.Lock()
         self._dirty = True
-        self._staged = 0  # generations of parameters: staged by ``set_params``, applied by ``_apply_params``
+        # generations of parameters: the last staged by ``set_params``, the last applied by
+        # ``_apply_params`` (work made ahead with an older one is redone)
+        self._staged = 0
         self.applied = 0
         self._warned: set[str] = set()
         self.worker: FrameWorker | None = None  # set by the owner, for the diagnostics counters
@@ -679,8 +681,10 @@ class Estimated:
     estimate: S.PoseEstimate
     estimate_ms: float
     structure: S.Structure
-    und0: np.ndarray  # the points undistorted, and the reference's lifted with its depth: for a
-    und1: np.ndarray  # structure anew when tracking picks a planar pose's twin (``prefer_motion``)
+    # the points undistorted, and the reference's lifted with its depth: for the covariance, and
+    # for a structure anew when tracking picks a planar pose's twin (``prefer_motion``)
+    und0: np.ndarray
+    und1: np.ndarray
     lifted: S.DepthPoints | None = None
 
 

@@ -286,16 +286,14 @@ def planar_pose(
     if not est["success"] or on_plane.sum() < max(min_matches, PLANAR_INLIER_RATIO * essential.inliers.sum()):
         return None
     candidates = poses_from_homography(est["model"], K, K, und0[on_plane], und1[on_plane])
-    if len(candidates) == 1 and essential.T_0to1 is not None:
+    if not candidates or (len(candidates) == 1 and essential.T_0to1 is not None):
         # no twin: the essential matrix's own cheirality test rules it out as well, and its pose
         # also fits the matches off the plane
-        return None
-    if not candidates:
         return None
     poses_T = np.stack([T_0to1 for T_0to1, _ in candidates])
     errors = sampson_error(und0[None], und1[None], fundamental_from_pose(K, K, poses_T))  # all at once
     poses = [
-        PoseEstimate(inliers, T_0to1, True, model="planar")
+        PoseEstimate(inliers, T_0to1, model_fit=True, model="planar")
         for T_0to1, inliers in zip(poses_T, np.nan_to_num(errors, nan=np.inf) <= homography.conf.ransac_th, strict=True)
         if inliers.sum() >= min_matches
     ]
