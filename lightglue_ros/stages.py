@@ -164,8 +164,11 @@ def triangulate(x0: np.ndarray, x1: np.ndarray, T_0to1: np.ndarray) -> np.ndarra
     """Points (K, 3) in camera 0 from normalised coordinates (K, 2) of both views; NaN behind a camera."""
     if not len(x0):
         return np.zeros((0, 3))
-    P0 = np.hstack([np.eye(3), np.zeros((3, 1))])
-    X = triangulate_dlt(x0.astype(np.float64), x1.astype(np.float64), P0, T_0to1[:3, :4])
+    X = np.full((len(x0), 3), np.nan)
+    finite = np.isfinite(x0).all(1) & np.isfinite(x1).all(1)  # a NaN row would fail the whole batch
+    if finite.any():
+        P0 = np.hstack([np.eye(3), np.zeros((3, 1))])
+        X[finite] = triangulate_dlt(x0[finite].astype(np.float64), x1[finite].astype(np.float64), P0, T_0to1[:3, :4])
     z1 = X @ T_0to1[:3, :3].T[:, 2] + T_0to1[2, 3]
     bad = ~np.isfinite(X).all(1) | (X[:, 2] <= 0) | (z1 <= 0)
     X[bad] = np.nan

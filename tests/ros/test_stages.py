@@ -208,6 +208,17 @@ def test_the_pose_falls_back_to_the_essential_matrix_where_depth_is_missing():
     assert structure.metric and structure.scale == pytest.approx(np.linalg.norm(T[:3, 3]), rel=0.05)
 
 
+def test_triangulation_skips_a_non_finite_match_instead_of_failing_the_frame():
+    T = _pose(2.0, [0.2, 0.0, 0.05])
+    K, X0, X1, pts0, pts1, _, _ = _plane_scene(T, num=20, outliers=0.0, noise=0.0)
+    x0 = (pts0 - K[:2, 2]) / K[0, 0]
+    x1 = (pts1 - K[:2, 2]) / K[0, 0]
+    x1[3] = np.nan  # one bad match made the batched eigendecomposition raise for all
+    X = S.triangulate(x0, x1, T)
+    assert np.isnan(X[3]).all()
+    np.testing.assert_allclose(np.delete(X, 3, 0), np.delete(X0, 3, 0), atol=1e-6)
+
+
 def _pose_error(T_gt, T):
     return max(relative_pose_error(T_gt, T[:3, :3], T[:3, 3]))
 
