@@ -32,6 +32,6 @@ Design notes:
   on a planar scene and a pure rotation, where the essential matrix is not. Where too few
   matches have depth it falls back to the essential matrix scaled by the median of measured /
   triangulated depth. Without a PnP pose, a planar scene's pose comes from a homography
-  (``planar_homography``): of the two poses a plane allows, the one the off-plane matches or
-  the last motion support.
+  (``planar_homography``): of the two poses a plane allows, the one the last motion supports;
+  a turn on the spot gives a rotation with zero translation.
 """

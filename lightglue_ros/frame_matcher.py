@@ -756,7 +756,8 @@ class FrameMatcher(_MatcherCore):
         self.estimator = get_estimator("relative_pose", conf)
         self.uncalibrated = get_estimator(params["uncalibrated_model"], conf)
         self.absolute = get_estimator("absolute_pose", conf) if params["pose_from_depth"] else None
-        self.homography = get_estimator("homography", conf) if params["planar_homography"] else None
+        transfer = {**conf, "ransac_th": conf["ransac_th"] * S.TRANSFER_TH_FACTOR}
+        self.homography = get_estimator("homography", transfer) if params["planar_homography"] else None
 
     def reset(self) -> None:
         """Forget the reference frame and restart the odometry (a bag loop, a jump in time)."""
@@ -1068,7 +1069,8 @@ class FrameMatcher(_MatcherCore):
         covariance = S.pose_covariance(estimate, structure, estimated.und0, estimated.und1, frame.K, estimated.lifted)
         motion = S.motion_from_pose(structure.T_0to1, (result.stamp_ns - ref.stamp_ns) / 1e9, covariance)
         self.odometry.chain(ref.T_odom_cam, ref.odom_covariance, motion)
-        self.last_direction = S.motion_direction(structure.T_0to1)
+        if structure.T_0to1[:3, 3].any():  # a rotation says nothing of the direction of motion
+            self.last_direction = S.motion_direction(structure.T_0to1)
         result.record["T_0to1"] = structure.T_0to1.copy()
         result.relative_pose = RelativePose(ref.frame_id, motion.T_ref_cur, motion.covariance)
         result.odometry = self._odometry_state(result, motion.linear, motion.angular)

@@ -15,7 +15,8 @@ output topics by name (``matches``, ``line_matches``, ``matches_info``, ``relati
   ``matches``: ``reference_stamp`` (sec.nanosec) and ``reference_frame_id`` of frame 0, the
   model, keypoint / match / inlier counts, LightGlue's stop layer, the estimator outcome
   (``pose_model``: pnp, essential, planar (a homography's decomposition; ``planar_choice``
-  says what chose between its two poses), or the uncalibrated model).
+  says what chose between its two poses), rotation (no translation seen), or the
+  uncalibrated model).
 * ``relative_pose`` (``geometry_msgs/PoseWithCovarianceStamped``): the pose of the current
   optical frame in the reference optical frame (``inv(T_0to1)``), header = current stamp and
   the reference image's frame_id. Monocular: the translation has unit norm unless a depth

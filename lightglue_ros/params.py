@@ -223,9 +223,10 @@ SCHEMA: tuple[Param, ...] = (
         "planar_homography",
         True,
         "calibrated, without a PnP pose: also fit a homography; when it explains at least 80% of "
-        "the essential matrix's inliers (a planar scene), the pose comes from its decomposition: "
-        "of the two poses a plane allows, the one the matches off the plane support, else the one "
-        "closer to the last motion. false: the essential matrix alone (one RANSAC less per frame)",
+        "the essential matrix's inliers, the pose is a rotation without translation if a rotation "
+        "alone explains as many (a turn on the spot), else it comes from the homography's "
+        "decomposition (a planar scene): of the two poses a plane allows, the one closer to the "
+        "last motion. false: the essential matrix alone (one RANSAC less per frame)",
         runtime=True,
         nodes=MONO,
     ),

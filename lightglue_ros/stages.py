@@ -31,7 +31,7 @@ from featmatch_core.geometry.covariance import (
 )
 from featmatch_core.geometry.depth import image_to_camera, invert_transform, sample_depth
 from featmatch_core.geometry.epipolar import fundamental_from_pose, sampson_error
-from featmatch_core.geometry.homography import poses_from_homography
+from featmatch_core.geometry.homography import poses_from_homography, rotation_from_bearings, warp_points
 from featmatch_core.geometry.triangulation import triangulate_dlt
 
 from . import conversions as cv
@@ -186,7 +186,9 @@ class PoseEstimate:
     model_fit: bool | None = None  # None: not attempted (too few matches)
     problem: str = ""  # why there is no pose; empty with a pose (or an uncalibrated model fit)
     too_few: bool = False  # the problem is a count below min_matches
-    model: str = ""  # "pnp", "essential", "planar" (a homography's decomposition), or the uncalibrated model's kind
+    # "pnp", "essential", "planar" (a homography's decomposition), "rotation" (a homography with no
+    # translation), or the uncalibrated model's kind
+    model: str = ""
     twin: PoseEstimate | None = None  # planar: the other pose the plane allows, when the matches cannot tell them apart
     choice: str = ""  # planar: what chose between the twins (see ``planar_pose``)
 
@@ -246,7 +248,7 @@ def estimate_relative_pose(
     fitted = fitted_model(est, "essential" if K is not None else uncalibrated.kind, K is not None, min_matches)
     if K is not None and homography is not None:
         # tried after a failed essential matrix too: a plane is where that one fails
-        return planar_pose(und0, und1, K, homography, fitted, min_matches) or fitted
+        return planar_pose(und0, und1, K, homography, fitted, min_matches, estimator.conf.ransac_th) or fitted
     return fitted
 
 
@@ -264,15 +266,34 @@ def fitted_model(est: dict[str, Any], model: str, calibrated: bool, min_matches:
     return PoseEstimate(inliers, T_0to1, model_fit=True, model=model)
 
 
+# a transfer error (2D, both images' noise) against a Sampson distance (1D): the same share of
+# true matches passes at sqrt(chi2_2(95 %) / chi2_1(95 %)) times the threshold (ORB-SLAM's rule)
+TRANSFER_TH_FACTOR = float(np.sqrt(5.99 / 3.84))
+ROTATION_INLIER_RATIO = 0.95  # of the homography's inliers: its 5 more degrees of freedom buy nothing
+ROTATION_TRANSLATION_VARIANCE = 1.0  # per axis, m^2 (a unit^2 monocular): a rotation's translation is unseen
 PLANAR_INLIER_RATIO = 0.8  # COLMAP's max_H_inlier_ratio: above it, a two-view geometry is planar or panoramic
 PLANAR_MARGIN = 0.02  # a twin wins on the matches by more than this share of the plane's matches (and 5)
 
 
 def planar_pose(
-    und0: np.ndarray, und1: np.ndarray, K: np.ndarray, homography: Any, essential: PoseEstimate, min_matches: int
+    und0: np.ndarray,
+    und1: np.ndarray,
+    K: np.ndarray,
+    homography: Any,
+    essential: PoseEstimate,
+    min_matches: int,
+    epipolar_th: float,
 ) -> PoseEstimate | None:
     """The pose from a homography when it explains at least ``PLANAR_INLIER_RATIO`` of the
-    essential matrix's inliers, else None (keep the essential matrix).
+    essential matrix's inliers, else None (keep the essential matrix). ``homography`` should
+    threshold its transfer errors at ``TRANSFER_TH_FACTOR`` times ``epipolar_th``, the
+    essential matrix's Sampson threshold, for the counts to compare.
+
+    When a rotation alone (``rotation_fit``) explains nearly as many matches as the homography
+    (``ROTATION_INLIER_RATIO`` of them), the translation is too small against the scene's depth
+    to be seen (COLMAP's "panoramic"): the pose is that rotation, with zero translation (model
+    ``rotation``), not a unit translation in the direction the essential matrix guessed, a
+    step in a random direction.
 
     On a plane the essential matrix is ill-posed: the two poses that the plane allows (the
     twins of ``poses_from_homography``) explain every match on it alike, and RANSAC returns
@@ -286,9 +307,15 @@ def planar_pose(
     prior (``prefer_motion``). Inliers: the matches within the Sampson threshold of the pose."""
     est = homography({"m_kpts0": und0, "m_kpts1": und1})
     on_plane = np.asarray(est["inliers"], bool).reshape(-1)
-    if not est["success"] or on_plane.sum() < max(min_matches, PLANAR_INLIER_RATIO * essential.inliers.sum()):
+    enough = max(min_matches, PLANAR_INLIER_RATIO * essential.inliers.sum())
+    if not est["success"] or on_plane.sum() < enough:
         return None
+    turn = rotation_fit(und0, und1, K, on_plane, homography.conf.ransac_th)
+    if turn.inliers.sum() >= max(enough, ROTATION_INLIER_RATIO * on_plane.sum()):
+        return turn
     candidates = poses_from_homography(est["model"], K, K, und0[on_plane], und1[on_plane])
+    if candidates and not candidates[0][0][:3, 3].any():
+        return None  # a rotation by OpenCV's tolerance that the rotation's own fit does not confirm
     if not candidates or (len(candidates) == 1 and essential.T_0to1 is not None):
         # no twin: the essential matrix's own cheirality test rules it out as well, and its pose
         # also fits the matches off the plane
@@ -297,7 +324,7 @@ def planar_pose(
     errors = sampson_error(und0[None], und1[None], fundamental_from_pose(K, K, poses_T))  # all at once
     poses = [
         PoseEstimate(inliers, T_0to1, model_fit=True, model="planar")
-        for T_0to1, inliers in zip(poses_T, np.nan_to_num(errors, nan=np.inf) <= homography.conf.ransac_th, strict=True)
+        for T_0to1, inliers in zip(poses_T, np.nan_to_num(errors, nan=np.inf) <= epipolar_th, strict=True)
         if inliers.sum() >= min_matches
     ]
     if len(poses) <= 1:
@@ -311,6 +338,22 @@ def planar_pose(
     if essential.T_0to1 is not None:
         best, second = sorted((best, second), key=lambda pose: pose_distance(pose.T_0to1, essential.T_0to1))
     return replace(best, choice="essential", twin=second)
+
+
+def rotation_fit(
+    und0: np.ndarray, und1: np.ndarray, K: np.ndarray, fit_to: np.ndarray, threshold: float
+) -> PoseEstimate:
+    """The rotation that best maps the bearings of the matches ``fit_to``
+    (``rotation_from_bearings``), with the matches it transfers to within ``threshold`` pixels
+    as inliers."""
+    K_inv = np.linalg.inv(K)
+    bearings0 = np.hstack([und0, np.ones((len(und0), 1))]) @ K_inv.T
+    bearings1 = np.hstack([und1, np.ones((len(und1), 1))]) @ K_inv.T
+    T_0to1 = np.eye(4)
+    T_0to1[:3, :3] = rotation_from_bearings(bearings0[fit_to], bearings1[fit_to])
+    transferred = warp_points(und0, K @ T_0to1[:3, :3] @ K_inv)
+    inliers = np.linalg.norm(transferred - und1, axis=1) <= threshold
+    return PoseEstimate(inliers, T_0to1, model_fit=True, model="rotation")
 
 
 def motion_direction(T_0to1: np.ndarray) -> np.ndarray:
@@ -374,8 +417,8 @@ def scale_by_speed(structure: Structure, speed_m_s: float, dt_s: float) -> Struc
     depth) but whose own scale is unknown (its reference has no depth, or too few inliers with
     depth): the translation gets the last metric speed over ``dt_s`` instead of 1 m, and the
     points are rescaled with it. The rotation and the direction stay as estimated."""
-    if structure.T_0to1 is None or structure.metric:
-        return structure
+    if structure.T_0to1 is None or structure.metric or not structure.T_0to1[:3, 3].any():
+        return structure  # no pose, a metric one, or a rotation: no translation to scale
     factor = speed_m_s * max(dt_s, 0.0) / max(float(np.linalg.norm(structure.T_0to1[:3, 3])), 1e-12)
     T_0to1 = structure.T_0to1.copy()
     T_0to1[:3, 3] *= factor
@@ -393,11 +436,12 @@ def scale_and_structure(
     """Triangulate the matches; with the reference frame's depth, the metric scale (median ratio
     of measured to triangulated depth over at least 5 inliers), unless the pose is metric
     already (PnP), and the points that have depth placed by it. Without a pose: the bearings
-    (x/z, y/z, 1) of the current frame's points with calibration, else zeros."""
+    (x/z, y/z, 1) of the current frame's points with calibration, else zeros; the same with a
+    rotation, which has no baseline to triangulate or scale."""
     n = len(und0)
-    if estimate.T_0to1 is None:
+    if estimate.T_0to1 is None or estimate.model == "rotation":
         xyz = np.hstack([image_to_camera(und1, K), np.ones((n, 1))]) if K is not None and n else np.zeros((n, 3))
-        return Structure(xyz, None)
+        return Structure(xyz, None if estimate.T_0to1 is None else estimate.T_0to1.copy())
     T_0to1 = estimate.T_0to1.copy()
     if estimate.metric and ref_points is not None:
         # measured beats triangulated (and a rotation has no baseline): triangulate the rest only
@@ -440,8 +484,18 @@ def pose_covariance(
     freedom). A two-view pose (essential, planar): the Sampson distances, which see the
     rotation and the translation's direction (5), scaled with the translation, plus its length
     with the relative standard deviation ``structure.scale_std`` along it (1 for a unit or a
-    guessed length, the spread of the depth ratios for a depth-scaled one)."""
+    guessed length, the spread of the depth ratios for a depth-scaled one). A rotation: the
+    transfer errors for the rotation (3), and ``ROTATION_TRANSLATION_VARIANCE`` for the
+    translation it does not see."""
     T_0to1, inliers = structure.T_0to1, estimate.inliers
+    if estimate.model == "rotation":
+        # the transfer errors of the turn: points at infinity, of which only the rotation moves any
+        bearings = np.hstack([image_to_camera(und0[inliers], K), np.ones((int(inliers.sum()), 1))])
+        residuals, jacobian = reprojection_jacobian(bearings, und1[inliers], T_0to1, K)
+        covariance = np.zeros((6, 6))
+        covariance[3:, 3:] = covariance_from_residuals(jacobian[..., 3:], residuals)
+        covariance[:3, :3] = np.eye(3) * ROTATION_TRANSLATION_VARIANCE
+        return covariance
     if estimate.model == "pnp":
         use = inliers & ref_points.valid
         residuals, jacobian = reprojection_jacobian(ref_points.xyz0[use], und1[use], T_0to1, K)

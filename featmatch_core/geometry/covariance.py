@@ -72,10 +72,12 @@ def epipolar_jacobian(
 
 
 def covariance_from_residuals(jacobian: np.ndarray, residuals: np.ndarray) -> np.ndarray:
-    """``sigma^2 (J^T J)^+`` (6, 6) for a Jacobian (M, 6) of residuals (M,); ``sigma^2`` is
-    their sum of squares over M minus the rank of ``J``. Directions that the residuals do not
-    see (the scale of a two-view pose) get no variance: add it from what sets them."""
-    J = np.asarray(jacobian, np.float64).reshape(-1, 6)
+    """``sigma^2 (J^T J)^+`` (P, P) for a Jacobian (M, P) of residuals (M,) (or (N, 2, P) of
+    (N, 2)); ``sigma^2`` is their sum of squares over M minus the rank of ``J``. Directions that
+    the residuals do not see (the scale of a two-view pose) get no variance: add it from what
+    sets them."""
+    jacobian = np.asarray(jacobian, np.float64)
+    J = jacobian.reshape(-1, jacobian.shape[-1])
     r = np.asarray(residuals, np.float64).reshape(-1)
     if len(J) != len(r):
         raise ValueError(f"covariance_from_residuals: {len(J)} Jacobian rows for {len(r)} residuals")

@@ -159,8 +159,11 @@ def poses_from_homography(
     twins: both explain every match on the plane exactly, so only matches off the plane, a
     third view or a motion prior can tell them apart.
 
-    Returns ``(T_0to1, normal)`` pairs: 4x4 ``X1 = R X0 + t`` with unit-norm t (zero for a
-    pure rotation), and the plane's unit normal in camera 0, pointing away from it.
+    Returns ``(T_0to1, normal)`` pairs: 4x4 ``X1 = R X0 + t`` with unit-norm t, and the plane's
+    unit normal in camera 0, pointing away from it. A homography of a pure rotation (within
+    OpenCV's tolerance: also a translation too small against the depth) gives one pose: the
+    rotation that best maps the points' bearings (``rotation_from_bearings``), with zero
+    translation and a zero normal.
     """
     H = np.asarray(H, np.float64)
     if H.shape != (3, 3) or not np.isfinite(H).all():
@@ -171,6 +174,12 @@ def poses_from_homography(
     _, rotations, translations, normals = cv2.decomposeHomographyMat(H_norm, np.eye(3))
     x0 = np.hstack([np.asarray(points0, np.float64), np.ones((len(points0), 1))]) @ np.linalg.inv(K0).T
     x1 = np.hstack([np.asarray(points1, np.float64), np.ones((len(points1), 1))]) @ np.linalg.inv(K1).T
+    if not np.any(translations[0]):
+        # a rotation (OpenCV's one solution, with no translation and no plane): nothing to filter,
+        # and the rotation fitted to the points (3 degrees of freedom) beats the homography's (8)
+        T = np.eye(4)
+        T[:3, :3] = rotation_from_bearings(x0, x1) if len(x0) >= 2 else rotations[0]
+        return [(T, np.zeros(3))]
     visible = cv2.filterHomographyDecompByVisibleRefpoints(
         rotations, normals, x0[:, None, :2].astype(np.float32), x1[:, None, :2].astype(np.float32)
     )
@@ -182,3 +191,16 @@ def poses_from_homography(
         T[:3, :3], T[:3, 3] = rotations[i], t / norm if norm > 1e-12 else 0.0
         poses.append((T, normals[i].reshape(3)))
     return poses
+
+
+def rotation_from_bearings(bearings0: np.ndarray, bearings1: np.ndarray) -> np.ndarray:
+    """The rotation R (3, 3) that minimises ``sum |b1 - R b0|^2`` over the bearings (N, 3) of
+    the same points from one camera centre (normalised here): Kabsch without centring, since
+    the camera turns about its centre."""
+    b0 = np.asarray(bearings0, np.float64)
+    b1 = np.asarray(bearings1, np.float64)
+    b0 = b0 / np.linalg.norm(b0, axis=1, keepdims=True)
+    b1 = b1 / np.linalg.norm(b1, axis=1, keepdims=True)
+    U, _, Vt = np.linalg.svd(b1.T @ b0)
+    flip = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])  # a rotation, not a reflection
+    return U @ flip @ Vt

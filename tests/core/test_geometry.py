@@ -35,6 +35,7 @@ from featmatch_core.geometry.homography import (
     homography_dlt,
     image_corners,
     poses_from_homography,
+    rotation_from_bearings,
     sym_transfer_error,
     warp_points,
 )
@@ -83,6 +84,24 @@ def test_poses_from_homography_are_the_true_pose_and_its_twin(t, num_poses):
         assert np.abs(sampson_error(pts0, pts1, fundamental_from_pose(K, K, P))).max() < 1e-6
     if num_poses == 2:
         assert max(errors[1 - true]) > 5.0  # degrees: a real second solution, not a copy
+
+
+def test_a_rotation_homography_gives_the_rotation_fitted_to_the_bearings():
+    rng = np.random.default_rng(1)
+    K = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
+    R = rotation([0.2, 1.0, -0.1], 4.0)
+    pts0 = rng.uniform([0, 0], [640, 480], (80, 2))
+    bearings0 = np.hstack([pts0, np.ones((80, 1))]) @ np.linalg.inv(K).T
+    bearings1 = bearings0 @ R.T
+    pts1 = (bearings1 @ K.T)[:, :2] / bearings1[:, 2:]
+    (T, normal), = poses_from_homography(K @ R @ np.linalg.inv(K), K, K, pts0, pts1)
+    assert not T[:3, 3].any() and not normal.any()
+    np.testing.assert_allclose(T[:3, :3], R, atol=1e-9)
+    # the fit uses the bearings only: their lengths and a mirror-image solution do not count
+    scaled = bearings1 * rng.uniform(1, 5, (80, 1))
+    np.testing.assert_allclose(rotation_from_bearings(bearings0, scaled), R, atol=1e-9)
+    mirrored = bearings0 * np.array([1.0, 1.0, -1.0])  # best fitted by a reflection
+    assert np.linalg.det(rotation_from_bearings(bearings0, mirrored)) == pytest.approx(1.0)
 
 
 def test_poses_from_homography_rejects_a_matrix_that_is_no_homography():

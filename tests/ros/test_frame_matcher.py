@@ -144,6 +144,29 @@ def test_a_pose_the_depth_cannot_scale_keeps_the_last_metric_speed(frames):
     assert not record["speed_scaled"] and np.linalg.norm(record["T_0to1"][:3, 3]) == pytest.approx(1.0)
 
 
+def test_a_camera_turning_on_the_spot_keeps_its_place_in_the_odometry():
+    """Monocular, a camera that only turns (3 deg per frame): each pose is a rotation with no
+    translation, so the odometry turns with it and stays where it is, instead of taking a
+    unit step in a direction the matches do not fix."""
+    scene = synthetic.RoomScene(1)
+    K = synthetic.default_K(W, H)
+    centre = np.array([0.0, 0.0, 0.5])
+    fm = FrameMatcher(FAST)
+    records, poses = [], []
+    for i in range(5):
+        T_cam_world = synthetic.camera_pose(synthetic.rotation("y", 3.0 * i) @ synthetic.rotation("x", 1.0 * i), centre)
+        image, depth = scene.render(K, T_cam_world, W, H)
+        frame = synthetic.SyntheticFrame(image, depth, T_cam_world, K, 1_700_000_000_000_000_000 + i * 100_000_000)
+        records.append(fm.process(*_msgs(frame)[:2]).record)
+        poses.append(T_cam_world)
+    for i in range(1, 5):
+        rec = records[i]
+        assert rec["pose_model"] == "rotation" and not rec["T_0to1"][:3, 3].any(), rec
+        R_gt = (poses[i] @ np.linalg.inv(poses[i - 1]))[:3, :3]
+        assert relative_pose_error(np.eye(4), rec["T_0to1"][:3, :3] @ R_gt.T, np.ones(3))[0] < 0.1
+    np.testing.assert_allclose(records[-1]["T_odom_cam"][:3, 3], records[0]["T_odom_cam"][:3, 3], atol=1e-12)
+
+
 def test_keyframe_policy_and_debug_image(frames):
     fm = FrameMatcher({**FAST, "keyframe_policy": "keyframe", "keyframe_min_inliers": 5, "keyframe_max_flow": 1000.0})
     out = [_processed(fm, *_msgs(f)[:2], want_debug=True)[1] for f in frames[:4]]

@@ -229,7 +229,7 @@ def test_on_a_plane_the_pose_comes_from_the_homography_and_the_last_motion_picks
     T = _pose(2.0, [0.1, 0.02, -0.1])
     K, X0, X1, pts0, pts1, _, wrong = _plane_scene(T)
     estimator = get_estimator("relative_pose", {"name": "poselib"})
-    homography = get_estimator("homography", {"name": "poselib", "ransac_th": 1.0})
+    homography = get_estimator("homography", {"name": "poselib", "ransac_th": S.TRANSFER_TH_FACTOR})
     essential = S.estimate_relative_pose(pts0, pts1, K, estimator, None, 15)
     planar = S.estimate_relative_pose(pts0, pts1, K, estimator, None, 15, homography=homography)
     assert essential.model == "essential" and planar.model == "planar" and planar.choice == "essential"
@@ -251,7 +251,7 @@ def test_matches_off_the_plane_or_relief_keep_the_essential_matrix():
     T = _pose(2.0, [0.1, 0.02, -0.1])
     K, X0, X1, pts0, pts1, _, wrong = _plane_scene(T)
     estimator = get_estimator("relative_pose", {"name": "poselib"})
-    homography = get_estimator("homography", {"name": "poselib", "ransac_th": 1.0})
+    homography = get_estimator("homography", {"name": "poselib", "ransac_th": S.TRANSFER_TH_FACTOR})
 
     def matches_of(X0):
         X1 = X0 @ T[:3, :3].T + T[:3, 3]
@@ -264,12 +264,39 @@ def test_matches_off_the_plane_or_relief_keep_the_essential_matrix():
     estimate = S.estimate_relative_pose(*matches_of(on_box), K, estimator, None, 15, homography=homography)
     assert estimate.model == "essential" and _pose_error(T, estimate.T_0to1) < 1.0
     failed = S.PoseEstimate(np.zeros(len(X0), bool), model_fit=False, problem="estimation failed", model="essential")
-    planar = S.planar_pose(*matches_of(on_box), K, homography, failed, 15)
+    planar = S.planar_pose(*matches_of(on_box), K, homography, failed, 15, 1.0)
     assert planar.model == "planar" and planar.choice == "matches" and planar.twin is None
     assert _pose_error(T, planar.T_0to1) < 1.0
     relief = X0 * np.random.default_rng(3).uniform(0.75, 2.0, (len(X0), 1))  # depths 1.5 to 4 m
     estimate = S.estimate_relative_pose(*matches_of(relief), K, estimator, None, 15, homography=homography)
     assert estimate.model == "essential" and _pose_error(T, estimate.T_0to1) < 1.0
+
+
+def test_a_turn_on_the_spot_gives_a_rotation_without_translation():
+    """A pure rotation: the essential matrix would give a unit translation in a direction the
+    matches do not fix; the homography has no translation, so the pose is the fitted rotation,
+    its structure the bearings, and nothing scales or swings its translation."""
+    rng = np.random.default_rng(5)
+    T = _pose(3.0, [0.0, 0.0, 0.0])
+    K, X0, _, pts0, _, _, _ = _plane_scene(T, outliers=0.0)
+    X0 *= rng.uniform(1.0, 3.0, (len(X0), 1))  # relief: a rotation does not care
+    X1 = X0 @ T[:3, :3].T
+    pts1 = (X1 @ K.T)[:, :2] / X1[:, 2:] + rng.normal(0, 0.5, pts0.shape)
+    estimator = get_estimator("relative_pose", {"name": "poselib"})
+    homography = get_estimator("homography", {"name": "poselib", "ransac_th": S.TRANSFER_TH_FACTOR})
+    estimate = S.estimate_relative_pose(pts0, pts1, K, estimator, None, 15, homography=homography)
+    assert estimate.model == "rotation" and not estimate.T_0to1[:3, 3].any()
+    assert S.rotation_angle_deg(estimate.T_0to1[:3, :3] @ T[:3, :3].T) < 0.05
+    assert estimate.inliers.mean() > 0.7
+    structure = S.scale_and_structure(estimate, pts0, pts1, K, None)
+    assert structure.T_0to1 is not None and not structure.metric
+    np.testing.assert_allclose(structure.xyz[:, :2], (pts1 - K[:2, 2]) / K[0, 0], atol=1e-9)  # bearings
+    assert S.scale_by_speed(structure, 0.5, 0.1) is structure
+    covariance = S.pose_covariance(estimate, structure, pts0, pts1, K, None)
+    np.testing.assert_allclose(covariance[:3, :3], S.ROTATION_TRANSLATION_VARIANCE * np.eye(3))
+    rotation_std = np.sqrt(np.diag(covariance[3:, 3:]))  # 0.5 px over ~250 matches on a 300 px focal
+    assert np.all((rotation_std > 1e-5) & (rotation_std < 1e-3))
+    assert not covariance[:3, 3:].any()
 
 
 def test_scale_by_speed_gives_a_unit_pose_the_last_metric_speed():
