@@ -1,6 +1,7 @@
 """The ROS-free streaming core: poses on a generated sequence, the worker's drop policy, bad
 input, runtime parameters, stereo baseline. Messages are rosbags' ROS 2 Humble types."""
 
+import dataclasses
 import threading
 import time
 
@@ -9,6 +10,7 @@ import pytest
 
 from featmatch_core.geometry.epipolar import relative_pose_error
 from lightglue_ros import conversions as cv
+from lightglue_ros import stages as S
 from featmatch_core.datasets import room as synthetic
 from featmatch_core.geometry.depth import sample_depth
 from lightglue_ros.frame_matcher import FrameMatcher, FrameWorker, StereoMatcher
@@ -165,6 +167,25 @@ def test_a_camera_turning_on_the_spot_keeps_its_place_in_the_odometry():
         R_gt = (poses[i] @ np.linalg.inv(poses[i - 1]))[:3, :3]
         assert relative_pose_error(np.eye(4), rec["T_0to1"][:3, :3] @ R_gt.T, np.ones(3))[0] < 0.1
     np.testing.assert_allclose(records[-1]["T_odom_cam"][:3, 3], records[0]["T_odom_cam"][:3, 3], atol=1e-12)
+
+
+@pytest.mark.parametrize("planar_homography", [True, False])
+def test_a_camera_at_rest_stays_at_rest_with_the_homography_check(frames, planar_homography):
+    """The same view again and again (a robot standing still), monocular: the homography check
+    finds a rotation (the identity) with no translation; the essential matrix alone gives a
+    unit step in a direction the matches do not fix, and the odometry walks away."""
+    fm = FrameMatcher({**FAST, "planar_homography": planar_homography})
+    records = []
+    for i in range(4):
+        still = dataclasses.replace(frames[0], stamp_ns=frames[0].stamp_ns + i * 100_000_000)
+        records.append(fm.process(*_msgs(still)[:2]).record)
+    travelled = np.linalg.norm(records[-1]["T_odom_cam"][:3, 3] - records[0]["T_odom_cam"][:3, 3])
+    if planar_homography:
+        assert all(r["pose_model"] == "rotation" for r in records[1:])
+        assert all(S.rotation_angle_deg(r["T_0to1"][:3, :3]) < 0.01 for r in records[1:])
+        assert travelled == 0.0
+    else:
+        assert travelled > 1.0  # units: one unit-norm step per frame, in a guessed direction
 
 
 def test_keyframe_policy_and_debug_image(frames):
