@@ -224,7 +224,8 @@ SCHEMA: tuple[Param, ...] = (
         True,
         "calibrated, without a PnP pose: also fit a homography; when it explains at least 80% of "
         "the essential matrix's inliers, the pose is a rotation without translation if a rotation "
-        "alone explains as many (a turn on the spot), else it comes from the homography's "
+        "alone explains 95% of the homography's (a turn on the spot, a camera at rest), else it "
+        "comes from the homography's "
         "decomposition (a planar scene): of the two poses a plane allows, the one closer to the "
         "last motion. false: the essential matrix alone (one RANSAC less per frame)",
         runtime=True,
