@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 
-# the cross-product matrices of the unit vectors: [e_k]x
+# Numpy here, beside the torch helpers of ``epipolar`` (``skew``, ``essential_from_pose``,
+# ``fundamental_from_pose``), on purpose: this runs on every tracked frame, and calling those
+# through their numpy wrapper took a pose's covariance from 0.33-0.45 to 0.56-1.0 ms (790 inliers).
+
 _GENERATORS = np.array([
     [[0, 0, 0], [0, 0, -1], [0, 1, 0]],
     [[0, 0, 1], [0, 0, 0], [-1, 0, 0]],
     [[0, -1, 0], [1, 0, 0], [0, 0, 0]],
-], dtype=np.float64)
+], dtype=np.float64)  # the cross-product matrices of the unit vectors: [e_k]x
 
 
 def _cross_matrix(v: np.ndarray) -> np.ndarray:
