@@ -1147,7 +1147,7 @@ class FrameMatcher(_MatcherCore):
         if K is None or not len(line_matches):
             return None
         mid = lines1[line_matches[:, 1]].mean(axis=1).astype(np.float64)
-        return np.hstack([S.image_to_camera(mid, K), np.ones((len(mid), 1))])
+        return S.bearings(mid, K)
 
     @staticmethod
     def _debug_drawing(ref: Reference, frame: PreparedFrame, pred: TwoViewMatches, status: Status) -> DebugDrawing:

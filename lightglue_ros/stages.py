@@ -206,13 +206,17 @@ class DepthPoints:
     valid: np.ndarray  # (n,) bool: a positive, finite depth at the match's pixel
 
 
+def bearings(points: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """The rays (x/z, y/z, 1) (N, 3) of undistorted pixels (N, 2)."""
+    return np.hstack([image_to_camera(points, K), np.ones((len(points), 1))])
+
+
 def lift_with_depth(und0: np.ndarray, pts0: np.ndarray, K: np.ndarray, depth: np.ndarray) -> DepthPoints:
     """3D points of the reference's matches: the depth at the raw pixel ``pts0`` (nearest; the
     depth image is registered to the raw image) along the undistorted ray of ``und0``."""
     measured = sample_depth(pts0, depth.astype(np.float64), mode="nearest")[0]
     valid = np.isfinite(measured) & (measured > 0)
-    rays = np.hstack([image_to_camera(und0, K), np.ones((len(und0), 1))])
-    return DepthPoints(np.where(valid[:, None], rays * measured[:, None], np.nan), valid)
+    return DepthPoints(np.where(valid[:, None], bearings(und0, K) * measured[:, None], np.nan), valid)
 
 
 def estimate_relative_pose(
@@ -346,12 +350,9 @@ def rotation_fit(
     """The rotation that best maps the bearings of the matches ``fit_to``
     (``rotation_from_bearings``), with the matches it transfers to within ``threshold`` pixels
     as inliers."""
-    K_inv = np.linalg.inv(K)
-    bearings0 = np.hstack([und0, np.ones((len(und0), 1))]) @ K_inv.T
-    bearings1 = np.hstack([und1, np.ones((len(und1), 1))]) @ K_inv.T
     T_0to1 = np.eye(4)
-    T_0to1[:3, :3] = rotation_from_bearings(bearings0[fit_to], bearings1[fit_to])
-    transferred = warp_points(und0, K @ T_0to1[:3, :3] @ K_inv)
+    T_0to1[:3, :3] = rotation_from_bearings(bearings(und0[fit_to], K), bearings(und1[fit_to], K))
+    transferred = warp_points(und0, K @ T_0to1[:3, :3] @ np.linalg.inv(K))
     inliers = np.linalg.norm(transferred - und1, axis=1) <= threshold
     return PoseEstimate(inliers, T_0to1, model_fit=True, model="rotation")
 
@@ -440,7 +441,7 @@ def scale_and_structure(
     rotation, which has no baseline to triangulate or scale."""
     n = len(und0)
     if estimate.T_0to1 is None or estimate.model == "rotation":
-        xyz = np.hstack([image_to_camera(und1, K), np.ones((n, 1))]) if K is not None and n else np.zeros((n, 3))
+        xyz = bearings(und1, K) if K is not None and n else np.zeros((n, 3))
         return Structure(xyz, None if estimate.T_0to1 is None else estimate.T_0to1.copy())
     T_0to1 = estimate.T_0to1.copy()
     if estimate.metric and ref_points is not None:
@@ -490,8 +491,7 @@ def pose_covariance(
     T_0to1, inliers = structure.T_0to1, estimate.inliers
     if estimate.model == "rotation":
         # the transfer errors of the turn: points at infinity, of which only the rotation moves any
-        bearings = np.hstack([image_to_camera(und0[inliers], K), np.ones((int(inliers.sum()), 1))])
-        residuals, jacobian = reprojection_jacobian(bearings, und1[inliers], T_0to1, K)
+        residuals, jacobian = reprojection_jacobian(bearings(und0[inliers], K), und1[inliers], T_0to1, K)
         covariance = np.zeros((6, 6))
         covariance[3:, 3:] = covariance_from_residuals(jacobian[..., 3:], residuals)
         covariance[:3, :3] = np.eye(3) * ROTATION_TRANSLATION_VARIANCE
