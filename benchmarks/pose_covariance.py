@@ -29,13 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightglue_ros import conversions as cv  # noqa: E402
 from lightglue_ros.frame_matcher import FrameMatcher  # noqa: E402
 from lightglue_ros.make_bag import bag_topics, frame_messages, sequence_frames, synthetic_frames  # noqa: E402
+from pose_from_depth import MODES  # noqa: E402  (benchmarks/ is on sys.path as the script's folder)
 
 CHI2_6DOF_95 = 12.59
-MODES = {
-    "pnp (default)": {},
-    "planar": {"pose_from_depth": False},
-    "essential": {"pose_from_depth": False, "planar_homography": False},
-}
 
 
 def ros_error(T_ref_cur: np.ndarray, T_gt: np.ndarray) -> np.ndarray:

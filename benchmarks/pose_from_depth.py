@@ -29,10 +29,10 @@ from lightglue_ros import replay  # noqa: E402
 from lightglue_ros.make_bag import synthetic_frames, write_bag  # noqa: E402
 
 HOLE_CELL = 16  # pixels
-MODES = {  # the node parameters of each pose model
-    "essential": ["-p", "pose_from_depth=false", "-p", "planar_homography=false"],
-    "planar": ["-p", "pose_from_depth=false"],
-    "pnp (default)": [],
+MODES = {  # the node parameters of each pose model (also benchmarks/pose_covariance.py's)
+    "essential": {"pose_from_depth": False, "planar_homography": False},
+    "planar": {"pose_from_depth": False},
+    "pnp (default)": {},
 }
 
 
@@ -69,7 +69,8 @@ def main(argv=None) -> int:
             write_bag(spoilt, bag, total=args.frames)
             for mode, params in MODES.items():
                 out = Path(tmp) / f"{bag.name}_{mode}"
-                replay.run(replay.parse_args([str(bag), "--conf", args.conf, *params,
+                node_params = [arg for name, value in params.items() for arg in ("-p", f"{name}={str(value).lower()}")]
+                replay.run(replay.parse_args([str(bag), "--conf", args.conf, *node_params,
                                               "--no-plots", "--no-bag", "--quiet", "--out-dir", str(out)]))
                 summary = json.loads((out / "summary.json").read_text())
                 used = ", ".join(f"{model} {count}" for model, count in summary["pose_models"].items())
