@@ -324,7 +324,7 @@ def to_display(image: np.ndarray, encoding: str) -> np.ndarray:
 def depth_to_metres(image: np.ndarray, encoding: str) -> np.ndarray:
     """Depth image (REP 118: 32FC1 metres, 16UC1/mono16 millimetres) -> float32 metres, 0 invalid."""
     if encoding in ("16UC1", "mono16"):
-        return image.astype(np.float32) / 1000.0
+        return np.divide(image, np.float32(1000.0), dtype=np.float32)  # one pass, no float copy first
     if encoding == "32FC1":
         valid = image > 0  # NaN compares False
         valid &= image < np.inf

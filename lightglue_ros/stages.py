@@ -214,7 +214,7 @@ def bearings(points: np.ndarray, K: np.ndarray) -> np.ndarray:
 def lift_with_depth(und0: np.ndarray, pts0: np.ndarray, K: np.ndarray, depth: np.ndarray) -> DepthPoints:
     """3D points of the reference's matches: the depth at the raw pixel ``pts0`` (nearest; the
     depth image is registered to the raw image) along the undistorted ray of ``und0``."""
-    measured = sample_depth(pts0, depth.astype(np.float64), mode="nearest")[0]
+    measured = sample_depth(pts0, depth, mode="nearest")[0]
     valid = np.isfinite(measured) & (measured > 0)
     return DepthPoints(np.where(valid[:, None], bearings(und0, K) * measured[:, None], np.nan), valid)
 

@@ -39,11 +39,15 @@ def reprojection_jacobian(
     x, y, z = X1.T
     fx, fy, cx, cy = K1[0, 0], K1[1, 1], K1[0, 2], K1[1, 2]
     residuals = np.column_stack([fx * x / z + cx, fy * y / z + cy]) - points1
-    d_projection = np.zeros((len(X1), 2, 3))  # d pixel / d X1
-    d_projection[:, 0, 0], d_projection[:, 0, 2] = fx / z, -fx * x / z**2
-    d_projection[:, 1, 1], d_projection[:, 1, 2] = fy / z, -fy * y / z**2
-    d_point = np.concatenate([np.broadcast_to(np.eye(3), (len(X1), 3, 3)), -_cross_matrix(X1)], axis=2)
-    return residuals, d_projection @ d_point
+    # d pixel / d X1 times d X1 / d delta = [I, -[X1]x], written out in the normalised
+    # coordinates (xn, yn) = (x, y) / z
+    xn, yn, inv_z = x / z, y / z, 1.0 / z
+    jacobian = np.zeros((len(X1), 2, 6))
+    jacobian[:, 0, 0], jacobian[:, 0, 2] = fx * inv_z, -fx * xn * inv_z
+    jacobian[:, 0, 3], jacobian[:, 0, 4], jacobian[:, 0, 5] = -fx * xn * yn, fx * (1 + xn**2), -fx * yn
+    jacobian[:, 1, 1], jacobian[:, 1, 2] = fy * inv_z, -fy * yn * inv_z
+    jacobian[:, 1, 3], jacobian[:, 1, 4], jacobian[:, 1, 5] = -fy * (1 + yn**2), fy * xn * yn, fy * xn
+    return residuals, jacobian
 
 
 def epipolar_jacobian(
@@ -84,10 +88,12 @@ def covariance_from_residuals(jacobian: np.ndarray, residuals: np.ndarray) -> np
     r = np.asarray(residuals, np.float64).reshape(-1)
     if len(J) != len(r):
         raise ValueError(f"covariance_from_residuals: {len(J)} Jacobian rows for {len(r)} residuals")
-    information = J.T @ J
-    rank = np.linalg.matrix_rank(information) if len(J) else 0
-    sigma2 = float(r @ r) / max(len(r) - rank, 1)
-    return sigma2 * np.linalg.pinv(information, hermitian=True)
+    # one eigendecomposition for both the rank and the pseudo-inverse (numpy's matrix_rank and
+    # pinv would take one each), with their tolerance: size x eps x the largest eigenvalue
+    values, vectors = np.linalg.eigh(J.T @ J)
+    kept = np.abs(values) > len(values) * np.finfo(np.float64).eps * max(np.abs(values).max(initial=0.0), 1e-300)
+    sigma2 = float(r @ r) / max(len(r) - int(kept.sum()), 1)
+    return sigma2 * (vectors[:, kept] / values[kept]) @ vectors[:, kept].T
 
 
 def covariance_of_inverse(covariance: np.ndarray, T_0to1: np.ndarray) -> np.ndarray:

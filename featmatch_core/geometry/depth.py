@@ -59,10 +59,11 @@ def invert_transform(T: ArrayLike) -> ArrayLike:
 
 
 def _gather(depth_flat: torch.Tensor, xi: torch.Tensor, yi: torch.Tensor, width: int) -> torch.Tensor:
-    return torch.gather(depth_flat, 1, (yi * width + xi).long())
+    """The values at integer pixels, in the pixels' dtype (only what is read gets converted)."""
+    return torch.gather(depth_flat, 1, (yi * width + xi).long()).to(xi.dtype)
 
 
-@numpy_compat()
+@numpy_compat(native_args=("depth",))
 def sample_depth(points: ArrayLike, depth: ArrayLike, mode: str = "bilinear") -> tuple[ArrayLike, ArrayLike]:
     """Depth at sub-pixel points without mixing valid and missing depth.
 
@@ -89,7 +90,7 @@ def sample_depth(points: ArrayLike, depth: ArrayLike, mode: str = "bilinear") ->
     num = points.shape[-2]
     batch = int(torch.tensor(lead).prod()) if len(lead) else 1  # explicit: -1 is ambiguous when num = 0
     pts = points.reshape(batch, num, 2)
-    depth_flat = depth.reshape(batch, height * width).to(pts.dtype)
+    depth_flat = depth.reshape(batch, height * width)
     x, y = pts[..., 0], pts[..., 1]
     finite = torch.isfinite(x) & torch.isfinite(y)
     x = torch.where(finite, x, torch.full_like(x, -1e6))

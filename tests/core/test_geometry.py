@@ -283,6 +283,39 @@ def test_sample_depth_nearest_and_safe_bilinear():
         sample_depth(points, depth, mode="cubic")
 
 
+def test_sample_depth_reads_a_float32_map_in_place_and_gives_float64_values():
+    rng = np.random.default_rng(3)
+    depth = rng.uniform(0.5, 4.0, (48, 64)).astype(np.float32)
+    depth[10:20, 5:30] = 0  # a hole
+    points = rng.uniform(-2, 66, (200, 2))
+    expected = [sample_depth(points, depth.astype(np.float64), mode=m) for m in ("nearest", "bilinear")]
+    read_only = depth.copy()
+    read_only.flags.writeable = False
+    for variant in (depth, read_only, depth.astype(">f4"), np.asfortranarray(depth)):  # shared, then copied
+        for mode, (values, valid) in zip(("nearest", "bilinear"), expected, strict=True):
+            got, got_valid = sample_depth(points, variant, mode=mode)
+            assert got.dtype == np.float64
+            np.testing.assert_array_equal(got, values)
+            np.testing.assert_array_equal(got_valid, valid)
+    # a float32 map with float64 torch points: the values come in the points' dtype
+    values, _ = sample_depth(torch.from_numpy(points), torch.from_numpy(depth), mode="nearest")
+    assert values.dtype == torch.float64
+    np.testing.assert_array_equal(values.numpy(), expected[0][0])
+
+
+def test_numpy_wrapper_names_arguments_as_python_does():
+    K = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
+    points = np.array([[320.0, 240.0], [820.0, 740.0]])
+    np.testing.assert_allclose(image_to_camera(points, K=K), [[0, 0], [1, 1]])
+    np.testing.assert_allclose(image_to_camera(K=K, points=points), [[0, 0], [1, 1]])
+    with pytest.raises(TypeError, match="positional"):
+        image_to_camera(points, K, K)
+    with pytest.raises(TypeError, match="multiple values"):
+        image_to_camera(points, points=points)
+    with pytest.raises(TypeError, match="K"):
+        image_to_camera(points)
+
+
 def test_reproject_plane():
     K = np.array([[100.0, 0, 50], [0, 100, 40], [0, 0, 1]])
     depth0 = np.full((80, 100), 4.0)
