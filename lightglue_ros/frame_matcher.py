@@ -751,17 +751,9 @@ class FrameMatcher(_MatcherCore):
         self._apply_params()  # the estimators exist before any frame: one matched ahead needs them
 
     def _configure(self, params: dict[str, Any]) -> None:
-        conf = {
-            "name": params["estimator"],
-            "ransac_th": params["ransac_threshold"],
-            "confidence": params["ransac_confidence"],
-            "min_iters": params["ransac_min_iterations"],
-        }
-        self.estimator = get_estimator("relative_pose", conf)
-        self.uncalibrated = get_estimator(params["uncalibrated_model"], conf)
-        self.absolute = get_estimator("absolute_pose", conf) if params["pose_from_depth"] else None
-        transfer = {**conf, "ransac_th": conf["ransac_th"] * S.TRANSFER_TH_FACTOR}
-        self.homography = get_estimator("homography", transfer) if params["planar_homography"] else None
+        estimators = S.pose_estimators(params)
+        self.estimator, self.uncalibrated = estimators.essential, estimators.uncalibrated
+        self.absolute, self.homography = estimators.absolute, estimators.homography
 
     def reset(self) -> None:
         """Forget the reference frame and restart the odometry (a bag loop, a jump in time)."""

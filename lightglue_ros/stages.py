@@ -22,6 +22,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from featmatch_core.estimators import get_estimator
 from featmatch_core.geometry.covariance import (
     compose_covariance,
     covariance_from_residuals,
@@ -219,6 +220,34 @@ def lift_with_depth(und0: np.ndarray, pts0: np.ndarray, K: np.ndarray, depth: np
     return DepthPoints(np.where(valid[:, None], bearings(und0, K) * measured[:, None], np.nan), valid)
 
 
+@dataclass(frozen=True)
+class PoseEstimators:
+    """The robust estimators of a node's pose stage, configured from its parameters."""
+
+    essential: Any  # relative_pose
+    uncalibrated: Any  # the 'uncalibrated_model' (fundamental or homography)
+    absolute: Any  # PnP on the reference's depth; None without 'pose_from_depth'
+    homography: Any  # the plane check, its threshold the transfer one; None without 'planar_homography'
+
+
+def pose_estimators(params: dict[str, Any]) -> PoseEstimators:
+    """The estimators the node parameters ask for (``estimator``, ``ransac_*``, ``pose_from_depth``,
+    ``planar_homography``, ``uncalibrated_model``)."""
+    conf = {
+        "name": params["estimator"],
+        "ransac_th": params["ransac_threshold"],
+        "confidence": params["ransac_confidence"],
+        "min_iters": params["ransac_min_iterations"],
+    }
+    transfer = {**conf, "ransac_th": conf["ransac_th"] * TRANSFER_TH_FACTOR}
+    return PoseEstimators(
+        get_estimator("relative_pose", conf),
+        get_estimator(params["uncalibrated_model"], conf),
+        get_estimator("absolute_pose", conf) if params["pose_from_depth"] else None,
+        get_estimator("homography", transfer) if params["planar_homography"] else None,
+    )
+
+
 def estimate_relative_pose(
     und0: np.ndarray,
     und1: np.ndarray,
@@ -309,9 +338,12 @@ def planar_pose(
     it failed, that pose is (``choice``: ``visibility``, ``matches``). Else the one closer to
     the essential matrix's pose is kept (``essential``), the other as ``twin`` for a motion
     prior (``prefer_motion``). Inliers: the matches within the Sampson threshold of the pose."""
-    est = homography({"m_kpts0": und0, "m_kpts1": und1})
-    on_plane = np.asarray(est["inliers"], bool).reshape(-1)
     enough = max(min_matches, PLANAR_INLIER_RATIO * essential.inliers.sum())
+    # a homography with fewer inliers is of no use: RANSAC stops after the trials that find
+    # one with that many (a few dozen where the essential matrix fits most matches) instead
+    # of searching a scene with relief up to max_iters for a plane it does not have
+    est = homography({"m_kpts0": und0, "m_kpts1": und1}, min_inlier_ratio=enough / max(len(und0), 1))
+    on_plane = np.asarray(est["inliers"], bool).reshape(-1)
     if not est["success"] or on_plane.sum() < enough:
         return None
     turn = rotation_fit(und0, und1, K, on_plane, homography.conf.ransac_th)

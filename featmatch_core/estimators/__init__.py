@@ -48,6 +48,7 @@ identity model (3x3, or 4x4 for relative pose) and all-False inliers.
 from __future__ import annotations
 
 import logging
+import math
 from importlib import import_module
 from typing import Any, ClassVar
 
@@ -126,6 +127,20 @@ def is_degenerate(points: np.ndarray, min_points: int, rel_tol: float = 1e-9) ->
     return bool(s[1] <= rel_tol * max(s[0], 1e-300))
 
 
+def required_iterations(inlier_ratio: float, confidence: float, sample_size: int) -> float:
+    """Samples needed to draw one all-inlier sample with probability ``confidence``."""
+    good = inlier_ratio ** sample_size
+    if good >= 1.0:
+        return 1.0
+    if good <= 0.0:
+        return math.inf
+    return math.log(1.0 - confidence) / math.log(1.0 - good)
+
+
+# poselib's and COLMAP's margin on the trials their stopping rule asks for (dyn_num_trials_mult)
+TRIAL_MARGIN = 3.0
+
+
 class BaseEstimator:
     """A configured estimator: ``__call__(data) -> {"model", "inliers", "success"}``.
 
@@ -137,6 +152,7 @@ class BaseEstimator:
 
     kind = ""
     min_points = 4
+    sample_size = 4  # matches in a minimal sample
     point_inputs: tuple[tuple[str, int], ...] = (("m_kpts0", 2), ("m_kpts1", 2))  # (key, dimension) of each side
     model_shape: tuple[int, int] = (3, 3)
     default_conf: ClassVar[dict[str, Any]] = {
@@ -173,7 +189,26 @@ class BaseEstimator:
         """Validate / normalise the model; None if it is not a usable model."""
         return model
 
-    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+    def trial_limit(self, min_inlier_ratio: float | None) -> int:
+        """The most RANSAC trials worth drawing when only a model with at least
+        ``min_inlier_ratio`` of the matches as inliers is of use: those that draw one all-inlier
+        sample of such a model with ``confidence`` (times ``TRIAL_MARGIN``), at most ``max_iters``.
+        A scene without such a model then costs a few dozen trials instead of ``max_iters``."""
+        max_iters = int(self.conf.max_iters)
+        if min_inlier_ratio is None:
+            return max_iters
+        needed = required_iterations(min(max(float(min_inlier_ratio), 0.0), 1.0), float(self.conf.confidence),
+                                     self.sample_size)
+        return max_iters if math.isinf(needed) else max(1, min(max_iters, math.ceil(TRIAL_MARGIN * needed)))
+
+    def ransac_limits(self, extra: dict[str, Any]) -> tuple[int, int]:
+        """``(min_iters, max_iters)`` of this call: the configured ones under its ``trial_limit``."""
+        max_iters = extra.get("trial_limit", int(self.conf.max_iters))
+        return min(int(self.conf.min_iters), max_iters), max_iters
+
+    def __call__(self, data: dict[str, Any], min_inlier_ratio: float | None = None) -> dict[str, Any]:
+        """``min_inlier_ratio``: only a model with at least this share of the matches as inliers
+        is of use (``trial_limit``); a model with fewer may still come back."""
         for key, _ in self.point_inputs:
             if key not in data:
                 raise KeyError(f"{self.kind} estimator needs '{key}' in its input, got keys {sorted(data)}")
@@ -181,7 +216,7 @@ class BaseEstimator:
         points0, points1 = as_points(data[key0], key0, dim0), as_points(data[key1], key1, dim1)
         if len(points0) != len(points1):
             raise ValueError(f"{key0} and {key1} differ in length: {len(points0)} vs {len(points1)}")
-        extra = self._prepare(data)
+        extra = {**self._prepare(data), "trial_limit": self.trial_limit(min_inlier_ratio)}
         failure = self.failure(len(points0))
         finite = np.isfinite(points0).all(1) & np.isfinite(points1).all(1)
         p0, p1 = points0[finite], points1[finite]
@@ -226,4 +261,4 @@ def get_estimator(kind: str, conf: ConfLike = None) -> BaseEstimator:
     return get_estimator_class(kind, name)({**conf, "name": name})
 
 
-__all__ = ["REGISTRY", "BaseEstimator", "get_estimator", "get_estimator_class", "is_degenerate"]
+__all__ = ["REGISTRY", "BaseEstimator", "get_estimator", "get_estimator_class", "is_degenerate", "required_iterations"]

@@ -39,6 +39,7 @@ def reprojection_errors(points3d0: np.ndarray, points1: np.ndarray, T_0to1: np.n
 class AbsolutePoseEstimator(BaseEstimator):
     kind = "absolute_pose"
     min_points = 4  # a P3P sample and one point to choose among its solutions
+    sample_size = 3  # P3P
     model_shape = (4, 4)
     point_inputs = (("m_points3d0", 3), ("m_kpts1", 2))
     default_conf: ClassVar[dict[str, Any]] = {**BaseEstimator.default_conf, "ransac_th": 2.0}
@@ -67,7 +68,7 @@ class OpenCVAbsolutePose(AbsolutePoseEstimator):
     def _estimate(self, points3d0, points1, extra):
         K1 = extra["K1"]
         found, rvec, tvec, inliers = cv2.solvePnPRansac(
-            points3d0, points1, K1, None, iterationsCount=int(self.conf.max_iters),
+            points3d0, points1, K1, None, iterationsCount=self.ransac_limits(extra)[1],
             reprojectionError=float(self.conf.ransac_th), confidence=float(self.conf.confidence),
             flags=cv2.SOLVEPNP_AP3P)
         if not found or inliers is None or len(inliers) < self.min_points:
@@ -87,7 +88,8 @@ class PoselibAbsolutePose(AbsolutePoseEstimator):
         import poselib
 
         pose, info = poselib.estimate_absolute_pose(
-            points1, points3d0, pinhole_dict(extra["K1"]), poselib_ransac_options(self.conf, "max_reproj_error"), {})
+            points1, points3d0, pinhole_dict(extra["K1"]),
+            poselib_ransac_options(self.conf, "max_reproj_error", self.ransac_limits(extra)), {})
         if not info.get("num_inliers"):
             return None
         return pose_matrix(pose.R, pose.t), info.get("inliers")
@@ -102,7 +104,7 @@ class PycolmapAbsolutePose(AbsolutePoseEstimator):
         import pycolmap
 
         options = pycolmap.AbsolutePoseEstimationOptions()
-        options.ransac = pycolmap_ransac_options(self.conf)
+        options.ransac = pycolmap_ransac_options(self.conf, self.ransac_limits(extra))
         result = pycolmap.estimate_and_refine_absolute_pose(
             points1, points3d0, pycolmap.Camera(pinhole_dict(extra["K1"])), options)
         if result is None:

@@ -60,7 +60,7 @@ class OpenCVHomography(HomographyEstimator):
 
     def _estimate(self, points0, points1, extra):
         H, mask = cv2.findHomography(points0, points1, self.method, self.conf.ransac_th,
-                                     maxIters=self.conf.max_iters, confidence=self.conf.confidence)
+                                     maxIters=self.ransac_limits(extra)[1], confidence=self.conf.confidence)
         if H is None or mask is None:
             return None
         return H, mask.ravel()
@@ -74,7 +74,8 @@ class PoselibHomography(HomographyEstimator):
     def _estimate(self, points0, points1, extra):
         import poselib
 
-        H, info = poselib.estimate_homography(points0, points1, poselib_ransac_options(self.conf, "max_reproj_error"))
+        H, info = poselib.estimate_homography(
+            points0, points1, poselib_ransac_options(self.conf, "max_reproj_error", self.ransac_limits(extra)))
         return H, info.get("inliers")
 
 
@@ -86,7 +87,8 @@ class PycolmapHomography(HomographyEstimator):
     def _estimate(self, points0, points1, extra):
         import pycolmap
 
-        result = pycolmap.estimate_homography_matrix(points0, points1, pycolmap_ransac_options(self.conf))
+        result = pycolmap.estimate_homography_matrix(
+            points0, points1, pycolmap_ransac_options(self.conf, self.ransac_limits(extra)))
         if result is None:
             return None
         return result["H"], result["inlier_mask"]
@@ -109,26 +111,28 @@ class DLTHomography(HomographyEstimator):
         return H, error < self.conf.ransac_th
 
 
-def poselib_ransac_options(conf, threshold_key: str) -> dict[str, Any]:
-    """poselib RANSAC options from our common config (pixel threshold under ``threshold_key``)."""
+def poselib_ransac_options(conf, threshold_key: str, limits: tuple[int, int]) -> dict[str, Any]:
+    """poselib RANSAC options from our common config (pixel threshold under ``threshold_key``)
+    and a call's ``(min_iters, max_iters)`` (``BaseEstimator.ransac_limits``)."""
     return {
         threshold_key: float(conf.ransac_th),
         "success_prob": float(conf.confidence),
-        "max_iterations": int(conf.max_iters),
-        "min_iterations": min(int(conf.min_iters), int(conf.max_iters)),
+        "max_iterations": limits[1],
+        "min_iterations": limits[0],
         "seed": int(conf.seed),
     }
 
 
-def pycolmap_ransac_options(conf):
-    """pycolmap.RANSACOptions from our common config (``max_error`` in pixels)."""
+def pycolmap_ransac_options(conf, limits: tuple[int, int]):
+    """pycolmap.RANSACOptions from our common config (``max_error`` in pixels) and a call's
+    ``(min_iters, max_iters)``."""
     import pycolmap
 
     return pycolmap.RANSACOptions(
         max_error=float(conf.ransac_th),
         confidence=float(conf.confidence),
-        max_num_trials=int(conf.max_iters),
-        min_num_trials=min(int(conf.min_iters), int(conf.max_iters)),
+        max_num_trials=limits[1],
+        min_num_trials=limits[0],
         random_seed=int(conf.seed),
     )
 

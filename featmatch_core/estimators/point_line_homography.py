@@ -46,7 +46,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..config import ConfigError
-from . import as_points
+from . import as_points, required_iterations
 from .homography import HomographyEstimator
 
 logger = logging.getLogger(__name__)
@@ -140,16 +140,6 @@ def element_errors(H: np.ndarray, p0: np.ndarray, p1: np.ndarray, l0: np.ndarray
     return np.concatenate([point_err, np.where(np.isfinite(line_err), line_err, np.inf)], -1)
 
 
-def required_iterations(inlier_ratio: float, confidence: float, sample_size: int = SAMPLE_SIZE) -> float:
-    """Samples needed to draw one all-inlier sample with probability ``confidence``."""
-    good = inlier_ratio ** sample_size
-    if good >= 1.0:
-        return 1.0
-    if good <= 0.0:
-        return math.inf
-    return math.log(1.0 - confidence) / math.log(1.0 - good)
-
-
 def draw_samples(rng: np.random.Generator, num: int, count: int) -> np.ndarray:
     """(count, 4) indices in [0, num), distinct within each row."""
     samples = rng.integers(0, num, (count, SAMPLE_SIZE))
@@ -179,7 +169,7 @@ class PointLineHomography(HomographyEstimator):
     def failure(self, num: int, num_lines: int = 0) -> dict[str, Any]:
         return {**super().failure(num), "line_inliers": np.zeros(num_lines, dtype=bool)}
 
-    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, data: dict[str, Any], min_inlier_ratio: float | None = None) -> dict[str, Any]:
         points0 = as_points(data.get("m_kpts0", np.zeros((0, 2))), "m_kpts0")
         points1 = as_points(data.get("m_kpts1", np.zeros((0, 2))), "m_kpts1")
         lines0 = as_segments(data.get("m_lines0"), "m_lines0")
@@ -196,7 +186,7 @@ class PointLineHomography(HomographyEstimator):
         p0, p1, l0, l1 = points0[point_ok], points1[point_ok], lines0[line_ok], lines1[line_ok]
         if len(p0) + len(l0) < SAMPLE_SIZE:
             return failure
-        result = self._ransac(p0, p1, l0, l1)
+        result = self._ransac(p0, p1, l0, l1, self.trial_limit(min_inlier_ratio))
         if result is None:
             return failure
         model, inliers = result
@@ -210,8 +200,8 @@ class PointLineHomography(HomographyEstimator):
         return {"model": model, "inliers": point_inliers, "line_inliers": line_inliers, "success": True}
 
     # ---- the estimation itself ------------------------------------------------------------
-    def _ransac(self, p0: np.ndarray, p1: np.ndarray, l0: np.ndarray,
-                l1: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    def _ransac(self, p0: np.ndarray, p1: np.ndarray, l0: np.ndarray, l1: np.ndarray,
+                max_iters: int) -> tuple[np.ndarray, np.ndarray] | None:
         T0 = hartley_similarity(np.concatenate([p0, l0.reshape(-1, 2)]))
         T1 = hartley_similarity(np.concatenate([p1, l1.reshape(-1, 2)]))
         rows = constraint_rows(self._apply(T0, p0), self._apply(T1, p1), self._apply(T0, l0), self._apply(T1, l1))
@@ -221,7 +211,7 @@ class PointLineHomography(HomographyEstimator):
         num = len(rows)
         # plain numbers: OmegaConf attribute access is slow in the loop
         th, confidence = float(self.conf.ransac_th), float(self.conf.confidence)
-        max_iters, min_iters = int(self.conf.max_iters), int(self.conf.min_iters)
+        min_iters = min(int(self.conf.min_iters), max_iters)
         rng = np.random.default_rng(int(self.conf.seed))
         best_H, best_cost, best_inliers = None, math.inf, np.zeros(num, dtype=bool)
         needed, drawn = math.inf, 0
@@ -244,7 +234,7 @@ class PointLineHomography(HomographyEstimator):
             candidate, cost, inliers = self._local_optimization(H[k], errors[k] < th, float(costs[k]), rows, T0,
                                                                 T1_inv, p0, p1, l0, l1)
             best_H, best_cost, best_inliers = candidate, cost, inliers
-            needed = required_iterations(inliers.mean(), confidence)
+            needed = required_iterations(inliers.mean(), confidence, SAMPLE_SIZE)
         if best_H is None:
             return None
         return best_H, best_inliers

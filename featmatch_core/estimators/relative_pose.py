@@ -58,6 +58,7 @@ def pinhole_dict(K: np.ndarray) -> dict[str, Any]:
 class RelativePoseEstimator(BaseEstimator):
     kind = "relative_pose"
     min_points = 5
+    sample_size = 5  # the five-point solver
     model_shape = (4, 4)
     default_conf: ClassVar[dict[str, Any]] = {**BaseEstimator.default_conf, "ransac_th": 1.0}
 
@@ -99,7 +100,7 @@ class OpenCVRelativePose(RelativePoseEstimator):
         n1 = cv2.undistortPoints(points1.reshape(-1, 1, 2), K1, None).reshape(-1, 2)
         threshold = self.conf.ransac_th / np.mean([K0[0, 0], K0[1, 1], K1[0, 0], K1[1, 1]])
         E, mask = cv2.findEssentialMat(n0, n1, np.eye(3), self.method, self.conf.confidence, threshold,
-                                       self.conf.max_iters)
+                                       self.ransac_limits(extra)[1])
         if E is None or mask is None or E.shape[0] < 3 or E.shape[0] % 3:
             return None
         best, best_count = None, 0
@@ -122,7 +123,7 @@ class PoselibRelativePose(RelativePoseEstimator):
 
         pose, info = poselib.estimate_relative_pose(
             points0, points1, pinhole_dict(extra["K0"]), pinhole_dict(extra["K1"]),
-            poselib_ransac_options(self.conf, "max_epipolar_error"), {})
+            poselib_ransac_options(self.conf, "max_epipolar_error", self.ransac_limits(extra)), {})
         if not info.get("num_inliers"):
             return None
         return pose_matrix(pose.R, pose.t), info.get("inliers")
@@ -138,7 +139,8 @@ class PycolmapRelativePose(RelativePoseEstimator):
 
         cam0 = pycolmap.Camera(pinhole_dict(extra["K0"]))
         cam1 = pycolmap.Camera(pinhole_dict(extra["K1"]))
-        result = pycolmap.estimate_relative_pose(cam0, points0, cam1, points1, pycolmap_ransac_options(self.conf))
+        result = pycolmap.estimate_relative_pose(
+            cam0, points0, cam1, points1, pycolmap_ransac_options(self.conf, self.ransac_limits(extra)))
         if result is None:
             return None
         pose, inliers = result["cam2_from_cam1"], np.asarray(result["inlier_mask"]).ravel().astype(bool)
@@ -152,6 +154,7 @@ class PycolmapRelativePose(RelativePoseEstimator):
 class FundamentalEstimator(BaseEstimator):
     kind = "fundamental"
     min_points = 8
+    sample_size = 7  # the seven-point solver (poselib, COLMAP; OpenCV's RANSAC too)
     default_conf: ClassVar[dict[str, Any]] = {**BaseEstimator.default_conf, "ransac_th": 1.0}
 
     def _finalize(self, model):
@@ -175,7 +178,7 @@ class OpenCVFundamental(FundamentalEstimator):
 
     def _estimate(self, points0, points1, extra):
         F, mask = cv2.findFundamentalMat(points0, points1, self.method, self.conf.ransac_th,
-                                         self.conf.confidence, self.conf.max_iters)
+                                         self.conf.confidence, self.ransac_limits(extra)[1])
         if F is None or mask is None or F.shape[0] < 3:
             return None
         return F[:3], mask.ravel()
@@ -189,8 +192,8 @@ class PoselibFundamental(FundamentalEstimator):
     def _estimate(self, points0, points1, extra):
         import poselib
 
-        F, info = poselib.estimate_fundamental(points0, points1,
-                                               poselib_ransac_options(self.conf, "max_epipolar_error"), {})
+        F, info = poselib.estimate_fundamental(
+            points0, points1, poselib_ransac_options(self.conf, "max_epipolar_error", self.ransac_limits(extra)), {})
         if not info.get("num_inliers"):
             return None
         return F, info.get("inliers")
@@ -204,7 +207,8 @@ class PycolmapFundamental(FundamentalEstimator):
     def _estimate(self, points0, points1, extra):
         import pycolmap
 
-        result = pycolmap.estimate_fundamental_matrix(points0, points1, pycolmap_ransac_options(self.conf))
+        result = pycolmap.estimate_fundamental_matrix(
+            points0, points1, pycolmap_ransac_options(self.conf, self.ransac_limits(extra)))
         if result is None:
             return None
         return result["F"], result["inlier_mask"]

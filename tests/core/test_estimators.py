@@ -314,3 +314,81 @@ def test_min_iters_is_the_floor_of_poselib_iterations(monkeypatch):
     assert floor2 == 50 and iters2 <= 50
     with pytest.raises(ConfigError, match="min_iters"):
         get_estimator("relative_pose", {"name": "poselib", "min_iters": -1})
+
+
+def test_trial_limit_is_the_trials_that_find_a_model_with_that_share_of_inliers():
+    estimator = get_estimator("homography", {"name": "poselib", "max_iters": 5000, "confidence": 0.999})
+    assert estimator.trial_limit(None) == 5000
+    assert estimator.trial_limit(0.0) == 5000  # no model is ever certain to be drawn
+    assert estimator.trial_limit(1.0) == 3  # one sample, times the margin
+    expected = int(np.ceil(3 * np.log(1 - 0.999) / np.log(1 - 0.8**4)))  # 4-point samples
+    assert estimator.trial_limit(0.8) == expected == 40
+    assert estimator.trial_limit(1e-3) == 5000  # capped by max_iters
+    five_point = get_estimator("relative_pose", {"name": "poselib", "confidence": 0.999})
+    assert five_point.trial_limit(0.8) == int(np.ceil(3 * np.log(1 - 0.999) / np.log(1 - 0.8**5)))
+
+
+def test_min_inlier_ratio_stops_a_search_for_a_plane_the_scene_has_not(monkeypatch):
+    """A 3D scene has no homography with 80 % inliers: poselib stops after trial_limit(0.8)
+    trials instead of running to max_iters; a plane with that many inliers is still found."""
+    import poselib
+
+    data, _, _ = pose_scene(outlier_ratio=0.05)
+    seen = []
+    real = poselib.estimate_homography
+
+    def spy(points0, points1, ransac):
+        H, info = real(points0, points1, ransac)
+        seen.append((ransac["max_iterations"], info["iterations"]))
+        return H, info
+
+    monkeypatch.setattr(poselib, "estimate_homography", spy)
+    estimator = get_estimator("homography", {"name": "poselib", "min_iters": 10})
+    points = {"m_kpts0": data["m_kpts0"], "m_kpts1": data["m_kpts1"]}
+    unbounded, bounded = estimator(points), estimator(points, min_inlier_ratio=0.8)
+    (limit0, iters0), (limit1, iters1) = seen
+    assert limit0 == 10000 and iters0 > 1000  # the plane with the most inliers of a 3D cloud is rare
+    assert limit1 == estimator.trial_limit(0.8) < 100 and iters1 <= limit1
+    assert bounded["inliers"].mean() < 0.8 and unbounded["inliers"].mean() < 0.8  # no plane either way
+    points0, points1, truth = homography_scene(outlier_ratio=0.15)
+    found = estimator({"m_kpts0": points0, "m_kpts1": points1}, min_inlier_ratio=0.8)
+    assert found["success"] and corner_error(found["model"], H_TRUE, (640, 480)) < 2.0
+    check_inliers(found["inliers"], truth)
+
+
+@pytest.mark.parametrize("name", ["opencv", "pycolmap", "point_line"])
+def test_every_homography_backend_takes_the_trial_limit(monkeypatch, name):
+    points0, points1, _ = homography_scene(outlier_ratio=0.15)
+    estimator = get_estimator("homography", {"name": name, "min_iters": 10})
+    limit = estimator.trial_limit(0.8)
+    seen = []
+    if name == "opencv":
+        real = cv2.findHomography
+
+        def spy(*args, **kwargs):
+            seen.append(kwargs["maxIters"])
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(cv2, "findHomography", spy)
+    elif name == "pycolmap":
+        import pycolmap
+
+        real = pycolmap.estimate_homography_matrix
+
+        def spy(points0, points1, options):
+            seen.append(options.max_num_trials)
+            return real(points0, points1, options)
+
+        monkeypatch.setattr(pycolmap, "estimate_homography_matrix", spy)
+    else:
+        real = type(estimator)._ransac
+
+        def spy(self, p0, p1, l0, l1, max_iters):
+            seen.append(max_iters)
+            return real(self, p0, p1, l0, l1, max_iters)
+
+        monkeypatch.setattr(type(estimator), "_ransac", spy)
+    result = estimator({"m_kpts0": points0, "m_kpts1": points1}, min_inlier_ratio=0.8)
+    estimator({"m_kpts0": points0, "m_kpts1": points1})
+    assert seen == [limit, 10000]
+    assert result["success"] and corner_error(result["model"], H_TRUE, (640, 480)) < 2.0

@@ -7,7 +7,8 @@ import pytest
 
 from featmatch_core.config import ConfigError
 from featmatch_core.estimators import get_estimator
-from featmatch_core.estimators.point_line_homography import constraint_rows, element_errors, required_iterations
+from featmatch_core.estimators import required_iterations
+from featmatch_core.estimators.point_line_homography import constraint_rows, element_errors
 from featmatch_core.geometry.homography import corner_error, warp_points
 
 SIZE = (640, 480)
@@ -154,8 +155,8 @@ def test_bad_shapes_and_config_raise():
 
 
 def test_adaptive_iterations_stop_early_on_clean_data():
-    assert required_iterations(1.0, 0.9999) == 1.0 and required_iterations(0.0, 0.9999) == np.inf
-    assert required_iterations(0.5, 0.99) == pytest.approx(np.log(0.01) / np.log(1 - 0.5 ** 4))
+    assert required_iterations(1.0, 0.9999, 4) == 1.0 and required_iterations(0.0, 0.9999, 4) == np.inf
+    assert required_iterations(0.5, 0.99, 4) == pytest.approx(np.log(0.01) / np.log(1 - 0.5 ** 4))
     rng = np.random.default_rng(8)
     points0, points1, _ = points_scene(H_TRUE, 500, rng)
     start = time.perf_counter()

@@ -272,6 +272,34 @@ def test_matches_off_the_plane_or_relief_keep_the_essential_matrix():
     assert estimate.model == "essential" and _pose_error(T, estimate.T_0to1) < 1.0
 
 
+def test_the_plane_check_searches_only_for_a_homography_that_could_win(monkeypatch):
+    """The homography must explain PLANAR_INLIER_RATIO of the essential matrix's inliers to
+    count: its RANSAC is told that share, so a scene with relief costs it a few dozen trials,
+    not max_iters; after a failed essential matrix, min_matches inliers are enough."""
+    T = _pose(2.0, [0.1, 0.02, -0.1])
+    K, X0, _, _, _, _, _ = _plane_scene(T, outliers=0.0)
+    relief = X0 * np.random.default_rng(3).uniform(0.75, 2.0, (len(X0), 1))
+    X1 = relief @ T[:3, :3].T + T[:3, 3]
+    pts0, pts1 = (relief @ K.T)[:, :2] / relief[:, 2:], (X1 @ K.T)[:, :2] / X1[:, 2:]
+    estimator = get_estimator("relative_pose", {"name": "poselib"})
+    homography = get_estimator("homography", {"name": "poselib", "ransac_th": S.TRANSFER_TH_FACTOR})
+    ratios = []
+    call = type(homography).__call__
+
+    def spy(self, data, min_inlier_ratio=None):
+        ratios.append(min_inlier_ratio)
+        return call(self, data, min_inlier_ratio)
+
+    monkeypatch.setattr(type(homography), "__call__", spy)
+    estimate = S.estimate_relative_pose(pts0, pts1, K, estimator, None, 15, homography=homography)
+    assert estimate.model == "essential" and _pose_error(T, estimate.T_0to1) < 1.0
+    assert ratios == [pytest.approx(S.PLANAR_INLIER_RATIO * estimate.inliers.sum() / len(pts0))]
+    assert homography.trial_limit(ratios[0]) < 60
+    failed = S.PoseEstimate(np.zeros(len(pts0), bool), model_fit=False, problem="estimation failed", model="essential")
+    S.planar_pose(pts0, pts1, K, homography, failed, 15, 1.0)
+    assert ratios[1] == pytest.approx(15 / len(pts0))
+
+
 def test_a_turn_on_the_spot_gives_a_rotation_without_translation():
     """A pure rotation: the essential matrix would give a unit translation in a direction the
     matches do not fix; the homography has no translation, so the pose is the fitted rotation,
