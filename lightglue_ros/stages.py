@@ -305,6 +305,7 @@ TRANSFER_TH_FACTOR = float(np.sqrt(5.99 / 3.84))
 ROTATION_INLIER_RATIO = 0.95  # of the homography's inliers: its 5 more degrees of freedom buy nothing
 ROTATION_TRANSLATION_VARIANCE = 1.0  # per axis, m^2 (a unit^2 monocular): a rotation's translation is unseen
 PLANAR_INLIER_RATIO = 0.8  # COLMAP's max_H_inlier_ratio: above it, a two-view geometry is planar or panoramic
+PLANE_NEAR_MISS = 0.8  # a bounded plane search that found this share of the inliers needed searches on
 PLANAR_MARGIN = 0.02  # a twin wins on the matches by more than this share of the plane's matches (and 5)
 
 
@@ -339,10 +340,7 @@ def planar_pose(
     the essential matrix's pose is kept (``essential``), the other as ``twin`` for a motion
     prior (``prefer_motion``). Inliers: the matches within the Sampson threshold of the pose."""
     enough = max(min_matches, PLANAR_INLIER_RATIO * essential.inliers.sum())
-    # a homography with fewer inliers is of no use: RANSAC stops after the trials that find
-    # one with that many (a few dozen where the essential matrix fits most matches) instead
-    # of searching a scene with relief up to max_iters for a plane it does not have
-    est = homography({"m_kpts0": und0, "m_kpts1": und1}, min_inlier_ratio=enough / max(len(und0), 1))
+    est = plane_search(und0, und1, homography, enough)
     on_plane = np.asarray(est["inliers"], bool).reshape(-1)
     if not est["success"] or on_plane.sum() < enough:
         return None
@@ -374,6 +372,21 @@ def planar_pose(
     if essential.T_0to1 is not None:
         best, second = sorted((best, second), key=lambda pose: pose_distance(pose.T_0to1, essential.T_0to1))
     return replace(best, choice="essential", twin=second)
+
+
+def plane_search(und0: np.ndarray, und1: np.ndarray, homography: Any, enough: float) -> dict[str, Any]:
+    """The homography with the most inliers, as far as it matters: one with fewer than
+    ``enough`` is of no use, so RANSAC first stops after the trials that would find one with
+    that many (``min_inlier_ratio``: a few dozen where the essential matrix fits most matches),
+    not at max_iters on a scene with relief that has no such plane. Noise makes some
+    all-inlier samples fit the plane poorly, so a near miss (``PLANE_NEAR_MISS`` of ``enough``)
+    is searched again to the stopping rule's end."""
+    data = {"m_kpts0": und0, "m_kpts1": und1}
+    est = homography(data, min_inlier_ratio=enough / max(len(und0), 1))
+    found = int(np.asarray(est["inliers"], bool).sum()) if est["success"] else 0
+    if PLANE_NEAR_MISS * enough <= found < enough:
+        est = homography(data)
+    return est
 
 
 def rotation_fit(

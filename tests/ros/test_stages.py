@@ -300,6 +300,27 @@ def test_the_plane_check_searches_only_for_a_homography_that_could_win(monkeypat
     assert ratios[1] == pytest.approx(15 / len(pts0))
 
 
+@pytest.mark.parametrize(("bounded", "searched_again"), [(50, False), (85, True), (100, False)])
+def test_a_near_miss_of_the_bounded_plane_search_is_searched_to_the_end(bounded, searched_again):
+    """Noise makes some all-inlier samples fit a plane poorly: a bounded search that found
+    PLANE_NEAR_MISS of the inliers needed or more, but not all, runs again without the bound."""
+
+    class Homography:
+        calls: list = []
+
+        def __call__(self, data, min_inlier_ratio=None):
+            self.calls.append(min_inlier_ratio)
+            found = bounded if min_inlier_ratio is not None else 120
+            return {"success": True, "model": np.eye(3), "inliers": np.arange(200) < found}
+
+    homography = Homography()
+    points = np.zeros((200, 2))
+    est = S.plane_search(points, points, homography, enough=100)
+    assert homography.calls[0] == pytest.approx(0.5)
+    assert len(homography.calls) == (2 if searched_again else 1)
+    assert est["inliers"].sum() == (120 if searched_again else bounded)
+
+
 def test_a_turn_on_the_spot_gives_a_rotation_without_translation():
     """A pure rotation: the essential matrix would give a unit translation in a direction the
     matches do not fix; the homography has no translation, so the pose is the fitted rotation,
