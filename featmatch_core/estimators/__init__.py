@@ -32,11 +32,13 @@ Sampson distance. Back ends that work on normalised coordinates get it converted
 (OpenCV essential matrix: ``ransac_th / mean(fx0, fy0, fx1, fy1)``); poselib and pycolmap take
 pixel thresholds together with the cameras. ``confidence`` is the RANSAC success probability,
 ``max_iters`` the maximum number of iterations; poselib and pycolmap also run at least
-``min(min_iters, max_iters)`` (default 1000: stable evaluation figures; the live node runs 100,
-poselib's own default, since the stopping rule ends well-conditioned frames much earlier).
-``seed`` fixes the random sampling of poselib and pycolmap (OpenCV uses its global RNG,
-``cv2.setRNGSeed``). Configs are validated with ``merge_strict``: a
-misspelt key raises ``ConfigError``.
+``min(min_iters, max_iters)`` (default 1000, poselib's own: stable evaluation figures; the live
+node runs 10, since the stopping rule ends well-conditioned frames much earlier). ``seed``
+fixes the random sampling of poselib and pycolmap (OpenCV uses its global RNG,
+``cv2.setRNGSeed``). A call may pass ``min_inlier_ratio`` when only a model with that share of
+the matches as inliers is of use: it then draws at most the trials that find one
+(``BaseEstimator.trial_limit``), whatever the back end. Configs are validated with
+``merge_strict``: a misspelt key raises ``ConfigError``.
 
 Input: ``m_kpts0`` / ``m_kpts1`` (K, 2) pixels, numpy or torch. Matches with non-finite
 coordinates are ignored (reported as outliers). Fewer than the minimal number of distinct
