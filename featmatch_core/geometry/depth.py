@@ -91,6 +91,8 @@ def sample_depth(points: ArrayLike, depth: ArrayLike, mode: str = "bilinear") ->
     batch = int(torch.tensor(lead).prod()) if len(lead) else 1  # explicit: -1 is ambiguous when num = 0
     pts = points.reshape(batch, num, 2)
     depth_flat = depth.reshape(batch, height * width)
+    if not depth_flat.is_floating_point():  # integer maps (millimetres): not every int type gathers
+        depth_flat = depth_flat.to(pts.dtype)
     x, y = pts[..., 0], pts[..., 1]
     finite = torch.isfinite(x) & torch.isfinite(y)
     x = torch.where(finite, x, torch.full_like(x, -1e6))

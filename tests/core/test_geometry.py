@@ -297,6 +297,11 @@ def test_sample_depth_reads_a_float32_map_in_place_and_gives_float64_values():
             assert got.dtype == np.float64
             np.testing.assert_array_equal(got, values)
             np.testing.assert_array_equal(got_valid, valid)
+    millimetres = np.round(depth * 1000).astype(np.uint16)  # integer maps, numpy or torch, as floats
+    np.testing.assert_array_equal(sample_depth(points, millimetres, mode="nearest")[0],
+                                  sample_depth(points, millimetres.astype(np.float64), mode="nearest")[0])
+    values, _ = sample_depth(torch.from_numpy(points), torch.from_numpy(millimetres), mode="nearest")
+    np.testing.assert_array_equal(values.numpy(), sample_depth(points, millimetres, mode="nearest")[0])
     # a float32 map with float64 torch points: the values come in the points' dtype
     values, _ = sample_depth(torch.from_numpy(points), torch.from_numpy(depth), mode="nearest")
     assert values.dtype == torch.float64
