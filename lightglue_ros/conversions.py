@@ -326,9 +326,9 @@ def depth_to_metres(image: np.ndarray, encoding: str) -> np.ndarray:
     if encoding in ("16UC1", "mono16"):
         return np.divide(image, np.float32(1000.0), dtype=np.float32)  # one pass, no float copy first
     if encoding == "32FC1":
-        valid = image > 0  # NaN compares False
-        valid &= image < np.inf
-        return np.where(valid, image, np.float32(0)).astype(np.float32, copy=False)
+        metres = np.fmax(image, np.float32(0))  # one pass: NaN (fmax ignores it) and negatives -> 0
+        metres[metres == np.inf] = 0
+        return metres.astype(np.float32, copy=False)
     raise ImageConversionError(f"depth images must be 32FC1 (m) or 16UC1 (mm), got '{encoding}'")
 
 

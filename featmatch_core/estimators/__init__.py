@@ -146,10 +146,11 @@ TRIAL_MARGIN = 3.0
 class BaseEstimator:
     """A configured estimator: ``__call__(data) -> {"model", "inliers", "success"}``.
 
-    Subclasses set ``kind``, ``min_points``, ``default_conf`` (complete: base keys included)
-    and implement ``_estimate(points0, points1, extra) -> (model, inliers) | None`` (``extra``
-    is what ``_prepare(data)`` returned, e.g. the cameras), which may raise one of
-    ``backend_errors``; ``__call__`` turns those into ``success=False``.
+    Subclasses set ``kind``, ``min_points``, ``sample_size``, ``default_conf`` (complete: base
+    keys included) and implement ``_estimate(points0, points1, extra) -> (model, inliers) |
+    None`` (``extra`` is what ``_prepare(data)`` returned, e.g. the cameras, with the call's
+    ``trial_limit``: RANSAC back ends take their iteration bounds from ``ransac_limits(extra)``),
+    which may raise one of ``backend_errors``; ``__call__`` turns those into ``success=False``.
     """
 
     kind = ""
