@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's packages, as every benchmark
+
 EXTRACTORS = ["superpoint", "sift:opencv", "sift:pycolmap", "sift:torch", "sift:kornia", "aliked", "disk"]
 KEYPOINTS = [512, 1024, 2048]
 

@@ -52,7 +52,10 @@ def _ref_float_dtype(values) -> torch.dtype:
 
 
 def _numpy_to_torch(value: np.ndarray, device: torch.device | None, float_dtype: torch.dtype) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(value, dtype=np.float64), device=device).to(float_dtype)
+    array = np.asarray(value, dtype=np.float64)
+    if not array.flags.writeable:  # poselib's results, np.frombuffer: torch warns on sharing them
+        array = array.copy()
+    return torch.as_tensor(array, device=device).to(float_dtype)
 
 
 def to_numpy(value: Any) -> Any:

@@ -1,5 +1,9 @@
 """Geometry: homographies, DLT, epipolar errors, depth projection, ground-truth labels."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -306,6 +310,22 @@ def test_sample_depth_reads_a_float32_map_in_place_and_gives_float64_values():
     values, _ = sample_depth(torch.from_numpy(points), torch.from_numpy(depth), mode="nearest")
     assert values.dtype == torch.float64
     np.testing.assert_array_equal(values.numpy(), expected[0][0])
+
+
+def test_read_only_arrays_go_in_without_a_warning():
+    """poselib returns read-only arrays; torch warns (once per process) when it shares one."""
+    code = (
+        "import numpy as np\n"
+        "from featmatch_core.geometry.depth import invert_transform, sample_depth\n"
+        "T = np.eye(4); T[:3, 3] = [1, 2, 3]; T.flags.writeable = False\n"
+        "assert np.allclose(invert_transform(T)[:3, 3], [-1, -2, -3])\n"
+        "d = np.ones((4, 5), np.float32); d.flags.writeable = False\n"
+        "p = np.array([[1.0, 2.0]]); p.flags.writeable = False\n"
+        "assert sample_depth(p, d)[0][0] == 1.0\n"
+    )
+    run = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert run.returncode == 0, run.stderr[-2000:]
 
 
 def test_numpy_wrapper_names_arguments_as_python_does():
