@@ -169,7 +169,9 @@ class TwoViewModel(nn.Module):
         batch = {**batch, **features}
         view0, view1 = self.split_views(batch)
         pred = self.matcher({"image0": view0, "image1": view1})
-        with torch.no_grad():
+        # labels in full precision whatever train.mixed_precision: under bf16 autocast the
+        # warps' products round pixel coordinates near 640 to ~4 px, against 3 / 5 px thresholds
+        with torch.no_grad(), torch.autocast(device_type=batch["keypoints0"].device.type, enabled=False):
             gt = self.ground_truth(batch)
             if "line_log_assignment" in pred and "lines0" in batch and "lines1" in batch:
                 line_gt = self.line_ground_truth(batch)

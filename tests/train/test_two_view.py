@@ -72,6 +72,22 @@ def test_gt_labels_on_synthetic_homography(photo_dir):
     assert (gt["gt_matches0"][0][~batch["keypoint_mask0"][0]] == -2).all()  # padding is ignored
 
 
+def test_gt_labels_are_computed_in_full_precision_under_autocast(photo_dir):
+    """The trainer runs the whole forward under bf16 autocast (``mixed_precision: bf16``): the
+    labels must not change with it (in bf16 the homography moved points by up to ~6 px)."""
+    train, _ = build_homography_datasets(data_conf(photo_dir, image_size=[480, 640],
+                                                   features={"name": "sift", "max_num_keypoints": 512,
+                                                             "resize": None}))
+    model = TwoViewModel({"matcher": MATCHER, "pretrained": False}).eval()
+    batch = torch.utils.data.default_collate([train[0], train[1]])
+    full = model(batch)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        mixed = model(batch)
+    assert (full["gt_matches0"] >= 0).sum() > 50
+    torch.testing.assert_close(mixed["gt_matches0"], full["gt_matches0"])
+    torch.testing.assert_close(mixed["gt_matches1"], full["gt_matches1"])
+
+
 def test_nll_hand_computed():
     la = torch.log(torch.tensor([[[0.5, 0.2, 0.3], [0.1, 0.6, 0.3], [0.4, 0.4, 0.2]]]))
     out = assignment_nll(la, torch.tensor([[0, -1]]), torch.tensor([[0, -2]]), balancing=0.5)
