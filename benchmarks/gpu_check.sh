@@ -25,6 +25,9 @@ if [ "${1:-}" = --device-setup ]; then
         .device/wheels/*.whl || exit 1
     export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
     export LIGHTGLUE_REF=${LIGHTGLUE_REF:-.device/lightglue_ref} PHOTOS=${PHOTOS:-.device/photos}
+    # the device machine reaches nothing: no weight download to wait out (each try can take
+    # its 30 s socket timeout where packets are dropped), the bundled fallbacks at once
+    export FEATMATCH_OFFLINE=1
 fi
 BUDGET=${BUDGET:-540}
 REPORT=${REPORT:-docs/benchmarks/gpu.md}

@@ -41,11 +41,20 @@ def capture(run: Callable[[], None], device: torch.device, pool: Any = None) -> 
         with torch.cuda.stream(side), uncached_autocast(device):
             for _ in range(GRAPH_WARMUP_RUNS):
                 run()
-        torch.cuda.current_stream(device).wait_stream(side)
+        current = torch.cuda.current_stream(device)
+        current.wait_stream(side)
         # thread_local: a capture in one thread (a node's tracking stage) must not fail another
-        # thread's allocations (the default, global, errors on unsafe calls from any thread)
-        with uncached_autocast(device), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-            run()
+        # thread's allocations (the default, global, errors on unsafe calls from any thread).
+        # Captured on our own side stream, not torch.cuda.graph's one stream shared by every
+        # capture (two threads would capture into each other); and when the capture fails,
+        # torch.cuda.graph leaves the thread on the capture stream (its exit ends the capture
+        # before it restores the stream), so the stream is restored here.
+        try:
+            with uncached_autocast(device), torch.cuda.graph(graph, pool=pool, stream=side,
+                                                             capture_error_mode="thread_local"):
+                run()
+        finally:
+            torch.cuda.set_stream(current)
 
     def replay(graph: torch.cuda.CUDAGraph = graph, constants: list = constants) -> None:
         graph.replay()

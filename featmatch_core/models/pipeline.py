@@ -193,8 +193,7 @@ class Pipeline(nn.Module):
             self.extract(noise)
         self.extractor.warm_up(upload_image(noise, self.device, self._staging))
         self.warmed_sizes.add((height, width))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        sync_current_stream(self.device)
 
     # ---- single pair API -----------------------------------------------------------
     @torch.inference_mode()
@@ -342,22 +341,28 @@ def _line_fields(feats0: Features, feats1: Features, pred: dict[str, Any]) -> di
     }
 
 
+def sync_current_stream(device: torch.device) -> None:
+    """Wait for the work this thread queued on ``device`` (its current CUDA stream), not the
+    whole device's: a node's stages run on streams of their own and must not wait for each
+    other, and a device-wide synchronize fails another thread's CUDA-graph capture."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
 class _timer:
-    """Wall time of a block in ms; synchronises CUDA so that GPU work is counted."""
+    """Wall time of a block in ms; waits for this thread's CUDA work so that it is counted."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.ms = 0.0
 
     def __enter__(self) -> _timer:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        sync_current_stream(self.device)
         self._start = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        sync_current_stream(self.device)
         self.ms = (time.perf_counter() - self._start) * 1e3
 
 

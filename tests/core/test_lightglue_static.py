@@ -19,7 +19,12 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTens
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from featmatch_core.models.matchers.lightglue import LightGlue
-from featmatch_core.models.matchers.lightglue_static import StaticPass, static_key
+from featmatch_core.models.matchers.lightglue_static import (
+    MAX_CACHED_PASSES,
+    WARM_UP_HEADROOM,
+    StaticPass,
+    static_key,
+)
 
 STATIC = {"static_shapes": True, "static_bucket": 16}
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -282,6 +287,13 @@ def test_warm_up_builds_the_sizes_a_camera_gives():
     run(unpruned, permuted_copy(random_features(1024)))
     run(unpruned, permuted_copy(random_features(1000)))
     assert unpruned._static_passes.captures == 18
+    # a 2048-point camera: more passes than the cache's floor (24), all kept, with room for more
+    large = small_model(static_shapes=True, static_bucket=256, width_confidence=-1)
+    built = large.warm_up(2048)
+    assert built > MAX_CACHED_PASSES and len(large._static_passes.passes) == built
+    assert large._static_passes.capacity == built + WARM_UP_HEADROOM
+    run(large, permuted_copy(random_features(2048)))
+    assert large._static_passes.captures == built
 
 
 def test_static_settings_are_validated():

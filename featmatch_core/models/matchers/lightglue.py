@@ -734,15 +734,20 @@ class LightGlue(BaseModel):
         from half of ``max_keypoints`` up, filled exactly and padded: the sizes a camera's
         frames normally have. Smaller sets are captured when they first come. Returns how many
         passes were built."""
-        from .lightglue_static import padded_size  # it builds on this module
+        from .lightglue_static import WARM_UP_HEADROOM, StaticPasses, padded_size  # it builds on this module
 
         bucket = int(self.conf.static_bucket)
         largest = padded_size(max_keypoints, bucket)
         sizes = [size for size in range(bucket, largest + 1, bucket) if 2 * size >= largest]
         device = self.posenc.Wr.weight.device
         features = torch.zeros(1, 1, self.input_dim, device=device)
+        if self._static_passes is None:
+            self._static_passes = StaticPasses(self)
+        passes, capacity = self._static_passes, self._static_passes.capacity
+        passes.capacity = max(capacity, 2 * len(sizes) ** 2)  # none of them evicted while building
         built = {id(self.static_pass(1, m - short, n - short, features, caller_padding=False))
                  for m in sizes for n in sizes for short in (0, 1)}
+        passes.capacity = max(capacity, len(built) + WARM_UP_HEADROOM)  # all kept, and room for more
         return len(built)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -65,9 +65,11 @@ from .lightglue import (
 
 logger = logging.getLogger(__name__)
 
-# keys kept per model, least recently used dropped first: more than LightGlue.warm_up_static
-# builds (18 for a 1024-point camera with buckets of 256; each a few MB of buffers and graph memory)
+# keys kept per model, least recently used dropped first (each a few MB of buffers and graph
+# memory): at least this many, and what LightGlue.warm_up_static built (18 for a 1024-point
+# camera with buckets of 256, 26 for 2048) plus WARM_UP_HEADROOM for smaller sets met later
 MAX_CACHED_PASSES = 24
+WARM_UP_HEADROOM = 6
 REDUCED_DTYPES = (torch.float16, torch.bfloat16)  # autocast dtypes the layers run wholly in
 COMPILED_VARIANTS_LIMIT = 256  # compiled variants of the layer code (padded sizes x masks) dynamo may keep
 
@@ -379,6 +381,7 @@ class StaticPasses:
 
     def __init__(self, model: LightGlue) -> None:
         self.passes: OrderedDict[StaticKey, StaticPass] = OrderedDict()
+        self.capacity = MAX_CACHED_PASSES  # raised by a warm-up that builds more (``warm_up_static``)
         self.captures = 0  # passes built so far (tests and benchmarks read it)
         # where each parameter is held: read at every call, so that a replaced parameter (not
         # only a moved one) changes the key, in ~20 us instead of ~250 for model.parameters()
@@ -397,7 +400,7 @@ class StaticPasses:
             return found
         for old in [k for k in self.passes if k.weights != key.weights]:
             del self.passes[old]  # graphs of replaced weights (or of their old copies) would read freed memory
-        while len(self.passes) >= MAX_CACHED_PASSES:
+        while len(self.passes) >= self.capacity:
             self.passes.popitem(last=False)
         try:
             created = StaticPass(model, key)
