@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -29,11 +30,20 @@ from ..device import holding_constants
 logger = logging.getLogger(__name__)
 
 GRAPH_WARMUP_RUNS = 2  # eager runs on a side stream before a capture (lazy cuBLAS/cuDNN set-up)
+# one capture at a time in the process: torch.cuda.graph synchronises the whole device as it
+# starts, which fails a capture under way in another thread (a node's extraction and matching
+# stages each capture the sizes they meet first at run time)
+_CAPTURING = threading.RLock()
 
 
 def capture(run: Callable[[], None], device: torch.device, pool: Any = None) -> Callable[[], None]:
     """``run`` as a CUDA graph (warmed up on a side stream, then captured); returns its replay.
     Raises what the capture raises (e.g. a read of a device value inside ``run``)."""
+    with _CAPTURING:
+        return _capture(run, device, pool)
+
+
+def _capture(run: Callable[[], None], device: torch.device, pool: Any) -> Callable[[], None]:
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     graph = torch.cuda.CUDAGraph()
