@@ -134,9 +134,10 @@ def required_iterations(inlier_ratio: float, confidence: float, sample_size: int
     good = inlier_ratio ** sample_size
     if good >= 1.0:
         return 1.0
-    if good <= 0.0:
+    miss = math.log1p(-good)  # log1p: exact for the tiny share of good samples at low ratios
+    if not miss < 0.0:  # no good samples (or NaN)
         return math.inf
-    return math.log(1.0 - confidence) / math.log(1.0 - good)
+    return math.log1p(-confidence) / miss
 
 
 # poselib's and COLMAP's margin on the trials their stopping rule asks for (dyn_num_trials_mult)
@@ -198,7 +199,7 @@ class BaseEstimator:
         sample of such a model with ``confidence`` (times ``TRIAL_MARGIN``), at most ``max_iters``.
         A scene without such a model then costs a few dozen trials instead of ``max_iters``."""
         max_iters = int(self.conf.max_iters)
-        if min_inlier_ratio is None:
+        if min_inlier_ratio is None or math.isnan(min_inlier_ratio):
             return max_iters
         needed = required_iterations(min(max(float(min_inlier_ratio), 0.0), 1.0), float(self.conf.confidence),
                                      self.sample_size)

@@ -72,9 +72,13 @@ def to_numpy(value: Any) -> Any:
     return value
 
 
+SHAREABLE_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))  # torch has no long double
+
+
 def _shared_float_tensor(value: np.ndarray, device: torch.device | None) -> torch.Tensor | None:
     """The array's memory as a tensor of its own dtype, when torch can share it; else None."""
-    if value.dtype.kind != "f" or not value.dtype.isnative or not value.flags.writeable or not value.flags.c_contiguous:
+    if value.dtype not in SHAREABLE_FLOATS or not value.dtype.isnative or not value.flags.writeable \
+            or not value.flags.c_contiguous:
         return None
     return torch.from_numpy(value).to(device) if device is not None else torch.from_numpy(value)
 
@@ -88,6 +92,7 @@ def numpy_compat(int_args: tuple = (), native_args: tuple = ()) -> Callable[[F],
 
     def decorator(fn: F) -> F:
         signature = inspect.signature(fn)
+        names = list(signature.parameters)
         positional = [n for n, p in signature.parameters.items() if p.kind == p.POSITIONAL_OR_KEYWORD]
         # names the arguments without ``Signature.bind`` (~10 us a call) unless the function
         # takes *args, **kwargs or positional-only arguments, which only a bind can name
@@ -110,8 +115,10 @@ def numpy_compat(int_args: tuple = (), native_args: tuple = ()) -> Callable[[F],
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             fast = simple and len(args) <= len(positional) and kwargs.keys().isdisjoint(positional[: len(args)])
-            if fast:
-                arguments = {**dict(zip(positional, args, strict=False)), **kwargs}
+            if fast:  # in the signature's order, as a bind has them: the first tensor sets device and dtype
+                given = {**dict(zip(positional, args, strict=False)), **kwargs}
+                arguments = {name: given.pop(name) for name in names if name in given}
+                arguments.update(given)  # unknown names: the call raises TypeError for them
             else:
                 bound = signature.bind(*args, **kwargs)
                 arguments = bound.arguments

@@ -39,7 +39,7 @@ _CAPTURING = threading.RLock()
 def capture(run: Callable[[], None], device: torch.device, pool: Any = None) -> Callable[[], None]:
     """``run`` as a CUDA graph (warmed up on a side stream, then captured); returns its replay.
     Raises what the capture raises (e.g. a read of a device value inside ``run``)."""
-    with _CAPTURING:
+    with _CAPTURING, torch.cuda.device(device):  # restoring the stream must not move the thread to another GPU
         return _capture(run, device, pool)
 
 

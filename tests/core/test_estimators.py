@@ -326,6 +326,11 @@ def test_trial_limit_is_the_trials_that_find_a_model_with_that_share_of_inliers(
     assert estimator.trial_limit(1e-3) == 5000  # capped by max_iters
     five_point = get_estimator("relative_pose", {"name": "poselib", "confidence": 0.999})
     assert five_point.trial_limit(0.8) == int(np.ceil(3 * np.log(1 - 0.999) / np.log(1 - 0.8**5)))
+    seven_point = get_estimator("fundamental", {"name": "opencv", "max_iters": 700})
+    # a share so small that 1 - ratio^7 rounds to 1, or no share at all: the configured maximum
+    assert seven_point.trial_limit(8 / 10000) == seven_point.trial_limit(float("nan")) == 700
+    data, _, _ = pose_scene(outlier_ratio=0.1)
+    assert seven_point({"m_kpts0": data["m_kpts0"], "m_kpts1": data["m_kpts1"]}, min_inlier_ratio=1e-4)["success"]
 
 
 def test_min_inlier_ratio_stops_a_search_for_a_plane_the_scene_has_not(monkeypatch):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from featmatch_core.geometry.utils import numpy_compat
 from featmatch_core.geometry.depth import (
     image_to_camera,
     invert_transform,
@@ -295,7 +296,8 @@ def test_sample_depth_reads_a_float32_map_in_place_and_gives_float64_values():
     expected = [sample_depth(points, depth.astype(np.float64), mode=m) for m in ("nearest", "bilinear")]
     read_only = depth.copy()
     read_only.flags.writeable = False
-    for variant in (depth, read_only, depth.astype(">f4"), np.asfortranarray(depth)):  # shared, then copied
+    variants = (depth, read_only, depth.astype(">f4"), np.asfortranarray(depth), depth.astype(np.longdouble))
+    for variant in variants:  # shared, then copied (torch has no long double)
         for mode, (values, valid) in zip(("nearest", "bilinear"), expected, strict=True):
             got, got_valid = sample_depth(points, variant, mode=mode)
             assert got.dtype == np.float64
@@ -339,6 +341,17 @@ def test_numpy_wrapper_names_arguments_as_python_does():
         image_to_camera(points, points=points)
     with pytest.raises(TypeError, match="K"):
         image_to_camera(points)
+
+    @numpy_compat()
+    def dtype_of_first(a, b, c=None):
+        return a.dtype
+
+    # the first tensor in the signature's order sets the dtype of numpy arguments, whatever
+    # order the keywords come in (as Signature.bind orders them)
+    single, double = torch.ones(2), torch.ones(2, dtype=torch.float64)
+    assert dtype_of_first(np.ones(2), c=single, b=double) == dtype_of_first(np.ones(2), double, single) == torch.float64
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        dtype_of_first(np.ones(2), b=double, d=single)
 
 
 def test_reproject_plane():
