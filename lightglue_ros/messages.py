@@ -47,7 +47,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-
 from featmatch_core.viz import draw_matches
 
 from . import conversions as cv

@@ -734,16 +734,15 @@ class LightGlue(BaseModel):
         from half of ``max_keypoints`` up, filled exactly and padded: the sizes a camera's
         frames normally have. Smaller sets are captured when they first come. Returns how many
         passes were built."""
-        from .lightglue_static import WARM_UP_HEADROOM, StaticPasses, padded_size  # it builds on this module
+        from .lightglue_static import WARM_UP_HEADROOM, padded_size  # it builds on this module
 
         bucket = int(self.conf.static_bucket)
         largest = padded_size(max_keypoints, bucket)
         sizes = [size for size in range(bucket, largest + 1, bucket) if 2 * size >= largest]
         device = self.posenc.Wr.weight.device
         features = torch.zeros(1, 1, self.input_dim, device=device)
-        if self._static_passes is None:
-            self._static_passes = StaticPasses(self)
-        passes, capacity = self._static_passes, self._static_passes.capacity
+        passes = self.static_passes()
+        capacity = passes.capacity
         passes.capacity = max(capacity, 2 * len(sizes) ** 2)  # none of them evicted while building
         built = {id(self.static_pass(1, m - short, n - short, features, caller_padding=False))
                  for m in sizes for n in sizes for short in (0, 1)}
@@ -829,16 +828,22 @@ class LightGlue(BaseModel):
         setting = self.conf.static_shapes
         return device.type == "cuda" if setting is None else bool(setting)
 
+    def static_passes(self) -> Any:
+        """This model's cache of static passes (``lightglue_static.StaticPasses``), made at first use."""
+        if self._static_passes is None:
+            from .lightglue_static import StaticPasses  # it builds on this module
+
+            self._static_passes = StaticPasses(self)
+        return self._static_passes
+
     def static_pass(self, b: int, m: int, n: int, descriptors: Tensor, caller_padding: bool) -> Any:
         """The static pass (buffers, graphs) for a batch of ``b`` pairs of ``m`` and ``n`` points,
         captured at its first use under the autocast in force."""
-        from .lightglue_static import StaticPasses, static_key  # it builds on this module
+        from .lightglue_static import static_key  # it builds on this module
 
-        if self._static_passes is None:
-            self._static_passes = StaticPasses(self)
-        key = static_key(self, b, m, n, descriptors.device, descriptors.dtype, caller_padding,
-                         self._static_passes.weights())
-        return self._static_passes.get(self, key)
+        passes = self.static_passes()
+        key = static_key(self, b, m, n, descriptors.device, descriptors.dtype, caller_padding, passes.weights())
+        return passes.get(self, key)
 
     # ---- forward ---------------------------------------------------------------------------
     def forward(self, data: Mapping[str, Mapping[str, Tensor]],
