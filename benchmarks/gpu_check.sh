@@ -21,8 +21,9 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1  # a step cut by its time limit still leaves what it printed
 
 if [ "${1:-}" = --device-setup ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .device/wheels/*.whl || exit 1
+    # the packages the image lacks, installed and packed for it by prepare_gpu_check.sh
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
+        .device/site.tar.xz /tmp/site || exit 1
     export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
     export LIGHTGLUE_REF=${LIGHTGLUE_REF:-.device/lightglue_ref} PHOTOS=${PHOTOS:-.device/photos}
     # the device machine reaches nothing: no weight download to wait out (each try can take
