@@ -54,7 +54,7 @@ BODY=outputs/gpu_check/report.md.tmp
     echo "# Device check ($DEVICE)"
     echo
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $HARDWARE, torch $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda)'),"
-    echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown). Produced by benchmarks/gpu_check.sh."
+    echo "commit $(git rev-parse --short HEAD 2>/dev/null || cat .device/commit 2>/dev/null || echo unknown). Produced by benchmarks/gpu_check.sh."
 } > "$BODY"
 
 step() {  # step TITLE SECONDS COMMAND...: run, show, append its output to the report

@@ -43,6 +43,8 @@ PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --no-deps --no-compile --o
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any \
     --target "$SITE" "${PINNED[@]}"
+# the device's copy of the tree has no .git: the report names the commit prepared here
+echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' with uncommitted changes')" > "$DIR/commit"
 tar -C "$SITE" -cf - . | xz -9 -T0 > "$DIR/site.tar.xz.part" && mv "$DIR/site.tar.xz.part" "$DIR/site.tar.xz"
 
 # a few photos, downscaled to the recipes' 640x480 working size (the device has no ../shared)
