@@ -71,6 +71,7 @@ BODY=outputs/gpu_check/report.md.tmp
     echo "# Device check ($DEVICE$([ "$PART" = all ] || echo ", part $PART"))"
     echo
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $HARDWARE, torch $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda)'),"
+    echo "shared memory for the data-loader workers: $(df -h /dev/shm 2>/dev/null | awk 'NR == 2 {print $2}')."
     echo "commit $(git rev-parse --short HEAD 2>/dev/null || cat .device/commit 2>/dev/null || echo unknown). Produced by benchmarks/gpu_check.sh."
 } > "$BODY"
 
@@ -126,6 +127,12 @@ training() {  # PART RECIPE: pairs/s over STEPS steps of the full-size recipe (b
         "data.root=$PHOTOS" data.val_pairs=32 train.max_steps=$STEPS train.log_every_iter=10 \
         train.eval_every_iter=null train.save_every_iter=null "train.device=$DEVICE" data.features.weights=null \
         "train.num_workers=$(( $(nproc) > 8 ? 8 : $(nproc) ))" "${extra[@]}"
+    # the logged rates too (every 10 steps): the closing line is missing when the limit cuts the run
+    local metrics="outputs/training/gpu_check_$2/metrics.csv"
+    if [ "$PART" = all ] || [ "$PART" = "$1" ]; then
+        [ -f "$metrics" ] && printf '\nLogged (step,epoch,split,key,value):\n```\n%s\n```\n' \
+            "$(grep -E ',train,(samples_per_s|step_time|data_time),' "$metrics" | tail -n 9)" >> "$BODY"
+    fi
     rm -rf "outputs/training/gpu_check_$2"
 }
 

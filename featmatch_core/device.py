@@ -139,15 +139,65 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         yield
 
 
+# one block at a time changes cuDNN's process-wide TF32 switch (see exact_fp32_convolutions)
+_TF32_SWITCH = threading.Lock()
+
+
+@contextlib.contextmanager
+def exact_fp32_convolutions(device: torch.device) -> Iterator[None]:
+    """cuDNN's fp32 convolutions in full fp32 for the block (no-op off CUDA). PyTorch lets cuDNN
+    use TF32 (10-bit mantissas) by default on Ampere and newer GPUs; a scale space whose
+    differences of nearly equal blurs decide the extrema and their sub-pixel offsets (SIFT)
+    must not. The switch is process-wide: it is turned off under a lock and given back as it
+    was (other threads' convolutions meanwhile run in full fp32 too, which only costs time).
+    Inside a CUDA-graph capture it acts when it matters, as the kernels are chosen."""
+    if device.type != "cuda":
+        yield
+        return
+    with _TF32_SWITCH:
+        saved = _tf32_settings()
+        torch.backends.cudnn.allow_tf32 = False  # the legacy switch: conv and RNN alike
+        try:
+            yield
+        finally:
+            _restore_tf32_settings(saved)
+
+
+def _tf32_settings() -> tuple[bool | None, tuple[str, str] | None]:
+    """cuDNN's TF32 settings as both of torch's APIs see them: the legacy switch (None where it
+    cannot be read: torch >= 2.9 raises when the per-operator settings were made to differ) and
+    the per-operator precisions of conv and RNN (None before torch 2.9)."""
+    cudnn = torch.backends.cudnn
+    try:
+        legacy = bool(cudnn.allow_tf32)
+    except RuntimeError:
+        legacy = None
+    per_op = hasattr(cudnn, "conv") and hasattr(cudnn.conv, "fp32_precision")
+    return legacy, ((cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision) if per_op else None)
+
+
+def _restore_tf32_settings(saved: tuple[bool | None, tuple[str, str] | None]) -> None:
+    """Back to ``saved``: through the legacy switch first (it keeps a flag of its own that the
+    per-operator API does not restore), then whatever operator it set otherwise."""
+    cudnn = torch.backends.cudnn
+    legacy, per_op = saved
+    if legacy is not None:
+        cudnn.allow_tf32 = legacy
+    if per_op is not None and (cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision) != per_op:
+        cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = per_op
+
+
 @contextlib.contextmanager
 def own_stream(device: torch.device | None) -> Iterator[torch.cuda.Stream | None]:
     """Run this thread's GPU work on a stream of its own (None off CUDA): two threads that each
     have one (the extraction and tracking stages of a frame pipeline) overlap on the GPU,
-    instead of queueing behind each other on the default stream."""
+    instead of queueing behind each other on the default stream. Drawn from torch's
+    high-priority pool, so that it is never the CUDA-graph capture stream (default priority,
+    ``cuda_graphs.capture_stream``), whatever the number of stages and captures."""
     if device is None or device.type != "cuda":
         yield None
         return
-    stream = torch.cuda.Stream(device)
+    stream = torch.cuda.Stream(device, priority=-1)
     with torch.cuda.stream(stream):
         yield stream
 

@@ -34,6 +34,19 @@ GRAPH_WARMUP_RUNS = 2  # eager runs on a side stream before a capture (lazy cuBL
 # starts, which fails a capture under way in another thread (a node's extraction and matching
 # stages each capture the sizes they meet first at run time)
 _CAPTURING = threading.RLock()
+_CAPTURE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}  # per device, made under _CAPTURING
+
+
+def capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """The stream every capture on ``device`` runs on, made once. torch hands out streams from a
+    pool of 32 per priority, round robin: a stream made per capture would, after 32 draws, be
+    one a pipeline stage works on (whose kernels the capture would then record), and graphs
+    captured on different streams cannot share their pool's memory. Stage streams
+    (``device.own_stream``) are drawn at high priority, this one at the default priority."""
+    device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+    if device not in _CAPTURE_STREAMS:
+        _CAPTURE_STREAMS[device] = torch.cuda.Stream(device, priority=0)
+    return _CAPTURE_STREAMS[device]
 
 
 def capture(run: Callable[[], None], device: torch.device, pool: Any = None) -> Callable[[], None]:
@@ -44,7 +57,7 @@ def capture(run: Callable[[], None], device: torch.device, pool: Any = None) -> 
 
 
 def _capture(run: Callable[[], None], device: torch.device, pool: Any) -> Callable[[], None]:
-    side = torch.cuda.Stream(device)
+    side = capture_stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     graph = torch.cuda.CUDAGraph()
     with holding_constants() as constants:  # read by the graph: kept as long as it is
@@ -55,8 +68,8 @@ def _capture(run: Callable[[], None], device: torch.device, pool: Any) -> Callab
         current.wait_stream(side)
         # thread_local: a capture in one thread (a node's tracking stage) must not fail another
         # thread's allocations (the default, global, errors on unsafe calls from any thread).
-        # Captured on our own side stream, not torch.cuda.graph's one stream shared by every
-        # capture (two threads would capture into each other); and when the capture fails,
+        # Captured on our capture stream, not torch.cuda.graph's default one, which anything
+        # may use; one capture at a time (_CAPTURING) keeps it to itself; and when it fails,
         # torch.cuda.graph leaves the thread on the capture stream (its exit ends the capture
         # before it restores the stream), so the stream is restored here.
         try:

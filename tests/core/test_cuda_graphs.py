@@ -332,3 +332,33 @@ def test_cuda_graphs_keep_their_constants_when_the_caches_drop_them():
         del garbage
     for key, value in expected.items():
         torch.testing.assert_close(ours[key], value)
+
+
+@needs_cuda
+def test_captures_never_run_on_a_stage_stream():
+    """torch's stream pool hands out 32 streams per priority in turn: however many stage streams
+    and captures a process makes, no capture runs on a stream a stage works on (it would record
+    the stage's kernels), and every capture on a device runs on the same stream."""
+    from featmatch_core.device import own_stream
+    from featmatch_core.models.cuda_graphs import capture, capture_stream
+
+    device = torch.device("cuda")
+    stage_streams = set()
+    for _ in range(40):  # more than a pool holds
+        with own_stream(device) as stream:
+            stage_streams.add(stream.cuda_stream)
+    seen = []
+    x = torch.ones(8, device=device)
+    out = torch.empty_like(x)
+
+    def double() -> None:
+        seen.append(torch.cuda.current_stream().cuda_stream)
+        out.copy_(x * 2)
+
+    for _ in range(3):
+        replay = capture(double, device)
+    replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, x * 2)
+    assert set(seen) == {capture_stream(device).cuda_stream}
+    assert capture_stream(device).cuda_stream not in stage_streams

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from ...device import exact_fp32_convolutions
 from ...image import to_uint8_numpy
 from . import sift_torch
 from .base import Extractor, Features, empty_features, prepare_images
@@ -410,7 +411,7 @@ def _run_kornia(sift: torch.nn.Module, image: torch.Tensor, conf: DictConfig) ->
     image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
     # in fp32 even under the pipeline's autocast: kornia's scale space mixes dtypes otherwise,
     # and a half-precision DoG would move the sub-pixel extrema
-    with torch.autocast(image.device.type, enabled=False):
+    with torch.autocast(image.device.type, enabled=False), exact_fp32_convolutions(image.device):  # no TF32 blurs
         lafs, responses, descriptors = sift(image[None])
     responses = responses.reshape(-1).float()
     # kornia always returns max_num_keypoints points, padded with zero responses on flat images

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ...device import cached_constant, device_constant
+from ...device import cached_constant, device_constant, exact_fp32_convolutions
 from .superpoint import max_filter
 
 BORDER = 5  # pixels of each DoG map where no extremum is searched
@@ -560,7 +560,8 @@ def scale_space(gray: torch.Tensor, settings: SiftSettings) -> tuple[torch.Tenso
     """The static-shape front of :func:`detect` (replayed as one CUDA graph by the extractor):
     (B, H, W) images in 0..255 -> the flattened DoG stacks, where OpenCV looks for extrema
     (bool, same layout), and the flattened gradients dx, dy (:func:`gradient_maps`)."""
-    octaves = gaussian_pyramid(gray, settings)
+    with exact_fp32_convolutions(gray.device):  # TF32 blurs would move the DoG extrema on a GPU
+        octaves = gaussian_pyramid(gray, settings)
     dogs = [stack[:, 1:] - stack[:, :-1] for stack in octaves]
     threshold = math.floor(0.5 * settings.contrast_threshold / settings.levels * 255)
     masks = [extrema_mask(dog, threshold, settings.levels) for dog in dogs]
