@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.torch_version import TorchVersion
 from torch.utils._pytree import tree_leaves, tree_map
 
 from ..device import holding_constants
@@ -49,11 +50,28 @@ def capture_stream(device: torch.device) -> torch.cuda.Stream:
     return _CAPTURE_STREAMS[device]
 
 
+# Before torch 2.12 a capture that fails leaves the caching allocator counting it as under way
+# (pytorch#180395), and the next capture's start (torch.cuda.graph empties the cache) aborts the
+# whole process on an internal assert: there, the first failure ends capturing in the process.
+CAPTURE_AFTER_FAILURE = TorchVersion(torch.__version__) >= (2, 12)
+_failed_capture: str | None = None  # why the first capture failed, where that ends capturing
+
+
 def capture(run: Callable[[], None], device: torch.device, pool: Any = None) -> Callable[[], None]:
     """``run`` as a CUDA graph (warmed up on a side stream, then captured); returns its replay.
-    Raises what the capture raises (e.g. a read of a device value inside ``run``)."""
+    Raises what the capture raises (e.g. a read of a device value inside ``run``), and, after a
+    failed capture on torch < 2.12, a RuntimeError at once (callers then run uncaptured)."""
+    global _failed_capture
     with _CAPTURING, torch.cuda.device(device):  # restoring the stream must not move the thread to another GPU
-        return _capture(run, device, pool)
+        if _failed_capture is not None:
+            raise RuntimeError(f"no CUDA-graph capture after a failed one on torch {torch.__version__} "
+                               f"(< 2.12 cannot recover from it): {_failed_capture}")
+        try:
+            return _capture(run, device, pool)
+        except Exception as err:
+            if not CAPTURE_AFTER_FAILURE:
+                _failed_capture = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise
 
 
 def _capture(run: Callable[[], None], device: torch.device, pool: Any) -> Callable[[], None]:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featmatch_core.models import cuda_graphs
 from featmatch_core.models.cuda_graphs import GraphedCalls, function_identity
 from featmatch_core.models.extractors.aliked import ALIKED
 from featmatch_core.models.extractors.disk import DISK
@@ -220,6 +221,18 @@ def test_failed_capture_body(caplog):
     assert len(out) == 4 and len(again) == 4 and calls.captures == 1
     assert "runs uncaptured" in caplog.text
     assert torch.cuda.current_stream() == stream  # not left on the failed capture's stream
+
+    # a capturable function after the failure: before torch 2.12 it is not captured (the next
+    # capture would abort the process), from 2.12 it is
+    def doubles(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    with torch.inference_mode():
+        out = calls(doubles, torch.ones(4, device="cuda"))
+    torch.cuda.synchronize()
+    assert torch.equal(out, torch.full((4,), 2.0, device="cuda")) and calls.captures == 2
+    captured = [replay for replay in calls.replays.values() if replay is not None]
+    assert len(captured) == (1 if cuda_graphs.CAPTURE_AFTER_FAILURE else 0)
 
 
 def test_graphs_only_for_small_batches_with_cuda_graphs_on():
