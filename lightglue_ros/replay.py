@@ -46,6 +46,7 @@ from tqdm import tqdm
 from featmatch_core.eval.metrics import pose_auc
 from featmatch_core.files import atomic_write_bytes, save_json
 from featmatch_core.geometry.epipolar import relative_pose_error
+from featmatch_core.models.cuda_graphs import capture_counts
 
 from . import conversions as cv
 from . import params as P
@@ -569,6 +570,7 @@ def run(args: argparse.Namespace) -> ReplayResult:
         if sizes and min(sizes[0]) > 0:  # the extractor too, at the camera's size: no set-up in the first frames
             matcher.warm_up_extractor(*sizes[0])
         rss_start = rss_mb()
+        captures_before = sum(capture_counts().values())  # the warm-up's are done by now
         out_bag = (
             None
             if args.no_bag
@@ -594,7 +596,8 @@ def run(args: argparse.Namespace) -> ReplayResult:
     finally:
         reader.close()
     summary, pairs, traj = summarise(sink.records, inputs.gt, matcher, played, args, model)
-    summary.update(bag=str(bag), rss_start_mb=rss_start, rss_end_mb=rss_end)
+    summary.update(bag=str(bag), rss_start_mb=rss_start, rss_end_mb=rss_end,
+                   **captures_while_streaming(sink.records, captures_before))
     if out_bag is not None:
         summary["out_bag"] = str(out_bag.path)
         summary["out_topics"] = out_bag.counts
@@ -684,7 +687,8 @@ class ResultSink:
     def add(self, item: Item, result: FrameResult) -> None:
         if result.skipped:
             return  # counted by the matcher, published nowhere (as the node)
-        record = {**result.record, "loop": item.loop, "rss_mb": rss_mb(), "done_ns": time.time_ns()}
+        record = {**result.record, "loop": item.loop, "rss_mb": rss_mb(), "done_ns": time.time_ns(),
+                  "graph_captures": sum(capture_counts().values())}
         self.records.append(record)
         if self.out_bag is None:
             return
@@ -845,6 +849,22 @@ def summarise(
     return summary, pairs, traj
 
 
+def captures_while_streaming(records: list[dict[str, Any]], before: int) -> dict[str, Any]:
+    """CUDA-graph captures after the warm-up (a point-set size, or an image size, met first while
+    streaming): how many, after which frames (by position in ``records``; with pipelined stages
+    a capture lands on a frame near the one that needed it), and the latency p99 of the other
+    frames, to tell capture spikes from the rest. ``records[i]["graph_captures"]`` is the
+    process's running count when frame i was done; ``before`` the count at the start."""
+    counts = [before] + [r.get("graph_captures", before) for r in records]
+    frames = [i for i in range(len(records)) if counts[i + 1] > counts[i]]
+    others = [r["latency_ms"] for i, r in enumerate(records) if "latency_ms" in r and i not in set(frames)]
+    return {
+        "graph_captures_streaming": counts[-1] - before,
+        "graph_capture_frames": frames,
+        "latency_p99_without_capture_frames_ms": float(np.percentile(others, 99)) if others else float("nan"),
+    }
+
+
 def save_outputs(
     out_dir: Path,
     summary: dict[str, Any],
@@ -909,6 +929,9 @@ def report(summary: dict[str, Any]) -> str:
         f"latency ms: p50 {f('latency_p50_ms')}  p95 {f('latency_p95_ms')}  p99 {f('latency_p99_ms')}"
         f"   (processing p50 {f('processing_p50_ms')})",
         f"throughput: {f('throughput_fps', '{:.2f}')} frames/s",
+        *([f"CUDA-graph captures while streaming: {summary['graph_captures_streaming']}, after frames "
+           f"{_frame_list(summary['graph_capture_frames'])}; latency p99 of the other frames "
+           f"{f('latency_p99_without_capture_frames_ms')} ms"] if summary.get("graph_captures_streaming") else []),
         f"trajectory: ATE {f('ate_rmse_m', '{:.3f}')} m after Sim(3) alignment ({summary['trajectory_scale']})",
         f"memory (RSS): {f('rss_start_mb', '{:.0f}')} MB at start (model loaded), "
         f"{f('rss_after_first_loop_mb', '{:.0f}')} MB after the first loop, "
@@ -917,6 +940,11 @@ def report(summary: dict[str, Any]) -> str:
            if len(summary.get("rss_by_loop_mb") or []) > 1 else ""),
     ]
     return "\n".join(lines)
+
+
+def _frame_list(frames: list[int], most: int = 12) -> str:
+    shown = ", ".join(str(i) for i in frames[:most])
+    return shown + (f" and {len(frames) - most} more" if len(frames) > most else "")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -55,6 +55,14 @@ def capture_stream(device: torch.device) -> torch.cuda.Stream:
 # whole process on an internal assert: there, the first failure ends capturing in the process.
 CAPTURE_AFTER_FAILURE = TorchVersion(torch.__version__) >= (2, 12)
 _failed_capture: str | None = None  # why the first capture failed, where that ends capturing
+_capture_counts = {"made": 0, "failed": 0}  # in this process, under _CAPTURING
+
+
+def capture_counts() -> dict[str, int]:
+    """Captures made and failed (or refused) in this process so far: a stream that still
+    captures after its warm-up pays for it in latency (two warm-up runs and a capture)."""
+    with _CAPTURING:
+        return dict(_capture_counts)
 
 
 def capture(run: Callable[[], None], device: torch.device, pool: Any = None) -> Callable[[], None]:
@@ -64,14 +72,18 @@ def capture(run: Callable[[], None], device: torch.device, pool: Any = None) -> 
     global _failed_capture
     with _CAPTURING, torch.cuda.device(device):  # restoring the stream must not move the thread to another GPU
         if _failed_capture is not None:
+            _capture_counts["failed"] += 1
             raise RuntimeError(f"no CUDA-graph capture after a failed one on torch {torch.__version__} "
                                f"(< 2.12 cannot recover from it): {_failed_capture}")
         try:
-            return _capture(run, device, pool)
+            replay = _capture(run, device, pool)
         except Exception as err:
+            _capture_counts["failed"] += 1
             if not CAPTURE_AFTER_FAILURE:
                 _failed_capture = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise
+        _capture_counts["made"] += 1
+        return replay
 
 
 def _capture(run: Callable[[], None], device: torch.device, pool: Any) -> Callable[[], None]:
