@@ -109,6 +109,7 @@ ref_args=()
 BAG=outputs/demo/room_bag
 demo_bag() {  # PART: the demo sequence's bag for the streaming steps (rendered on the CPU, ~20 s
     # for 300 frames); part 2 takes the one part 1 made on the same (warm) machine
+    [ "$PART" = all ] || [ "$PART" = "$1" ] || return 0
     [ "$1" = 2 ] && [ -f "$BAG/metadata.yaml" ] && [ "$(cat outputs/gpu_check/bag_frames 2>/dev/null)" = "$FRAMES" ] &&
         return 0
     rm -f outputs/gpu_check/bag_frames
@@ -138,8 +139,12 @@ training() {  # PART RECIPE: pairs/s over STEPS steps of the full-size recipe (b
 
 # ---- part 1: the headline figures ----
 # the CUDA tests (skipped without CUDA) of the modules that have them
-step 1 "CUDA tests" 100 python3 -m pytest -q -p no:cacheprovider --continue-on-collection-errors tests/core tests/train tests/ros \
-    -k "cuda or CUDA"
+# (-rfE: a line per failure or error; with pytest-timeout, which the image has, a test that hangs
+# is stopped after 60 s rather than the whole step)
+per_test=()
+python3 -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 60)
+step 1 "CUDA tests" 100 python3 -m pytest -q -rfE -p no:cacheprovider "${per_test[@]}" --continue-on-collection-errors \
+    tests/core tests/train tests/ros -k "cuda or CUDA"
 # shellcheck disable=SC2086
 step 1 "LightGlue, full depth" "$LG_S" python3 benchmarks/time_lightglue.py --device "$DEVICE" --num-keypoints $KPTS "${ref_args[@]}"
 demo_bag 1

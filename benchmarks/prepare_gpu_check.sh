@@ -37,6 +37,10 @@ rm -rf "$DIR/wheels" "$DIR/photos" "$DIR/site.tar.xz" && mkdir -p "$DIR/photos"
 NAMES=(kornia kornia-rs omegaconf poselib rosbags apsw backports.zstd lz4 ruamel.yaml)
 mapfile -t PINNED < <(python3 -c 'import sys; from importlib.metadata import version
 for name in sys.argv[1:]: print(f"{name}=={version(name)}")' "${NAMES[@]}")
+if [ "${#PINNED[@]}" -ne "${#NAMES[@]}" ]; then  # mapfile's pipe escapes set -e
+    echo "could not read the installed versions of ${NAMES[*]} (pip install -e '.[dev]' first)" >&2
+    exit 1
+fi
 SITE=$(mktemp -d)
 trap 'rm -rf "$SITE"' EXIT
 PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --no-deps --no-compile --only-binary=:all: --python-version 3.12 --implementation cp \

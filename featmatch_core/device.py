@@ -140,7 +140,7 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
 
 
 # one block at a time changes cuDNN's process-wide TF32 switch (see exact_fp32_convolutions)
-_TF32_SWITCH = threading.Lock()
+_TF32_SWITCH = threading.RLock()
 
 
 @contextlib.contextmanager
@@ -157,6 +157,8 @@ def exact_fp32_convolutions(device: torch.device) -> Iterator[None]:
     with _TF32_SWITCH:
         saved = _tf32_settings()
         torch.backends.cudnn.allow_tf32 = False  # the legacy switch: conv and RNN alike
+        if saved[1] is not None:  # and explicitly: "none" would inherit a TF32 set for cuDNN as a whole
+            torch.backends.cudnn.conv.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = "ieee"
         try:
             yield
         finally:

@@ -570,7 +570,7 @@ def run(args: argparse.Namespace) -> ReplayResult:
         if sizes and min(sizes[0]) > 0:  # the extractor too, at the camera's size: no set-up in the first frames
             matcher.warm_up_extractor(*sizes[0])
         rss_start = rss_mb()
-        captures_before = sum(capture_counts().values())  # the warm-up's are done by now
+        captures_before = capture_counts()  # the warm-up's are done by now
         out_bag = (
             None
             if args.no_bag
@@ -597,7 +597,7 @@ def run(args: argparse.Namespace) -> ReplayResult:
         reader.close()
     summary, pairs, traj = summarise(sink.records, inputs.gt, matcher, played, args, model)
     summary.update(bag=str(bag), rss_start_mb=rss_start, rss_end_mb=rss_end,
-                   **captures_while_streaming(sink.records, captures_before))
+                   **captures_while_streaming(sink.records, captures_before, capture_counts()))
     if out_bag is not None:
         summary["out_bag"] = str(out_bag.path)
         summary["out_topics"] = out_bag.counts
@@ -688,7 +688,7 @@ class ResultSink:
         if result.skipped:
             return  # counted by the matcher, published nowhere (as the node)
         record = {**result.record, "loop": item.loop, "rss_mb": rss_mb(), "done_ns": time.time_ns(),
-                  "graph_captures": sum(capture_counts().values())}
+                  "graph_captures": captures_that_cost()}
         self.records.append(record)
         if self.out_bag is None:
             return
@@ -849,17 +849,27 @@ def summarise(
     return summary, pairs, traj
 
 
-def captures_while_streaming(records: list[dict[str, Any]], before: int) -> dict[str, Any]:
+def captures_that_cost() -> int:
+    """CUDA-graph captures made or failed so far in the process (a refusal costs nothing)."""
+    counts = capture_counts()
+    return counts["made"] + counts["failed"]
+
+
+def captures_while_streaming(records: list[dict[str, Any]], before: dict[str, int],
+                             after: dict[str, int]) -> dict[str, Any]:
     """CUDA-graph captures after the warm-up (a point-set size, or an image size, met first while
-    streaming): how many, after which frames (by position in ``records``; with pipelined stages
-    a capture lands on a frame near the one that needed it), and the latency p99 of the other
-    frames, to tell capture spikes from the rest. ``records[i]["graph_captures"]`` is the
-    process's running count when frame i was done; ``before`` the count at the start."""
-    counts = [before] + [r.get("graph_captures", before) for r in records]
+    streaming): how many graphs were made, failed or refused (``capture_counts`` at the start
+    and the end), after which frames (by position in ``records``; with pipelined stages a
+    capture lands on a frame near the one that needed it), and the latency p99 of the other
+    frames, to tell capture spikes from the rest. ``records[i]["graph_captures"]`` is
+    :func:`captures_that_cost` when frame i was done."""
+    start = before["made"] + before["failed"]
+    counts = [start] + [r.get("graph_captures", start) for r in records]
     frames = [i for i in range(len(records)) if counts[i + 1] > counts[i]]
-    others = [r["latency_ms"] for i, r in enumerate(records) if "latency_ms" in r and i not in set(frames)]
+    spiked = set(frames)
+    others = [r["latency_ms"] for i, r in enumerate(records) if "latency_ms" in r and i not in spiked]
     return {
-        "graph_captures_streaming": counts[-1] - before,
+        "graph_captures_streaming": {key: after[key] - before[key] for key in after},
         "graph_capture_frames": frames,
         "latency_p99_without_capture_frames_ms": float(np.percentile(others, 99)) if others else float("nan"),
     }
@@ -929,9 +939,10 @@ def report(summary: dict[str, Any]) -> str:
         f"latency ms: p50 {f('latency_p50_ms')}  p95 {f('latency_p95_ms')}  p99 {f('latency_p99_ms')}"
         f"   (processing p50 {f('processing_p50_ms')})",
         f"throughput: {f('throughput_fps', '{:.2f}')} frames/s",
-        *([f"CUDA-graph captures while streaming: {summary['graph_captures_streaming']}, after frames "
-           f"{_frame_list(summary['graph_capture_frames'])}; latency p99 of the other frames "
-           f"{f('latency_p99_without_capture_frames_ms')} ms"] if summary.get("graph_captures_streaming") else []),
+        *([f"CUDA graphs captured while streaming: {_capture_summary(summary['graph_captures_streaming'])}, "
+           f"after frames {_frame_list(summary['graph_capture_frames'])}; latency p99 of the other frames "
+           f"{f('latency_p99_without_capture_frames_ms')} ms"]
+          if any((summary.get("graph_captures_streaming") or {}).values()) else []),
         f"trajectory: ATE {f('ate_rmse_m', '{:.3f}')} m after Sim(3) alignment ({summary['trajectory_scale']})",
         f"memory (RSS): {f('rss_start_mb', '{:.0f}')} MB at start (model loaded), "
         f"{f('rss_after_first_loop_mb', '{:.0f}')} MB after the first loop, "
@@ -940,6 +951,10 @@ def report(summary: dict[str, Any]) -> str:
            if len(summary.get("rss_by_loop_mb") or []) > 1 else ""),
     ]
     return "\n".join(lines)
+
+
+def _capture_summary(counts: dict[str, int]) -> str:
+    return f"{counts['made']} made, {counts['failed']} failed, {counts['refused']} refused"
 
 
 def _frame_list(frames: list[int], most: int = 12) -> str:

@@ -38,13 +38,18 @@ _CAPTURING = threading.RLock()
 _CAPTURE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}  # per device, made under _CAPTURING
 
 
+def _indexed(device: torch.device) -> torch.device:
+    """``cuda`` -> ``cuda:<current device>``: one key per GPU."""
+    return torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+
+
 def capture_stream(device: torch.device) -> torch.cuda.Stream:
     """The stream every capture on ``device`` runs on, made once. torch hands out streams from a
     pool of 32 per priority, round robin: a stream made per capture would, after 32 draws, be
     one a pipeline stage works on (whose kernels the capture would then record), and graphs
     captured on different streams cannot share their pool's memory. Stage streams
     (``device.own_stream``) are drawn at high priority, this one at the default priority."""
-    device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+    device = _indexed(device)
     if device not in _CAPTURE_STREAMS:
         _CAPTURE_STREAMS[device] = torch.cuda.Stream(device, priority=0)
     return _CAPTURE_STREAMS[device]
@@ -55,14 +60,14 @@ def capture_stream(device: torch.device) -> torch.cuda.Stream:
 # whole process on an internal assert: there, the first failure ends capturing in the process.
 CAPTURE_AFTER_FAILURE = TorchVersion(torch.__version__) >= (2, 12)
 _failed_capture: str | None = None  # why the first capture failed, where that ends capturing
-_capture_counts = {"made": 0, "failed": 0}  # in this process, under _CAPTURING
+_capture_counts = {"made": 0, "failed": 0, "refused": 0}  # in this process, written under _CAPTURING
 
 
 def capture_counts() -> dict[str, int]:
-    """Captures made and failed (or refused) in this process so far: a stream that still
-    captures after its warm-up pays for it in latency (two warm-up runs and a capture)."""
-    with _CAPTURING:
-        return dict(_capture_counts)
+    """Graphs captured, failed and refused (after a failure, torch < 2.12) in this process so
+    far. A stream that still captures after its warm-up pays in latency: two warm-up runs and a
+    capture per graph (a new LightGlue size captures one graph per step of its static pass)."""
+    return dict(_capture_counts)  # no lock: a capture holds it for its whole length (written under it)
 
 
 def capture(run: Callable[[], None], device: torch.device, pool: Any = None) -> Callable[[], None]:
@@ -72,18 +77,24 @@ def capture(run: Callable[[], None], device: torch.device, pool: Any = None) -> 
     global _failed_capture
     with _CAPTURING, torch.cuda.device(device):  # restoring the stream must not move the thread to another GPU
         if _failed_capture is not None:
-            _capture_counts["failed"] += 1
+            _capture_counts["refused"] += 1
             raise RuntimeError(f"no CUDA-graph capture after a failed one on torch {torch.__version__} "
                                f"(< 2.12 cannot recover from it): {_failed_capture}")
         try:
             replay = _capture(run, device, pool)
         except Exception as err:
             _capture_counts["failed"] += 1
-            if not CAPTURE_AFTER_FAILURE:
-                _failed_capture = str(err).splitlines()[0] if str(err) else type(err).__name__
+            if isinstance(err, _CaptureFailed):  # the capture itself (not a warm-up run) failed
+                _CAPTURE_STREAMS.pop(_indexed(device), None)  # in case it was left capturing: a fresh one next
+                if not CAPTURE_AFTER_FAILURE:
+                    _failed_capture = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise
         _capture_counts["made"] += 1
         return replay
+
+
+class _CaptureFailed(RuntimeError):
+    """Raised from inside torch.cuda.graph: the capture had begun (the warm-up runs are behind)."""
 
 
 def _capture(run: Callable[[], None], device: torch.device, pool: Any) -> Callable[[], None]:
@@ -106,6 +117,8 @@ def _capture(run: Callable[[], None], device: torch.device, pool: Any) -> Callab
             with uncached_autocast(device), torch.cuda.graph(graph, pool=pool, stream=side,
                                                              capture_error_mode="thread_local"):
                 run()
+        except Exception as err:
+            raise _CaptureFailed(str(err) or type(err).__name__) from err
         finally:
             torch.cuda.set_stream(current)
 

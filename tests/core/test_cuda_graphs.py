@@ -355,6 +355,8 @@ def test_captures_never_run_on_a_stage_stream():
     from featmatch_core.device import own_stream
     from featmatch_core.models.cuda_graphs import capture, capture_stream
 
+    if cuda_graphs._failed_capture is not None:  # torch < 2.12 after a failed capture in this process
+        pytest.skip("captures are off in this process after a failed one")
     device = torch.device("cuda")
     stage_streams = set()
     for _ in range(40):  # more than a pool holds

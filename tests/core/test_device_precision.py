@@ -18,7 +18,10 @@ PER_OP = hasattr(cudnn, "conv") and hasattr(cudnn.conv, "fp32_precision")
 @pytest.fixture
 def tf32_state():
     saved = _tf32_settings()
+    whole = cudnn.fp32_precision if PER_OP else None  # cuDNN as a whole, which "none" inherits
     yield
+    if whole is not None:
+        cudnn.fp32_precision = whole
     _restore_tf32_settings(saved)
 
 
@@ -53,6 +56,20 @@ def test_per_operator_settings_come_back_as_they_were(tf32_state, conv_rnn):
     legacy_after, per_op_after = _tf32_settings()
     assert per_op_after == conv_rnn
     assert legacy_before is None or legacy_after == legacy_before
+
+
+@pytest.mark.skipif(not PER_OP, reason="torch < 2.9 has no per-operator TF32 settings")
+def test_tf32_set_for_cudnn_as_a_whole_is_off_in_the_block_too(tf32_state):
+    """The legacy switch leaves conv at "none", which inherits a TF32 set for cuDNN as a whole:
+    the block sets full fp32 for conv and RNN explicitly, and gives their settings back."""
+    cudnn.fp32_precision = "tf32"
+    before = (cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision)
+    with exact_fp32_convolutions(torch.device("cuda")):
+        assert (cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision) == ("ieee", "ieee")
+        with exact_fp32_convolutions(torch.device("cuda")):  # nested in one thread: no deadlock
+            assert cudnn.conv.fp32_precision == "ieee"
+        assert cudnn.conv.fp32_precision == "ieee"
+    assert (cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision) == before
 
 
 def test_threads_take_turns_and_the_switch_ends_as_it_began(tf32_state):

@@ -103,24 +103,27 @@ def test_replay_end_to_end(bags, tmp_path, storage, capsys):
     assert np.isfinite(cv.pose_from_msg(msgs["/odometry"][-1])).all()
     assert not list(out_dir.glob(".*partial*"))
     # no CUDA graphs on the CPU: nothing captured while streaming, and no line about it
-    assert summary["graph_captures_streaming"] == 0 and summary["graph_capture_frames"] == []
-    assert "CUDA-graph captures" not in text
-    summary.update(graph_captures_streaming=2, graph_capture_frames=[1, 3], latency_p99_without_capture_frames_ms=12.0)
-    assert "CUDA-graph captures while streaming: 2, after frames 1, 3; latency p99 of the other frames 12.0 ms" \
-        in replay.report(summary)
+    assert summary["graph_captures_streaming"] == {"made": 0, "failed": 0, "refused": 0}
+    assert summary["graph_capture_frames"] == [] and "CUDA graphs" not in text
+    summary.update(graph_captures_streaming={"made": 20, "failed": 1, "refused": 0}, graph_capture_frames=[1, 3],
+                   latency_p99_without_capture_frames_ms=12.0)
+    assert ("CUDA graphs captured while streaming: 20 made, 1 failed, 0 refused, after frames 1, 3; "
+            "latency p99 of the other frames 12.0 ms") in replay.report(summary)
 
 
 def test_captures_while_streaming_are_counted_and_set_apart():
     """Frames done while the process's capture count rose are listed; the latency p99 of the
     others tells capture spikes from the rest."""
     latencies = [10.0, 11.0, 90.0, 12.0, 80.0, 13.0]
-    counts = [3, 3, 5, 5, 8, 8]  # running count when each frame was done; 3 after the warm-up
+    counts = [3, 3, 5, 5, 8, 8]  # made + failed when each frame was done; 3 after the warm-up
     records = [{"latency_ms": ms, "graph_captures": n} for ms, n in zip(latencies, counts, strict=True)]
-    found = replay.captures_while_streaming(records, before=3)
-    assert found["graph_captures_streaming"] == 5 and found["graph_capture_frames"] == [2, 4]
+    before, after = {"made": 3, "failed": 0, "refused": 0}, {"made": 7, "failed": 1, "refused": 4}
+    found = replay.captures_while_streaming(records, before, after)
+    assert found["graph_captures_streaming"] == {"made": 4, "failed": 1, "refused": 4}
+    assert found["graph_capture_frames"] == [2, 4]
     assert found["latency_p99_without_capture_frames_ms"] == pytest.approx(np.percentile([10, 11, 12, 13], 99))
-    first = replay.captures_while_streaming(records[:1], before=2)  # the first frame captured too
-    assert first["graph_capture_frames"] == [0] and first["graph_captures_streaming"] == 1
+    first = replay.captures_while_streaming(records[:1], {"made": 1, "failed": 1, "refused": 0}, after)
+    assert first["graph_capture_frames"] == [0]  # the first frame captured too
     assert np.isnan(first["latency_p99_without_capture_frames_ms"])
 
 
