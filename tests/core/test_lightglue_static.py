@@ -18,7 +18,7 @@ from test_sift_torch import synchronizations
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from featmatch_core.models.matchers.lightglue import LightGlue
+from featmatch_core.models.matchers.lightglue import LightGlue, warm_up_sizes
 from featmatch_core.models.matchers.lightglue_static import (
     MAX_CACHED_PASSES,
     WARM_UP_HEADROOM,
@@ -274,19 +274,35 @@ def test_reduced_precision_runs_layer_copies_made_once_per_weights():
                                model.transformers[0].self_attn.out_proj.weight, atol=1e-2, rtol=1e-2)
 
 
+def test_warm_up_sizes_are_the_upper_block_and_a_band_of_neighbours_below():
+    assert warm_up_sizes(1000, 256) == [(256, 256), (256, 512), (512, 256), (512, 512), (512, 768), (512, 1024),
+                                        (768, 512), (768, 768), (768, 1024), (1024, 512), (1024, 768), (1024, 1024)]
+    pairs = warm_up_sizes(4096, 256)
+    assert {(m, n) for m in range(2048, 4097, 256) for n in range(2048, 4097, 256)} <= set(pairs)
+    below = [(m, n) for m, n in pairs if min(m, n) < 2048]
+    assert below and all(abs(m - n) <= 256 for m, n in below) and (256, 256) in below
+    assert len(pairs) == 81 + 21  # 9 x 9 from 2048 up; below it 7 equal pairs and 14 of neighbours
+
+
 def test_warm_up_builds_the_sizes_a_camera_gives():
     model = small_model(static_shapes=True, static_bucket=256)
-    assert model.warm_up(1000) == 9  # 512, 768 and 1024 points on either side (pruning: always masked)
-    assert model._static_passes.captures == 9
+    assert model.warm_up(1000) == 12  # the pairs of warm_up_sizes (pruning: always masked)
+    assert model._static_passes.captures == 12
     run(model, permuted_copy(random_features(700)))
     run(model, {"image0": random_features(1000, seed=1), "image1": random_features(600, seed=2)})
-    assert model._static_passes.captures == 9
-    # without pruning, sets that fill the bucket have their own unmasked pass: 18, all kept
+    # a stream whose count falls (a blank wall): its neighbouring sizes are ready too
+    run(model, {"image0": random_features(300, seed=3), "image1": random_features(200, seed=4)})
+    run(model, permuted_copy(random_features(100)))
+    assert model._static_passes.captures == 12
+    run(model, {"image0": random_features(700, seed=5), "image1": random_features(200, seed=6)})  # a jump
+    assert model._static_passes.captures == 13  # captured when it first comes
+    # without pruning, sets that fill the bucket have their own unmasked pass: 24, all kept
     unpruned = small_model(static_shapes=True, static_bucket=256, width_confidence=-1)
-    assert unpruned.warm_up(1024) == 18 and len(unpruned._static_passes.passes) == 18
+    assert unpruned.warm_up(1024) == 24 and len(unpruned._static_passes.passes) == 24
     run(unpruned, permuted_copy(random_features(1024)))
     run(unpruned, permuted_copy(random_features(1000)))
-    assert unpruned._static_passes.captures == 18
+    run(unpruned, permuted_copy(random_features(256)))
+    assert unpruned._static_passes.captures == 24
     # a 2048-point camera: more passes than the cache's floor (24), all kept, with room for more
     large = small_model(static_shapes=True, static_bucket=256, width_confidence=-1)
     built = large.warm_up(2048)

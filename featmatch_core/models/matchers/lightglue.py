@@ -451,6 +451,21 @@ def describe_features(input_dim: int, add_scale_ori: bool, presets: Mapping[str,
 
 
 # ---- the model -------------------------------------------------------------------------------
+def warm_up_sizes(max_keypoints: int, bucket: int) -> list[tuple[int, int]]:
+    """The pairs of padded point-set sizes (multiples of ``bucket``) a stream of up to
+    ``max_keypoints`` points per frame meets: every pair from half of the largest size up (the
+    sizes a camera's frames normally have), and below that the pairs of equal or neighbouring
+    sizes, which a stream passes through as its count falls and recovers (a blank wall, a dark
+    corner): consecutive frames differ by little. Capturing them at start keeps their
+    captures out of the frame path (``LightGlue.warm_up_static``)."""
+    from .lightglue_static import padded_size  # it builds on this module
+
+    largest = padded_size(max_keypoints, bucket)
+    sizes = range(bucket, largest + 1, bucket)
+    return [(m, n) for m in sizes for n in sizes
+            if min(m, n) * 2 >= largest or abs(m - n) <= bucket]
+
+
 class LightGlue(BaseModel):
     """Match two sets of local features (the extractor output contract) with LightGlue.
 
@@ -730,22 +745,19 @@ class LightGlue(BaseModel):
         return count
 
     def warm_up_static(self, max_keypoints: int) -> int:
-        """Capture the static passes (batch 1, float32 features) for every pair of padded sizes
-        from half of ``max_keypoints`` up, filled exactly and padded: the sizes a camera's
-        frames normally have. Smaller sets are captured when they first come. Returns how many
-        passes were built."""
-        from .lightglue_static import WARM_UP_HEADROOM, padded_size  # it builds on this module
+        """Capture the static passes (batch 1, float32 features) for the pairs of padded sizes a
+        camera's frames have (:func:`warm_up_sizes`), each filled exactly and padded. Other pairs
+        are captured when they first come. Returns how many passes were built."""
+        from .lightglue_static import WARM_UP_HEADROOM  # it builds on this module
 
-        bucket = int(self.conf.static_bucket)
-        largest = padded_size(max_keypoints, bucket)
-        sizes = [size for size in range(bucket, largest + 1, bucket) if 2 * size >= largest]
+        pairs = warm_up_sizes(max_keypoints, int(self.conf.static_bucket))
         device = self.posenc.Wr.weight.device
         features = torch.zeros(1, 1, self.input_dim, device=device)
         passes = self.static_passes()
         capacity = passes.capacity
-        passes.capacity = max(capacity, 2 * len(sizes) ** 2)  # none of them evicted while building
+        passes.capacity = max(capacity, 2 * len(pairs))  # none of them evicted while building
         built = {id(self.static_pass(1, m - short, n - short, features, caller_padding=False))
-                 for m in sizes for n in sizes for short in (0, 1)}
+                 for m, n in pairs for short in (0, 1)}
         passes.capacity = max(capacity, len(built) + WARM_UP_HEADROOM)  # all kept, and room for more
         return len(built)
 

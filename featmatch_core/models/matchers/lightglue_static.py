@@ -66,8 +66,8 @@ from .lightglue import (
 logger = logging.getLogger(__name__)
 
 # keys kept per model, least recently used dropped first (each a few MB of buffers and graph
-# memory): at least this many, and what LightGlue.warm_up_static built (18 for a 1024-point
-# camera with buckets of 256, 26 for 2048) plus WARM_UP_HEADROOM for smaller sets met later
+# memory): at least this many, and what LightGlue.warm_up_static built (up to 24 for a
+# 1024-point camera with buckets of 256, 68 for 2048) plus WARM_UP_HEADROOM for other sets met later
 MAX_CACHED_PASSES = 24
 WARM_UP_HEADROOM = 6
 REDUCED_DTYPES = (torch.float16, torch.bfloat16)  # autocast dtypes the layers run wholly in
