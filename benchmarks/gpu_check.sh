@@ -75,10 +75,13 @@ BODY=outputs/gpu_check/report.md.tmp
     echo "commit $(git rev-parse --short HEAD 2>/dev/null || cat .device/commit 2>/dev/null || echo unknown). Produced by benchmarks/gpu_check.sh."
 } > "$BODY"
 
+asked() {  # PART: is this part to run?
+    [ "$PART" = all ] || [ "$PART" = "$1" ]
+}
 step() {  # step PART TITLE SECONDS COMMAND...: run (if PART is asked for), show, append its output to the report
     local part=$1 title=$2 limit=$3
     shift 3
-    [ "$PART" = all ] || [ "$PART" = "$part" ] || return 0
+    asked "$part" || return 0
     local left=$(( BUDGET - SECONDS ))
     if [ "$left" -lt 20 ]; then
         echo "== $title: skipped (budget spent)"
@@ -109,7 +112,7 @@ ref_args=()
 BAG=outputs/demo/room_bag
 demo_bag() {  # PART: the demo sequence's bag for the streaming steps (rendered on the CPU, ~20 s
     # for 300 frames); part 2 takes the one part 1 made on the same (warm) machine
-    [ "$PART" = all ] || [ "$PART" = "$1" ] || return 0
+    asked "$1" || return 0
     [ "$1" = 2 ] && [ -f "$BAG/metadata.yaml" ] && [ "$(cat outputs/gpu_check/bag_frames 2>/dev/null)" = "$FRAMES" ] &&
         return 0
     rm -f outputs/gpu_check/bag_frames
@@ -121,6 +124,7 @@ training() {  # PART RECIPE: pairs/s over STEPS steps of the full-size recipe (b
     # CUDA) and the GPU's busy share; the frozen extractor (random weights: no downloads there)
     # runs inside the model on the GPU (the recipes' features_in auto; SIFT's backend auto is its
     # torch back end on CUDA); the trainer prints the figures
+    asked "$1" || return 0
     local extra=()
     [ "$DEVICE" = cpu ] && extra=(train.batch_size=4 train.mixed_precision=null)
     step "$1" "training throughput: $2 homography, $STEPS steps" 80 \
@@ -130,10 +134,8 @@ training() {  # PART RECIPE: pairs/s over STEPS steps of the full-size recipe (b
         "train.num_workers=$(( $(nproc) > 8 ? 8 : $(nproc) ))" "${extra[@]}"
     # the logged rates too (every 10 steps): the closing line is missing when the limit cuts the run
     local metrics="outputs/training/gpu_check_$2/metrics.csv"
-    if [ "$PART" = all ] || [ "$PART" = "$1" ]; then
-        [ -f "$metrics" ] && printf '\nLogged (step,epoch,split,key,value):\n```\n%s\n```\n' \
-            "$(grep -E ',train,(samples_per_s|step_time|data_time),' "$metrics" | tail -n 9)" >> "$BODY"
-    fi
+    [ -f "$metrics" ] && printf '\nLogged (step,epoch,split,key,value):\n```\n%s\n```\n' \
+        "$(grep -E ',train,(samples_per_s|step_time|data_time),' "$metrics" | tail -n 9)" >> "$BODY"
     rm -rf "outputs/training/gpu_check_$2"
 }
 

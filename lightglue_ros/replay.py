@@ -849,9 +849,10 @@ def summarise(
     return summary, pairs, traj
 
 
-def captures_that_cost() -> int:
-    """CUDA-graph captures made or failed so far in the process (a refusal costs nothing)."""
-    counts = capture_counts()
+def captures_that_cost(counts: dict[str, int] | None = None) -> int:
+    """CUDA-graph captures made or failed (a refusal costs nothing) in ``counts``, by default
+    the process's so far (``capture_counts``)."""
+    counts = capture_counts() if counts is None else counts
     return counts["made"] + counts["failed"]
 
 
@@ -863,7 +864,7 @@ def captures_while_streaming(records: list[dict[str, Any]], before: dict[str, in
     capture lands on a frame near the one that needed it), and the latency p99 of the other
     frames, to tell capture spikes from the rest. ``records[i]["graph_captures"]`` is
     :func:`captures_that_cost` when frame i was done."""
-    start = before["made"] + before["failed"]
+    start = captures_that_cost(before)
     counts = [start] + [r.get("graph_captures", start) for r in records]
     frames = [i for i in range(len(records)) if counts[i + 1] > counts[i]]
     spiked = set(frames)

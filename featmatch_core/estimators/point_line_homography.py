@@ -186,7 +186,7 @@ class PointLineHomography(HomographyEstimator):
         p0, p1, l0, l1 = points0[point_ok], points1[point_ok], lines0[line_ok], lines1[line_ok]
         if len(p0) + len(l0) < SAMPLE_SIZE:
             return failure
-        result = self._ransac(p0, p1, l0, l1, self.trial_limit(min_inlier_ratio))
+        result = self._ransac(p0, p1, l0, l1, self.ransac_limits({"trial_limit": self.trial_limit(min_inlier_ratio)}))
         if result is None:
             return failure
         model, inliers = result
@@ -201,7 +201,8 @@ class PointLineHomography(HomographyEstimator):
 
     # ---- the estimation itself ------------------------------------------------------------
     def _ransac(self, p0: np.ndarray, p1: np.ndarray, l0: np.ndarray, l1: np.ndarray,
-                max_iters: int) -> tuple[np.ndarray, np.ndarray] | None:
+                limits: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+        """LO-RANSAC with ``(min_iters, max_iters)`` trials (``ransac_limits``)."""
         T0 = hartley_similarity(np.concatenate([p0, l0.reshape(-1, 2)]))
         T1 = hartley_similarity(np.concatenate([p1, l1.reshape(-1, 2)]))
         rows = constraint_rows(self._apply(T0, p0), self._apply(T1, p1), self._apply(T0, l0), self._apply(T1, l1))
@@ -211,7 +212,7 @@ class PointLineHomography(HomographyEstimator):
         num = len(rows)
         # plain numbers: OmegaConf attribute access is slow in the loop
         th, confidence = float(self.conf.ransac_th), float(self.conf.confidence)
-        min_iters = min(int(self.conf.min_iters), max_iters)
+        min_iters, max_iters = limits
         rng = np.random.default_rng(int(self.conf.seed))
         best_H, best_cost, best_inliers = None, math.inf, np.zeros(num, dtype=bool)
         needed, drawn = math.inf, 0

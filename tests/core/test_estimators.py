@@ -388,9 +388,9 @@ def test_every_homography_backend_takes_the_trial_limit(monkeypatch, name):
     else:
         real = type(estimator)._ransac
 
-        def spy(self, p0, p1, l0, l1, max_iters):
-            seen.append(max_iters)
-            return real(self, p0, p1, l0, l1, max_iters)
+        def spy(self, p0, p1, l0, l1, limits):
+            seen.append(limits[1])  # (min_iters, max_iters)
+            return real(self, p0, p1, l0, l1, limits)
 
         monkeypatch.setattr(type(estimator), "_ransac", spy)
     result = estimator({"m_kpts0": points0, "m_kpts1": points1}, min_inlier_ratio=0.8)
