@@ -134,7 +134,7 @@ SCHEMA: tuple[Param, ...] = (
     Param("warm_up_height", 0, "see warm_up_width", min=0, max=16384),
     Param("device", "auto", "compute device; auto picks CUDA when present", choices=("auto", "cuda", "cpu")),
     Param("precision", "auto", "network precision (fp16 on CUDA only; auto: fp16 on CUDA, bf16 on CPUs with "
-          "native bf16 (AMX / AVX512-BF16: LightGlue ~1.8x faster, same matches), else fp32)",
+          "native bf16 (same matches; LightGlue ~1.8x faster with AMX, 1.1-1.4x with AVX512-BF16 alone), else fp32)",
           choices=("fp32", "fp16", "bf16", "auto")),
     # ---- matcher thresholds: runtime ------------------------------------------------------
     # MODEL_VALUE (-2) keeps the model config's own value: thresholds calibrated for its weights
